@@ -1,0 +1,85 @@
+"""The engine's errors: one small hierarchy that adapters map to protocol codes in one table.
+
+Every error carries a message a person can act on. None of them means "something already stored was damaged":
+an operation that raises leaves the store as it was before the call.
+"""
+
+from __future__ import annotations
+
+
+class CasError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+
+class InvalidDigest(CasError, ValueError):
+    """A digest string that does not follow the OCI grammar `algorithm:encoded`."""
+
+
+class UnsupportedDigest(InvalidDigest):
+    """A well-formed digest whose algorithm this store cannot compute."""
+
+
+class DigestMismatch(CasError):
+    """The bytes received do not hash to the digest the caller expected. Nothing was stored."""
+
+    def __init__(self, expected: str, actual: str) -> None:
+        super().__init__(f"content digest {actual} does not match the expected {expected}")
+        self.expected = expected
+        self.actual = actual
+
+
+class SizeMismatch(CasError):
+    """The bytes received are not as long as the caller declared. Nothing was stored."""
+
+    def __init__(self, expected: int, actual: int) -> None:
+        super().__init__(f"received {actual} bytes where {expected} were declared")
+        self.expected = expected
+        self.actual = actual
+
+
+class BlobUnknown(CasError, KeyError):
+    """No verified blob with this digest is in the store."""
+
+    def __init__(self, digest: str) -> None:
+        super().__init__(digest)
+        self.digest = digest
+
+    def __str__(self) -> str:
+        return f"blob {self.digest} is not in the store"
+
+
+class UploadUnknown(CasError, KeyError):
+    """No open upload session has this id (never created, finished, cancelled or expired)."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(session_id)
+        self.session_id = session_id
+
+    def __str__(self) -> str:
+        return f"upload session {self.session_id!r} is unknown, finished, cancelled or expired"
+
+
+class OffsetMismatch(CasError):
+    """A chunk did not start at the session's current offset (HTTP adapters answer 416)."""
+
+    def __init__(self, session_id: str, expected: int, given: int) -> None:
+        super().__init__(f"upload {session_id}: chunk starts at byte {given}, the session is at byte {expected}")
+        self.session_id = session_id
+        self.expected = expected
+        self.given = given
+
+
+class UploadBusy(CasError):
+    """Another writer is appending to or finishing this session right now."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"upload {session_id} is being written by another request")
+        self.session_id = session_id
+
+
+class InvalidHolder(CasError, ValueError):
+    """A reference holder name that cannot be stored (empty, too long, or containing NUL)."""
+
+
+class IncompatibleStore(CasError):
+    """The data directory was written by a format version this code does not read."""

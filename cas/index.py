@@ -1,0 +1,239 @@
+"""The metadata index: one LMDB environment with named tables, shared by threads and processes.
+
+Upper layers (registry_core) declare their own tables here and join the same write transactions, which is how
+"store a manifest + reference its blobs" becomes one atomic commit. They see only the small Transaction interface
+below (get, put, delete, scan), so a different index (PostgreSQL, say) can stand behind it later.
+
+Map size. LMDB needs its maximum size up front and may only be resized while no transaction is open in the
+process (mdb_env_set_mapsize). We reserve a large map once (address space only: without writemap the file grows as
+pages are written), grow it by doubling before a write when it is over half full, and after MapFullError in
+`Index.transact`. A process-wide gate (shared for transactions, exclusive for a resize) enforces the "no open
+transaction" rule for threads; other processes adopt a bigger map on MapResizedError (set_mapsize(0)).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import lmdb
+
+from .errors import IncompatibleStore
+from .layout import FORMAT_VERSION
+
+T = TypeVar("T")
+
+# 64 GiB of address space: far beyond what the metadata of millions of blobs needs, and free until used.
+DEFAULT_MAP_SIZE = 64 << 30
+# Readers: every worker × concurrent requests; LMDB's default of 126 is too small for a busy server.
+MAX_READERS = 1024
+MAX_TABLES = 64
+
+
+class _Gate:
+    """Many transactions or one resize, per process."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._active = 0
+        self._resizing = False
+
+    def enter(self) -> None:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._active += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._active -= 1
+            if self._active == 0:
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing or self._active:
+                self._cond.wait()
+            self._resizing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+class Table:
+    """A named table (LMDB sub-database). Obtain with Index.table(name)."""
+
+    __slots__ = ("name", "_db")
+
+    def __init__(self, name: str, db: object) -> None:
+        self.name = name
+        self._db = db
+
+    def __repr__(self) -> str:
+        return f"Table({self.name!r})"
+
+
+class Transaction:
+    """A read (or, as WriteTransaction, read-write) view of the index. Valid only inside its `with` block."""
+
+    __slots__ = ("_txn",)
+
+    def __init__(self, txn: lmdb.Transaction) -> None:
+        self._txn = txn
+
+    def get(self, table: Table, key: bytes) -> bytes | None:
+        value: bytes | None = self._txn.get(key, db=table._db)
+        return value
+
+    def scan(self, table: Table, prefix: bytes = b"", start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Keys in byte order, from `start` (or `prefix`) on, while they begin with `prefix`."""
+        with self._txn.cursor(db=table._db) as cursor:
+            first = start if start is not None and start > prefix else prefix
+            if not cursor.set_range(first):
+                return
+            for key, value in cursor:
+                if not key.startswith(prefix):
+                    return
+                yield key, value
+
+    def count(self, table: Table) -> int:
+        entries: int = self._txn.stat(table._db)["entries"]
+        return entries
+
+
+class WriteTransaction(Transaction):
+    __slots__ = ("_after_commit",)
+
+    def __init__(self, txn: lmdb.Transaction) -> None:
+        super().__init__(txn)
+        self._after_commit: list[Callable[[], None]] = []
+
+    def put(self, table: Table, key: bytes, value: bytes) -> None:
+        self._txn.put(key, value, db=table._db)
+
+    def delete(self, table: Table, key: bytes) -> bool:
+        deleted: bool = self._txn.delete(key, db=table._db)
+        return deleted
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run `action` once the transaction has committed (not if it aborts)."""
+        self._after_commit.append(action)
+
+
+class Index:
+    def __init__(self, path: Path, *, map_size: int = DEFAULT_MAP_SIZE, durable: bool = True) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        # sync=True (the default): a commit is durable when it returns. metasync may be relaxed without risking
+        # corruption (LMDB then may lose the last commit on power loss), which we do not want either.
+        self._env = lmdb.open(
+            str(path), map_size=map_size, max_dbs=MAX_TABLES, max_readers=MAX_READERS,
+            readahead=False, lock=True, sync=durable, metasync=durable, writemap=False,
+        )
+        self._env.reader_check()  # free reader slots left by crashed processes
+        self._gate = _Gate()
+        self._tables: dict[str, Table] = {}
+        self._ensure_format()
+
+    # -- tables -----------------------------------------------------------------------------------------------
+    def table(self, name: str) -> Table:
+        """The named table, created on first use. Call at start-up, not inside a transaction."""
+        found = self._tables.get(name)
+        if found is None:
+            self._gate.enter()
+            try:
+                found = Table(name, self._env.open_db(name.encode(), create=True))
+            finally:
+                self._gate.leave()
+            self._tables[name] = found
+        return found
+
+    def _ensure_format(self) -> None:
+        meta = self.table("meta")
+        with self.write() as txn:
+            stored = txn.get(meta, b"format")
+            if stored is None:
+                txn.put(meta, b"format", str(FORMAT_VERSION).encode())
+            elif stored != str(FORMAT_VERSION).encode():
+                raise IncompatibleStore(
+                    f"data directory has format version {stored.decode(errors='replace')}, "
+                    f"this Berth reads version {FORMAT_VERSION}")
+
+    # -- transactions -------------------------------------------------------------------------------------------
+    @contextmanager
+    def read(self) -> Iterator[Transaction]:
+        self._gate.enter()
+        try:
+            txn = self._begin(write=False)
+            try:
+                yield Transaction(txn)
+            finally:
+                txn.abort()
+        finally:
+            self._gate.leave()
+
+    @contextmanager
+    def write(self) -> Iterator[WriteTransaction]:
+        """One write transaction: commits when the block ends normally, aborts if it raises."""
+        self._grow_if_needed()
+        self._gate.enter()
+        try:
+            txn = self._begin(write=True)
+            wrapped = WriteTransaction(txn)
+            try:
+                yield wrapped
+            except BaseException:
+                txn.abort()
+                raise
+            txn.commit()
+        finally:
+            self._gate.leave()
+        for action in wrapped._after_commit:
+            action()
+
+    def transact(self, work: Callable[[WriteTransaction], T]) -> T:
+        """Run `work` in a write transaction, growing the map and retrying if it filled up."""
+        while True:
+            try:
+                with self.write() as txn:
+                    return work(txn)
+            except lmdb.MapFullError:
+                self._grow(factor=2)
+
+    def _begin(self, write: bool) -> lmdb.Transaction:
+        try:
+            return self._env.begin(write=write)
+        except lmdb.MapResizedError:
+            # Another process grew the map. Adopting the new size needs this process to have no open
+            # transaction; our caller holds the gate shared, so step out, adopt under exclusion, step back in.
+            self._gate.leave()
+            try:
+                with self._gate.exclusive():
+                    self._env.set_mapsize(0)
+            finally:
+                self._gate.enter()
+            return self._env.begin(write=write)
+
+    def _grow_if_needed(self) -> None:
+        info = self._env.info()
+        used = (info["last_pgno"] + 1) * self._env.stat()["psize"]
+        if used * 2 > info["map_size"]:
+            self._grow(factor=2)
+
+    def _grow(self, factor: int) -> None:
+        with self._gate.exclusive():
+            self._env.set_mapsize(self._env.info()["map_size"] * factor)
+
+    @property
+    def map_size(self) -> int:
+        size: int = self._env.info()["map_size"]
+        return size
+
+    def close(self) -> None:
+        self._env.close()

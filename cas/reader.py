@@ -1,0 +1,64 @@
+"""Reading a byte range of a blob, for Range requests and for callers that want bytes rather than a path."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from .errors import CasError
+
+CHUNK = 1 << 20  # PERF-NOTES: 1 MiB chunks give 4-6x the throughput of Starlette's 64 KiB default
+
+
+class InvalidRange(CasError, ValueError):
+    """A byte range that does not lie within the blob (HTTP adapters answer 416)."""
+
+
+class BlobReader:
+    """Reads [offset, offset + length) of one blob file through its own descriptor (pread: no shared position)."""
+
+    __slots__ = ("_fd", "size", "offset", "length", "_pos")
+
+    def __init__(self, fd: int, size: int, offset: int = 0, length: int | None = None) -> None:
+        if length is None:
+            length = size - offset
+        if offset < 0 or length < 0 or offset + length > size:
+            os.close(fd)
+            raise InvalidRange(f"range of {length} bytes at offset {offset} is outside a blob of {size} bytes")
+        self._fd = fd
+        self.size = size
+        self.offset = offset
+        self.length = length
+        self._pos = 0
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def read(self, n: int = -1) -> bytes:
+        remaining = self.length - self._pos
+        if n < 0 or n > remaining:
+            n = remaining
+        parts = []
+        while n > 0:
+            data = os.pread(self._fd, min(n, 1 << 30), self.offset + self._pos)
+            if not data:  # the file is shorter than its record says: damage, surfaced instead of padded
+                raise OSError(f"blob file ended {n} bytes early")
+            parts.append(data)
+            self._pos += len(data)
+            n -= len(data)
+        return b"".join(parts)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(CHUNK):
+            yield chunk
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> BlobReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
