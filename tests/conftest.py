@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from cas import BlobStore, StoreConfig
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_store(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., BlobStore]]:
+    """Open (or reopen) the store in tmp_path/data with a fake clock; everything opened is closed afterwards."""
+    opened: list[BlobStore] = []
+
+    def make(**config: float) -> BlobStore:
+        settings = {"grace": 100.0, "lease": 30.0, "upload_ttl": 500.0, "debris_age": 0.0} | config
+        store = BlobStore(tmp_path / "data", config=StoreConfig(**settings), clock=clock)
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        try:
+            store.close()
+        except Exception:
+            pass
+
+
+@pytest.fixture
+def store(make_store: Callable[..., BlobStore]) -> BlobStore:
+    return make_store()
