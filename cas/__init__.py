@@ -3,8 +3,9 @@
     from cas import BlobStore
     with BlobStore("/var/lib/berth") as store:
         info = store.ingest(open("layer.tar.gz", "rb"))
-        with store.index.write() as txn:          # join a transaction: reference atomically with your own writes
-            store.refs.take(txn, "my-holder", info.digest)
+        # Join a write transaction: reference atomically with your own writes. `transact` re-runs `work` if the
+        # index map had to grow; `with store.index.write() as txn:` is the same without the retry.
+        store.index.transact(lambda txn: store.refs.take(txn, "my-holder", info.digest))
 """
 
 from .digest import ALGORITHMS, DEFAULT_ALGORITHM, Digest, new_hasher
@@ -13,6 +14,7 @@ from .errors import (
     CasError,
     DigestMismatch,
     IncompatibleStore,
+    IndexFull,
     InvalidDigest,
     InvalidHolder,
     OffsetMismatch,
@@ -30,7 +32,7 @@ from .uploads import UploadStatus
 
 __all__ = [
     "ALGORITHMS", "DEFAULT_ALGORITHM", "BlobInfo", "BlobReader", "BlobStore", "BlobUnknown", "CasError", "Digest",
-    "DigestMismatch", "FsckReport", "GcReport", "IncompatibleStore", "Index", "InvalidDigest", "InvalidHolder",
+    "DigestMismatch", "FsckReport", "GcReport", "IncompatibleStore", "Index", "IndexFull", "InvalidDigest", "InvalidHolder",
     "InvalidRange", "OffsetMismatch", "Retention", "SizeMismatch", "StoreConfig", "Table", "Transaction",
     "UnsupportedDigest", "UploadBusy", "UploadStatus", "UploadUnknown", "WriteTransaction", "check", "new_hasher",
 ]

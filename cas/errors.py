@@ -83,3 +83,7 @@ class InvalidHolder(CasError, ValueError):
 
 class IncompatibleStore(CasError):
     """The data directory was written by a format version this code does not read."""
+
+
+class IndexFull(CasError):
+    """A write transaction filled the index map. The map was grown; run the transaction again."""

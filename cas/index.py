@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import lmdb
 
-from .errors import IncompatibleStore
+from .errors import IncompatibleStore, IndexFull
 from .layout import FORMAT_VERSION
 
 T = TypeVar("T")
@@ -180,7 +180,12 @@ class Index:
 
     @contextmanager
     def write(self) -> Iterator[WriteTransaction]:
-        """One write transaction: commits when the block ends normally, aborts if it raises."""
+        """One write transaction: commits when the block ends normally, aborts if it raises.
+
+        A block cannot be replayed: if it fills the map, the map is grown and IndexFull is raised for the caller
+        to retry. Prefer `transact(work)`, which retries by itself; the map is grown ahead of writes anyway, so
+        only a single transaction writing more than the free half of the map ever sees this.
+        """
         self._grow_if_needed()
         self._gate.enter()
         try:
@@ -188,12 +193,20 @@ class Index:
             wrapped = WriteTransaction(txn)
             try:
                 yield wrapped
+                txn.commit()
+            except lmdb.MapFullError:
+                txn.abort()
+                full = True
             except BaseException:
                 txn.abort()
                 raise
-            txn.commit()
+            else:
+                full = False
         finally:
             self._gate.leave()
+        if full:
+            self._grow(factor=2)
+            raise IndexFull("the index map was full and has been grown; retry the transaction")
         for action in wrapped._after_commit:
             action()
 
@@ -203,8 +216,8 @@ class Index:
             try:
                 with self.write() as txn:
                     return work(txn)
-            except lmdb.MapFullError:
-                self._grow(factor=2)
+            except IndexFull:
+                continue
 
     def _begin(self, write: bool) -> lmdb.Transaction:
         try:

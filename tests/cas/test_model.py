@@ -1,0 +1,602 @@
+"""The blob store against a model: a few dicts and sets that say what every operation must do.
+
+A hypothesis state machine drives the real `BlobStore` (LMDB index, files, fake clock) and `Model` side by side.
+Every rule runs one operation on both and compares results and errors; after every step the invariants compare the
+whole visible state: blob records, reference edges, upload sessions, partial files, and an fsck pass.
+
+The model follows the rules written in the engine's docstrings (layout.py, refs.py, gc.py, uploads.py, store.py):
+- a blob is stored with zero_since = now; zero_since is reset when its last reference is dropped;
+- stat() (and open/path/read_bytes, which call it) of an unreferenced blob extends its lease to now + lease when
+  less than lease/2 of it is left; a dedup hit of ingest is such a stat; a dedup hit of an upload's finish extends
+  the lease unconditionally (`publish`);
+- GC collects a blob iff it is unreferenced, zero_since + grace <= now and lease_until <= now;
+- an upload session is expired when updated + upload_ttl <= now; `updated` moves only when bytes are accepted.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, multiple, rule, run_state_machine_as_test
+
+from cas import (
+    ALGORITHMS,
+    BlobInfo,
+    BlobStore,
+    BlobUnknown,
+    CasError,
+    Digest,
+    DigestMismatch,
+    InvalidHolder,
+    InvalidRange,
+    OffsetMismatch,
+    SizeMismatch,
+    StoreConfig,
+    UploadStatus,
+    UploadUnknown,
+    check,
+)
+from cas.layout import MAX_HOLDER_BYTES, STATE_PRESENT, BlobRecord
+
+CONFIG = StoreConfig(grace=100.0, lease=30.0, upload_ttl=500.0, debris_age=0.0)
+START = 1_000_000.0  # whole seconds only: the GC queue keys time in µs, so fractions would round (see layout.py)
+
+# A small pool so that dedup hits, prefixes of one another (an upload's partial content equals a stored blob) and
+# the empty blob come up often; sizes stay on the inline side of writer.PIPELINE_THRESHOLD.
+_BASE = random.Random(2024).randbytes(3000)
+POOL = (b"", b"a", _BASE[:100], _BASE[:1000], _BASE[:2048], _BASE, random.Random(7).randbytes(1500))
+NEVER_STORED = b"cas model: bytes no rule ever ingests"  # longer than any st.binary below
+UNKNOWN_SESSION = "0123456789abcdef0123456789abcdef"  # well-formed, never created
+HOLDERS = ("manifest:syn1/app@sha256:00", "tag", "tag:latest", "höld€r", "a b")
+
+algorithms = st.sampled_from(ALGORITHMS)
+blob_bytes = st.one_of(st.sampled_from(POOL), st.binary(max_size=16))
+cut_points = st.lists(st.integers(0, 3000), max_size=4)
+# Mostly valid holders; now and then the empty name, which take/drop refuse (InvalidHolder) and so abort the txn.
+holders = st.sampled_from(HOLDERS * 8 + ("",))
+unknown_digests = algorithms.map(lambda alg: Digest.of(NEVER_STORED, alg))
+clock_steps = st.one_of(
+    st.sampled_from([0.0, 1.0, CONFIG.lease / 2, CONFIG.lease, CONFIG.grace, CONFIG.upload_ttl]),
+    st.integers(0, 700).map(float),
+)
+
+
+class Interrupted(Exception):
+    """Raised by a source mid-stream: a client that hung up."""
+
+
+class Rollback(Exception):
+    """Raised by a caller inside its own write transaction to abort it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Raised:
+    error: type[BaseException]
+
+
+def attempt(action: Callable[[], Any]) -> Any:
+    """The result of `action`, or Raised(type) for an engine error: the two sides compare with ==."""
+    try:
+        return action()
+    except (CasError, Interrupted) as exc:
+        return Raised(type(exc))
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = [0, *sorted(min(c, len(data)) for c in cuts), len(data)]
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+
+
+def source_of(kind: str, chunks: list[bytes]) -> Any:
+    data = b"".join(chunks)
+    if kind == "bytes":
+        return data
+    if kind == "file":
+        return io.BytesIO(data)
+    return (chunk for chunk in chunks)
+
+
+def failing(chunks: list[bytes]) -> Iterator[bytes]:
+    yield from chunks
+    raise Interrupted
+
+
+class FailingFile(io.RawIOBase):
+    """A file object whose read() fails once `data` is used up (a network stream that broke)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def read(self, n: int = -1) -> bytes:
+        if not self._data:
+            raise Interrupted
+        out, self._data = self._data[:n], self._data[n:]
+        return out
+
+
+# -- the model ----------------------------------------------------------------------------------------------------
+@dataclass
+class Blob:
+    data: bytes
+    zero_since: float
+    lease_until: float = 0.0
+
+
+@dataclass
+class Session:
+    algorithm: str
+    data: bytes
+    created: float
+    updated: float
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+class Model:
+    def __init__(self, config: StoreConfig, now: float) -> None:
+        self.config = config
+        self.now = now
+        self.blobs: dict[Digest, Blob] = {}
+        self.edges: set[tuple[str, Digest]] = set()
+        self.sessions: dict[str, Session] = {}
+        self.ended: set[str] = set()  # finished, cancelled or expired: UploadUnknown from now on
+
+    def snapshot(self) -> tuple[dict[Digest, Blob], set[tuple[str, Digest]]]:
+        return copy.deepcopy(self.blobs), set(self.edges)
+
+    def restore(self, saved: tuple[dict[Digest, Blob], set[tuple[str, Digest]]]) -> None:
+        self.blobs, self.edges = saved
+
+    # -- blobs --------------------------------------------------------------------------------------------------
+    def refcount(self, digest: Digest) -> int:
+        return sum(1 for _, d in self.edges if d == digest)
+
+    def holders(self, digest: Digest) -> tuple[str, ...]:
+        return tuple(sorted((h for h, d in self.edges if d == digest), key=lambda h: h.encode()))
+
+    def stat(self, digest: Digest) -> BlobInfo:
+        blob = self.blobs.get(digest)
+        if blob is None:
+            raise BlobUnknown(str(digest))
+        if self.refcount(digest) == 0 and blob.lease_until < self.now + self.config.lease / 2:
+            blob.lease_until = max(blob.lease_until, self.now + self.config.lease)
+        return BlobInfo(digest, len(blob.data))
+
+    def read(self, digest: Digest, offset: int = 0, length: int | None = None) -> bytes:
+        size = self.stat(digest).size  # the lease is renewed even when the range is refused
+        if length is None:
+            length = size - offset
+        if offset < 0 or length < 0 or offset + length > size:
+            raise InvalidRange(f"{offset}+{length} of {size}")
+        return self.blobs[digest].data[offset:offset + length]
+
+    def ingest(self, data: bytes, expected: Digest | None, algorithm: str, size: int | None,
+               interrupted: bool = False) -> BlobInfo:
+        if expected is not None:
+            algorithm = expected.algorithm
+            if expected in self.blobs:
+                # store._ingest_known: the lease is taken *before* the bytes are read (so GC cannot take the blob
+                # while they are hashed), and it stays when they turn out wrong. See the report on errors.py's
+                # "an operation that raises leaves the store as it was".
+                self.stat(expected)
+                if interrupted:
+                    raise Interrupted
+                self._verify(expected, Digest.of(data, algorithm), size, len(data))
+                return self.stat(expected)
+        if interrupted:
+            raise Interrupted
+        actual = Digest.of(data, algorithm)
+        self._verify(expected, actual, size, len(data))
+        if actual in self.blobs:
+            self.stat(actual)
+            return BlobInfo(actual, len(data))
+        return self._store_new(actual, data)
+
+    def _store_new(self, digest: Digest, data: bytes) -> BlobInfo:
+        self.blobs[digest] = Blob(data, zero_since=self.now)
+        return BlobInfo(digest, len(data))
+
+    @staticmethod
+    def _verify(expected: Digest | None, actual: Digest, size: int | None, actual_size: int) -> None:
+        if size is not None and size != actual_size:
+            raise SizeMismatch(size, actual_size)
+        if expected is not None and expected != actual:
+            raise DigestMismatch(str(expected), str(actual))
+
+    # -- references ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_holder(holder: str) -> None:
+        raw = holder.encode()
+        if not raw or len(raw) > MAX_HOLDER_BYTES or b"\0" in raw:
+            raise InvalidHolder(holder)
+
+    def take(self, holder: str, digest: Digest) -> bool:
+        self._check_holder(holder)
+        if digest not in self.blobs:
+            raise BlobUnknown(str(digest))
+        if (holder, digest) in self.edges:
+            return False
+        self.edges.add((holder, digest))
+        return True
+
+    def drop(self, holder: str, digest: Digest) -> bool:
+        self._check_holder(holder)
+        if (holder, digest) not in self.edges:
+            return False
+        self.edges.remove((holder, digest))
+        if self.refcount(digest) == 0:
+            self.blobs[digest].zero_since = self.now
+        return True
+
+    def drop_all(self, holder: str) -> int:
+        self._check_holder(holder)
+        held = [d for h, d in self.edges if h == holder]
+        for digest in held:
+            self.drop(holder, digest)
+        return len(held)
+
+    # -- garbage collection -------------------------------------------------------------------------------------
+    def _past_grace(self, digest: Digest) -> bool:
+        return self.refcount(digest) == 0 and self.blobs[digest].zero_since + self.config.grace <= self.now
+
+    def collectable(self) -> list[tuple[Digest, int]]:
+        return sorted((d, len(b.data)) for d, b in self.blobs.items()
+                      if self._past_grace(d) and b.lease_until <= self.now)
+
+    def leased(self) -> int:
+        return sum(1 for d, b in self.blobs.items() if self._past_grace(d) and b.lease_until > self.now)
+
+    def gc(self, dry_run: bool) -> tuple[list[tuple[Digest, int]], int, int]:
+        collected, leased = self.collectable(), self.leased()
+        if dry_run:
+            return collected, leased, 0
+        for digest, _ in collected:
+            del self.blobs[digest]
+        return collected, leased, self.expire()
+
+    def explain(self, digest: Digest) -> tuple[bool, int, tuple[str, ...], int, float | None]:
+        blob = self.blobs.get(digest)
+        if blob is None:
+            return False, 0, (), 0, None
+        count = self.refcount(digest)
+        at = None if count else max(blob.zero_since + self.config.grace, blob.lease_until)
+        return True, len(blob.data), self.holders(digest), count, at
+
+    # -- uploads ------------------------------------------------------------------------------------------------
+    def create(self, session_id: str, algorithm: str, meta: dict[str, str]) -> UploadStatus:
+        self.sessions[session_id] = Session(algorithm, b"", self.now, self.now, dict(meta))
+        return self.status(session_id)
+
+    def status(self, session_id: str) -> UploadStatus:
+        s = self._session(session_id)
+        return UploadStatus(session_id, len(s.data), s.created, s.updated, dict(s.meta))
+
+    def _session(self, session_id: str) -> Session:
+        if session_id not in self.sessions:
+            raise UploadUnknown(session_id)
+        return self.sessions[session_id]
+
+    def _end(self, session_id: str) -> None:
+        del self.sessions[session_id]
+        self.ended.add(session_id)
+
+    def append(self, session_id: str, chunk: bytes, offset: int | None, length: int | None,
+               interrupted: bool = False) -> UploadStatus:
+        s = self._session(session_id)
+        if offset is not None and offset != len(s.data):
+            raise OffsetMismatch(session_id, len(s.data), offset)
+        if interrupted:
+            raise Interrupted  # the bytes before the failure are cut off: the offset stays
+        if length is not None and length != len(chunk):
+            raise SizeMismatch(length, len(chunk))
+        if chunk:
+            s.data += chunk
+            s.updated = self.now
+        return self.status(session_id)
+
+    def finish(self, session_id: str, expected: Digest, chunk: bytes, offset: int | None,
+               interrupted: bool = False) -> BlobInfo:
+        self.append(session_id, chunk, offset, None, interrupted)
+        data = self.sessions[session_id].data
+        self._end(session_id)  # on DigestMismatch too: the bytes are not what the client said they are
+        if Digest.of(data, expected.algorithm) != expected:
+            raise DigestMismatch(str(expected), "")
+        blob = self.blobs.get(expected)
+        if blob is None:
+            return self._store_new(expected, data)
+        if self.refcount(expected) == 0:  # store.publish: a dedup hit leases unconditionally
+            blob.lease_until = max(blob.lease_until, self.now + self.config.lease)
+        return BlobInfo(expected, len(data))
+
+    def cancel(self, session_id: str) -> None:
+        self._session(session_id)
+        self._end(session_id)
+
+    def expire(self) -> int:
+        idle = [i for i, s in self.sessions.items() if s.updated + self.config.upload_ttl <= self.now]
+        for session_id in idle:
+            self._end(session_id)
+        return len(idle)
+
+
+# -- the state machine --------------------------------------------------------------------------------------------
+class BlobStoreMachine(RuleBasedStateMachine):
+    digests = Bundle("digests")
+    sessions = Bundle("sessions")
+
+    def __init__(self, base: Path) -> None:
+        super().__init__()
+        self.root = Path(tempfile.mkdtemp(dir=base))
+        self.model = Model(CONFIG, START)
+        self.targets: dict[str, bytes] = {}  # what each session is uploading (the model only sees bytes)
+        self.store = self._open()
+
+    def _open(self) -> BlobStore:
+        return BlobStore(self.root, config=CONFIG, clock=lambda: self.model.now)
+
+    def teardown(self) -> None:
+        self.store.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def agree(self, model_action: Callable[[], Any], store_action: Callable[[], Any]) -> Any:
+        want = attempt(model_action)
+        got = attempt(store_action)
+        assert got == want
+        return got
+
+    def _read(self, digest: Digest, offset: int = 0, length: int | None = None) -> bytes:
+        with self.store.open(digest, offset, length) as reader:
+            assert (reader.offset, reader.size) == (offset, len(self.model.blobs[digest].data))
+            return reader.read()
+
+    # -- ingest -------------------------------------------------------------------------------------------------
+    def _expected(self, data: bytes, algorithm: str, expect: str, other: bytes, other_alg: str) -> Digest | None:
+        if expect == "none":
+            return None
+        if expect == "right":
+            return Digest.of(data, algorithm)
+        return Digest.of(other, other_alg)  # wrong unless other == data: the model decides which
+
+    @staticmethod
+    def _size(data: bytes, size: str) -> int | None:
+        return {"none": None, "right": len(data), "wrong": len(data) + 1 if not data else len(data) - 1}[size]
+
+    @rule(target=digests, data=blob_bytes, algorithm=algorithms,
+          expect=st.sampled_from(["none", "right", "wrong"]), other=st.sampled_from(POOL + (NEVER_STORED,)),
+          other_alg=algorithms, size=st.sampled_from(["none", "none", "right", "wrong"]),
+          source=st.sampled_from(["bytes", "file", "chunks"]), cuts=cut_points)
+    def ingest(self, data: bytes, algorithm: str, expect: str, other: bytes, other_alg: str, size: str,
+               source: str, cuts: list[int]) -> Any:
+        expected = self._expected(data, algorithm, expect, other, other_alg)
+        declared = self._size(data, size)
+        result = self.agree(
+            lambda: self.model.ingest(data, expected, algorithm, declared),
+            lambda: self.store.ingest(source_of(source, split(data, cuts)), expected, algorithm=algorithm,
+                                      size=declared))
+        return result.digest if isinstance(result, BlobInfo) else multiple()
+
+    @rule(data=blob_bytes, algorithm=algorithms, expect=st.sampled_from(["none", "right", "wrong"]),
+          other=st.sampled_from(POOL), other_alg=algorithms, as_file=st.booleans(), cuts=cut_points,
+          keep=st.integers(0, 4))
+    def ingest_interrupted(self, data: bytes, algorithm: str, expect: str, other: bytes, other_alg: str,
+                           as_file: bool, cuts: list[int], keep: int) -> None:
+        expected = self._expected(data, algorithm, expect, other, other_alg)
+        sent = b"".join(split(data, cuts)[:keep])
+        self.agree(lambda: self.model.ingest(data, expected, algorithm, None, interrupted=True),
+                   lambda: self.store.ingest(FailingFile(sent) if as_file else failing([sent]), expected,
+                                             algorithm=algorithm))
+
+    # -- reading ------------------------------------------------------------------------------------------------
+    @rule(digest=st.one_of(digests, unknown_digests), how=st.sampled_from(["stat", "read_bytes", "path", "contains"]))
+    def read(self, digest: Digest, how: str) -> None:
+        model, store = self.model, self.store
+        if how == "stat":
+            self.agree(lambda: model.stat(digest), lambda: store.stat(digest))
+        elif how == "read_bytes":
+            self.agree(lambda: model.read(digest), lambda: store.read_bytes(digest))
+        elif how == "path":
+            self.agree(lambda: model.read(digest), lambda: store.path(digest).read_bytes())
+        else:
+            assert store.contains(digest) == (digest in model.blobs)  # and renews nothing (invariants)
+
+    @rule(digest=st.one_of(digests, unknown_digests), data=st.data())
+    def read_range(self, digest: Digest, data: st.DataObject) -> None:
+        size = len(self.model.blobs[digest].data) if digest in self.model.blobs else 0
+        offset = data.draw(st.integers(-1, size + 1), label="offset")
+        length = data.draw(st.none() | st.integers(-1, size + 1), label="length")
+        self.agree(lambda: self.model.read(digest, offset, length), lambda: self._read(digest, offset, length))
+
+    # -- references ---------------------------------------------------------------------------------------------
+    @rule(ops=st.lists(st.tuples(st.sampled_from(["take", "take", "drop"]), holders,
+                                 st.one_of(digests, unknown_digests)), min_size=1, max_size=4),
+          rollback=st.booleans().map(lambda b: b and random.random() < 0.2))
+    def references(self, ops: list[tuple[str, str, Digest]], rollback: bool) -> None:
+        """Takes and drops in one of the caller's write transactions; an error or a Rollback aborts all of it."""
+        saved = self.model.snapshot()
+        try:
+            with self.store.index.write() as txn:
+                for op, holder, digest in ops:
+                    model_op = self.model.take if op == "take" else self.model.drop
+                    store_op = self.store.refs.take if op == "take" else self.store.refs.drop
+                    result = self.agree(lambda: model_op(holder, digest),  # noqa: B023 - called at once
+                                        lambda: store_op(txn, holder, digest))  # noqa: B023
+                    if isinstance(result, Raised):
+                        raise Rollback
+                if rollback:
+                    raise Rollback
+        except Rollback:
+            self.model.restore(saved)
+
+    @rule(holder=holders)
+    def drop_all(self, holder: str) -> None:
+        def in_txn() -> int:
+            with self.store.index.write() as txn:
+                return self.store.refs.drop_all(txn, holder)
+        self.agree(lambda: self.model.drop_all(holder), in_txn)
+
+    # -- uploads ------------------------------------------------------------------------------------------------
+    @rule(target=sessions, algorithm=algorithms, target_bytes=st.sampled_from(POOL),
+          meta=st.sampled_from([{}, {"owner": "alice", "repository": "syn1/app"}]))
+    def create_session(self, algorithm: str, target_bytes: bytes, meta: dict[str, str]) -> str:
+        status = self.store.uploads.create(algorithm, meta=meta)
+        assert status == self.model.create(status.id, algorithm, meta)
+        self.targets[status.id] = target_bytes
+        return status.id
+
+    def _next_bytes(self, session_id: str, kind: str, n: int, noise: bytes) -> bytes:
+        """The next n bytes of the session's target (so finished uploads often dedup), or noise."""
+        session = self.model.sessions.get(session_id)
+        if kind == "noise" or session is None:
+            return noise
+        done = len(session.data)
+        return self.targets[session_id][done:done + n]
+
+    def _offset(self, session_id: str, kind: str) -> int | None:
+        session = self.model.sessions.get(session_id)
+        current = len(session.data) if session is not None else 0
+        return {"none": None, "right": current, "behind": current - 1, "ahead": current + 1}[kind]
+
+    @rule(session_id=st.one_of(sessions, st.just(UNKNOWN_SESSION)),
+          kind=st.sampled_from(["target", "target", "noise"]), n=st.integers(0, 3000),
+          noise=st.binary(max_size=16), cuts=cut_points,
+          offset=st.sampled_from(["none", "right", "right", "behind", "ahead"]),
+          length=st.sampled_from(["none", "none", "right", "wrong"]))
+    def append(self, session_id: str, kind: str, n: int, noise: bytes, cuts: list[int], offset: str,
+               length: str) -> None:
+        chunk = self._next_bytes(session_id, kind, n, noise)
+        at = self._offset(session_id, offset)
+        declared = self._size(chunk, length)
+        self.agree(lambda: self.model.append(session_id, chunk, at, declared),
+                   lambda: self.store.uploads.append(session_id, split(chunk, cuts), offset=at, length=declared))
+
+    @rule(session_id=st.one_of(sessions, st.just(UNKNOWN_SESSION)), n=st.integers(0, 3000), cuts=cut_points,
+          keep=st.integers(0, 4), finishing=st.booleans(), algorithm=algorithms)
+    def write_interrupted(self, session_id: str, n: int, cuts: list[int], keep: int, finishing: bool,
+                          algorithm: str) -> None:
+        """A chunk whose source fails mid-stream: the exception reaches the caller, the offset stays."""
+        chunks = split(self._next_bytes(session_id, "target", n, b"?"), cuts)[:keep]
+        at = self._offset(session_id, "right")
+        if finishing:
+            expected = Digest.of(b"irrelevant", algorithm)
+            self.agree(lambda: self.model.finish(session_id, expected, b"", at, interrupted=True),
+                       lambda: self.store.uploads.finish(session_id, expected, failing(chunks), offset=at))
+        else:
+            self.agree(lambda: self.model.append(session_id, b"", at, None, interrupted=True),
+                       lambda: self.store.uploads.append(session_id, failing(chunks), offset=at))
+
+    @rule(target=digests, session_id=st.one_of(sessions, st.just(UNKNOWN_SESSION)),
+          kind=st.sampled_from(["target", "target", "noise"]), noise=st.binary(max_size=16), cuts=cut_points,
+          offset=st.sampled_from(["none", "right", "right", "behind"]),
+          expect=st.sampled_from(["right", "right", "wrong"]), algorithm=algorithms,
+          other=st.sampled_from(POOL + (NEVER_STORED,)))
+    def finish(self, session_id: str, kind: str, noise: bytes, cuts: list[int], offset: str, expect: str,
+               algorithm: str, other: bytes) -> Any:
+        """Finish with the session's algorithm or another one (the latter re-hashes the partial file)."""
+        chunk = self._next_bytes(session_id, kind, 3000, noise)
+        at = self._offset(session_id, offset)
+        session = self.model.sessions.get(session_id)
+        whole = (session.data if session is not None else b"") + chunk
+        expected = Digest.of(whole if expect == "right" else other, algorithm)
+        result = self.agree(
+            lambda: self.model.finish(session_id, expected, chunk, at),
+            lambda: self.store.uploads.finish(session_id, expected, split(chunk, cuts), offset=at))
+        return result.digest if isinstance(result, BlobInfo) else multiple()
+
+    @rule(session_id=st.one_of(sessions, st.just(UNKNOWN_SESSION), st.just("not-a-session-id")))
+    def cancel(self, session_id: str) -> None:
+        self.agree(lambda: self.model.cancel(session_id), lambda: self.store.uploads.cancel(session_id))
+
+    @rule()
+    def expire_uploads(self) -> None:
+        self.agree(self.model.expire, self.store.uploads.expire)
+
+    # -- time, GC, restarts -------------------------------------------------------------------------------------
+    @rule(seconds=clock_steps)
+    def advance_clock(self, seconds: float) -> None:
+        self.model.now += seconds
+
+    @rule(dry_run=st.booleans())
+    def gc(self, dry_run: bool) -> None:
+        collected, leased, expired = self.model.gc(dry_run)
+        report = self.store.gc.run(dry_run=dry_run)
+        assert sorted(report.collected) == collected
+        assert len(report.collected) == len(collected), "a digest was collected twice"
+        assert (report.dry_run, report.leased, report.expired_uploads, report.debris_files) == (
+            dry_run, leased, expired, 0)
+
+    @rule(digest=st.one_of(digests, unknown_digests))
+    def explain(self, digest: Digest) -> None:
+        stored, size, holders_, refcount, at = self.model.explain(digest)
+        retention = self.store.gc.explain(digest)
+        assert (retention.digest, retention.stored, retention.size, retention.holders, retention.refcount,
+                retention.collectable_at) == (digest, stored, size, holders_, refcount, at)
+        if not stored:
+            assert retention.reason == "not in the store"
+        elif refcount:
+            assert retention.reason.startswith("referenced by")
+        else:
+            assert retention.reason.endswith("the next GC pass deletes it") == (at is not None and
+                                                                                 at <= self.model.now)
+
+    @rule()
+    def reopen(self) -> None:
+        """A restart: the index and files stay, the in-memory running hashes of upload sessions are gone."""
+        self.store.close()
+        self.store = self._open()
+
+    # -- invariants ---------------------------------------------------------------------------------------------
+    @invariant()
+    def blob_records_match(self) -> None:
+        tables = self.store.tables
+        with self.store.index.read() as txn:
+            records = {Digest.parse(k.decode()): BlobRecord.unpack(v) for k, v in txn.scan(tables.blobs)}
+        assert set(records) == set(self.model.blobs)
+        for digest, record in records.items():
+            blob = self.model.blobs[digest]
+            count = self.model.refcount(digest)
+            assert (record.state, record.size, record.refcount, record.lease_until) == (
+                STATE_PRESENT, len(blob.data), count, blob.lease_until), digest
+            if count == 0:  # zero_since means nothing while the blob is referenced
+                assert record.zero_since == blob.zero_since, digest
+
+    @invariant()
+    def edges_match(self) -> None:
+        with self.store.index.read() as txn:
+            by_digest = {(h, d) for d in self.model.blobs for h in self.store.refs.holders(txn, d)}
+            by_holder = {(h, d) for h in HOLDERS for d in self.store.refs.held_by(txn, h)}
+            edges = sum(1 for _ in txn.scan(self.store.tables.refs))
+        assert by_digest == by_holder == self.model.edges
+        assert edges == len(self.model.edges)
+
+    @invariant()
+    def sessions_match(self) -> None:
+        uploads = self.store.uploads
+        with self.store.index.read() as txn:
+            ids = {k.decode() for k, _ in txn.scan(self.store.tables.uploads)}
+        assert ids == set(self.model.sessions)
+        assert set(os.listdir(self.root / "uploads")) == ids  # a partial file per session, no leftovers
+        for session_id in self.model.sessions:
+            assert uploads.status(session_id) == self.model.status(session_id)
+        for session_id in (*self.model.ended, UNKNOWN_SESSION):
+            assert attempt(lambda: uploads.status(session_id)) == Raised(UploadUnknown)  # noqa: B023
+
+    @invariant()
+    def fsck_finds_nothing(self) -> None:
+        report = check(self.store)
+        assert not report.damaged, report.lines()
+        assert (report.checked, report.unindexed, report.doomed, report.temp) == (len(self.model.blobs), [], 0, 0)
+
+
+def test_blob_store_agrees_with_model(tmp_path: Path) -> None:
+    run_state_machine_as_test(lambda: BlobStoreMachine(tmp_path),
+                              settings=settings(max_examples=60, stateful_step_count=40, deadline=None))
