@@ -32,7 +32,8 @@ from .uploads import UploadStatus
 
 __all__ = [
     "ALGORITHMS", "DEFAULT_ALGORITHM", "BlobInfo", "BlobReader", "BlobStore", "BlobUnknown", "CasError", "Digest",
-    "DigestMismatch", "FsckReport", "GcReport", "IncompatibleStore", "Index", "IndexFull", "InvalidDigest", "InvalidHolder",
-    "InvalidRange", "OffsetMismatch", "Retention", "SizeMismatch", "StoreConfig", "Table", "Transaction",
-    "UnsupportedDigest", "UploadBusy", "UploadStatus", "UploadUnknown", "WriteTransaction", "check", "new_hasher",
+    "DigestMismatch", "FsckReport", "GcReport", "IncompatibleStore", "Index", "IndexFull", "InvalidDigest",
+    "InvalidHolder", "InvalidRange", "OffsetMismatch", "Retention", "SizeMismatch", "StoreConfig", "Table",
+    "Transaction", "UnsupportedDigest", "UploadBusy", "UploadStatus", "UploadUnknown", "WriteTransaction", "check",
+    "new_hasher",
 ]

@@ -14,5 +14,5 @@ _TARGET = os.environ.get("BERTH_CRASHPOINT") or None
 
 
 def reached(name: str) -> None:
-    if _TARGET is not None and _TARGET == name:
+    if _TARGET is not None and name == _TARGET:
         os.kill(os.getpid(), signal.SIGKILL)

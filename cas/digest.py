@@ -51,7 +51,7 @@ def new_hasher(algorithm: str) -> Hasher:
     if algorithm == "blake3":
         # blake3.update releases the GIL for inputs of a page or more; one thread per hasher is enough here
         # because ingest already runs hashing beside the file writes.
-        return _blake3.blake3()  # type: ignore[no-any-return]
+        return _blake3.blake3()
     raise UnsupportedDigest(f"unsupported digest algorithm {algorithm!r}; supported: {', '.join(ALGORITHMS)}")
 
 

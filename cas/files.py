@@ -7,6 +7,7 @@ flock() locks belong to the open file description, so this also tells apart two 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import time
@@ -71,10 +72,8 @@ class LockedFile:
 
     def remove(self) -> None:
         """Unlink while still holding the lock, then close: nobody can lock a file we are deleting."""
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
-        except FileNotFoundError:
-            pass
         self.close()
 
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from .digest import Digest, new_hasher
 from .index import WriteTransaction
-from .layout import STATE_MISSING, STATE_PRESENT, BlobRecord, blob_path, queue_key
+from .layout import STATE_MISSING, STATE_PRESENT, BlobRecord, queue_key
 
 if TYPE_CHECKING:
     from .store import BlobStore

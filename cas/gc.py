@@ -18,14 +18,17 @@ rename-into-place and commit).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import TYPE_CHECKING
 
 from . import crashpoints
 from .digest import ALGORITHMS, Digest
 from .files import remove_debris
-from .index import Transaction
+from .index import Transaction, WriteTransaction
 from .layout import STATE_PRESENT, BlobRecord, blob_path, queue_key, queue_key_time
 
 if TYPE_CHECKING:
@@ -74,16 +77,13 @@ class Collector:
         cutoff = now - self._store.config.grace
         if dry_run:
             with self._store.index.read() as txn:
-                self._doom(txn, report, now, cutoff, start=b"", limit=None, write=False)
+                self._doom(txn, report, now, cutoff, start=b"", limit=None, writer=None)
             return report
-        start = b""
-        while True:
-            def batch(txn: object, start: bytes = start) -> bytes | None:
-                return self._doom(txn, report, now, cutoff, start=start, limit=BATCH, write=True)  # type: ignore[arg-type]
-            next_start = self._store.index.transact(batch)
-            if next_start is None:
-                break
-            start = next_start
+        start: bytes | None = b""
+        while start is not None:
+            def batch(txn: WriteTransaction, start: bytes = start) -> bytes | None:
+                return self._doom(txn, report, now, cutoff, start=start, limit=BATCH, writer=txn)
+            start = self._store.index.transact(batch)
         self._unlink_doomed()
         report.expired_uploads = self._store.uploads.expire()
         report.debris_files += self._sweep_temp()
@@ -92,8 +92,9 @@ class Collector:
         return report
 
     def _doom(self, txn: Transaction, report: GcReport, now: float, cutoff: float, start: bytes,
-              limit: int | None, write: bool) -> bytes | None:
-        """Process queue entries from `start`; return where to continue, or None when the queue is done."""
+              limit: int | None, writer: WriteTransaction | None) -> bytes | None:
+        """Process queue entries from `start`; return where to continue, or None when the queue is done.
+        With `writer` (the same transaction as `txn`), act; without, only report (dry run)."""
         t = self._t
         seen = 0
         for key, _ in txn.scan(t.gcqueue, start=start):
@@ -107,31 +108,29 @@ class Collector:
             record = BlobRecord.unpack(raw) if raw is not None else None
             if record is None or record.refcount > 0 or queue_key(record.zero_since, digest_key) != key:
                 report.stale_entries += 1
-                if write:
-                    txn.delete(t.gcqueue, key)  # type: ignore[attr-defined]
+                if writer is not None:
+                    writer.delete(t.gcqueue, key)
                 continue
             if record.lease_until > now:
                 report.leased += 1
                 continue
             report.collected.append((Digest.parse(digest_key.decode("ascii")), record.size))
-            if write:
-                txn.delete(t.blobs, digest_key)  # type: ignore[attr-defined]
-                txn.delete(t.gcqueue, key)  # type: ignore[attr-defined]
-                txn.put(t.doomed, digest_key, b"")  # type: ignore[attr-defined]
+            if writer is not None:
+                writer.delete(t.blobs, digest_key)
+                writer.delete(t.gcqueue, key)
+                writer.put(t.doomed, digest_key, b"")
         return None
 
     def _unlink_doomed(self) -> None:
         root = self._store.root
 
-        def batch(txn: object) -> int:
-            keys = [key for key, _ in _take(txn.scan(self._t.doomed), BATCH)]  # type: ignore[attr-defined]
+        def batch(txn: WriteTransaction) -> int:
+            keys = [key for key, _ in islice(txn.scan(self._t.doomed), BATCH)]
             for key in keys:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(blob_path(root, Digest.parse(key.decode("ascii"))))
-                except FileNotFoundError:
-                    pass
                 crashpoints.reached("gc.after_unlink")
-                txn.delete(self._t.doomed, key)  # type: ignore[attr-defined]
+                txn.delete(self._t.doomed, key)
             return len(keys)
 
         while self._store.index.transact(batch) == BATCH:
@@ -151,15 +150,13 @@ class Collector:
         if not candidates:
             return 0
 
-        def remove(txn: object) -> int:
+        def remove(txn: WriteTransaction) -> int:
             removed = 0
             for digest in candidates:
-                if txn.get(self._t.blobs, digest.key) is None:  # type: ignore[attr-defined]
-                    try:
+                if txn.get(self._t.blobs, digest.key) is None:
+                    with contextlib.suppress(FileNotFoundError):
                         os.unlink(blob_path(self._store.root, digest))
                         removed += 1
-                    except FileNotFoundError:
-                        pass
             return removed
 
         return self._store.index.transact(remove)
@@ -169,7 +166,7 @@ class Collector:
         grace = self._store.config.grace
         with self._store.index.read() as txn:
             raw = txn.get(self._t.blobs, digest.key)
-            holders = tuple(_take(self._store.refs.holders(txn, digest), 20))
+            holders = tuple(islice(self._store.refs.holders(txn, digest), 20))
         if raw is None:
             return Retention(digest, False, 0, holders, 0, None, "not in the store")
         record = BlobRecord.unpack(raw)
@@ -188,7 +185,7 @@ class Collector:
         return Retention(digest, stored, record.size, holders, 0, at, reason)
 
 
-def iter_blob_files(root: os.PathLike[str] | str):  # type: ignore[no-untyped-def]
+def iter_blob_files(root: os.PathLike[str] | str) -> Iterator[tuple[Digest | None, str]]:
     """Every file under blobs/, with its digest if its path is a well-formed blob path (else None)."""
     base = os.path.join(root, "blobs")
     for algorithm in sorted(os.listdir(base)):
@@ -214,11 +211,3 @@ def _digest_of(algorithm: str, prefix: str, name: str) -> Digest | None:
     except ValueError:
         return None
 
-
-def _take(iterable, n):  # type: ignore[no-untyped-def]
-    out = []
-    for item in iterable:
-        if len(out) >= n:
-            break
-        out.append(item)
-    return out

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import lmdb
 
@@ -72,7 +72,7 @@ class Table:
 
     __slots__ = ("name", "_db")
 
-    def __init__(self, name: str, db: object) -> None:
+    def __init__(self, name: str, db: Any) -> None:
         self.name = name
         self._db = db
 
@@ -89,8 +89,8 @@ class Transaction:
         self._txn = txn
 
     def get(self, table: Table, key: bytes) -> bytes | None:
-        value: bytes | None = self._txn.get(key, db=table._db)
-        return value
+        value = self._txn.get(key, db=table._db)
+        return None if value is None else bytes(value)
 
     def scan(self, table: Table, prefix: bytes = b"", start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Keys in byte order, from `start` (or `prefix`) on, while they begin with `prefix`."""
@@ -99,9 +99,9 @@ class Transaction:
             if not cursor.set_range(first):
                 return
             for key, value in cursor:
-                if not key.startswith(prefix):
+                if not bytes(key).startswith(prefix):
                     return
-                yield key, value
+                yield bytes(key), bytes(value)
 
     def count(self, table: Table) -> int:
         entries: int = self._txn.stat(table._db)["entries"]

@@ -260,4 +260,4 @@ def _chunks(source: Iterable[bytes] | BinaryIO | bytes) -> Iterator[bytes]:
         while chunk := read(READ_CHUNK):
             yield chunk
         return
-    yield from source  # type: ignore[misc]
+    yield from source

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from collections.abc import Callable
 
 from .digest import Hasher
 
@@ -26,7 +27,7 @@ _STOP = None
 
 
 class _Worker(threading.Thread):
-    def __init__(self, name: str, work: object) -> None:
+    def __init__(self, name: str, work: Callable[[bytes | memoryview], object]) -> None:
         super().__init__(name=name, daemon=True)
         self.inbox: queue.Queue[bytes | memoryview | None] = queue.Queue(QUEUE_DEPTH)
         self.error: BaseException | None = None
@@ -40,7 +41,7 @@ class _Worker(threading.Thread):
                 return
             if self.error is None:
                 try:
-                    work(chunk)  # type: ignore[operator]
+                    work(chunk)
                 except BaseException as exc:  # noqa: BLE001 - re-raised in the producer's thread
                     self.error = exc
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -37,10 +38,8 @@ def make_store(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., BlobS
 
     yield make
     for store in opened:
-        try:
+        with contextlib.suppress(Exception):
             store.close()
-        except Exception:
-            pass
 
 
 @pytest.fixture

@@ -53,7 +53,7 @@ def main() -> None:
 
 def churn(store: BlobStore, journal_path: str, seed: int) -> None:
     rng = random.Random(seed)
-    journal = open(journal_path, "a")
+    journal = open(journal_path, "a")  # noqa: SIM115 - open until the parent kills this process
 
     def log(**entry: object) -> None:
         journal.write(json.dumps(entry) + "\n")

@@ -58,9 +58,8 @@ def assert_clean_after_gc(data: Path) -> None:
 def test_kill_during_ingest_before_publish(tmp_path: Path) -> None:
     data = tmp_path / "data"
     run_child(data, "ingest", "1", crashpoint="ingest.before_publish")
-    with BlobStore(data) as store:
-        with pytest.raises(BlobUnknown):
-            store.stat(Digest.of(blob(1)))
+    with BlobStore(data) as store, pytest.raises(BlobUnknown):
+        store.stat(Digest.of(blob(1)))
     assert len(list((data / "tmp").iterdir())) == 1  # the fsynced temp file is debris
     assert_clean_after_gc(data)
 

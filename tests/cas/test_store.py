@@ -158,11 +158,9 @@ def test_a_with_block_that_fills_the_map_grows_it_and_asks_for_a_retry(tmp_path:
     store = BlobStore(tmp_path / "data", map_size=256 << 10)
     digests = [store.ingest(os.urandom(16)).digest for _ in range(500)]
     size = store.index.map_size
-    with pytest.raises(IndexFull):  # a with-block cannot be replayed
-        with store.index.write() as txn:
-            _reference_all(store, txn, digests * 1, "big")
-            _reference_all(store, txn, digests, "bigger")
-            _reference_all(store, txn, digests, "biggest")
+    with pytest.raises(IndexFull), store.index.write() as txn:  # a with-block cannot be replayed
+        for holder in ("big", "bigger", "biggest"):
+            _reference_all(store, txn, digests, holder)
     assert store.index.map_size > size
     with store.index.read() as txn:  # nothing of the failed block was committed
         assert list(store.refs.held_by(txn, "big" + "x" * 300)) == []
