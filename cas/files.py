@@ -3,6 +3,10 @@
 A file being written is held under an exclusive flock() by the process writing it. Debris left by a crashed
 process has no lock: cleanup passes take the lock without blocking and delete only what they could lock.
 flock() locks belong to the open file description, so this also tells apart two threads of one process.
+
+Linux cannot create a file and lock it in one step, so a file is created as `.creating-<name>`, locked, and only
+then renamed to `<name>`: a file under its real name is locked for as long as anybody uses it, and an unlocked one
+is debris at once. A `.creating-` file (a crash in those microseconds) is debris only after CREATING_MIN_AGE.
 """
 
 from __future__ import annotations
@@ -35,6 +39,11 @@ def ensure_dir(path: Path) -> None:
     fsync_dir(path.parent)
 
 
+CREATING_PREFIX = ".creating-"
+# Between open(O_EXCL) and flock() lie microseconds; a minute leaves room for a stalled process.
+CREATING_MIN_AGE = 60.0
+
+
 class LockedFile:
     """An open file held under an exclusive flock for as long as it is open."""
 
@@ -46,9 +55,18 @@ class LockedFile:
 
     @classmethod
     def create(cls, directory: Path, name: str | None = None) -> LockedFile:
-        path = directory / (name or uuid.uuid4().hex)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        name = name or uuid.uuid4().hex
+        staging = directory / (CREATING_PREFIX + name)
+        fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            path = directory / name
+            os.rename(staging, path)  # names are fresh uuids: nothing is replaced
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staging)
+            raise
         return cls(path, fd)
 
     @classmethod
@@ -77,14 +95,10 @@ class LockedFile:
         self.close()
 
 
-def remove_debris(path: Path, min_age: float) -> bool:
-    """Delete a file nobody holds a lock on and nobody wrote to for `min_age` seconds. True if deleted.
-
-    The age rule closes the one window the lock cannot: between a writer's open(O_EXCL) and its flock().
-    Losing that race would make the writer's publish fail cleanly (its file is gone), never corrupt the store.
-    """
+def remove_debris(path: Path) -> bool:
+    """Delete a file nobody holds a lock on (see the module docstring for `.creating-` files). True if deleted."""
     try:
-        if time.time() - path.stat().st_mtime < min_age:
+        if path.name.startswith(CREATING_PREFIX) and time.time() - path.stat().st_mtime < CREATING_MIN_AGE:
             return False
         locked = LockedFile.try_open(path)
     except (FileNotFoundError, BlockingIOError):

@@ -137,8 +137,7 @@ class Collector:
             pass
 
     def _sweep_temp(self) -> int:
-        age = self._store.config.debris_age
-        return sum(remove_debris(path, age) for path in (self._store.root / "tmp").iterdir())
+        return sum(remove_debris(path) for path in (self._store.root / "tmp").iterdir())
 
     def _sweep_orphans(self) -> int:
         """Blob files without a record. Checked and removed under the writer lock (see module docstring)."""

@@ -8,8 +8,9 @@ Directory
     DATA/
       index/data.mdb, index/lock.mdb   the LMDB environment (all metadata; see tables below)
       blobs/<alg>/<hh>/<hex>            immutable blob files, named by digest; <hh> = first two hex characters
-      uploads/<session-id>              partial files of open upload sessions
+      uploads/<session-id>              partial files of open upload sessions; flock()ed while written
       tmp/<random>                      files being ingested; flock()ed while in use, debris otherwise
+      */.creating-<name>                a file between creation and lock (cas/files.py); debris after a minute
       quarantine/<name>                 files fsck moved aside (corrupt or stray); never read, never deleted by Berth
 
 A blob file exists under blobs/ only after its bytes were verified against its name, fsynced and renamed into

@@ -34,8 +34,6 @@ class StoreConfig:
     # Idle upload sessions are removed after this long (Distribution's uploadpurging default age is 168 h;
     # a day without a single chunk is abandoned for any real client).
     upload_ttl: float = 24 * 3600.0
-    # Unlocked temp/partial files younger than this are never treated as debris (see files.remove_debris).
-    debris_age: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)

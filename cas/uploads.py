@@ -63,6 +63,8 @@ class Uploads:
         record = UploadRecord(algorithm, 0, now, now, dict(meta or {}))
         # The file is created and locked first, the record committed second: a crash in between leaves an unlocked
         # file with no record, which expire() removes; a file locked by its creator is never taken for debris.
+        # expire() reads the record only after it holds the lock, so a file whose record is being committed is
+        # either locked (skipped) or already has its record.
         partial = LockedFile.create(self._dir, session_id)
         try:
             with self._store.index.write() as txn:
@@ -143,7 +145,7 @@ class Uploads:
         for path in self._dir.iterdir():
             with self._store.index.read() as txn:
                 known = txn.get(self._table, path.name.encode()) is not None
-            if not known and remove_debris(path, self._store.config.debris_age):
+            if not known and remove_debris(path):
                 removed += 1
         return removed
 

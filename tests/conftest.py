@@ -31,7 +31,7 @@ def make_store(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., BlobS
     opened: list[BlobStore] = []
 
     def make(**config: float) -> BlobStore:
-        settings = {"grace": 100.0, "lease": 30.0, "upload_ttl": 500.0, "debris_age": 0.0} | config
+        settings = {"grace": 100.0, "lease": 30.0, "upload_ttl": 500.0} | config
         store = BlobStore(tmp_path / "data", config=StoreConfig(**settings), clock=clock)
         opened.append(store)
         return store

@@ -14,7 +14,7 @@ import sys
 
 from cas import BlobStore, Digest, StoreConfig
 
-CONFIG = StoreConfig(grace=0.0, lease=0.0, upload_ttl=3600.0, debris_age=0.0)
+CONFIG = StoreConfig(grace=0.0, lease=0.0, upload_ttl=3600.0)
 
 
 def blob(seed: int, size: int = 3 << 20) -> bytes:

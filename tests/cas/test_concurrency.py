@@ -6,6 +6,7 @@ import contextlib
 import multiprocessing
 import random
 import threading
+import time
 from pathlib import Path
 
 from cas import BlobStore, BlobUnknown, Digest, StoreConfig, UploadBusy, check
@@ -90,13 +91,14 @@ def test_two_processes_ingest_and_reference_at_once(tmp_path: Path) -> None:
 def test_gc_racing_ingest_of_the_same_content_never_loses_a_file(tmp_path: Path) -> None:
     """grace = lease = 0: every pass may collect the blob the other threads keep re-ingesting. Whatever the
     interleaving, a record must never point at a missing file (the publish/unlink race is closed by the lock)."""
-    store = BlobStore(tmp_path / "data", config=StoreConfig(grace=0.0, lease=0.0, debris_age=0.0))
+    store = BlobStore(tmp_path / "data", config=StoreConfig(grace=0.0, lease=0.0))
     contents = [payload(seed, 50_000) for seed in range(4)]
     stop = threading.Event()
     collected: list[int] = []
 
     def ingester(i: int) -> None:
         while not stop.is_set():
+            time.sleep(0.001)  # leave the collector windows in which nothing renews a lease
             for content in contents:
                 info = store.ingest(content)
                 # Collected after we stored it is allowed with grace 0 (BlobUnknown); damage would be an OSError.
@@ -105,7 +107,8 @@ def test_gc_racing_ingest_of_the_same_content_never_loses_a_file(tmp_path: Path)
 
     def collector(i: int) -> None:
         try:
-            for _ in range(60):
+            deadline = time.monotonic() + 20
+            while sum(collected) < 50 and time.monotonic() < deadline:
                 collected.append(len(store.gc.run(sweep_orphans=False).collected))
         finally:
             stop.set()

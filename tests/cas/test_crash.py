@@ -21,7 +21,7 @@ pytestmark = pytest.mark.crash
 
 CHILD = Path(__file__).with_name("crash_child.py")
 ROOT = Path(__file__).resolve().parents[2]
-CLEANUP = StoreConfig(grace=0.0, lease=0.0, upload_ttl=0.0, debris_age=0.0)
+CLEANUP = StoreConfig(grace=0.0, lease=0.0, upload_ttl=0.0)
 
 
 def blob(seed: int, size: int = 3 << 20) -> bytes:
