@@ -1,0 +1,75 @@
+"""Repository names, tags and references.
+
+Grammar (OCI distribution-spec v1.1, "Pulling manifests"):
+    <name>      [a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*(\\/[a-z0-9]+((\\.|_|__|-+)[a-z0-9]+)*)*
+    <reference> a tag [a-zA-Z0-9_][a-zA-Z0-9._-]{0,127} or a digest
+The spec lets registries limit a name's length; clients commonly cap hostname + "/" + name at 255 characters,
+and Distribution refuses names over 255 (reference.NameTotalLengthMax): so do we.
+
+Berth's project rule on top: the first component is a project id, `syn` followed by digits, and at least one
+more component follows it (`syn12345/my-repo`).
+
+Every pattern here is checked after a length cap, and none has nested quantifiers over overlapping characters,
+so hostile input is rejected in linear time.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from cas import Digest, InvalidDigest
+
+NAME_MAX = 255  # Distribution's reference.NameTotalLengthMax
+TAG_MAX = 128  # distribution-spec: at most 128 characters
+
+_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
+_TAG = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
+_PROJECT = re.compile(r"syn[0-9]{1,18}")
+
+
+class InvalidName(ValueError):
+    """A repository name outside the grammar or the project rule (NAME_INVALID)."""
+
+
+class InvalidReference(ValueError):
+    """A tag or digest that is malformed (TAG_INVALID / DIGEST_INVALID)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryName:
+    project: str  # `syn123`
+    path: str  # everything after the project id: `team/app`
+
+    @classmethod
+    def parse(cls, text: str) -> RepositoryName:
+        if not text or len(text) > NAME_MAX:
+            raise InvalidName(f"repository name must be 1..{NAME_MAX} characters, got {len(text)}")
+        components = text.split("/")
+        for component in components:
+            if not _COMPONENT.fullmatch(component):
+                raise InvalidName(f"invalid repository name {text!r}: component {component[:64]!r} must be lower-case "
+                                  "letters and digits, separated by '.', '_', '__' or dashes")
+        if len(components) < 2 or not _PROJECT.fullmatch(components[0]):
+            raise InvalidName(f"invalid repository name {text!r}: expected <project id>/<repository>, "
+                              "e.g. syn12345/my-repo")
+        return cls(components[0], "/".join(components[1:]))
+
+    def __str__(self) -> str:
+        return f"{self.project}/{self.path}"
+
+
+def parse_tag(text: str) -> str:
+    if len(text) > TAG_MAX or not _TAG.fullmatch(text):
+        raise InvalidReference(f"invalid tag {text[:64]!r}: 1..128 of [a-zA-Z0-9_.-], not starting with '.' or '-'")
+    return text
+
+
+def parse_reference(text: str) -> str | Digest:
+    """A manifest reference: a Digest if it contains ':', else a tag."""
+    if ":" in text:
+        try:
+            return Digest.parse(text)
+        except InvalidDigest as exc:
+            raise InvalidReference(str(exc)) from None
+    return parse_tag(text)

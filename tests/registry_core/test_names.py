@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cas import Digest
+from registry_core.names import InvalidName, InvalidReference, RepositoryName, parse_reference, parse_tag
+
+
+@pytest.mark.parametrize("text", ["syn1/a", "syn12345/my-repo", "syn1/a/b/c", "syn1/a.b_c__d---e", "syn0/x9"])
+def test_valid_names(text: str) -> None:
+    name = RepositoryName.parse(text)
+    assert str(name) == text and name.project == text.split("/")[0]
+
+
+@pytest.mark.parametrize("text", [
+    "", "syn1", "syn1/", "/syn1/a", "syn1//a", "Syn1/a", "syn1/A", "syn/a", "synx/a", "project/a", "syn1/a_",
+    "syn1/-a", "syn1/a..b", "syn1/a___b", "syn1/a/", "syn1/" + "a" * 251, "syn1/a b", "syn1/a\n", "syn1/ä",
+])
+def test_invalid_names(text: str) -> None:
+    with pytest.raises(InvalidName):
+        RepositoryName.parse(text)
+
+
+def test_longest_name() -> None:
+    assert RepositoryName.parse("syn1/" + "a" * 250)
+
+
+@pytest.mark.parametrize("text", ["latest", "v1.0", "_x", "A" * 128, "1-2_3.4"])
+def test_valid_tags(text: str) -> None:
+    assert parse_tag(text) == text
+
+
+@pytest.mark.parametrize("text", ["", ".x", "-x", "a" * 129, "a/b", "a:b", "a b", "ä"])
+def test_invalid_tags(text: str) -> None:
+    with pytest.raises(InvalidReference):
+        parse_tag(text)
+
+
+def test_references() -> None:
+    digest = Digest.of(b"x")
+    assert parse_reference(str(digest)) == digest
+    assert parse_reference("v1") == "v1"
+    with pytest.raises(InvalidReference):
+        parse_reference("sha256:short")
+
+
+def test_hostile_names_are_rejected_fast() -> None:
+    started = time.perf_counter()
+    for text in ["syn1/" + "a-" * 5000 + "!", "syn1/" + "a_" * 125 + "!", "a" * 10**6, "syn1/" + "a" * 249 + "-!"]:
+        with pytest.raises(InvalidName):
+            RepositoryName.parse(text)
+    assert time.perf_counter() - started < 0.5
+
+
+@given(st.text(alphabet="syn0123456789abz._-/A", max_size=300))
+def test_parse_either_round_trips_or_refuses(text: str) -> None:
+    try:
+        name = RepositoryName.parse(text)
+    except InvalidName:
+        return
+    assert str(name) == text
