@@ -9,7 +9,7 @@ Damage (what must never happen, reported loudly):
 Debris (what a crash leaves and GC reclaims; reported, not damage):
     unindexed    a correct blob file without a record
     doomed       records already deleted by GC whose files are still to be unlinked
-    temp         files under tmp/
+    temp         files under tmp/ and trash/
 
 Repair (only when asked) never drops referenced data silently: a corrupt file is moved to quarantine/ and its
 record marked MISSING (never served; holders kept; the next ingest of the right bytes heals it); a missing file is
@@ -105,7 +105,7 @@ def check(store: BlobStore, repair: bool = False, workers: int = 2) -> FsckRepor
             edges[digest] = edges.get(digest, 0) + 1
         doomed = {Digest.parse(k.decode("ascii")) for k, _ in txn.scan(t.doomed)}
     report.doomed = len(doomed)
-    report.temp = sum(1 for _ in (store.root / "tmp").iterdir())
+    report.temp = sum(1 for sub in ("tmp", "trash") for _ in (store.root / sub).iterdir())
 
     corrupt: set[Digest] = set()
     for digest, (hexdigest, size) in hashed.items():

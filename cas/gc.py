@@ -8,9 +8,12 @@ BATCH entries (reads and writes go on between them):
 2. keeps entries whose blob holds a lease (a stat or dedup hit asked for it recently);
 3. otherwise deletes the blob's record and marks it `doomed`: from that commit on, nobody can see or reference it.
 
-Then it unlinks doomed files, again under the LMDB writer lock, which `BlobStore.publish` holds while it renames a
-new copy into place: a publish of the same digest cancels the doom, so the unlink can never delete a fresh file.
-A crash after an unlink and before its commit leaves a doomed entry whose file is gone; the next pass finishes it.
+Then it moves doomed files into trash/, again under the LMDB writer lock, which `BlobStore.publish` holds while it
+renames a new copy into place: a publish of the same digest cancels the doom, so GC can never take a fresh file.
+A rename holds the lock ~5x shorter than an unlink on a filesystem that discards freed blocks synchronously; the
+unlinks themselves run outside the lock, on UNLINK_THREADS threads (they overlap well), while the next batch is
+renamed. A crash after a rename and before its commit leaves a doomed entry whose file is gone (the next pass
+finishes it) and files in trash/ (never referenced by anything: the next pass unlinks them).
 
 Last, debris: temp files of crashed ingests, idle upload sessions, and blob files with no record (a crash between
 rename-into-place and commit).
@@ -21,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING
@@ -34,9 +38,11 @@ from .layout import STATE_PRESENT, BlobRecord, blob_path, queue_key, queue_key_t
 if TYPE_CHECKING:
     from .store import BlobStore
 
-# Entries per write transaction: ~1000 puts commit in a few ms (PERF-NOTES: ~23 k puts/s in batches), short
-# enough that a manifest PUT waiting for the writer lock does not notice.
+# Entries per write transaction: ~1000 puts commit in a few ms (PERF-NOTES: ~23 k puts/s in batches), and 1000
+# renames take ~35 ms here: short enough that a manifest PUT waiting for the writer lock barely notices.
 BATCH = 1000
+# Measured on ext4 with online discard: one thread unlinks at ~170 us/file, eight at ~64 us/file.
+UNLINK_THREADS = 8
 
 
 @dataclass(slots=True)
@@ -84,7 +90,7 @@ class Collector:
             def batch(txn: WriteTransaction, start: bytes = start) -> bytes | None:
                 return self._doom(txn, report, now, cutoff, start=start, limit=BATCH, writer=txn)
             start = self._store.index.transact(batch)
-        self._unlink_doomed()
+        self._discard_doomed()
         report.expired_uploads = self._store.uploads.expire()
         report.debris_files += self._sweep_temp()
         if sweep_orphans:
@@ -121,20 +127,30 @@ class Collector:
                 writer.put(t.doomed, digest_key, b"")
         return None
 
-    def _unlink_doomed(self) -> None:
-        root = self._store.root
+    def _discard_doomed(self) -> None:
+        blobs, trash = f"{self._store.root}/blobs", f"{self._store.root}/trash"
 
-        def batch(txn: WriteTransaction) -> int:
+        def batch(txn: WriteTransaction) -> tuple[int, list[str]]:
             keys = [key for key, _ in islice(txn.scan(self._t.doomed), BATCH)]
+            moved = []
             for key in keys:
+                algorithm, hexdigest = key.decode("ascii").split(":", 1)  # plain strings: pathlib was 20 % here
+                target = f"{trash}/{algorithm}-{hexdigest}"
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(blob_path(root, Digest.parse(key.decode("ascii"))))
-                crashpoints.reached("gc.after_unlink")
+                    os.rename(f"{blobs}/{algorithm}/{hexdigest[:2]}/{hexdigest}", target)
+                    moved.append(target)
+                crashpoints.reached("gc.after_trash")
                 txn.delete(self._t.doomed, key)
-            return len(keys)
+            return len(keys), moved
 
-        while self._store.index.transact(batch) == BATCH:
-            pass
+        with ThreadPoolExecutor(UNLINK_THREADS, thread_name_prefix="berth-gc") as pool:
+            unlinks = [pool.submit(_unlink_quietly, entry.path) for entry in os.scandir(trash)]  # a crashed pass's
+            processed = BATCH
+            while processed == BATCH:
+                processed, moved = self._store.index.transact(batch)
+                unlinks.extend(pool.submit(_unlink_quietly, path) for path in moved)
+            for unlink in unlinks:
+                unlink.result()  # surface anything but "already gone"
 
     def _sweep_temp(self) -> int:
         return sum(remove_debris(path) for path in (self._store.root / "tmp").iterdir())
@@ -182,6 +198,11 @@ class Collector:
         if at <= self._store.clock():
             reason = "unreferenced and past its grace period: the next GC pass deletes it"
         return Retention(digest, stored, record.size, holders, 0, at, reason)
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def iter_blob_files(root: os.PathLike[str] | str) -> Iterator[tuple[Digest | None, str]]:

@@ -11,6 +11,7 @@ Directory
       uploads/<session-id>              partial files of open upload sessions; flock()ed while written
       tmp/<random>                      files being ingested; flock()ed while in use, debris otherwise
       */.creating-<name>                a file between creation and lock (cas/files.py); debris after a minute
+      trash/<alg>-<hex>                 files GC took out of blobs/ and has yet to unlink (debris after a crash)
       quarantine/<name>                 files fsck moved aside (corrupt or stray); never read, never deleted by Berth
 
 A blob file exists under blobs/ only after its bytes were verified against its name, fsynced and renamed into

@@ -65,7 +65,7 @@ class BlobStore:
         self.root = Path(root)
         self.config = config or StoreConfig()
         self.clock = clock
-        for sub in ("blobs", "uploads", "tmp", "quarantine"):
+        for sub in ("blobs", "uploads", "tmp", "trash", "quarantine"):
             ensure_dir(self.root / sub)
         self.index = Index(self.root / "index", map_size=map_size)
         self.tables = Tables(*(self.index.table(name) for name in
@@ -153,7 +153,7 @@ class BlobStore:
             return self._ingest_known(source, expected, hasher, size)
         temp = LockedFile.create(self.root / "tmp")
         try:
-            writer = HashingWriter(temp.fd, hasher)
+            writer = HashingWriter(temp.fd, hasher, expected_size=size)
             try:
                 for chunk in _chunks(source):
                     writer.write(chunk)

@@ -203,7 +203,7 @@ class Uploads:
             hasher = _hash_file(partial.fd, record.offset, record.algorithm)
         os.ftruncate(partial.fd, record.offset)  # cut a tail left by a crash or an interrupted chunk
         os.lseek(partial.fd, record.offset, os.SEEK_SET)
-        writer = HashingWriter(partial.fd, hasher)
+        writer = HashingWriter(partial.fd, hasher, expected_size=length)
         try:
             for chunk in chunks:
                 writer.write(chunk)

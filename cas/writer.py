@@ -56,11 +56,16 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
 class HashingWriter:
     """Writes chunks to `fd` (from its current position) while feeding `hasher`. Not thread-safe itself."""
 
-    def __init__(self, fd: int, hasher: Hasher) -> None:
+    def __init__(self, fd: int, hasher: Hasher, expected_size: int | None = None) -> None:
+        """`expected_size`, when the caller knows it (Content-Length), starts the pipeline at the first byte
+        instead of after PIPELINE_THRESHOLD bytes; a chunked upload would otherwise hash and write the first MiB
+        of every chunk serially."""
         self._fd = fd
         self._hasher = hasher
         self._workers: tuple[_Worker, _Worker] | None = None
         self.size = 0
+        if expected_size is not None and expected_size > PIPELINE_THRESHOLD:
+            self._start()
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
         if not chunk:

@@ -12,10 +12,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
-from cas import BlobStore, BlobUnknown, Digest, StoreConfig, check
+from cas import BlobStore, BlobUnknown, Digest, StoreConfig, check, files
 
 pytestmark = pytest.mark.crash
 
@@ -44,11 +45,21 @@ def run_child(data: Path, *args: str, crashpoint: str | None = None, extra_env: 
 
 
 def assert_clean_after_gc(data: Path) -> None:
-    """fsck finds no damage; one GC pass (grace 0) removes all debris; fsck still clean and debris-free."""
+    """fsck finds no damage; one GC pass (grace 0) removes all debris; fsck still clean and debris-free.
+
+    The one exception is the documented one: a process killed between creating a file and renaming it to its
+    real name leaves a `.creating-` file that is debris only after CREATING_MIN_AGE. Such a file may remain after
+    the first pass and must go in a pass once it is old enough (the floor is lowered here instead of waiting).
+    """
     with BlobStore(data, config=CLEANUP) as store:
         before = check(store)
         assert not before.damaged, before.lines()
         store.gc.run()
+        young = [p.name for sub in ("tmp", "uploads") for p in (data / sub).iterdir()]
+        assert all(name.startswith(files.CREATING_PREFIX) for name in young), young
+        if young:
+            with mock.patch.object(files, "CREATING_MIN_AGE", 0.0):
+                store.gc.run()
         after = check(store)
         assert not after.damaged, after.lines()
         assert after.unindexed == [] and after.doomed == 0 and after.temp == 0, after.lines()
@@ -145,17 +156,17 @@ def test_kill_during_a_reference_transaction_is_all_or_nothing(tmp_path: Path, i
         assert collected == (set(digests) if inside else set())
 
 
-def test_kill_during_gc_unlinks(tmp_path: Path) -> None:
+def test_kill_during_gc_between_trash_and_commit(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with BlobStore(data) as store:
         digests = [store.ingest(blob(seed, 2000)).digest for seed in range(20, 26)]
-    run_child(data, "gc", crashpoint="gc.after_unlink")
+    run_child(data, "gc", crashpoint="gc.after_trash")
     with BlobStore(data) as store:
         for digest in digests:  # phase one committed: every record is gone, whatever happened to the files
             with pytest.raises(BlobUnknown):
                 store.stat(digest)
         report = check(store)
-        assert report.doomed == len(digests) and not report.damaged
+        assert report.doomed == len(digests) and report.temp == 1 and not report.damaged  # one file in trash/
     assert_clean_after_gc(data)
     assert list((data / "blobs" / "sha256").glob("*/*")) == []
 
