@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -204,3 +206,27 @@ def test_cas_imports_nothing_of_berth_or_any_web_framework() -> None:
     out = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_pipeline_workers_survive_a_fork(tmp_path: Path) -> None:
+    """A server may fork workers after the parent used the engine; the child must not wait on the parent's threads."""
+    store = BlobStore(tmp_path / "data")
+    store.ingest(os.urandom(3 << 20))  # the parent's pipeline workers now exist (idle, in the pool)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        code = 1
+        try:
+            child = BlobStore(tmp_path / "child")  # LMDB environments are opened after a fork, never inherited
+            data = os.urandom(3 << 20)
+            code = 0 if child.ingest(data).digest == Digest.of(data) else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 60
+    while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if waited[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung on the parent's pipeline workers")
+    assert os.waitstatus_to_exitcode(waited[1]) == 0
+    store.close()
