@@ -26,7 +26,8 @@ Index tables (LMDB named databases; all keys and values are bytes)
     held      holder + b"\\0" + digest key -> b""        the same edges, by holder
     gcqueue   u64 big-endian (zero_since in µs) + digest key -> b""   blobs whose refcount reached zero
     doomed    digest key -> b""                         records already removed, files still to unlink
-    uploads   session id (ASCII) -> JSON UploadRecord
+    uploads   session id (ASCII) -> JSON UploadRecord (fixed at creation; progress is the partial file's size,
+              idle time its mtime: see cas/uploads.py)
 
 A *digest key* is the canonical digest string in ASCII (`sha256:<64 hex>`). A *holder* is an opaque UTF-8 name
 chosen by the layer above (e.g. `manifest:syn1/app@sha256:…`), without NUL, at most MAX_HOLDER_BYTES long.
@@ -81,9 +82,7 @@ class BlobRecord:
 @dataclass(frozen=True, slots=True)
 class UploadRecord:
     algorithm: str  # the running hash's algorithm (finishing with another re-hashes the file once)
-    offset: int  # bytes accepted so far; the partial file may be longer after a crash, never shorter
     created: float
-    updated: float
     meta: dict[str, str] = field(default_factory=dict)  # opaque to cas: owner, repository, …
 
     def pack(self) -> bytes:

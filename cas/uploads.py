@@ -1,14 +1,20 @@
 """Resumable upload sessions: a record in the index plus a partial file under uploads/.
 
-Rules that keep a session consistent across crashes, restarts and several processes:
+The partial file is the session's progress; the record holds only what is fixed at creation (running-hash
+algorithm, creation time, the caller's metadata). Rules that keep a session consistent across crashes, restarts and
+several processes:
 - Only the holder of the partial file's flock() writes to it; a second writer gets UploadBusy, never interleaves.
-- A chunk is accepted only at the recorded offset (OffsetMismatch otherwise). Its bytes are written first and the
-  new offset committed after, so the file is never shorter than the record; bytes past the recorded offset (a
-  crash, a client that hung up mid-chunk) are cut off before the next chunk is written.
+- The session's offset is the partial file's size, read under that lock. A chunk is accepted only at that offset
+  (OffsetMismatch otherwise). A chunk that fails in this process (the client hung up, a declared length was not
+  met) is cut off again, so the offset does not move; a process killed mid-chunk leaves an in-order prefix of what
+  the client sent, which is where the client resumes (the OCI status request reports it, as Distribution does).
+- Idle time is the partial file's mtime, set from the store's clock after every accepted chunk.
+- No index commit per chunk: a durable LMDB commit fsyncs through the filesystem journal and, on ext4's ordered
+  mode, waits on the upload's own dirty pages. Measured: 571 MiB/s with a commit per 8 MiB chunk, 706 without.
 - The running hash lives in this process's memory, keyed by session and offset. A request that lands on another
   process, or after a restart, re-hashes the partial file once; finishing with the same algorithm never re-reads.
-- Chunks are not fsynced one by one: a kill -9 keeps the page cache; a power loss may lose the tail, which the next
-  request detects (file shorter than the record) and answers by resetting the session to what survived.
+- Chunks are not fsynced one by one: a kill -9 keeps the page cache; after a power loss the file holds what
+  survived, and the client is told that offset.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import os
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -45,6 +52,17 @@ class UploadStatus:
     meta: dict[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class _Session:
+    """A session as seen by the holder of its lock."""
+
+    id: str
+    record: UploadRecord
+    partial: LockedFile
+    offset: int
+    updated: float
+
+
 class Uploads:
     def __init__(self, store: BlobStore) -> None:
         self._store = store
@@ -60,39 +78,42 @@ class Uploads:
         new_hasher(algorithm)  # validate now, not at the first chunk
         session_id = uuid.uuid4().hex
         now = self._store.clock()
-        record = UploadRecord(algorithm, 0, now, now, dict(meta or {}))
+        record = UploadRecord(algorithm, now, dict(meta or {}))
         # The file is created and locked first, the record committed second: a crash in between leaves an unlocked
-        # file with no record, which expire() removes; a file locked by its creator is never taken for debris.
-        # expire() reads the record only after it holds the lock, so a file whose record is being committed is
-        # either locked (skipped) or already has its record.
+        # file with no record, which expire() removes. expire() reads the record only once it holds the lock, so a
+        # file whose record is being committed is either locked (skipped) or already has its record.
         partial = LockedFile.create(self._dir, session_id)
         try:
+            os.utime(partial.fd, (now, now))
             with self._store.index.write() as txn:
                 txn.put(self._table, session_id.encode(), record.pack())
         except BaseException:
             partial.remove()
             raise
         partial.close()
-        return _status(session_id, record)
+        return UploadStatus(session_id, 0, now, now, dict(record.meta))
 
     def status(self, session_id: str) -> UploadStatus:
-        return _status(session_id, self._record(session_id))
+        """Where the session is. While a chunk is being written this is the bytes received so far."""
+        record = self._record(session_id)
+        try:
+            st = os.stat(self._dir / session_id)
+        except FileNotFoundError:
+            raise UploadUnknown(session_id) from None
+        return UploadStatus(session_id, st.st_size, record.created, st.st_mtime, dict(record.meta))
 
     def append(self, session_id: str, chunks: Iterable[bytes], offset: int | None = None,
                length: int | None = None) -> UploadStatus:
         """Append bytes at `offset` (the session's current offset; None means "wherever it is").
         With `length`, the chunk must be exactly that long (a Content-Range promise); else SizeMismatch and the
         session stays where it was."""
-        with self._locked(session_id) as (partial, record):
-            record = self._write(session_id, partial, record, chunks, offset, length)
-            return _status(session_id, record)
+        with self._locked(session_id) as session:
+            session = self._write(session, chunks, offset, length)
+            return _status(session)
 
     def cancel(self, session_id: str) -> None:
-        with self._locked(session_id) as (partial, _record):
-            with self._store.index.write() as txn:
-                txn.delete(self._table, session_id.encode())
-            partial.remove()
-            self._forget(session_id)
+        with self._locked(session_id) as session:
+            self._discard(session)
 
     def finish(self, session_id: str, expected: Digest | str, chunks: Iterable[bytes] = (),
                offset: int | None = None, length: int | None = None) -> BlobInfo:
@@ -102,50 +123,49 @@ class Uploads:
         """
         expected = expected if isinstance(expected, Digest) else Digest.parse(expected)
         new_hasher(expected.algorithm)
-        with self._locked(session_id) as (partial, record):
-            record = self._write(session_id, partial, record, chunks, offset, length)
-            cached = self._take_hasher(session_id, record.offset)
-            if expected.algorithm == record.algorithm and cached is not None:
+        with self._locked(session_id) as session:
+            session = self._write(session, chunks, offset, length)
+            cached = self._take_hasher(session.id, session.offset)
+            if expected.algorithm == session.record.algorithm and cached is not None:
                 actual = Digest(expected.algorithm, cached.hexdigest())
             else:
-                actual = Digest(expected.algorithm, _hash_file(partial.fd, record.offset, expected.algorithm)
-                                .hexdigest())
+                rehashed = _hash_file(session.partial.fd, session.offset, expected.algorithm)
+                actual = Digest(expected.algorithm, rehashed.hexdigest())
             if actual != expected:
-                self._discard(session_id, partial)
+                self._discard(session)
                 raise DigestMismatch(str(expected), str(actual))
-            os.ftruncate(partial.fd, record.offset)
-            os.fsync(partial.fd)
+            os.fsync(session.partial.fd)
             crashpoints.reached("upload.before_publish")
 
             def end_session(txn: WriteTransaction) -> None:
                 txn.delete(self._table, session_id.encode())
 
-            info = self._store.publish(expected, record.offset, partial, also=end_session)
-            partial.remove()  # a dedup hit left the partial file in place; otherwise it was renamed away
+            info = self._store.publish(expected, session.offset, session.partial, also=end_session)
+            session.partial.remove()  # a dedup hit left the partial file in place; otherwise it was renamed away
             return info
 
     def expire(self) -> int:
-        """Remove sessions idle for longer than config.upload_ttl, and partial files with no session.
+        """Remove sessions idle for at least config.upload_ttl, and partial files with no session.
         Sessions being written right now are skipped. Returns how many were removed."""
-        now = self._store.clock()
         ttl = self._store.config.upload_ttl
         with self._store.index.read() as txn:
-            idle = [key.decode() for key, raw in txn.scan(self._table)
-                    if UploadRecord.unpack(raw).updated + ttl <= now]
+            known = [key.decode() for key, _ in txn.scan(self._table)]
         removed = 0
-        for session_id in idle:
+        for session_id in known:
             try:
-                with self._locked(session_id) as (partial, record):
-                    if record.updated + ttl > self._store.clock():
+                if self.status(session_id).updated + ttl > self._store.clock():
+                    continue
+                with self._locked(session_id) as session:
+                    if session.updated + ttl > self._store.clock():
                         continue  # written to since we looked
-                    self._discard(session_id, partial)
+                    self._discard(session)
                     removed += 1
             except (UploadBusy, UploadUnknown):
                 continue
         for path in self._dir.iterdir():
             with self._store.index.read() as txn:
-                known = txn.get(self._table, path.name.encode()) is not None
-            if not known and remove_debris(path):
+                has_record = txn.get(self._table, path.name.encode()) is not None
+            if not has_record and remove_debris(path):
                 removed += 1
         return removed
 
@@ -157,85 +177,64 @@ class Uploads:
             raise UploadUnknown(session_id)
         return UploadRecord.unpack(raw)
 
-    class _Locked:
-        def __init__(self, uploads: Uploads, session_id: str) -> None:
-            self._uploads = uploads
-            self._id = session_id
-            self._partial: LockedFile | None = None
+    @contextmanager
+    def _locked(self, session_id: str) -> Iterator[_Session]:
+        self._record(session_id)  # UploadUnknown before touching the file system
+        try:
+            partial = LockedFile.try_open(self._dir / session_id)
+        except BlockingIOError:
+            raise UploadBusy(session_id) from None
+        if partial is None:
+            # A record without its file: a crash between rename-into-place and commit in finish(), or a file
+            # removed by hand. The session cannot continue; forget it.
+            with self._store.index.write() as txn:
+                txn.delete(self._table, session_id.encode())
+            raise UploadUnknown(session_id)
+        try:
+            record = self._record(session_id)  # re-read under the lock: it may have been finished meanwhile
+            st = os.fstat(partial.fd)
+            yield _Session(session_id, record, partial, st.st_size, st.st_mtime)
+        finally:
+            partial.close()
 
-        def __enter__(self) -> tuple[LockedFile, UploadRecord]:
-            uploads, session_id = self._uploads, self._id
-            uploads._record(session_id)  # UploadUnknown before touching the file system
-            try:
-                partial = LockedFile.try_open(uploads._dir / session_id)
-            except BlockingIOError:
-                raise UploadBusy(session_id) from None
-            if partial is None:
-                # A record without its file: a crash between rename-into-place and commit in finish(), or a
-                # file removed by hand. The session cannot continue; forget it.
-                with uploads._store.index.write() as txn:
-                    txn.delete(uploads._table, session_id.encode())
-                raise UploadUnknown(session_id)
-            self._partial = partial
-            try:
-                record = uploads._record(session_id)  # re-read under the lock: it may have been finished
-                size = os.fstat(partial.fd).st_size
-                if size < record.offset:  # the tail was lost (power loss): resume from what is on disk
-                    record = uploads._reset(session_id, record, size)
-            except BaseException:
-                partial.close()
-                raise
-            return partial, record
-
-        def __exit__(self, *exc: object) -> None:
-            if self._partial is not None:
-                self._partial.close()
-
-    def _locked(self, session_id: str) -> Uploads._Locked:
-        return Uploads._Locked(self, session_id)
-
-    def _write(self, session_id: str, partial: LockedFile, record: UploadRecord, chunks: Iterable[bytes],
-               offset: int | None, length: int | None) -> UploadRecord:
-        if offset is not None and offset != record.offset:
-            raise OffsetMismatch(session_id, record.offset, offset)
-        hasher = self._take_hasher(session_id, record.offset)
+    def _write(self, session: _Session, chunks: Iterable[bytes], offset: int | None,
+               length: int | None) -> _Session:
+        if offset is not None and offset != session.offset:
+            raise OffsetMismatch(session.id, session.offset, offset)
+        hasher = self._take_hasher(session.id, session.offset)
         if hasher is None:
-            hasher = _hash_file(partial.fd, record.offset, record.algorithm)
-        os.ftruncate(partial.fd, record.offset)  # cut a tail left by a crash or an interrupted chunk
-        os.lseek(partial.fd, record.offset, os.SEEK_SET)
-        writer = HashingWriter(partial.fd, hasher, expected_size=length)
+            hasher = _hash_file(session.partial.fd, session.offset, session.record.algorithm)
+        fd = session.partial.fd
+        os.lseek(fd, session.offset, os.SEEK_SET)
+        writer = HashingWriter(fd, hasher, expected_size=length)
         try:
             for chunk in chunks:
                 writer.write(chunk)
             writer.finish(fsync=False)
+            if length is not None and writer.size != length:
+                raise SizeMismatch(length, writer.size)
         except BaseException:
             writer.abort()
-            raise  # the hasher is dropped with the failed chunk; the record still says the old offset
-        if length is not None and writer.size != length:
-            raise SizeMismatch(length, writer.size)
+            # All or nothing while we live: cut the failed chunk off and put the idle clock back. The hasher saw
+            # part of the chunk and is dropped; the next request re-hashes.
+            os.ftruncate(fd, session.offset)
+            os.utime(fd, (session.updated, session.updated))
+            raise
         if writer.size == 0:
-            self._keep_hasher(session_id, record.offset, hasher)
-            return record
-        crashpoints.reached("upload.before_offset_commit")
-        updated = UploadRecord(record.algorithm, record.offset + writer.size, record.created,
-                               self._store.clock(), record.meta)
-        with self._store.index.write() as txn:
-            txn.put(self._table, session_id.encode(), updated.pack())
-        self._keep_hasher(session_id, updated.offset, hasher)
-        return updated
+            self._keep_hasher(session.id, session.offset, hasher)
+            return session
+        crashpoints.reached("upload.after_chunk")
+        now = self._store.clock()
+        os.utime(fd, (now, now))
+        advanced = _Session(session.id, session.record, session.partial, session.offset + writer.size, now)
+        self._keep_hasher(session.id, advanced.offset, hasher)
+        return advanced
 
-    def _reset(self, session_id: str, record: UploadRecord, size: int) -> UploadRecord:
-        reset = UploadRecord(record.algorithm, size, record.created, record.updated, record.meta)
+    def _discard(self, session: _Session) -> None:
         with self._store.index.write() as txn:
-            txn.put(self._table, session_id.encode(), reset.pack())
-        self._forget(session_id)
-        return reset
-
-    def _discard(self, session_id: str, partial: LockedFile) -> None:
-        with self._store.index.write() as txn:
-            txn.delete(self._table, session_id.encode())
-        partial.remove()
-        self._forget(session_id)
+            txn.delete(self._table, session.id.encode())
+        session.partial.remove()
+        self._forget(session.id)
 
     def _take_hasher(self, session_id: str, offset: int) -> Hasher | None:
         with self._lock:
@@ -271,5 +270,6 @@ def _plausible_id(session_id: str) -> bool:
     return len(session_id) == 32 and all(c in "0123456789abcdef" for c in session_id)
 
 
-def _status(session_id: str, record: UploadRecord) -> UploadStatus:
-    return UploadStatus(session_id, record.offset, record.created, record.updated, dict(record.meta))
+def _status(session: _Session) -> UploadStatus:
+    return UploadStatus(session.id, session.offset, session.record.created, session.updated,
+                        dict(session.record.meta))
