@@ -1,7 +1,8 @@
 """Shared pieces of the engine benchmarks: figures recorded by each benchmark, printed side by side at the end.
 
-Run: `.venv/bin/pytest benchmarks --benchmark-enable -s`. Without --benchmark-enable (as in the test suite) every
-benchmark runs once at smoke size, so the harness cannot rot; the figures are then meaningless and not printed.
+Run: `.venv/bin/pytest benchmarks --benchmark-enable`. Each "raw limit beside X" row is measured in the rounds
+alternating with X (raw, X, raw, X, ...) and X's ratio is against that row. Without --benchmark-enable (as in the
+test suite) every benchmark runs once at smoke size, so the harness cannot rot; no figures are recorded then.
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ class Figures:
         self.items.setdefault(name, Figure(name, unit, reference=reference)).samples.append(value)
 
     def lines(self) -> Iterator[str]:
-        yield f"{'figure':<46} {'median':>12} {'unit':<8} {'n':>3}  ratio"
+        yield f"{'figure':<62} {'median':>12} {'unit':<8} {'n':>3}  ratio"
         for fig in self.items.values():
             ratio = ""
             ref = self.items.get(fig.reference or "")
             if ref is not None:
-                ratio = f"{fig.median / ref.median:.2f}x {ref.name}"
-            yield f"{fig.name:<46} {fig.median:>12.1f} {fig.unit:<8} {len(fig.samples):>3}  {ratio}"
+                ratio = f"{fig.median / ref.median:.2f}x raw"
+            yield f"{fig.name:<62} {fig.median:>12.1f} {fig.unit:<8} {len(fig.samples):>3}  {ratio}"
 
 
 FIGURES = Figures()
