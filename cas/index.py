@@ -103,10 +103,6 @@ class Transaction:
                     return
                 yield bytes(key), bytes(value)
 
-    def count(self, table: Table) -> int:
-        entries: int = self._txn.stat(table._db)["entries"]
-        return entries
-
 
 class WriteTransaction(Transaction):
     __slots__ = ("_after_commit",)
