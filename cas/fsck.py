@@ -1,8 +1,8 @@
 """fsck: re-hash every blob file and cross-check the index against the files.
 
 Damage (what must never happen, reported loudly):
-    missing      a record says the blob is stored; its file is gone or shorter than recorded
-    corrupt      a file whose bytes do not hash to its name
+    missing      a record says the blob is stored; its file (or inline bytes) is gone or shorter than recorded
+    corrupt      a file (or inline bytes) whose bytes do not hash to its name
     stray        a file under blobs/ whose path is not a blob path
     refcount     a record whose cached reference count disagrees with its `refs` edges
     dangling     `refs` edges naming a digest with no record
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from .digest import Digest, new_hasher
 from .index import WriteTransaction
-from .layout import STATE_MISSING, STATE_PRESENT, BlobRecord, queue_key
+from .layout import STATE_INLINE, STATE_MISSING, STATE_PRESENT, BlobRecord, queue_key
 
 if TYPE_CHECKING:
     from .store import BlobStore
@@ -94,8 +94,8 @@ def check(store: BlobStore, repair: bool = False, workers: int = 2) -> FsckRepor
     # Hash in threads: hashlib releases the GIL, so two cores re-hash at once.
     with ThreadPoolExecutor(max_workers=workers) as pool:
         hashed = dict(zip(files, pool.map(lambda d: _hash_path(files[d], d.algorithm), files), strict=True))
-    report.checked = len(hashed)
-    report.bytes_hashed = sum(size for _, size in hashed.values())
+    report.checked += len(hashed)
+    report.bytes_hashed += sum(size for _, size in hashed.values())
 
     with store.index.read() as txn:
         records = {Digest.parse(k.decode("ascii")): BlobRecord.unpack(v) for k, v in txn.scan(t.blobs)}
@@ -104,6 +104,14 @@ def check(store: BlobStore, repair: bool = False, workers: int = 2) -> FsckRepor
             digest = Digest.parse(key.split(b"\0", 1)[0].decode("ascii"))
             edges[digest] = edges.get(digest, 0) + 1
         doomed = {Digest.parse(k.decode("ascii")) for k, _ in txn.scan(t.doomed)}
+        inline_bad: dict[Digest, bytes | None] = {}  # inline records whose bytes are gone (None) or wrong
+        for digest, rec in records.items():
+            if rec.state == STATE_INLINE:
+                data = txn.get(t.inline, digest.key)
+                if data is None or Digest.of(data, digest.algorithm) != digest or len(data) != rec.size:
+                    inline_bad[digest] = data
+                report.checked += 1
+                report.bytes_hashed += len(data or b"")
     report.doomed = len(doomed)
     report.temp = sum(1 for sub in ("tmp", "trash") for _ in (store.root / sub).iterdir())
 
@@ -119,6 +127,11 @@ def check(store: BlobStore, repair: bool = False, workers: int = 2) -> FsckRepor
         elif record is None and digest not in doomed:
             report.unindexed.append(str(digest))
     missing = [d for d, r in records.items() if r.state == STATE_PRESENT and d not in files]
+    missing += [d for d, data in inline_bad.items() if data is None]
+    for digest, data in inline_bad.items():
+        if data is not None:
+            corrupt.add(digest)
+            report.corrupt.append(f"{digest} (inline bytes do not match)")
     report.missing.extend(str(d) for d in missing)
     drift = [d for d, r in records.items() if r.refcount != edges.get(d, 0)]
     report.refcount.extend(f"{d}: recorded {records[d].refcount}, edges {edges.get(d, 0)}" for d in drift)
@@ -155,7 +168,12 @@ def _repair(store: BlobStore, report: FsckReport, files: dict[Digest, str],
             report.repaired.append(f"moved stray {path} to {target}")
         for digest in corrupt:
             target = quarantine / f"{digest.algorithm}-{digest.hex}-{int(time.time())}"
-            os.replace(files[digest], target)
+            bad_inline = txn.get(t.inline, digest.key) if digest not in files else None
+            if bad_inline is not None:
+                target.write_bytes(bad_inline)
+                txn.delete(t.inline, digest.key)
+            else:
+                os.replace(files[digest], target)
             raw = txn.get(t.blobs, digest.key)
             size = BlobRecord.unpack(raw).size if raw is not None else 0
             if raw is not None or edges.get(digest):

@@ -33,7 +33,7 @@ from . import crashpoints
 from .digest import ALGORITHMS, Digest
 from .files import remove_debris
 from .index import Transaction, WriteTransaction
-from .layout import STATE_PRESENT, BlobRecord, blob_path, queue_key, queue_key_time
+from .layout import STATE_INLINE, STORED_STATES, BlobRecord, blob_path, queue_key, queue_key_time
 
 if TYPE_CHECKING:
     from .store import BlobStore
@@ -124,7 +124,10 @@ class Collector:
             if writer is not None:
                 writer.delete(t.blobs, digest_key)
                 writer.delete(t.gcqueue, key)
-                writer.put(t.doomed, digest_key, b"")
+                if record.state == STATE_INLINE:
+                    writer.delete(t.inline, digest_key)  # gone with the commit: no file to unlink
+                else:
+                    writer.put(t.doomed, digest_key, b"")
         return None
 
     def _discard_doomed(self) -> None:
@@ -185,7 +188,7 @@ class Collector:
         if raw is None:
             return Retention(digest, False, 0, holders, 0, None, "not in the store")
         record = BlobRecord.unpack(raw)
-        stored = record.state == STATE_PRESENT
+        stored = record.state in STORED_STATES
         if record.refcount > 0:
             more = "" if len(holders) == record.refcount else f" (first {len(holders)} shown)"
             return Retention(digest, stored, record.size, holders, record.refcount, None,

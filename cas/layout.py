@@ -22,6 +22,8 @@ Index tables (LMDB named databases; all keys and values are bytes)
 ------------------------------------------------------------------
     meta      b"format" -> b"1"
     blobs     digest key -> BlobRecord (struct "<BQQdd": state, size, refcount, zero_since, lease_until)
+    inline    digest key -> the blob's bytes, for blobs stored inside the index (state INLINE: small blobs such as
+              manifests, written in the caller's transaction; no file under blobs/)
     refs      digest key + b"\\0" + holder -> b""        who holds a reference on a digest
     held      holder + b"\\0" + digest key -> b""        the same edges, by holder
     gcqueue   u64 big-endian (zero_since in µs) + digest key -> b""   blobs whose refcount reached zero
@@ -37,6 +39,9 @@ Invariants
 - BlobRecord.refcount == number of `refs` keys with that digest prefix (fsck checks and repairs this).
 - A blob with refcount 0 has a `gcqueue` entry whose time equals its `zero_since`; stale queue entries (the blob was
   referenced again, or re-queued later) are dropped by GC when it reaches them.
+- state PRESENT has its bytes in a file under blobs/; state INLINE in the `inline` table, never also in a file.
+  Both count as stored: a blob is stored once, whichever way came first (a later file ingest of an inline blob's
+  bytes is a dedup hit).
 - state MISSING marks a record whose file was lost or quarantined while holders still named it: it is never
   served, and the next ingest of the same bytes heals it with the references intact.
 """
@@ -52,13 +57,15 @@ from .digest import Digest
 
 FORMAT_VERSION = 1
 
-TABLES = ("meta", "blobs", "refs", "held", "gcqueue", "doomed", "uploads")
+TABLES = ("meta", "blobs", "inline", "refs", "held", "gcqueue", "doomed", "uploads")
 
 # LMDB's compiled-in maximum key size is 511 bytes; a refs key is a sha512 digest key (135) + NUL + holder.
 MAX_HOLDER_BYTES = 511 - 136 - 1
 
 STATE_PRESENT = 1
 STATE_MISSING = 2
+STATE_INLINE = 3
+STORED_STATES = (STATE_PRESENT, STATE_INLINE)
 
 _BLOB = struct.Struct("<BQQdd")
 

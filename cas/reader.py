@@ -15,15 +15,18 @@ class InvalidRange(CasError, ValueError):
 
 
 class BlobReader:
-    """Reads [offset, offset + length) of one blob file through its own descriptor (pread: no shared position)."""
+    """Reads [offset, offset + length) of one blob: a file through its own descriptor (pread: no shared position),
+    or the bytes of an inline blob (`source` is then those bytes)."""
 
-    __slots__ = ("_fd", "size", "offset", "length", "_pos")
+    __slots__ = ("_fd", "_data", "size", "offset", "length", "_pos")
 
-    def __init__(self, fd: int, size: int, offset: int = 0, length: int | None = None) -> None:
+    def __init__(self, source: int | bytes, size: int, offset: int = 0, length: int | None = None) -> None:
+        fd, self._data = (source, b"") if isinstance(source, int) else (-1, source)
         if length is None:
             length = size - offset
         if offset < 0 or length < 0 or offset + length > size:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
             raise InvalidRange(f"range of {length} bytes at offset {offset} is outside a blob of {size} bytes")
         self._fd = fd
         self.size = size
@@ -32,12 +35,17 @@ class BlobReader:
         self._pos = 0
 
     def fileno(self) -> int:
+        """The blob file's descriptor (-1 for an inline blob)."""
         return self._fd
 
     def read(self, n: int = -1) -> bytes:
         remaining = self.length - self._pos
         if n < 0 or n > remaining:
             n = remaining
+        if self._fd < 0:
+            start = self.offset + self._pos
+            self._pos += n
+            return self._data[start:start + n]
         parts = []
         while n > 0:
             data = os.pread(self._fd, min(n, 1 << 30), self.offset + self._pos)

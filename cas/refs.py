@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from .digest import Digest
 from .errors import BlobUnknown, InvalidHolder
 from .index import Transaction, WriteTransaction
-from .layout import MAX_HOLDER_BYTES, STATE_PRESENT, BlobRecord, queue_key
+from .layout import MAX_HOLDER_BYTES, STORED_STATES, BlobRecord, queue_key
 
 if TYPE_CHECKING:
     from .store import BlobStore
@@ -36,7 +36,7 @@ class References:
         h = holder_key(holder)
         raw = txn.get(self._t.blobs, digest.key)
         record = BlobRecord.unpack(raw) if raw is not None else None
-        if record is None or record.state != STATE_PRESENT:
+        if record is None or record.state not in STORED_STATES:
             raise BlobUnknown(str(digest))
         edge = digest.key + b"\0" + h
         if txn.get(self._t.refs, edge) is not None:

@@ -14,7 +14,7 @@ from .digest import DEFAULT_ALGORITHM, Digest, Hasher, new_hasher
 from .errors import BlobUnknown, DigestMismatch, SizeMismatch
 from .files import LockedFile, ensure_dir, fsync_dir
 from .index import DEFAULT_MAP_SIZE, Index, Table, Transaction, WriteTransaction
-from .layout import STATE_PRESENT, BlobRecord, blob_path, queue_key
+from .layout import STATE_INLINE, STATE_PRESENT, STORED_STATES, BlobRecord, blob_path, queue_key
 from .reader import BlobReader
 from .writer import HashingWriter
 
@@ -40,12 +40,14 @@ class StoreConfig:
 class BlobInfo:
     digest: Digest
     size: int
+    inline: bool = False  # stored inside the index (no file: path() raises, open() and read_bytes() work)
 
 
 @dataclass(frozen=True, slots=True)
 class Tables:
     meta: Table
     blobs: Table
+    inline: Table
     refs: Table
     held: Table
     gcqueue: Table
@@ -69,7 +71,7 @@ class BlobStore:
             ensure_dir(self.root / sub)
         self.index = Index(self.root / "index", map_size=map_size)
         self.tables = Tables(*(self.index.table(name) for name in
-                               ("meta", "blobs", "refs", "held", "gcqueue", "doomed", "uploads")))
+                               ("meta", "blobs", "inline", "refs", "held", "gcqueue", "doomed", "uploads")))
         self.refs = References(self)
         self.uploads = Uploads(self)
         self.gc = Collector(self)
@@ -91,23 +93,33 @@ class BlobStore:
             record = self._record(txn, digest)
         if record.refcount == 0 and record.lease_until < self.clock() + self.config.lease / 2:
             self._renew_lease(digest)
-        return BlobInfo(digest, record.size)
+        return BlobInfo(digest, record.size, record.state == STATE_INLINE)
 
     def contains(self, digest: Digest | str) -> bool:
         """Whether the blob is stored, without renewing anything (for listings and checks, not for clients)."""
         digest = _as_digest(digest)
         with self.index.read() as txn:
             raw = txn.get(self.tables.blobs, digest.key)
-        return raw is not None and BlobRecord.unpack(raw).state == STATE_PRESENT
+        return raw is not None and BlobRecord.unpack(raw).state in STORED_STATES
 
     def path(self, digest: Digest | str) -> Path:
-        """The blob's file, for sendfile. Raises BlobUnknown. The file is immutable; it may be unlinked by GC
-        once nothing references it, and an open descriptor stays valid when that happens."""
-        return blob_path(self.root, self.stat(digest).digest)
+        """The blob's file, for sendfile. Raises BlobUnknown (also for an inline blob, which has no file: check
+        BlobInfo.inline). The file is immutable; it may be unlinked by GC once nothing references it, and an open
+        descriptor stays valid when that happens."""
+        info = self.stat(digest)
+        if info.inline:
+            raise BlobUnknown(f"{info.digest} is stored inline (read it with open() or read_bytes())")
+        return blob_path(self.root, info.digest)
 
     def open(self, digest: Digest | str, offset: int = 0, length: int | None = None) -> BlobReader:
         """A reader over [offset, offset+length) of a blob (to its end if length is None)."""
         info = self.stat(digest)
+        if info.inline:
+            with self.index.read() as txn:
+                data = txn.get(self.tables.inline, info.digest.key)
+            if data is None:
+                raise BlobUnknown(str(info.digest))  # collected since the stat
+            return BlobReader(data, info.size, offset, length)
         try:
             fd = os.open(blob_path(self.root, info.digest), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -123,7 +135,7 @@ class BlobStore:
         if raw is None:
             raise BlobUnknown(str(digest))
         record = BlobRecord.unpack(raw)
-        if record.state != STATE_PRESENT:
+        if record.state not in STORED_STATES:
             raise BlobUnknown(str(digest))
         return record
 
@@ -213,7 +225,7 @@ class BlobStore:
             record = BlobRecord.unpack(raw) if raw is not None else None
             if also is not None:
                 also(txn)
-            if record is not None and record.state == STATE_PRESENT:
+            if record is not None and record.state in STORED_STATES:
                 if record.refcount == 0:  # dedup hit: a client will reference this soon
                     txn.put(tables.blobs, digest.key, _replace_lease(record, now + self.config.lease))
                 return
@@ -231,6 +243,29 @@ class BlobStore:
         self.index.transact(commit)
         crashpoints.reached("publish.after_commit")
         return BlobInfo(digest, size)
+
+
+    def ingest_inline(self, txn: WriteTransaction, data: bytes, algorithm: str = DEFAULT_ALGORITHM) -> BlobInfo:
+        """Store a small blob (a manifest, an index) inside the index, in the caller's write transaction.
+
+        No file, no fsync beyond the caller's commit: the bytes become visible, and durable, with the caller's other
+        writes (a manifest PUT is one commit). Served, referenced, leased and collected like any blob. Content
+        already stored (either way) is not stored again; a MISSING record is healed with its holders intact.
+        """
+        digest = Digest.of(data, algorithm)
+        raw = txn.get(self.tables.blobs, digest.key)
+        record = BlobRecord.unpack(raw) if raw is not None else None
+        if record is not None and record.state in STORED_STATES:
+            return BlobInfo(digest, record.size, record.state == STATE_INLINE)
+        txn.put(self.tables.inline, digest.key, data)
+        if record is not None:
+            healed = BlobRecord(STATE_INLINE, len(data), record.refcount, record.zero_since, record.lease_until)
+            txn.put(self.tables.blobs, digest.key, healed.pack())
+        else:
+            now = self.clock()
+            txn.put(self.tables.blobs, digest.key, BlobRecord(STATE_INLINE, len(data), 0, now, 0.0).pack())
+            txn.put(self.tables.gcqueue, queue_key(now, digest.key), b"")
+        return BlobInfo(digest, len(data), True)
 
 
 def _verify(expected: Digest | None, actual: Digest, size: int | None, actual_size: int) -> None:
