@@ -74,10 +74,12 @@ class References:
             self.drop(txn, holder, digest)
         return len(digests)
 
-    def holders(self, txn: Transaction, digest: Digest) -> Iterator[str]:
-        prefix = digest.key + b"\0"
-        for key, _ in txn.scan(self._t.refs, prefix=prefix):
-            yield key[len(prefix):].decode("utf-8")
+    def holders(self, txn: Transaction, digest: Digest, prefix: str = "") -> Iterator[str]:
+        """Who holds `digest`, in byte order; with `prefix`, only holders whose names start with it (a range scan:
+        the layer above names its holders so that "held by anything of mine" is one seek)."""
+        prefix_key = digest.key + b"\0"
+        for key, _ in txn.scan(self._t.refs, prefix=prefix_key + prefix.encode("utf-8")):
+            yield key[len(prefix_key):].decode("utf-8")
 
     def held_by(self, txn: Transaction, holder: str) -> Iterator[Digest]:
         prefix = holder_key(holder) + b"\0"

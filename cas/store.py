@@ -126,6 +126,16 @@ class BlobStore:
             raise BlobUnknown(str(info.digest)) from None
         return BlobReader(fd, info.size, offset, length)
 
+    def info(self, txn: Transaction, digest: Digest) -> BlobInfo:
+        """What stat() says, inside the caller's transaction and without renewing a lease (for checks that are
+        part of a larger write, such as a manifest PUT verifying the sizes of what it names)."""
+        record = self._record(txn, digest)
+        return BlobInfo(digest, record.size, record.state == STATE_INLINE)
+
+    def inline_bytes(self, txn: Transaction, digest: Digest) -> bytes | None:
+        """The bytes of an inline blob read in the caller's transaction; None if the blob is not stored inline."""
+        return txn.get(self.tables.inline, digest.key)
+
     def read_bytes(self, digest: Digest | str) -> bytes:
         with self.open(digest) as reader:
             return reader.read()

@@ -23,7 +23,7 @@ import os
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -116,8 +116,10 @@ class Uploads:
             self._discard(session)
 
     def finish(self, session_id: str, expected: Digest | str, chunks: Iterable[bytes] = (),
-               offset: int | None = None, length: int | None = None) -> BlobInfo:
+               offset: int | None = None, length: int | None = None,
+               also: Callable[[WriteTransaction], None] | None = None) -> BlobInfo:
         """Append the last bytes (if any), verify the whole against `expected` and publish the blob.
+        `also` runs in the publishing transaction (the layer above links the blob to a repository there).
 
         On DigestMismatch the session is discarded with its bytes: they are not what the client said they are.
         """
@@ -139,6 +141,8 @@ class Uploads:
 
             def end_session(txn: WriteTransaction) -> None:
                 txn.delete(self._table, session_id.encode())
+                if also is not None:
+                    also(txn)
 
             info = self._store.publish(expected, session.offset, session.partial, also=end_session)
             session.partial.remove()  # a dedup hit left the partial file in place; otherwise it was renamed away

@@ -170,3 +170,12 @@ def _annotations(value: Any, field: str) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise InvalidManifest(f"{field}.annotations must map strings to strings")
     return tuple(sorted(value.items()))
+
+
+def accepts(accepted: list[str], media_type: str) -> bool:
+    """Whether an Accept list (media types, parameters stripped) admits `media_type`. No list admits everything.
+    Berth keeps one representation, byte for byte, and never converts between formats."""
+    if not accepted:
+        return True
+    family = media_type.split("/", 1)[0] + "/*"
+    return any(a in (media_type, "*/*", family) for a in accepted)

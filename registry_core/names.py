@@ -33,7 +33,11 @@ class InvalidName(ValueError):
 
 
 class InvalidReference(ValueError):
-    """A tag or digest that is malformed (TAG_INVALID / DIGEST_INVALID)."""
+    """A tag that is malformed (TAG_INVALID)."""
+
+
+class InvalidDigestReference(InvalidReference):
+    """A reference with ':' that is no valid digest (DIGEST_INVALID)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,5 +75,5 @@ def parse_reference(text: str) -> str | Digest:
         try:
             return Digest.parse(text)
         except InvalidDigest as exc:
-            raise InvalidReference(str(exc)) from None
+            raise InvalidDigestReference(str(exc)) from None
     return parse_tag(text)

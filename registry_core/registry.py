@@ -1,0 +1,350 @@
+"""Registry: the registry's operations over one cas store, free of any web framework.
+
+Everything a client can do to a repository is a method here; the HTTP adapter only translates. Every change is one
+write transaction in the store's LMDB environment (see schema.py): a manifest PUT stores the manifest, takes its
+references, records its referrer edge and moves its tag atomically, and is durable when the call returns.
+
+Reachability (the rule that "knowing a digest is not a read permission"): a blob is readable in a repository only if
+it was uploaded or mounted there (a link) or a manifest there references it (a cas edge from that repository's
+manifest holder).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from cas import (
+    DEFAULT_ALGORITHM,
+    BlobInfo,
+    BlobReader,
+    BlobStore,
+    BlobUnknown,
+    Digest,
+    DigestMismatch,
+    Transaction,
+    UploadStatus,
+    UploadUnknown,
+    WriteTransaction,
+)
+
+from .errors import ManifestBlobUnknown, ManifestTooLarge, ManifestUnknown, NameUnknown, NotAcceptable, RegistryError
+from .manifests import DEFAULT_MAX_MANIFEST, Descriptor, InvalidManifest, accepts, parse
+from .names import RepositoryName, parse_reference
+from .referrers import ReferrerIndex
+from .schema import TABLES, ManifestRecord, holder, holder_prefix, key
+from .tags import TagIndex
+
+CATALOG_PAGE = 1000  # catalog entries per page when the client gives no `n` (Distribution: 100)
+PAGE_MAX = 10_000  # the most entries one page may ask for
+
+
+class BlobInUse(RegistryError):
+    """A blob deletion refused: a manifest in the repository still references the blob (delete that first)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryConfig:
+    max_manifest: int = DEFAULT_MAX_MANIFEST  # bytes; distribution-spec: at least 4 MiB must be accepted
+
+
+@dataclass(frozen=True, slots=True)
+class StoredManifest:
+    digest: Digest
+    media_type: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    digest: Digest
+    subject: Digest | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Tables:
+    repos: Any
+    links: Any
+    manifests: Any
+
+
+class Registry:
+    def __init__(self, store: BlobStore, config: RegistryConfig | None = None) -> None:
+        self.store = store
+        self.config = config or RegistryConfig()
+        tables = {name: store.index.table(name) for name in TABLES}
+        self._t = _Tables(tables["repos"], tables["links"], tables["manifests"])
+        self.tags = TagIndex(tables["tags"], tables["tagged"], tables["history"])
+        self.referrers = ReferrerIndex(tables["referrers"])
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str], config: RegistryConfig | None = None) -> Registry:
+        return cls(BlobStore(root), config)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- repositories ---------------------------------------------------------------------------------------------
+    def catalog(self, n: int | None = None, last: str | None = None) -> tuple[list[str], bool]:
+        """Repository names after `last`, lexically, at most n (CATALOG_PAGE if None); and whether more follow."""
+        limit = CATALOG_PAGE if n is None else min(n, PAGE_MAX)
+        names: list[str] = []
+        with self.store.index.read() as txn:
+            start = last.encode() + b"\0" if last is not None else None
+            for k, _ in txn.scan(self._t.repos, start=start):
+                if len(names) >= limit:
+                    return names, True
+                names.append(k.decode())
+        return names, False
+
+    def exists(self, repo: str) -> bool:
+        with self.store.index.read() as txn:
+            return txn.get(self._t.repos, _name(repo).encode()) is not None
+
+    def _ensure_repo(self, txn: WriteTransaction, repo: str) -> None:
+        if txn.get(self._t.repos, repo.encode()) is None:
+            txn.put(self._t.repos, repo.encode(), b'{"created":%.6f}' % self.store.clock())
+
+    def _require_repo(self, txn: Transaction, repo: str) -> None:
+        if txn.get(self._t.repos, repo.encode()) is None:
+            raise NameUnknown(f"repository {repo} is not known to this registry")
+
+    # -- blobs ----------------------------------------------------------------------------------------------------
+    def _reachable(self, txn: Transaction, repo: str, digest: Digest) -> bool:
+        if txn.get(self._t.links, key(repo, digest.key)) is not None:
+            return True
+        return next(self.store.refs.holders(txn, digest, holder_prefix(repo)), None) is not None
+
+    def stat_blob(self, repo: str, digest: Digest | str) -> BlobInfo:
+        """The blob's size if it is readable in the repository (BlobUnknown otherwise). Renews its GC lease: a
+        client checking a blob before the manifest PUT that names it keeps it alive."""
+        repo, digest = _name(repo), _digest(digest)
+        with self.store.index.read() as txn:
+            if not self._reachable(txn, repo, digest):
+                raise BlobUnknown(f"blob {digest} is not in repository {repo}")
+        return self.store.stat(digest)
+
+    def open_blob(self, repo: str, digest: Digest | str, offset: int = 0, length: int | None = None) -> BlobReader:
+        info = self.stat_blob(repo, digest)
+        return self.store.open(info.digest, offset, length)
+
+    def delete_blob(self, repo: str, digest: Digest | str) -> None:
+        """Unlink a blob from the repository (cas collects it once nothing holds it). Refused while a manifest in
+        the repository references it: the blob would stay readable through that manifest."""
+        repo, digest = _name(repo), _digest(digest)
+
+        def work(txn: WriteTransaction) -> None:
+            held = next(self.store.refs.holders(txn, digest, holder_prefix(repo)), None)
+            if held is not None:
+                raise BlobInUse(f"blob {digest} is referenced by a manifest in {repo}; delete the manifest first")
+            if not txn.delete(self._t.links, key(repo, digest.key)):
+                raise BlobUnknown(f"blob {digest} is not in repository {repo}")
+
+        self.store.index.transact(work)
+
+    def _link_blob(self, txn: WriteTransaction, repo: str, digest: Digest) -> None:
+        self._ensure_repo(txn, repo)
+        txn.put(self._t.links, key(repo, digest.key), b"")
+
+    def ingest_blob(self, repo: str, source: Iterable[bytes] | bytes, digest: Digest | str,
+                    size: int | None = None) -> BlobInfo:
+        """A monolithic upload: the whole blob with its digest in one request."""
+        repo, digest = _name(repo), _digest(digest)
+        info = self.store.ingest(source, digest, size=size)
+
+        def work(txn: WriteTransaction) -> None:
+            self.store.info(txn, digest)  # still stored: the ingest's lease outlives this transaction
+            self._link_blob(txn, repo, digest)
+
+        self.store.index.transact(work)
+        return info
+
+    def mount_blob(self, repo: str, digest: Digest | str, source: str) -> BlobInfo | None:
+        """Cross-repository mount: link a blob readable in `source` into `repo`. None when it is not readable
+        there (or `source` is no valid name): the caller then opens an ordinary upload, as the spec says."""
+        repo, digest = _name(repo), _digest(digest)
+        try:
+            source = _name(source)
+        except ValueError:
+            return None
+
+        def work(txn: WriteTransaction) -> BlobInfo | None:
+            if not self._reachable(txn, source, digest):
+                return None
+            try:
+                info = self.store.info(txn, digest)
+            except BlobUnknown:
+                return None
+            self._link_blob(txn, repo, digest)
+            return info
+
+        return self.store.index.transact(work)
+
+    # -- uploads --------------------------------------------------------------------------------------------------
+    def start_upload(self, repo: str, actor: str | None = None, algorithm: str = DEFAULT_ALGORITHM) -> UploadStatus:
+        return self.store.uploads.create(algorithm, {"repo": _name(repo), "actor": actor or ""})
+
+    def upload_status(self, repo: str, session_id: str) -> UploadStatus:
+        status = self.store.uploads.status(session_id)
+        if status.meta.get("repo") != repo:
+            raise UploadUnknown(session_id)  # sessions are not shared between repositories
+        return status
+
+    def append_upload(self, repo: str, session_id: str, chunks: Iterable[bytes], offset: int | None = None,
+                      length: int | None = None) -> UploadStatus:
+        self.upload_status(repo, session_id)
+        return self.store.uploads.append(session_id, chunks, offset, length)
+
+    def cancel_upload(self, repo: str, session_id: str) -> None:
+        self.upload_status(repo, session_id)
+        self.store.uploads.cancel(session_id)
+
+    def finish_upload(self, repo: str, session_id: str, digest: Digest | str, chunks: Iterable[bytes] = (),
+                      offset: int | None = None, length: int | None = None) -> BlobInfo:
+        digest = _digest(digest)
+        self.upload_status(repo, session_id)
+        return self.store.uploads.finish(session_id, digest, chunks, offset, length,
+                                         also=lambda txn: self._link_blob(txn, repo, digest))
+
+    # -- manifests ------------------------------------------------------------------------------------------------
+    def put_manifest(self, repo: str, reference: str, body: bytes, content_type: str | None,
+                     actor: str | None = None) -> PutResult:
+        """Store a manifest byte for byte, by tag (sha256) or by digest (that digest's algorithm, verified)."""
+        repo = _name(repo)
+        if len(body) > self.config.max_manifest:
+            raise ManifestTooLarge(len(body), self.config.max_manifest)
+        ref = parse_reference(reference)
+        manifest = parse(body, content_type)
+        digest = manifest.digest
+        if isinstance(ref, Digest):
+            if ref.algorithm != digest.algorithm:
+                digest = Digest.of(body, ref.algorithm)
+            if ref != digest:
+                raise DigestMismatch(str(ref), str(digest))
+        tag = ref if isinstance(ref, str) else None
+        now = self.store.clock()
+        children = [(d, "blob") for d in manifest.blobs] + [(d, "manifest") for d in manifest.manifests]
+
+        def work(txn: WriteTransaction) -> None:
+            for descriptor, what in children:
+                self._require(txn, repo, descriptor, what)
+            self.store.ingest_inline(txn, body, digest.algorithm)
+            h = holder(repo, digest)
+            self.store.refs.take(txn, h, digest)
+            for descriptor, _ in children:
+                self.store.refs.take(txn, h, descriptor.digest)
+            mkey = key(repo, digest.key)
+            if txn.get(self._t.manifests, mkey) is None:
+                subject = str(manifest.subject.digest) if manifest.subject else None
+                record = ManifestRecord(manifest.media_type, len(body), now, subject, manifest.artifact_type)
+                txn.put(self._t.manifests, mkey, record.pack())
+                if manifest.subject is not None:
+                    self.referrers.add(txn, repo, manifest, digest)
+            self._ensure_repo(txn, repo)
+            if tag is not None:
+                self.tags.move(txn, repo, tag, digest, now, actor)
+
+        self.store.index.transact(work)
+        return PutResult(digest, manifest.subject.digest if manifest.subject else None)
+
+    def _require(self, txn: Transaction, repo: str, descriptor: Descriptor, what: str) -> None:
+        if not self._reachable(txn, repo, descriptor.digest):
+            raise ManifestBlobUnknown(str(descriptor.digest), what)
+        try:
+            info = self.store.info(txn, descriptor.digest)
+        except BlobUnknown:
+            raise ManifestBlobUnknown(str(descriptor.digest), what) from None
+        if info.size != descriptor.size:
+            raise InvalidManifest(f"{what} {descriptor.digest} is {info.size} bytes, the manifest says "
+                                  f"{descriptor.size}")
+
+    def get_manifest(self, repo: str, reference: str, accept: list[str] | None = None) -> StoredManifest:
+        """The manifest a tag points at, or a manifest by digest (also a child manifest that an index in the
+        repository references). NotAcceptable when `accept` excludes its media type."""
+        repo, ref = _name(repo), parse_reference(reference)
+        with self.store.index.read() as txn:
+            if isinstance(ref, str):
+                digest = self.tags.get(txn, repo, ref)
+                if digest is None:
+                    self._require_repo(txn, repo)
+                    raise ManifestUnknown(f"tag {ref} is not in repository {repo}")
+            else:
+                digest = ref
+            raw = txn.get(self._t.manifests, key(repo, digest.key))
+            if raw is None and not self._reachable(txn, repo, digest):
+                self._require_repo(txn, repo)
+                raise ManifestUnknown(f"manifest {digest} is not in repository {repo}")
+            body = self.store.inline_bytes(txn, digest)
+        if body is None:
+            try:
+                body = self.store.read_bytes(digest)  # stored as a file (pushed as a blob first): rare
+            except BlobUnknown:
+                raise ManifestUnknown(f"manifest {digest} is not in repository {repo}") from None
+        media_type = ManifestRecord.unpack(raw).media_type if raw is not None else parse(body, None).media_type
+        if accept and not accepts(accept, media_type):
+            raise NotAcceptable(f"manifest {digest} is {media_type}, which the Accept header does not include")
+        return StoredManifest(digest, media_type, body)
+
+    def delete_manifest(self, repo: str, reference: str, actor: str | None = None) -> None:
+        """By tag: remove the tag (the manifest stays). By digest: remove the manifest, its tags and its referrer
+        edge, and drop its references (cas collects what nothing else holds)."""
+        repo, ref = _name(repo), parse_reference(reference)
+        now = self.store.clock()
+
+        def untag(txn: WriteTransaction) -> None:
+            assert isinstance(ref, str)
+            if self.tags.remove(txn, repo, ref, now, actor) is None:
+                self._require_repo(txn, repo)
+                raise ManifestUnknown(f"tag {ref} is not in repository {repo}")
+
+        def delete(txn: WriteTransaction) -> None:
+            assert isinstance(ref, Digest)
+            mkey = key(repo, ref.key)
+            raw = txn.get(self._t.manifests, mkey)
+            if raw is None:
+                self._require_repo(txn, repo)
+                raise ManifestUnknown(f"manifest {ref} is not in repository {repo}")
+            record = ManifestRecord.unpack(raw)
+            txn.delete(self._t.manifests, mkey)
+            for tag in self.tags.of_manifest(txn, repo, ref):
+                self.tags.remove(txn, repo, tag, now, actor)
+            if record.subject is not None:
+                self.referrers.remove(txn, repo, Digest.parse(record.subject), ref)
+            self.store.refs.drop_all(txn, holder(repo, ref))
+
+        self.store.index.transact(untag if isinstance(ref, str) else delete)
+
+    # -- tags and referrers ---------------------------------------------------------------------------------------
+    def list_tags(self, repo: str, n: int | None = None, last: str | None = None) -> tuple[list[str], bool]:
+        repo = _name(repo)
+        with self.store.index.read() as txn:
+            self._require_repo(txn, repo)
+            return self.tags.page(txn, repo, None if n is None else min(n, PAGE_MAX), last)
+
+    def tag_history(self, repo: str, tag: str) -> list[Any]:
+        repo = _name(repo)
+        with self.store.index.read() as txn:
+            return self.tags.entries(txn, repo, tag)
+
+    def list_referrers(self, repo: str, digest: Digest | str, artifact_type: str | None = None) -> list[Any]:
+        repo, digest = _name(repo), _digest(digest)
+        with self.store.index.read() as txn:
+            self._require_repo(txn, repo)
+            return self.referrers.of(txn, repo, digest, artifact_type)
+
+
+def _name(repo: str) -> str:
+    return str(RepositoryName.parse(repo))
+
+
+def _digest(value: Digest | str) -> Digest:
+    return value if isinstance(value, Digest) else Digest.parse(value)
+

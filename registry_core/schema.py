@@ -1,0 +1,73 @@
+"""The registry's tables in the cas store's LMDB environment: the one place their keys and values are written down.
+
+Tables (beside cas's own, see cas/layout.py; `\\0` separates fields: names, tags and digests never contain NUL)
+    repos      repo -> JSON {"created": t}                         every repository that was ever written to
+    links      repo \\0 digest -> b""                                blobs uploaded or mounted into the repository
+    manifests  repo \\0 digest -> JSON ManifestRecord                 manifests put into the repository
+    tags       repo \\0 tag -> digest                                 the tag's manifest (tags/list: a range scan)
+    tagged     repo \\0 digest \\0 tag -> b""                          by digest (deleting a manifest untags it)
+    history    repo \\0 tag \\0 u64 µs \\0 u32 seq -> JSON HistoryEntry  every move and removal of a tag, in time order
+    referrers  repo \\0 subject digest \\0 digest -> JSON descriptor    manifests whose `subject` is that digest
+(`repo` is the full repository name, `digest` its canonical string, all UTF-8/ASCII.)
+
+References in cas: a manifest in a repository is the holder `m:<repo>@<alg>:<hex, at most 64>` (sha512 hex is cut to
+its first 64 characters to fit cas's holder limit; 256 bits keep it unique). It holds the manifest's own bytes (an
+inline cas blob), its config and layers, and its child manifests. So "is this blob referenced by a manifest in this
+repository" is one range scan of the blob's holders for the prefix `m:<repo>@`, and deleting the manifest is
+`refs.drop_all(holder)`. Links hold nothing: a blob uploaded and never used is collected by cas after its grace.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from cas import Digest
+
+TABLES = ("repos", "links", "manifests", "tags", "tagged", "history", "referrers")
+SEP = b"\0"
+
+
+def key(*parts: str | bytes) -> bytes:
+    return SEP.join(p if isinstance(p, bytes) else p.encode("utf-8") for p in parts)
+
+
+def holder(repo: str, digest: Digest) -> str:
+    return f"m:{repo}@{digest.algorithm}:{digest.hex[:64]}"
+
+
+def holder_prefix(repo: str) -> str:
+    return f"m:{repo}@"
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRecord:
+    media_type: str
+    size: int
+    created: float
+    subject: str | None = None  # the subject's digest, when the manifest has one (its referrers edge)
+    artifact_type: str | None = None
+
+    def pack(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> ManifestRecord:
+        return cls(**json.loads(raw))
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    tag: str
+    digest: str | None  # None: the tag was removed
+    time: float
+    actor: str | None
+
+    def pack(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> HistoryEntry:
+        data: dict[str, Any] = json.loads(raw)
+        return cls(**data)
