@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from cas import BlobStore, StoreConfig
+from tests.serving import Server, start_server
 
 
 class FakeClock:
@@ -45,3 +46,11 @@ def make_store(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., BlobS
 @pytest.fixture
 def store(make_store: Callable[..., BlobStore]) -> BlobStore:
     return make_store()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A running `berth serve` (open policy) on a fresh data directory, shared by one test module."""
+    running = start_server(tmp_path_factory.mktemp("berth") / "data")
+    yield running
+    running.stop()

@@ -86,15 +86,22 @@ async def stream_body(request: Request, consume: Callable[[Iterator[bytes]], T])
     return await worker
 
 
+DRAIN_MAX = 64 << 20  # an oversized body up to this size is read and dropped, so the client gets to read the 413
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (without reading it) one declared or found to exceed `limit`."""
+    """The whole body, or BodyTooLarge when it exceeds `limit`. The excess is drained (up to DRAIN_MAX) before the
+    error is answered: a client still sending would otherwise see a reset connection instead of the error."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isdigit() and int(declared) > max(limit, DRAIN_MAX):
         raise BodyTooLarge(limit)
     parts, total = [], 0
     async for chunk in request.stream():
         total += len(chunk)
-        if total > limit:
-            raise BodyTooLarge(limit)
-        parts.append(chunk)
+        if total > DRAIN_MAX:
+            break
+        if total <= limit:
+            parts.append(chunk)
+    if total > limit:
+        raise BodyTooLarge(limit)
     return b"".join(parts)
