@@ -1,0 +1,132 @@
+"""The Registry facade over a real store: reachability, atomic manifest PUTs, tags and history, deletion and GC."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cas import BlobStore, BlobUnknown, Digest
+from registry_core.errors import ManifestBlobUnknown, ManifestUnknown, NameUnknown, NotAcceptable
+from registry_core.manifests import OCI_INDEX, OCI_MANIFEST, InvalidManifest
+from registry_core.registry import BlobInUse, Registry
+from tests.conftest import FakeClock
+
+
+@pytest.fixture
+def registry(make_store: Callable[..., BlobStore]) -> Iterator[Registry]:
+    yield Registry(make_store(grace=100.0))
+
+
+def blob(registry: Registry, repo: str, data: bytes, media_type: str = "application/octet-stream") -> dict[str, Any]:
+    info = registry.ingest_blob(repo, data, Digest.of(data))
+    return {"mediaType": media_type, "digest": str(info.digest), "size": info.size}
+
+
+def manifest(*blobs: dict[str, Any], **extra: Any) -> bytes:
+    config, *layers = blobs
+    return json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": layers,
+                       **extra}).encode()
+
+
+def test_blobs_are_readable_only_where_they_were_pushed_or_referenced(registry: Registry) -> None:
+    config = blob(registry, "syn1/a", b"{}")
+    with pytest.raises(BlobUnknown):
+        registry.stat_blob("syn1/b", config["digest"])
+    body = manifest(config)
+    with pytest.raises(ManifestBlobUnknown):
+        registry.put_manifest("syn1/b", "v1", body, None)  # knowing the digest is not enough
+    assert not registry.exists("syn1/b")  # the failed PUT left nothing behind, not even the repository
+    assert registry.mount_blob("syn1/b", config["digest"], "syn1/a") is not None
+    registry.put_manifest("syn1/b", "v1", body, None)
+    assert registry.stat_blob("syn1/b", config["digest"]).size == 2
+
+
+def test_sizes_in_a_manifest_must_match(registry: Registry) -> None:
+    config = blob(registry, "syn1/a", b"{}")
+    with pytest.raises(InvalidManifest, match="2 bytes"):
+        registry.put_manifest("syn1/a", "v1", manifest(config | {"size": 3}), None)
+
+
+def test_tag_moves_are_recorded_with_their_actor(registry: Registry, clock: FakeClock) -> None:
+    config = blob(registry, "syn1/a", b"{}")
+    one, two = manifest(config, annotations={"n": "1"}), manifest(config, annotations={"n": "2"})
+    registry.put_manifest("syn1/a", "latest", one, None, actor="alice")
+    registry.put_manifest("syn1/a", "latest", one, None, actor="alice")  # no move, no entry
+    clock.advance(5)
+    registry.put_manifest("syn1/a", "latest", two, None, actor="bob")
+    registry.delete_manifest("syn1/a", "latest", actor="carol")
+    history = registry.tag_history("syn1/a", "latest")
+    assert [(h.digest, h.actor) for h in history] == [
+        (str(Digest.of(one)), "alice"), (str(Digest.of(two)), "bob"), (None, "carol")]
+    assert history[1].time == history[0].time + 5
+    with pytest.raises(ManifestUnknown):
+        registry.get_manifest("syn1/a", "latest")
+    assert registry.get_manifest("syn1/a", str(Digest.of(two))).body == two  # untagging keeps the manifest
+
+
+def test_deleting_a_manifest_lets_gc_take_what_nothing_else_holds(registry: Registry, clock: FakeClock) -> None:
+    config = blob(registry, "syn1/a", b"{}")
+    shared = blob(registry, "syn1/a", os.urandom(100))
+    own = blob(registry, "syn1/a", os.urandom(100))
+    first, second = manifest(config, shared, own), manifest(config, shared)
+    registry.put_manifest("syn1/a", "one", first, None)
+    registry.put_manifest("syn1/a", "two", second, None)
+    with pytest.raises(BlobInUse):
+        registry.delete_blob("syn1/a", own["digest"])
+    registry.delete_manifest("syn1/a", str(Digest.of(first)))
+    assert registry.list_tags("syn1/a") == (["two"], False)
+    clock.advance(99)
+    assert registry.store.gc.run().collected == []  # the grace period runs from the drop
+    clock.advance(1)
+    collected = {str(d) for d, _ in registry.store.gc.run().collected}
+    assert collected == {own["digest"], str(Digest.of(first))}  # a link to the repository holds nothing
+    with pytest.raises(BlobUnknown):
+        registry.stat_blob("syn1/a", own["digest"])
+    assert registry.get_manifest("syn1/a", "two").body == second
+    assert registry.open_blob("syn1/a", shared["digest"]).read() == registry.store.read_bytes(shared["digest"])
+
+
+def test_an_index_keeps_its_children_readable(registry: Registry) -> None:
+    child = manifest(blob(registry, "syn1/a", b"{}"))
+    registry.put_manifest("syn1/a", str(Digest.of(child)), child, None)
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {"mediaType": OCI_MANIFEST, "digest": str(Digest.of(child)), "size": len(child)}]}).encode()
+    registry.put_manifest("syn1/a", "multi", index, OCI_INDEX)
+    registry.delete_manifest("syn1/a", str(Digest.of(child)))
+    found = registry.get_manifest("syn1/a", str(Digest.of(child)))  # still named by the tagged index
+    assert found.body == child and found.media_type == OCI_MANIFEST
+    with pytest.raises(NotAcceptable):
+        registry.get_manifest("syn1/a", "multi", ["application/vnd.docker.distribution.manifest.v2+json"])
+    assert registry.get_manifest("syn1/a", "multi", ["application/*"]).body == index
+
+
+def test_unknown_repository(registry: Registry) -> None:
+    with pytest.raises(NameUnknown):
+        registry.list_tags("syn1/none")
+    with pytest.raises(NameUnknown):
+        registry.get_manifest("syn1/none", "v1")
+
+
+@settings(max_examples=30, deadline=None)
+@given(tags=st.sets(st.from_regex(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,20}", fullmatch=True), min_size=1, max_size=25),
+       n=st.integers(1, 30))
+def test_tag_pages_concatenate_to_the_sorted_list(tmp_path_factory: pytest.TempPathFactory, tags: set[str],
+                                                  n: int) -> None:
+    with Registry(BlobStore(tmp_path_factory.mktemp("tags"))) as registry:
+        body = manifest(blob(registry, "syn1/a", b"{}"))
+        for tag in tags:
+            registry.put_manifest("syn1/a", tag, body, None)
+        pages, last, more = [], None, True
+        while more:
+            page, more = registry.list_tags("syn1/a", n, last)
+            assert len(page) <= n and (page or not more)
+            pages.extend(page)
+            last = page[-1] if page else last
+        assert pages == sorted(tags, key=lambda t: t.encode())
+        assert registry.list_tags("syn1/a")[0] == pages
