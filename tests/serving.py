@@ -35,6 +35,11 @@ class Server:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def kill(self) -> None:
+        """SIGKILL the server and its workers at once (a crash, not a shutdown)."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
@@ -45,14 +50,14 @@ class Server:
                 self.process.wait()
 
 
-def start_server(data: Path, *extra: str, workers: int = 2) -> Server:
-    port = free_port()
+def start_server(data: Path, *extra: str, workers: int = 2, port: int | None = None) -> Server:
+    port = port or free_port()
     log = data.parent / f"server-{port}.log"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     process = subprocess.Popen(
         [sys.executable, "-m", "adapters.cli", "serve", "--data", str(data), "--listen", f"127.0.0.1:{port}",
          "--workers", str(workers), "--access-log", *extra],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
     server = Server(process, f"127.0.0.1:{port}", data, log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
