@@ -173,6 +173,10 @@ def test_manifest_put_get_tags_and_delete(http: httpx.Client) -> None:
     r = http.get(f"/v2/{repo}/tags/list", params={"n": 2, "last": "b"})
     assert r.json()["tags"] == ["c", "v1"] and "Link" not in r.headers
     assert http.get("/v2/_catalog").json()["repositories"].count(repo) == 1
+    r = http.get("/v2/_catalog", params={"n": 1})
+    first = r.json()["repositories"]
+    assert len(first) == 1 and r.headers["Link"] == f'</v2/_catalog?n=1&last={first[0]}>; rel="next"'
+    assert http.get("/v2/_catalog", params={"n": 1, "last": first[0]}).json()["repositories"][0] > first[0]
     # delete a tag, then the manifest (which untags the rest)
     assert http.delete(f"/v2/{repo}/manifests/a").status_code == 202
     assert http.get(f"/v2/{repo}/manifests/a").status_code == 404
