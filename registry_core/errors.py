@@ -39,3 +39,7 @@ class ManifestTooLarge(RegistryError):
 class NotAcceptable(ManifestUnknown):
     """The manifest exists, but the client's Accept header excludes its media type (Berth stores one
     representation and never converts it; Distribution answers MANIFEST_UNKNOWN here too)."""
+
+
+class Denied(RegistryError):
+    """A request refused whatever the token says: the repository or its project is in the trash (DENIED)."""

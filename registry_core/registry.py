@@ -12,7 +12,7 @@ manifest holder).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,17 +93,45 @@ class Registry:
         self.close()
 
     # -- repositories ---------------------------------------------------------------------------------------------
-    def catalog(self, n: int | None = None, last: str | None = None) -> tuple[list[str], bool]:
-        """Repository names after `last`, lexically, at most n (CATALOG_PAGE if None); and whether more follow."""
+    def catalog(self, n: int | None = None, last: str | None = None,
+                visible: Callable[[str], bool] | None = None) -> tuple[list[str], bool]:
+        """Repository names after `last`, lexically, at most n (CATALOG_PAGE if None), only those `visible` admits;
+        and whether more follow."""
         limit = CATALOG_PAGE if n is None else min(n, PAGE_MAX)
         names: list[str] = []
         with self.store.index.read() as txn:
             start = last.encode() + b"\0" if last is not None else None
-            for k, _ in txn.scan(self._t.repos, start=start):
-                if len(names) >= limit:
-                    return names, True
-                names.append(k.decode())
+            candidates = [k.decode() for k, _ in txn.scan(self._t.repos, start=start)]
+        for name in candidates:
+            if visible is not None and not visible(name):
+                continue
+            if len(names) >= limit:
+                return names, True
+            names.append(name)
         return names, False
+
+    def purge_repository(self, repo: str) -> int:
+        """Drop every manifest, tag, link and referrer edge of the repository, and the repository itself (its name
+        becomes free). cas collects what nothing else holds. Returns how many manifests were dropped."""
+        repo = _name(repo)
+        prefix = key(repo, b"")
+
+        def work(txn: WriteTransaction) -> int:
+            manifests = [k for k, _ in txn.scan(self._t.manifests, prefix=prefix)]
+            for k in manifests:
+                self.store.refs.drop_all(txn, holder(repo, Digest.parse(k[len(prefix):].decode())))
+            for table in (self._t.manifests, self._t.links, self.tags.tags, self.tags.tagged, self.tags.history,
+                          self.referrers.table):
+                for k, _ in list(txn.scan(table, prefix=prefix)):
+                    txn.delete(table, k)
+            txn.delete(self._t.repos, repo.encode())
+            return len(manifests)
+
+        return self.store.index.transact(work)
+
+    def repositories(self, prefix: str = "") -> list[str]:
+        with self.store.index.read() as txn:
+            return [k.decode() for k, _ in txn.scan(self._t.repos, prefix=prefix.encode())]
 
     def exists(self, repo: str) -> bool:
         with self.store.index.read() as txn:
@@ -189,28 +217,29 @@ class Registry:
         return self.store.index.transact(work)
 
     # -- uploads --------------------------------------------------------------------------------------------------
+    # An upload session belongs to the repository and the actor that opened it: to anyone else it does not exist.
     def start_upload(self, repo: str, actor: str | None = None, algorithm: str = DEFAULT_ALGORITHM) -> UploadStatus:
         return self.store.uploads.create(algorithm, {"repo": _name(repo), "actor": actor or ""})
 
-    def upload_status(self, repo: str, session_id: str) -> UploadStatus:
+    def upload_status(self, repo: str, session_id: str, actor: str | None = None) -> UploadStatus:
         status = self.store.uploads.status(session_id)
-        if status.meta.get("repo") != repo:
-            raise UploadUnknown(session_id)  # sessions are not shared between repositories
+        if status.meta.get("repo") != repo or status.meta.get("actor", "") != (actor or ""):
+            raise UploadUnknown(session_id)
         return status
 
     def append_upload(self, repo: str, session_id: str, chunks: Iterable[bytes], offset: int | None = None,
-                      length: int | None = None) -> UploadStatus:
-        self.upload_status(repo, session_id)
+                      length: int | None = None, actor: str | None = None) -> UploadStatus:
+        self.upload_status(repo, session_id, actor)
         return self.store.uploads.append(session_id, chunks, offset, length)
 
-    def cancel_upload(self, repo: str, session_id: str) -> None:
-        self.upload_status(repo, session_id)
+    def cancel_upload(self, repo: str, session_id: str, actor: str | None = None) -> None:
+        self.upload_status(repo, session_id, actor)
         self.store.uploads.cancel(session_id)
 
     def finish_upload(self, repo: str, session_id: str, digest: Digest | str, chunks: Iterable[bytes] = (),
-                      offset: int | None = None, length: int | None = None) -> BlobInfo:
+                      offset: int | None = None, length: int | None = None, actor: str | None = None) -> BlobInfo:
         digest = _digest(digest)
-        self.upload_status(repo, session_id)
+        self.upload_status(repo, session_id, actor)
         return self.store.uploads.finish(session_id, digest, chunks, offset, length,
                                          also=lambda txn: self._link_blob(txn, repo, digest))
 

@@ -50,13 +50,13 @@ class Server:
                 self.process.wait()
 
 
-def start_server(data: Path, *extra: str, workers: int = 2, port: int | None = None) -> Server:
+def start_server(data: Path, *extra: str, workers: int = 2, port: int | None = None, policy: str = "open") -> Server:
     port = port or free_port()
     log = data.parent / f"server-{port}.log"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     process = subprocess.Popen(
         [sys.executable, "-m", "adapters.cli", "serve", "--data", str(data), "--listen", f"127.0.0.1:{port}",
-         "--workers", str(workers), "--access-log", *extra],
+         "--workers", str(workers), "--access-log", "--policy", policy, *extra],
         stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
     server = Server(process, f"127.0.0.1:{port}", data, log)
     deadline = time.monotonic() + 30

@@ -36,10 +36,13 @@ from starlette.routing import Route
 from cas import BlobReader, Digest, InvalidRange, OffsetMismatch, UploadStatus
 from registry_core.errors import ManifestTooLarge
 from registry_core.manifests import DEFAULT_MAX_MANIFEST, OCI_INDEX
+from registry_core.names import RepositoryName
+from registry_core.policy import load_policy
 from registry_core.referrers import referrers_index
 from registry_core.registry import Registry, RegistryConfig
 
 from . import errors
+from .auth import Auth, Caller, Unauthorized
 from .streaming import BodyTooLarge, read_body, stream_body
 
 log = logging.getLogger("berth.http")
@@ -48,7 +51,7 @@ API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")  # Docker regi
 CHUNK_MIN = str(1 << 20)  # OCI-Chunk-Min-Length: advisory; 1 MiB chunks keep the per-request cost negligible
 READ_CHUNK = 1 << 20  # PERF-NOTES: 1 MiB reads serve 4-6x faster than Starlette's 64 KiB default
 
-Handler = Callable[["RegistryApi", Request, str, str], Awaitable[Response]]
+Handler = Callable[["RegistryApi", Request, str, str, Caller], Awaitable[Response]]
 
 
 class _BlobFile(FileResponse):
@@ -152,15 +155,17 @@ def _query_digest(request: Request, param: str) -> Digest:
 
 
 class RegistryApi:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, auth: Auth) -> None:
         self.registry = registry
+        self.auth = auth
 
     # -- end-1 ----------------------------------------------------------------------------------------------------
     async def base(self, request: Request) -> Response:
+        self.auth.caller(request)  # with login: any valid token (Unauthorized otherwise)
         return _response(200, b"{}", "application/json")
 
     # -- blobs ----------------------------------------------------------------------------------------------------
-    async def get_blob(self, request: Request, name: str, reference: str) -> Response:
+    async def get_blob(self, request: Request, name: str, reference: str, caller: Caller) -> Response:
         digest = Digest.parse(reference)
         info = await anyio.to_thread.run_sync(self.registry.stat_blob, name, digest)
         headers = {"Docker-Content-Digest": str(info.digest), "Accept-Ranges": "bytes",
@@ -184,19 +189,19 @@ class RegistryApi:
         headers["Content-Length"] = str(length)
         return StreamingResponse(_read(reader), status, headers, "application/octet-stream")
 
-    async def delete_blob(self, request: Request, name: str, reference: str) -> Response:
+    async def delete_blob(self, request: Request, name: str, reference: str, caller: Caller) -> Response:
         await anyio.to_thread.run_sync(self.registry.delete_blob, name, Digest.parse(reference))
         return _response(202)
 
     # -- uploads --------------------------------------------------------------------------------------------------
-    async def start_upload(self, request: Request, name: str, argument: str) -> Response:
+    async def start_upload(self, request: Request, name: str, argument: str, caller: Caller) -> Response:
         query = request.query_params
         mount = query.get("mount")
         if mount is not None:
             digest = Digest.parse(mount)
             source = query.get("from")
             info = None
-            if source:
+            if source and self.auth.may(caller, source, "pull"):  # no pull on `from`: an ordinary upload
                 info = await anyio.to_thread.run_sync(self.registry.mount_blob, name, digest, source)
             if info is not None:
                 return _created(f"/v2/{name}/blobs/{info.digest}", info.digest)
@@ -206,38 +211,43 @@ class RegistryApi:
             _, length = _content_range(request)
             info = await stream_body(request, partial(self.registry.ingest_blob, name, digest=digest, size=length))
             return _created(f"/v2/{name}/blobs/{info.digest}", info.digest)
-        status = await anyio.to_thread.run_sync(self.registry.start_upload, name)
+        status = await anyio.to_thread.run_sync(self.registry.start_upload, name, caller.subject)
         return _response(202, headers=_upload_headers(name, status) | {"OCI-Chunk-Min-Length": CHUNK_MIN})
 
-    async def upload_status(self, request: Request, name: str, session_id: str) -> Response:
-        status = await anyio.to_thread.run_sync(self.registry.upload_status, name, session_id)
+    async def upload_status(self, request: Request, name: str, session_id: str, caller: Caller) -> Response:
+        status = await anyio.to_thread.run_sync(self.registry.upload_status, name, session_id, caller.subject)
         return _response(204, headers=_upload_headers(name, status))
 
-    async def patch_upload(self, request: Request, name: str, session_id: str) -> Response:
+    async def patch_upload(self, request: Request, name: str, session_id: str, caller: Caller) -> Response:
         offset, length = _content_range(request)
         try:
             status = await stream_body(
-                request, lambda chunks: self.registry.append_upload(name, session_id, chunks, offset, length))
+                request, lambda chunks: self.registry.append_upload(name, session_id, chunks, offset, length,
+                                                                    caller.subject))
         except OffsetMismatch as exc:
             # spec: 416 for a chunk out of order; the headers tell the client where the session really is.
-            current = await anyio.to_thread.run_sync(self.registry.upload_status, name, session_id)
+            current = await anyio.to_thread.run_sync(self.registry.upload_status, name, session_id, caller.subject)
             raise errors.ProtocolError(416, "BLOB_UPLOAD_INVALID", str(exc)).with_headers(
                 _upload_headers(name, current)) from None
         return _response(202, headers=_upload_headers(name, status))
 
-    async def finish_upload(self, request: Request, name: str, session_id: str) -> Response:
+    async def finish_upload(self, request: Request, name: str, session_id: str, caller: Caller) -> Response:
         digest = _query_digest(request, "digest")
         offset, length = _content_range(request)
+        if not self.auth.still_allowed(caller, name, "push"):  # the token may be older than a revoked grant
+            raise Unauthorized(f"pushing to {name} is no longer granted", f"repository:{name}:pull,push",
+                               "insufficient_scope")
         info = await stream_body(
-            request, lambda chunks: self.registry.finish_upload(name, session_id, digest, chunks, offset, length))
+            request, lambda chunks: self.registry.finish_upload(name, session_id, digest, chunks, offset, length,
+                                                                caller.subject))
         return _created(f"/v2/{name}/blobs/{info.digest}", info.digest)
 
-    async def cancel_upload(self, request: Request, name: str, session_id: str) -> Response:
-        await anyio.to_thread.run_sync(self.registry.cancel_upload, name, session_id)
+    async def cancel_upload(self, request: Request, name: str, session_id: str, caller: Caller) -> Response:
+        await anyio.to_thread.run_sync(self.registry.cancel_upload, name, session_id, caller.subject)
         return _response(204)
 
     # -- manifests ------------------------------------------------------------------------------------------------
-    async def get_manifest(self, request: Request, name: str, reference: str) -> Response:
+    async def get_manifest(self, request: Request, name: str, reference: str, caller: Caller) -> Response:
         found = self.registry.get_manifest(name, reference, _accept(request))
         headers = {"Docker-Content-Digest": str(found.digest), "ETag": f'"{found.digest}"',
                    API_VERSION[0]: API_VERSION[1]}
@@ -245,25 +255,25 @@ class RegistryApi:
             return Response(b"", 200, headers | {"Content-Length": str(len(found.body))}, found.media_type)
         return Response(found.body, 200, headers, found.media_type)
 
-    async def put_manifest(self, request: Request, name: str, reference: str) -> Response:
+    async def put_manifest(self, request: Request, name: str, reference: str, caller: Caller) -> Response:
         limit = self.registry.config.max_manifest
         try:
             body = await read_body(request, limit)
         except BodyTooLarge:
             raise ManifestTooLarge(int(request.headers.get("content-length") or limit + 1), limit) from None
         result = await anyio.to_thread.run_sync(
-            self.registry.put_manifest, name, reference, body, request.headers.get("content-type"))
+            self.registry.put_manifest, name, reference, body, request.headers.get("content-type"), caller.subject)
         headers = {"Location": f"/v2/{name}/manifests/{result.digest}", "Docker-Content-Digest": str(result.digest)}
         if result.subject is not None:
             headers["OCI-Subject"] = str(result.subject)
         return _response(201, headers=headers)
 
-    async def delete_manifest(self, request: Request, name: str, reference: str) -> Response:
-        await anyio.to_thread.run_sync(self.registry.delete_manifest, name, reference)
+    async def delete_manifest(self, request: Request, name: str, reference: str, caller: Caller) -> Response:
+        await anyio.to_thread.run_sync(self.registry.delete_manifest, name, reference, caller.subject)
         return _response(202)
 
     # -- listings -------------------------------------------------------------------------------------------------
-    async def list_tags(self, request: Request, name: str, _: str) -> Response:
+    async def list_tags(self, request: Request, name: str, _: str, caller: Caller) -> Response:
         n, last = _page_size(request), request.query_params.get("last")
         tags, more = self.registry.list_tags(name, n, last)
         headers = {}
@@ -271,16 +281,16 @@ class RegistryApi:
             headers["Link"] = f'</v2/{name}/tags/list?n={n}&last={quote(tags[-1])}>; rel="next"'
         return _response(200, _json({"name": name, "tags": tags}), "application/json", headers)
 
-    async def catalog(self, request: Request, _: str, __: str) -> Response:
+    async def catalog(self, request: Request, _: str, __: str, caller: Caller) -> Response:
         n, last = _page_size(request), request.query_params.get("last")
-        names, more = self.registry.catalog(n, last)
+        names, more = self.registry.catalog(n, last, self.auth.visible(caller))
         headers = {}
         if more and names:
             page = n if n is not None else len(names)
             headers["Link"] = f'</v2/_catalog?n={page}&last={quote(names[-1])}>; rel="next"'
         return _response(200, _json({"repositories": names}), "application/json", headers)
 
-    async def referrers(self, request: Request, name: str, reference: str) -> Response:
+    async def referrers(self, request: Request, name: str, reference: str, caller: Caller) -> Response:
         artifact_type = request.query_params.get("artifactType")
         found = self.registry.list_referrers(name, Digest.parse(reference), artifact_type)
         headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else {}
@@ -344,40 +354,69 @@ def error_response(request: Request, exc: BaseException) -> Response:
     return Response(payload, status, headers, "application/json")
 
 
-def create_app(registry: Registry | Callable[[], Registry]) -> Starlette:
+# The action each endpoint needs on its repository (Docker token scopes; `view` also admits `pull`).
+ACTIONS: dict[tuple[str, str], str] = {
+    ("blob", "GET"): "pull", ("blob", "DELETE"): "delete", ("uploads", "POST"): "push", ("upload", "GET"): "push",
+    ("upload", "PATCH"): "push", ("upload", "PUT"): "push", ("upload", "DELETE"): "push",
+    ("manifest", "GET"): "pull", ("manifest", "PUT"): "push", ("manifest", "DELETE"): "delete",
+    ("tags", "GET"): "view", ("referrers", "GET"): "pull",
+}
+
+
+def create_app(registry: Registry | Callable[[], Registry], policy: str = "open", service: str = "berth") -> Starlette:
     """The ASGI app. Pass a Registry, or a callable that opens one when the app starts (after a server forked its
-    workers: py-lmdb refuses an environment inherited across fork)."""
+    workers: py-lmdb refuses an environment inherited across fork). `policy` is a built-in policy name or
+    `module:callable` (see registry_core/policy.py)."""
     holder: dict[str, RegistryApi] = {}
+    opened_here: list[Registry] = []
+
+    def api() -> RegistryApi:
+        if "api" not in holder:
+            if isinstance(registry, Registry):
+                reg = registry
+            else:
+                reg = registry()
+                opened_here.append(reg)
+            holder["api"] = RegistryApi(reg, Auth(reg, load_policy(policy, reg), service))
+        return holder["api"]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        opened = registry() if callable(registry) and not isinstance(registry, Registry) else registry
-        holder["api"] = RegistryApi(opened)
+        api()
         try:
             yield
         finally:
-            if opened is not registry:
-                opened.close()
-
-    def api() -> RegistryApi:
-        if "api" not in holder:  # an app used without lifespan (embedded, or a test client without `with`)
-            opened = registry() if callable(registry) and not isinstance(registry, Registry) else registry
-            holder["api"] = RegistryApi(opened)
-        return holder["api"]
+            for reg in opened_here:
+                reg.close()
 
     async def base(request: Request) -> Response:
-        return await api().base(request)
+        try:
+            return await api().base(request)
+        except Unauthorized as exc:
+            return api().auth.challenge(request, exc)
+
+    async def token(request: Request) -> Response:
+        return await api().auth.token_endpoint(request)
 
     async def dispatch(request: Request) -> Response:
         kind, name, argument = _route(request.path_params["path"])
         method = "GET" if request.method == "HEAD" else request.method
         handler = ROUTES.get((kind, method))
+        current = api()
         try:
             if handler is None:
                 if kind:
                     raise errors.ProtocolError(405, "UNSUPPORTED", f"{request.method} is not supported here")
                 raise errors.ProtocolError(404, "NOT_FOUND", f"no endpoint at {request.url.path}")
-            return await handler(api(), request, name, argument)
+            # An upload session may outlive the token that opened it: its owner may go on with an expired one.
+            grace = current.registry.store.config.upload_ttl if kind == "upload" and method in ("PATCH", "PUT") else 0
+            caller = current.auth.caller(request, grace)
+            if kind != "catalog":
+                name = str(RepositoryName.parse(name))
+                current.auth.require(caller, name, ACTIONS[(kind, method)])
+            return await handler(current, request, name, argument, caller)
+        except Unauthorized as exc:
+            return current.auth.challenge(request, exc)
         except ClientDisconnect:
             return Response(status_code=499)
         except Exception as exc:
@@ -385,7 +424,8 @@ def create_app(registry: Registry | Callable[[], Registry]) -> Starlette:
 
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
     return Starlette(routes=[Route("/v2/", base, methods=["GET", "HEAD"]),
-                             Route("/v2/{path:path}", dispatch, methods=methods)], lifespan=lifespan)
+                             Route("/v2/{path:path}", dispatch, methods=methods),
+                             Route("/token", token, methods=["GET", "POST"])], lifespan=lifespan)
 
 
 def app_from_env() -> Starlette:
@@ -393,4 +433,5 @@ def app_from_env() -> Starlette:
     worker process opens its own Registry after the fork."""
     data = os.environ.get("BERTH_DATA", "./berth-data")
     max_manifest = int(os.environ.get("BERTH_MAX_MANIFEST", DEFAULT_MAX_MANIFEST))
-    return create_app(lambda: Registry.open(data, RegistryConfig(max_manifest=max_manifest)))
+    return create_app(lambda: Registry.open(data, RegistryConfig(max_manifest=max_manifest)),
+                      os.environ.get("BERTH_POLICY", "open"), os.environ.get("BERTH_SERVICE", "berth"))

@@ -20,7 +20,7 @@ from cas import (
     UploadBusy,
     UploadUnknown,
 )
-from registry_core.errors import ManifestBlobUnknown, ManifestTooLarge, ManifestUnknown, NameUnknown
+from registry_core.errors import Denied, ManifestBlobUnknown, ManifestTooLarge, ManifestUnknown, NameUnknown
 from registry_core.manifests import InvalidManifest
 from registry_core.names import InvalidDigestReference, InvalidName, InvalidReference
 from registry_core.registry import BlobInUse
@@ -44,6 +44,7 @@ ERRORS: dict[type[BaseException], tuple[int, str]] = {
     InvalidRange: (416, "BLOB_UNKNOWN"),
     BlobInUse: (405, "UNSUPPORTED"),
     IndexFull: (507, "UNKNOWN"),
+    Denied: (403, "DENIED"),
 }
 
 

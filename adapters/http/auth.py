@@ -1,0 +1,227 @@
+"""Docker token authentication at the HTTP edge: the challenge, the token endpoint, and the check on every request.
+
+The policy decides at the token endpoint (what a token may carry); on every request the registry only verifies the
+token (signature, issuer, audience, time window) and that its `access` covers the request. Two things are checked
+live as well, because they must take effect at once: the trash, and the policy again when an upload is finished.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from registry_core.accounts import Accounts, Identity
+from registry_core.errors import Denied
+from registry_core.policy import ACTIONS, Policy, Resource, requires_login
+from registry_core.projects import Projects
+from registry_core.registry import Registry
+from registry_core.tokens import Claims, InvalidToken, Scope, TokenService
+
+from . import errors
+
+FAILURE_WINDOW = 60.0  # seconds over which failed logins from one source are counted
+FAILURE_LIMIT = 5  # failures allowed in the window; more answer 429 until the window has passed
+CACHE_MAX = 10_000  # verified tokens remembered (ECDSA verification is the hot path's largest cost)
+
+
+class Unauthorized(Exception):
+    """No valid token, or a token without the access the request needs (401 with a Bearer challenge)."""
+
+    def __init__(self, message: str, scope: str | None, error: str | None = None) -> None:
+        super().__init__(message)
+        self.scope, self.error = scope, error
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    subject: str | None  # the user; None for anonymous (or for everyone, under the open policy)
+    claims: Claims | None
+
+
+class Auth:
+    def __init__(self, registry: Registry, policy: Policy, service: str = "berth") -> None:
+        self.registry = registry
+        self.policy = policy
+        self.login = requires_login(policy)
+        self.accounts = Accounts(registry.store)
+        self.projects = Projects(registry.store)
+        self.tokens = TokenService(registry.store.root, service) if self.login else None
+        self._verified: dict[str, Claims] = {}
+        self._failures: dict[str, collections.deque[float]] = {}
+
+    # -- every request --------------------------------------------------------------------------------------------
+    def caller(self, request: Request, grace: float = 0.0) -> Caller:
+        """Who is calling. Without login: everyone is the anonymous caller. With login: a valid bearer token is
+        required (Unauthorized otherwise); `grace` accepts one expired that long ago (upload sessions)."""
+        if not self.login:
+            return Caller(None, None)
+        assert self.tokens is not None
+        header = request.headers.get("authorization", "")
+        kind, _, token = header.partition(" ")
+        if kind.lower() != "bearer" or not token:
+            raise Unauthorized("authentication required", None)
+        now = time.time()
+        claims = self._verified.get(token)
+        if claims is None or now > claims.expires + 30:
+            try:
+                claims = self.tokens.verify(token.strip(), now, allow_expired_for=grace)
+            except InvalidToken as exc:
+                raise Unauthorized(str(exc), None, "invalid_token") from None
+            if now <= claims.expires:
+                if len(self._verified) >= CACHE_MAX:
+                    self._verified.clear()
+                self._verified[token] = claims
+        return Caller(claims.subject or None, claims)
+
+    def require(self, caller: Caller, name: str, action: str) -> None:
+        """The caller's token must carry `action` on repository `name`, and the repository must not be in the
+        trash (a trashed repository answers as if denied)."""
+        scope = f"repository:{name}:{'pull,push' if action == 'push' else action}"
+        if caller.claims is not None or self.login:
+            claims = caller.claims
+            allowed = claims is not None and (claims.allows("repository", name, action) or (
+                action == "view" and claims.allows("repository", name, "pull")))
+            if not allowed or self.projects.is_trashed(name):
+                raise Unauthorized(f"access to {name} ({action}) is not granted", scope, "insufficient_scope")
+        elif self.projects.is_trashed(name):
+            raise Denied(f"repository {name} is in the trash")
+
+    def may(self, caller: Caller, name: str, action: str) -> bool:
+        try:
+            self.require(caller, name, action)
+        except (Unauthorized, Denied):
+            return False
+        return True
+
+    def identity(self, caller: Caller) -> Identity | None:
+        """The caller's current identity (flags and token scopes read now: a revoked token has none)."""
+        if caller.claims is None or caller.claims.token_id is None:
+            return None
+        record = self.accounts.token(caller.claims.token_id)
+        return self.accounts.identity_for(record) if record is not None else None
+
+    def still_allowed(self, caller: Caller, name: str, action: str) -> bool:
+        """The policy asked again, now (finishing an upload that may have outlived its token)."""
+        if not self.login:
+            return True
+        identity = self.identity(caller)
+        return action in self.policy.grant(identity, Resource("repository", name), frozenset({action}))
+
+    def visible(self, caller: Caller) -> Callable[[str], bool]:
+        identity = self.identity(caller)
+
+        def check(name: str) -> bool:
+            if self.projects.is_trashed(name):
+                return False
+            return "view" in self.policy.grant(identity, Resource("repository", name), frozenset({"view"}))
+        return check
+
+    def challenge(self, request: Request, exc: Unauthorized) -> Response:
+        realm = f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}/token"
+        value = f'Bearer realm="{realm}",service="{self.tokens.service if self.tokens else "berth"}"'
+        if exc.scope:
+            value += f',scope="{exc.scope}"'
+        if exc.error:
+            value += f',error="{exc.error}"'
+        code = "DENIED" if exc.error == "insufficient_scope" else "UNAUTHORIZED"
+        body = b"" if request.method == "HEAD" else errors.body(code, str(exc))
+        return Response(body, 401, {"WWW-Authenticate": value, "Docker-Distribution-API-Version": "registry/2.0"},
+                        "application/json")
+
+    # -- the token endpoint ---------------------------------------------------------------------------------------
+    async def token_endpoint(self, request: Request) -> Response:
+        if self.tokens is None:
+            return JSONResponse({"errors": [{"code": "UNSUPPORTED", "message": "this registry needs no login"}]}, 404)
+        source = request.client.host if request.client else "?"
+        if self._throttled(source):
+            return _error(429, "TOOMANYREQUESTS", "too many failed logins from this address; wait a minute",
+                          {"Retry-After": str(int(FAILURE_WINDOW))})
+        offline = False
+        identity: Identity | None = None
+        failed = False
+        if request.method == "POST":
+            form = await request.form()
+            grant_type = str(form.get("grant_type", ""))
+            scopes = [s for s in str(form.get("scope", "")).split(" ") if s]
+            offline = str(form.get("access_type", "")) == "offline"
+            if grant_type == "password":
+                identity = self.accounts.authenticate(str(form.get("password", "")))
+                failed = identity is None
+            elif grant_type == "refresh_token":
+                identity = self._from_refresh(str(form.get("refresh_token", "")))
+                failed = identity is None
+            else:
+                return _error(400, "UNSUPPORTED", "grant_type must be password or refresh_token")
+        else:
+            scopes = [s for value in request.query_params.getlist("scope") for s in value.split(" ") if s]
+            offline = request.query_params.get("offline_token", "").lower() == "true"
+            header = request.headers.get("authorization")
+            if header is not None:
+                password = _basic_password(header)
+                identity = self.accounts.authenticate(password) if password is not None else None
+                failed = identity is None
+        if failed:
+            self._failed(source)
+            return _error(401, "UNAUTHORIZED", "invalid credentials: the password must be a personal access token")
+
+        access = []
+        for text in scopes:
+            scope = Scope.parse(text)
+            if scope is None:
+                continue
+            granted = self.policy.grant(identity, Resource(scope.type, scope.name), scope.actions & ACTIONS)
+            access.append(Scope(scope.type, scope.name, granted))
+        now = time.time()
+        token, lifetime = self.tokens.issue(identity.user if identity else "", access,
+                                            identity.token_id if identity else None, now)
+        answer = {"token": token, "access_token": token, "expires_in": lifetime,
+                  "issued_at": datetime.fromtimestamp(now, UTC).isoformat().replace("+00:00", "Z")}
+        if offline and identity is not None and identity.token_id is not None:
+            answer["refresh_token"] = self.tokens.issue_refresh(identity.user, identity.token_id, now)
+        return JSONResponse(answer, headers={"Cache-Control": "no-store"})
+
+    def _from_refresh(self, token: str) -> Identity | None:
+        assert self.tokens is not None
+        try:
+            subject, token_id = self.tokens.verify_refresh(token)
+        except InvalidToken:
+            return None
+        record = self.accounts.token(token_id)
+        identity = self.accounts.identity_for(record) if record is not None else None
+        return identity if identity is not None and identity.user == subject else None
+
+    def _throttled(self, source: str) -> bool:
+        recent = self._failures.get(source)
+        if not recent:
+            return False
+        while recent and recent[0] < time.monotonic() - FAILURE_WINDOW:
+            recent.popleft()
+        return len(recent) >= FAILURE_LIMIT
+
+    def _failed(self, source: str) -> None:
+        if len(self._failures) > 100_000:
+            self._failures.clear()
+        self._failures.setdefault(source, collections.deque(maxlen=FAILURE_LIMIT * 2)).append(time.monotonic())
+
+
+def _basic_password(header: str) -> str | None:
+    kind, _, encoded = header.partition(" ")
+    if kind.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.partition(":")[2]
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(errors.body(code, message), status, headers, "application/json")

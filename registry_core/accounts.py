@@ -1,0 +1,172 @@
+"""Accounts and personal access tokens.
+
+A personal access token (PAT) is `berth_<id>_<secret>`: the id (16 hex) finds the record, the secret (32 random
+bytes, URL-safe base64) is checked against its SHA-256, the only thing stored. A slow password hash would buy
+nothing here: the secret has 256 bits of entropy, so a stolen table cannot be brute-forced, and the token endpoint
+must stay fast. Secrets are shown once, at creation, and never logged.
+
+Tables (in the store's LMDB environment):
+    users        name -> JSON {"certified", "admin", "created"}
+    pats         token id -> JSON PersonalToken (without the secret)
+    pats_by_user user \\0 token id -> b""
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from dataclasses import asdict, dataclass, replace
+
+from cas import BlobStore, Table
+
+TOKEN_SCOPES = ("view", "download", "modify")
+_USER = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_PAT = re.compile(r"berth_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+
+
+class AccountError(ValueError):
+    """A bad account or token request (unknown user, bad name, bad scope)."""
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    name: str
+    certified: bool = False
+    admin: bool = False
+    created: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PersonalToken:
+    id: str
+    user: str
+    scopes: tuple[str, ...]
+    label: str
+    created: float
+    expires: float | None
+    revoked: bool
+    digest: str  # sha256 of the secret, hex
+
+    def active(self, now: float) -> bool:
+        return not self.revoked and (self.expires is None or now < self.expires)
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a request acts as: the user's flags and the scopes of the token they presented."""
+    user: str
+    certified: bool
+    admin: bool
+    scopes: frozenset[str]
+    token_id: str | None = None
+
+
+class Accounts:
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+        self._users: Table = store.index.table("users")
+        self._pats: Table = store.index.table("pats")
+        self._by_user: Table = store.index.table("pats_by_user")
+
+    # -- users ----------------------------------------------------------------------------------------------------
+    def add_user(self, name: str, certified: bool = False, admin: bool = False) -> User:
+        if not _USER.fullmatch(name):
+            raise AccountError(f"invalid user name {name[:70]!r}: 1..64 of a-z 0-9 . _ -, starting with a letter/digit")
+        user = User(name, certified, admin, self._store.clock())
+        with self._store.index.write() as txn:
+            if txn.get(self._users, name.encode()) is not None:
+                raise AccountError(f"user {name} already exists")
+            txn.put(self._users, name.encode(), json.dumps(asdict(user)).encode())
+        return user
+
+    def user(self, name: str) -> User | None:
+        with self._store.index.read() as txn:
+            raw = txn.get(self._users, name.encode())
+        return User(**json.loads(raw)) if raw is not None else None
+
+    def users(self) -> list[User]:
+        with self._store.index.read() as txn:
+            return [User(**json.loads(v)) for _, v in txn.scan(self._users)]
+
+    def update_user(self, name: str, certified: bool | None = None, admin: bool | None = None) -> User:
+        with self._store.index.write() as txn:
+            raw = txn.get(self._users, name.encode())
+            if raw is None:
+                raise AccountError(f"no user {name}")
+            user = User(**json.loads(raw))
+            user = replace(user, certified=user.certified if certified is None else certified,
+                           admin=user.admin if admin is None else admin)
+            txn.put(self._users, name.encode(), json.dumps(asdict(user)).encode())
+        return user
+
+    # -- personal access tokens -----------------------------------------------------------------------------------
+    def create_token(self, user: str, scopes: list[str], expires_in: float | None = None,
+                     label: str = "") -> tuple[PersonalToken, str]:
+        """A new PAT for `user`; returns its record and the secret (shown once: only its hash is kept)."""
+        bad = [s for s in scopes if s not in TOKEN_SCOPES]
+        if bad or not scopes:
+            raise AccountError(f"token scopes must be among {', '.join(TOKEN_SCOPES)}; got {', '.join(scopes)!r}")
+        if self.user(user) is None:
+            raise AccountError(f"no user {user}")
+        token_id = secrets.token_hex(8)
+        secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+        now = self._store.clock()
+        record = PersonalToken(token_id, user, tuple(sorted(set(scopes))), label[:200], now,
+                               now + expires_in if expires_in else None, False,
+                               hashlib.sha256(secret.encode()).hexdigest())
+        with self._store.index.write() as txn:
+            txn.put(self._pats, token_id.encode(), json.dumps(asdict(record)).encode())
+            txn.put(self._by_user, f"{user}\0{token_id}".encode(), b"")
+        return record, f"berth_{token_id}_{secret}"
+
+    def tokens(self, user: str) -> list[PersonalToken]:
+        with self._store.index.read() as txn:
+            ids = [k.split(b"\0", 1)[1] for k, _ in txn.scan(self._by_user, prefix=f"{user}\0".encode())]
+            return [_token(txn.get(self._pats, i)) for i in ids if txn.get(self._pats, i) is not None]
+
+    def token(self, token_id: str) -> PersonalToken | None:
+        with self._store.index.read() as txn:
+            raw = txn.get(self._pats, token_id.encode())
+        return _token(raw) if raw is not None else None
+
+    def revoke(self, token_id: str) -> PersonalToken:
+        with self._store.index.write() as txn:
+            raw = txn.get(self._pats, token_id.encode())
+            if raw is None:
+                raise AccountError(f"no token {token_id}")
+            record = replace(_token(raw), revoked=True)
+            txn.put(self._pats, token_id.encode(), json.dumps(asdict(record)).encode())
+        return record
+
+    def authenticate(self, presented: str) -> Identity | None:
+        """The identity a PAT stands for, or None (unknown, wrong, revoked, expired, or its user is gone)."""
+        match = _PAT.fullmatch(presented.strip())
+        if match is None:
+            return None
+        token_id, secret = match.groups()
+        record = self.token(token_id)
+        if record is None:
+            return None
+        if not hmac.compare_digest(record.digest, hashlib.sha256(secret.encode()).hexdigest()):
+            return None
+        return self.identity_for(record)
+
+    def identity_for(self, record: PersonalToken) -> Identity | None:
+        """The identity behind a token record, if the token is still active and its user still exists."""
+        if not record.active(self._store.clock()):
+            return None
+        user = self.user(record.user)
+        if user is None:
+            return None
+        return Identity(user.name, user.certified, user.admin, frozenset(record.scopes), record.id)
+
+
+def _token(raw: bytes | None) -> PersonalToken:
+    assert raw is not None
+    data = json.loads(raw)
+    data["scopes"] = tuple(data["scopes"])
+    return PersonalToken(**data)

@@ -1,0 +1,158 @@
+"""Projects, grants and the trash: the data the project policy decides from.
+
+A project has an id `syn<digits>` assigned by Berth, a name and an owner. A grant gives a principal (a user name,
+or `public` for everyone including anonymous callers) a level on a project (`syn123`) or on one repository
+(`syn123/app`). A repository with grants of its own uses only those (local sharing settings replace the inherited
+ones). A project or repository in the trash answers every operation as if denied; its name stays reserved until it
+is purged.
+
+Tables:
+    projects  id -> JSON {"name", "owner", "created"}
+    grants    target \\0 principal -> level
+    trashed   target -> JSON {"time"}
+    counters  b"project" -> the last project number (decimal)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from cas import BlobStore, Table, Transaction
+
+from .names import RepositoryName
+
+LEVELS = ("view", "download", "edit", "edit-delete", "admin")  # each includes the ones before it
+PUBLIC = "public"
+FIRST_PROJECT = 10_000  # ids start at syn10001: short, and clearly not a row number
+
+
+class ProjectError(ValueError):
+    """A bad project, grant or trash request."""
+
+
+@dataclass(frozen=True, slots=True)
+class Project:
+    id: str
+    name: str
+    owner: str
+    created: float
+
+
+def rank(level: str | None) -> int:
+    """0-based position in LEVELS; -1 for no level."""
+    return LEVELS.index(level) if level in LEVELS else -1
+
+
+def _target(text: str) -> str:
+    """`syn123` or `syn123/repo`, validated."""
+    if "/" in text:
+        return str(RepositoryName.parse(text))
+    RepositoryName.parse(f"{text}/x")  # the project id rule
+    return text
+
+
+class Projects:
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+        self._projects: Table = store.index.table("projects")
+        self._grants: Table = store.index.table("grants")
+        self._trashed: Table = store.index.table("trashed")
+        self._counters: Table = store.index.table("counters")
+
+    def create(self, name: str, owner: str) -> Project:
+        if not name or len(name) > 200:
+            raise ProjectError("a project name must be 1..200 characters")
+        with self._store.index.write() as txn:
+            last = txn.get(self._counters, b"project")
+            number = int(last) + 1 if last is not None else FIRST_PROJECT + 1
+            txn.put(self._counters, b"project", str(number).encode())
+            project = Project(f"syn{number}", name, owner, self._store.clock())
+            txn.put(self._projects, project.id.encode(), json.dumps(
+                {"name": name, "owner": owner, "created": project.created}).encode())
+        return project
+
+    def get(self, project_id: str, txn: Transaction | None = None) -> Project | None:
+        if txn is None:
+            with self._store.index.read() as own:
+                return self.get(project_id, own)
+        raw = txn.get(self._projects, project_id.encode())
+        return Project(project_id, **json.loads(raw)) if raw is not None else None
+
+    def all(self) -> list[Project]:
+        with self._store.index.read() as txn:
+            return [Project(k.decode(), **json.loads(v)) for k, v in txn.scan(self._projects)]
+
+    # -- grants ---------------------------------------------------------------------------------------------------
+    def grant(self, target: str, principal: str, level: str) -> None:
+        target = _target(target)
+        if level not in LEVELS:
+            raise ProjectError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
+        if not principal or "\0" in principal:
+            raise ProjectError("a principal is a user name or 'public'")
+        self._require_project(target)
+        with self._store.index.write() as txn:
+            txn.put(self._grants, f"{target}\0{principal}".encode(), level.encode())
+
+    def revoke(self, target: str, principal: str) -> bool:
+        target = _target(target)
+        with self._store.index.write() as txn:
+            return txn.delete(self._grants, f"{target}\0{principal}".encode())
+
+    def grants(self, target: str, txn: Transaction | None = None) -> dict[str, str]:
+        if txn is None:
+            with self._store.index.read() as own:
+                return self.grants(target, own)
+        prefix = f"{target}\0".encode()
+        return {k[len(prefix):].decode(): v.decode() for k, v in txn.scan(self._grants, prefix=prefix)}
+
+    def level(self, user: str | None, repo: RepositoryName, txn: Transaction) -> int:
+        """The best level `user` (None: anonymous) has on the repository: the project's owner is admin; a
+        repository with grants of its own ignores its project's."""
+        project = self.get(repo.project, txn)
+        if project is None:
+            return -1
+        if user is not None and user == project.owner:
+            return rank("admin")
+        grants = self.grants(str(repo), txn) or self.grants(repo.project, txn)
+        principals = [PUBLIC] + ([user] if user is not None else [])
+        return max((rank(grants.get(p)) for p in principals), default=-1)
+
+    # -- trash ----------------------------------------------------------------------------------------------------
+    def trash(self, target: str) -> None:
+        target = _target(target)
+        self._require_project(target)
+        with self._store.index.write() as txn:
+            txn.put(self._trashed, target.encode(), json.dumps({"time": self._store.clock()}).encode())
+
+    def restore(self, target: str) -> bool:
+        target = _target(target)
+        with self._store.index.write() as txn:
+            return txn.delete(self._trashed, target.encode())
+
+    def is_trashed(self, repo: str, txn: Transaction | None = None) -> bool:
+        """Whether the repository or its project is in the trash (cheap: two gets)."""
+        if txn is None:
+            with self._store.index.read() as own:
+                return self.is_trashed(repo, own)
+        project = repo.split("/", 1)[0]
+        return txn.get(self._trashed, project.encode()) is not None or \
+            txn.get(self._trashed, repo.encode()) is not None
+
+    def forget(self, target: str) -> None:
+        """After a purge: the target's grants and trash mark (and the project itself) go."""
+        target = _target(target)
+        with self._store.index.write() as txn:
+            for key, _ in list(txn.scan(self._grants, prefix=f"{target}\0".encode())):
+                txn.delete(self._grants, key)
+            if "/" not in target:
+                for key, _ in list(txn.scan(self._grants, prefix=f"{target}/".encode())):
+                    txn.delete(self._grants, key)
+                for key, _ in list(txn.scan(self._trashed, prefix=f"{target}/".encode())):
+                    txn.delete(self._trashed, key)
+                txn.delete(self._projects, target.encode())
+            txn.delete(self._trashed, target.encode())
+
+    def _require_project(self, target: str) -> None:
+        if self.get(target.split("/", 1)[0]) is None:
+            raise ProjectError(f"no project {target.split('/', 1)[0]}")
