@@ -9,7 +9,11 @@ import time
 from collections.abc import Sequence
 
 from cas import BlobStore, Digest, check
+from registry_core.accounts import AccountError, Accounts
 from registry_core.manifests import DEFAULT_MAX_MANIFEST
+from registry_core.policy import load_policy
+from registry_core.projects import ProjectError, Projects
+from registry_core.registry import Registry
 
 DEFAULT_DATA = "./berth-data"
 
@@ -74,6 +78,124 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry(args: argparse.Namespace) -> Registry:
+    return Registry.open(args.data)
+
+
+def _duration(text: str) -> float:
+    """`30d`, `12h`, `45m`, `90s` or plain seconds."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    if not number.isdigit() or int(number) <= 0:
+        raise argparse.ArgumentTypeError(f"a duration like 30d, 12h, 45m or 90s, not {text!r}")
+    return float(int(number) * units[unit])
+
+
+def _fail(message: str) -> int:
+    print(f"berth: {message}", file=sys.stderr)
+    return 1
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        accounts = Accounts(registry.store)
+        try:
+            if args.action == "add":
+                user = accounts.add_user(args.name, args.certified, args.admin)
+            elif args.action == "certify":
+                user = accounts.update_user(args.name, certified=True)
+            else:
+                for user in accounts.users():
+                    print(f"{user.name}\tcertified={user.certified}\tadmin={user.admin}")
+                return 0
+        except AccountError as exc:
+            return _fail(str(exc))
+    print(f"user {user.name}: certified={user.certified} admin={user.admin}", file=sys.stderr)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        accounts = Accounts(registry.store)
+        try:
+            if args.action == "create":
+                record, secret = accounts.create_token(args.user, args.scope.split(","), args.expires, args.label)
+                print(f"token {record.id} for {record.user}: scopes {','.join(record.scopes)}; "
+                      f"{'expires ' + time.ctime(record.expires) if record.expires else 'no expiry'}. "
+                      "The secret below is shown once; use it as the password of docker/podman/skopeo login.",
+                      file=sys.stderr)
+                print(secret)
+            elif args.action == "list":
+                for t in accounts.tokens(args.user):
+                    state = "revoked" if t.revoked else ("expired" if not t.active(time.time()) else "active")
+                    print(f"{t.id}\t{','.join(t.scopes)}\t{state}\t{t.label}")
+            else:
+                accounts.revoke(args.token_id)
+                print(f"token {args.token_id} revoked", file=sys.stderr)
+        except AccountError as exc:
+            return _fail(str(exc))
+    return 0
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        if Accounts(registry.store).user(args.owner) is None:
+            return _fail(f"no user {args.owner}")
+        project = Projects(registry.store).create(args.name, args.owner)
+    print(f"project {project.name} ({project.id}) owned by {project.owner}", file=sys.stderr)
+    print(project.id)
+    return 0
+
+
+def cmd_grant(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        projects = Projects(registry.store)
+        try:
+            if args.command == "grant":
+                projects.grant(args.target, args.principal, args.level)
+                print(f"{args.principal} has {args.level} on {args.target}", file=sys.stderr)
+            elif not projects.revoke(args.target, args.principal):
+                return _fail(f"{args.principal} had no grant on {args.target}")
+        except (ProjectError, ValueError) as exc:
+            return _fail(str(exc))
+    return 0
+
+
+def cmd_trash(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        projects = Projects(registry.store)
+        try:
+            if args.command == "trash":
+                projects.trash(args.target)
+            elif args.command == "restore":
+                if not projects.restore(args.target):
+                    return _fail(f"{args.target} is not in the trash")
+            else:
+                if not projects.is_trashed(args.target if "/" in args.target else f"{args.target}/x"):
+                    return _fail(f"{args.target} is not in the trash: trash it first")
+                repos = [args.target] if "/" in args.target else registry.repositories(f"{args.target}/")
+                dropped = sum(registry.purge_repository(repo) for repo in repos)
+                projects.forget(args.target)
+                print(f"purged {len(repos)} repositor(ies), {dropped} manifest(s); `berth gc` reclaims the space",
+                      file=sys.stderr)
+        except (ProjectError, ValueError) as exc:
+            return _fail(str(exc))
+    return 0
+
+
+def first_start(registry: Registry) -> None:
+    """On an empty data directory under the project policy: an admin account, and how to get going."""
+    accounts = Accounts(registry.store)
+    if accounts.users():
+        return
+    accounts.add_user("admin", certified=True, admin=True)
+    print("berth: first start: created the site admin 'admin'. To push within a minute:\n"
+          "  TOKEN=$(scripts/berth token create admin --scope view,download,modify)\n"
+          "  PROJECT=$(scripts/berth project create demo --owner admin)\n"
+          "  echo \"$TOKEN\" | podman login --tls-verify=false -u admin --password-stdin HOST:PORT\n"
+          "  podman push --tls-verify=false IMAGE HOST:PORT/$PROJECT/my-repo:v1", file=sys.stderr, flush=True)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from granian import Granian
     from granian.constants import Interfaces
@@ -83,7 +205,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"berth serve: --listen must be HOST:PORT, got {args.listen!r}", file=sys.stderr)
         return 2
     # Create (or check) the data directory once, before the workers fork: each opens it again for itself.
-    BlobStore(args.data).close()
+    with Registry.open(args.data) as registry:
+        load_policy(args.policy, registry)  # a bad --policy fails here, not in every worker
+        if args.policy == "project":
+            first_start(registry)
+    os.environ["BERTH_POLICY"] = args.policy
     os.environ["BERTH_DATA"] = os.path.abspath(args.data)
     os.environ["BERTH_MAX_MANIFEST"] = str(args.max_manifest)
     print(f"berth: serving {os.environ['BERTH_DATA']} on http://{args.listen}/v2/ "
@@ -107,12 +233,53 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_data(sub.add_parser("serve", help="run the registry (OCI Distribution v1.1) on the data directory"))
     p.add_argument("--listen", default="127.0.0.1:5000", help="HOST:PORT to listen on (default: %(default)s)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="server processes (default: one per core)")
-    p.add_argument("--policy", choices=["open"], default="open",
-                   help="who may do what: 'open' allows everything (local development)")
+    p.add_argument("--policy", default="project",
+                   help="who may do what: 'project' (projects, grants, tokens; the default), 'open' (everything "
+                        "allowed, no login: local development only) or module:callable")
     p.add_argument("--max-manifest", type=int, default=DEFAULT_MAX_MANIFEST, metavar="BYTES",
                    help="largest manifest accepted (default: %(default)s; the spec requires at least 4 MiB)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(func=cmd_serve)
+
+    p = with_data(sub.add_parser("user", help="accounts: add NAME [--certified] [--admin] | certify NAME | list"))
+    p.add_argument("action", choices=["add", "certify", "list"])
+    p.add_argument("name", nargs="?", default="")
+    p.add_argument("--certified", action="store_true", help="may push (with an edit grant)")
+    p.add_argument("--admin", action="store_true", help="site admin: every level on every project")
+    p.set_defaults(func=cmd_user)
+
+    p = with_data(sub.add_parser("token", help="personal access tokens: create USER --scope ... | list USER | "
+                                               "revoke TOKEN_ID"))
+    p.add_argument("action", choices=["create", "list", "revoke"])
+    p.add_argument("user", nargs="?", default="", help="the user (create, list) or the token id (revoke)")
+    p.add_argument("--scope", default="view,download", help="comma-separated: view, download, modify")
+    p.add_argument("--expires", type=_duration, default=None, help="lifetime, e.g. 30d (default: none)")
+    p.add_argument("--label", default="", help="what the token is for")
+    p.set_defaults(func=lambda a: cmd_token(argparse.Namespace(**{**vars(a), "token_id": a.user})))
+
+    p = with_data(sub.add_parser("project", help="create NAME --owner USER (prints the new project id)"))
+    p.add_argument("action", choices=["create"])
+    p.add_argument("name")
+    p.add_argument("--owner", required=True)
+    p.set_defaults(func=cmd_project)
+
+    p = with_data(sub.add_parser("grant", help="grant TARGET PRINCIPAL LEVEL (TARGET: syn123 or syn123/repo; "
+                                               "PRINCIPAL: a user or 'public')"))
+    p.add_argument("target")
+    p.add_argument("principal")
+    p.add_argument("level", choices=["view", "download", "edit", "edit-delete", "admin"])
+    p.set_defaults(func=cmd_grant)
+    p = with_data(sub.add_parser("revoke", help="revoke TARGET PRINCIPAL"))
+    p.add_argument("target")
+    p.add_argument("principal")
+    p.set_defaults(func=cmd_grant)
+    for name, text in (("trash", "put a project or repository in the trash (it answers nothing; its name stays "
+                                 "reserved)"),
+                       ("restore", "take it out of the trash"),
+                       ("purge", "drop a trashed project's or repository's manifests and tags for good")):
+        p = with_data(sub.add_parser(name, help=text))
+        p.add_argument("target")
+        p.set_defaults(func=cmd_trash)
 
     p = with_data(sub.add_parser("selfcheck", help="exercise the storage engine and report its speed"))
     p.add_argument("--mib", type=int, default=256, help="size of each test blob in MiB")
