@@ -363,6 +363,14 @@ ACTIONS: dict[tuple[str, str], str] = {
 }
 
 
+def challenge_scope(kind: str, method: str, name: str) -> str:
+    if kind == "catalog":
+        return "registry:catalog:*"
+    action = ACTIONS[(kind, method)]
+    # Clients ask for what a challenge names; "view" is ours alone, so ask for pull (which admits view).
+    return f"repository:{name}:{ {'push': 'pull,push', 'view': 'pull'}.get(action, action) }"
+
+
 def create_app(registry: Registry | Callable[[], Registry], policy: str = "open", service: str = "berth") -> Starlette:
     """The ASGI app. Pass a Registry, or a callable that opens one when the app starts (after a server forked its
     workers: py-lmdb refuses an environment inherited across fork). `policy` is a built-in policy name or
@@ -410,9 +418,14 @@ def create_app(registry: Registry | Callable[[], Registry], policy: str = "open"
                 raise errors.ProtocolError(404, "NOT_FOUND", f"no endpoint at {request.url.path}")
             # An upload session may outlive the token that opened it: its owner may go on with an expired one.
             grace = current.registry.store.config.upload_ttl if kind == "upload" and method in ("PATCH", "PUT") else 0
-            caller = current.auth.caller(request, grace)
             if kind != "catalog":
                 name = str(RepositoryName.parse(name))
+            try:
+                caller = current.auth.caller(request, grace)
+            except Unauthorized as exc:  # say what the request needs, so the client asks for it
+                exc.scope = challenge_scope(kind, method, name)
+                raise
+            if kind != "catalog":
                 current.auth.require(caller, name, ACTIONS[(kind, method)])
             return await handler(current, request, name, argument, caller)
         except Unauthorized as exc:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import collections
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -55,7 +56,7 @@ class Auth:
         self.projects = Projects(registry.store)
         self.tokens = TokenService(registry.store.root, service) if self.login else None
         self._verified: dict[str, Claims] = {}
-        self._failures: dict[str, collections.deque[float]] = {}
+        self._failures = registry.store.index.table("login_failures")  # source address -> JSON [times]
 
     # -- every request --------------------------------------------------------------------------------------------
     def caller(self, request: Request, grace: float = 0.0) -> Caller:
@@ -84,7 +85,7 @@ class Auth:
     def require(self, caller: Caller, name: str, action: str) -> None:
         """The caller's token must carry `action` on repository `name`, and the repository must not be in the
         trash (a trashed repository answers as if denied)."""
-        scope = f"repository:{name}:{'pull,push' if action == 'push' else action}"
+        scope = f"repository:{name}:{ {'push': 'pull,push', 'view': 'pull'}.get(action, action) }"
         if caller.claims is not None or self.login:
             claims = caller.claims
             allowed = claims is not None and (claims.allows("repository", name, action) or (
@@ -169,7 +170,7 @@ class Auth:
                 identity = self.accounts.authenticate(password) if password is not None else None
                 failed = identity is None
         if failed:
-            self._failed(source)
+            await anyio.to_thread.run_sync(self._failed, source)
             return _error(401, "UNAUTHORIZED", "invalid credentials: the password must be a personal access token")
 
         access = []
@@ -198,18 +199,21 @@ class Auth:
         identity = self.accounts.identity_for(record) if record is not None else None
         return identity if identity is not None and identity.user == subject else None
 
+    # Failed logins are counted per source address in the index, so that every worker process (and a restart)
+    # sees the same count: an attacker cannot multiply the allowance by the number of workers.
+    def _recent_failures(self, source: str) -> list[float]:
+        with self.registry.store.index.read() as txn:
+            raw = txn.get(self._failures, source.encode()[:256])
+        cutoff = time.time() - FAILURE_WINDOW
+        return [t for t in (json.loads(raw) if raw is not None else []) if t > cutoff]
+
     def _throttled(self, source: str) -> bool:
-        recent = self._failures.get(source)
-        if not recent:
-            return False
-        while recent and recent[0] < time.monotonic() - FAILURE_WINDOW:
-            recent.popleft()
-        return len(recent) >= FAILURE_LIMIT
+        return len(self._recent_failures(source)) >= FAILURE_LIMIT
 
     def _failed(self, source: str) -> None:
-        if len(self._failures) > 100_000:
-            self._failures.clear()
-        self._failures.setdefault(source, collections.deque(maxlen=FAILURE_LIMIT * 2)).append(time.monotonic())
+        recent = self._recent_failures(source)[-FAILURE_LIMIT:] + [time.time()]
+        with self.registry.store.index.write() as txn:
+            txn.put(self._failures, source.encode()[:256], json.dumps(recent).encode())
 
 
 def _basic_password(header: str) -> str | None:

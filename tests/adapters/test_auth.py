@@ -1,0 +1,231 @@
+"""Access control over HTTP against `berth serve --policy project`: the Docker token flow and the project rules."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from registry_core.accounts import Accounts
+from registry_core.projects import Projects
+from registry_core.registry import Registry
+from registry_core.tokens import Scope, TokenService
+from tests.serving import Server, start_server
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Setup:
+    server: Server
+    registry: Registry
+    secrets: dict[str, str]
+    project: str
+    other: str
+
+    def token(self, who: str | None, *scopes: str) -> str:
+        auth = ("x", self.secrets[who]) if who else None
+        r = httpx.get(f"{self.server.url}/token", params={"service": "berth", "scope": list(scopes)}, auth=auth)
+        assert r.status_code == 200, r.text
+        return str(r.json()["token"])
+
+    def client(self, who: str | None, *scopes: str) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.token(who, *scopes)}"}
+        return httpx.Client(base_url=self.server.url, headers=headers, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    data = tmp_path_factory.mktemp("auth") / "data"
+    server = start_server(data, policy="project")
+    registry = Registry.open(data)  # the CLI's way: the same data directory, while the server runs
+    accounts, projects = Accounts(registry.store), Projects(registry.store)
+    secrets = {}
+    for name, certified in (("owner", True), ("alice", True), ("carol", False), ("dave", True), ("erin", True)):
+        accounts.add_user(name, certified=certified)
+        secrets[name] = accounts.create_token(name, ["view", "download", "modify"])[1]
+    secrets["reader"] = accounts.create_token("alice", ["download"])[1]  # alice, but a read-only token
+    project = projects.create("main", "owner").id
+    other = projects.create("other", "owner").id
+    projects.grant(project, "alice", "edit")
+    projects.grant(project, "carol", "edit")
+    projects.grant(project, "dave", "download")
+    projects.grant(project, "erin", "edit-delete")
+    projects.grant(project, "public", "view")
+    yield Setup(server, registry, secrets, project, other)
+    server.stop()
+    registry.close()
+
+
+def push(client: httpx.Client, repo: str, tag: str = "v1") -> tuple[int, bytes]:
+    config = json.dumps({"tag": tag, "n": os.urandom(4).hex()}).encode()
+    r = client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": sha(config)}, content=config)
+    if r.status_code != 201:
+        return r.status_code, b""
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {
+        "mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(config), "size": len(config)},
+        "layers": []}).encode()
+    r = client.put(f"/v2/{repo}/manifests/{tag}", content=body, headers={"Content-Type": OCI_MANIFEST})
+    return r.status_code, body
+
+
+def test_challenge_and_anonymous_token(setup: Setup) -> None:
+    r = httpx.get(f"{setup.server.url}/v2/")
+    assert r.status_code == 401
+    assert r.headers["WWW-Authenticate"] == f'Bearer realm="{setup.server.url}/token",service="berth"'
+    repo = f"{setup.project}/app"
+    r = httpx.get(f"{setup.server.url}/v2/{repo}/tags/list")
+    assert r.status_code == 401 and f'scope="repository:{repo}:pull"' in r.headers["WWW-Authenticate"]
+    with setup.client(None) as anonymous:
+        assert anonymous.get("/v2/").status_code == 200
+    r = httpx.get(f"{setup.server.url}/v2/", headers={"Authorization": "Bearer not.a.jwt"})
+    assert r.status_code == 401 and 'error="invalid_token"' in r.headers["WWW-Authenticate"]
+
+
+def test_token_endpoint_grants_the_intersection(setup: Setup) -> None:
+    repo = f"{setup.project}/app"
+    r = httpx.get(f"{setup.server.url}/token", auth=("ignored", setup.secrets["dave"]), params={
+        "service": "berth", "scope": [f"repository:{repo}:pull,push", "repository:localhost:5000/syn1/x:pull"]})
+    answer = r.json()
+    assert answer["token"] == answer["access_token"] and answer["expires_in"] == 300 and "issued_at" in answer
+    service = TokenService(setup.server.data, "berth")
+    claims = service.verify(answer["token"], time.time())
+    assert claims.subject == "dave" and claims.access == (
+        Scope("repository", repo, frozenset({"pull", "view"})),  # partial (no push), not an error
+        Scope("repository", "localhost:5000/syn1/x", frozenset()))  # host:port in a scope name parses
+    assert "refresh_token" not in answer
+
+
+def test_project_rules(setup: Setup) -> None:
+    repo = f"{setup.project}/rules"
+    everything = f"repository:{repo}:pull,push,delete"
+    with setup.client("alice", everything) as alice:
+        status, body = push(alice, repo)
+        assert status == 201  # edit + certified + modify: push creates the repository
+        assert alice.delete(f"/v2/{repo}/manifests/{sha(body)}").status_code == 401  # edit is not edit-delete
+    with setup.client("carol", everything) as carol:
+        assert push(carol, repo)[0] == 401  # not certified
+    with setup.client("reader", everything) as reader:
+        assert push(reader, repo)[0] == 401  # alice's download-only token
+        assert reader.get(f"/v2/{repo}/manifests/v1").status_code == 200
+    with setup.client("dave", everything) as dave:
+        assert dave.get(f"/v2/{repo}/manifests/v1").status_code == 200
+        r = dave.put(f"/v2/{repo}/manifests/v2", content=body, headers={"Content-Type": OCI_MANIFEST})
+        assert r.status_code == 401 and 'error="insufficient_scope"' in r.headers["WWW-Authenticate"]
+    with setup.client(None, everything) as anonymous:
+        assert anonymous.get(f"/v2/{repo}/tags/list").json()["tags"] == ["v1"]  # public view
+        assert anonymous.get(f"/v2/{repo}/manifests/v1").status_code == 401  # but no download
+    with setup.client("erin", everything) as erin:
+        status, body = push(erin, repo, "gone")
+        assert status == 201
+        assert erin.delete(f"/v2/{repo}/manifests/{sha(body)}").status_code == 202
+    with setup.client("alice", f"repository:{setup.other}/x:pull,push") as alice:
+        assert push(alice, f"{setup.other}/x")[0] == 401  # no grant on the other project
+    with setup.client("alice", "repository:syn99999999/x:pull,push") as alice:
+        assert push(alice, "syn99999999/x")[0] == 401  # a project that does not exist
+
+
+def test_local_grants_replace_inherited_ones(setup: Setup) -> None:
+    repo = f"{setup.project}/private"
+    projects = Projects(setup.registry.store)
+    projects.grant(repo, "dave", "edit")
+    scope = f"repository:{repo}:pull,push"
+    with setup.client("dave", scope) as dave:
+        assert push(dave, repo)[0] == 201
+    with setup.client("alice", scope) as alice:
+        assert alice.get(f"/v2/{repo}/manifests/v1").status_code == 401  # the project's grant does not reach here
+    with setup.client("owner", scope) as owner:
+        assert owner.get(f"/v2/{repo}/manifests/v1").status_code == 200  # the owner always does
+
+
+def test_catalog_lists_only_what_the_caller_may_view(setup: Setup) -> None:
+    with setup.client("owner", f"repository:{setup.other}/hidden:pull,push") as owner:
+        assert push(owner, f"{setup.other}/hidden")[0] == 201
+    with setup.client("alice", "registry:catalog:*") as alice:
+        names = alice.get("/v2/_catalog").json()["repositories"]
+    assert f"{setup.other}/hidden" not in names and all(n.startswith(setup.project) for n in names) and names
+    with setup.client("owner", "registry:catalog:*") as owner:
+        assert f"{setup.other}/hidden" in owner.get("/v2/_catalog").json()["repositories"]
+
+
+def test_trash_answers_as_denied_at_once_and_purge_drops_it(setup: Setup) -> None:
+    repo = f"{setup.project}/trashed"
+    scope = f"repository:{repo}:pull,push"
+    with setup.client("alice", scope) as alice:
+        assert push(alice, repo)[0] == 201
+        projects = Projects(setup.registry.store)
+        projects.trash(repo)
+        assert alice.get(f"/v2/{repo}/manifests/v1").status_code == 401  # a token issued before the trash
+        assert push(alice, repo, "v2")[0] == 401  # the name stays reserved
+        projects.restore(repo)
+        assert alice.get(f"/v2/{repo}/manifests/v1").status_code == 200
+        projects.trash(repo)
+        assert setup.registry.purge_repository(repo) == 1
+        projects.forget(repo)
+    with setup.client("alice", scope) as alice:
+        assert alice.get(f"/v2/{repo}/manifests/v1").status_code == 404  # purged: the name is free again
+        assert push(alice, repo, "v1")[0] == 201
+
+
+def test_upload_sessions_belong_to_their_owner(setup: Setup) -> None:
+    repo = f"{setup.project}/uploads"
+    scope = f"repository:{repo}:pull,push"
+    data = os.urandom(10_000)
+    with setup.client("alice", scope) as alice, setup.client("erin", scope) as erin:
+        location = alice.post(f"/v2/{repo}/blobs/uploads/").headers["Location"]
+        assert alice.patch(location, content=data[:5000]).status_code == 202
+        r = erin.patch(location, content=data[5000:])
+        assert r.status_code == 404 and r.json()["errors"][0]["code"] == "BLOB_UPLOAD_UNKNOWN"
+        assert erin.put(location, params={"digest": sha(data)}).status_code == 404
+    # alice's token expires during a long push: she may still finish it; the same token opens nothing new
+    service = TokenService(setup.server.data, "berth")
+    identity = Accounts(setup.registry.store).authenticate(setup.secrets["alice"])
+    assert identity is not None
+    old, _ = service.issue("alice", [Scope("repository", repo, frozenset({"pull", "push"}))], identity.token_id,
+                           time.time() - 400)
+    with httpx.Client(base_url=setup.server.url, headers={"Authorization": f"Bearer {old}"}) as expired:
+        assert expired.get("/v2/").status_code == 401
+        assert expired.post(f"/v2/{repo}/blobs/uploads/").status_code == 401
+        assert expired.patch(location, content=data[5000:]).status_code == 202
+        assert expired.put(location, params={"digest": sha(data)}).status_code == 201
+
+
+def test_refresh_tokens_and_revocation(setup: Setup) -> None:
+    accounts = Accounts(setup.registry.store)
+    record, secret = accounts.create_token("dave", ["download"], label="refresh test")
+    repo = f"{setup.project}/rules"
+    r = httpx.post(f"{setup.server.url}/token", data={
+        "grant_type": "password", "username": "dave", "password": secret, "service": "berth",
+        "scope": f"repository:{repo}:pull", "access_type": "offline", "client_id": "test"})
+    refresh = r.json()["refresh_token"]
+    form = {"grant_type": "refresh_token", "refresh_token": refresh, "service": "berth",
+            "scope": f"repository:{repo}:pull"}
+    assert httpx.post(f"{setup.server.url}/token", data=form).status_code == 200
+    accounts.revoke(record.id)
+    assert httpx.post(f"{setup.server.url}/token", data=form).status_code == 401
+    assert httpx.get(f"{setup.server.url}/token", auth=("dave", secret)).status_code == 401
+
+
+def test_failed_logins_are_slowed_down_and_secrets_never_logged(setup: Setup) -> None:
+    url = f"{setup.server.url}/token"
+    token = setup.token("alice", f"repository:{setup.project}/rules:pull")  # before this address gets throttled
+    statuses = [httpx.get(url, auth=("x", f"berth_{i:016x}_{'A' * 43}")).status_code for i in range(12)]
+    # counted in the index, so both workers see one count (earlier tests' refused logins are in it too)
+    assert statuses == sorted(statuses) and statuses.count(401) <= 5 and statuses[-1] == 429
+    r = httpx.get(url, auth=("x", "wrong"))
+    assert r.status_code in (401, 429) and "wrong" not in r.text
+    assert httpx.get(url, auth=("x", setup.secrets["alice"])).status_code == 429  # the address is slowed down
+    httpx.get(f"{setup.server.url}/v2/", headers={"Authorization": f"Bearer {token}"})
+    log = setup.server.log_text()
+    assert all(secret not in log and secret.split("_")[2] not in log for secret in setup.secrets.values())
+    assert token not in log and token.split(".")[2] not in log
