@@ -183,17 +183,17 @@ def cmd_trash(args: argparse.Namespace) -> int:
     return 0
 
 
-def first_start(registry: Registry) -> None:
+def first_start(registry: Registry, data: str, listen: str) -> None:
     """On an empty data directory under the project policy: an admin account, and how to get going."""
     accounts = Accounts(registry.store)
     if accounts.users():
         return
     accounts.add_user("admin", certified=True, admin=True)
     print("berth: first start: created the site admin 'admin'. To push within a minute:\n"
-          "  TOKEN=$(scripts/berth token create admin --scope view,download,modify)\n"
-          "  PROJECT=$(scripts/berth project create demo --owner admin)\n"
-          "  echo \"$TOKEN\" | podman login --tls-verify=false -u admin --password-stdin HOST:PORT\n"
-          "  podman push --tls-verify=false IMAGE HOST:PORT/$PROJECT/my-repo:v1", file=sys.stderr, flush=True)
+          f"  TOKEN=$(scripts/berth token create admin --scope view,download,modify --data {data})\n"
+          f"  PROJECT=$(scripts/berth project create demo --owner admin --data {data})\n"
+          f"  echo \"$TOKEN\" | podman login --tls-verify=false -u admin --password-stdin {listen}\n"
+          f"  podman push --tls-verify=false IMAGE {listen}/$PROJECT/my-repo:v1", file=sys.stderr, flush=True)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -208,7 +208,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with Registry.open(args.data) as registry:
         load_policy(args.policy, registry)  # a bad --policy fails here, not in every worker
         if args.policy == "project":
-            first_start(registry)
+            first_start(registry, args.data, args.listen)
     os.environ["BERTH_POLICY"] = args.policy
     os.environ["BERTH_DATA"] = os.path.abspath(args.data)
     os.environ["BERTH_MAX_MANIFEST"] = str(args.max_manifest)
