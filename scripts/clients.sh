@@ -1,8 +1,12 @@
-# Sourced by scripts/test: the real clients the interop tests drive, from Debian, when missing.
-# skopeo and podman (as root; --no-install-recommends is enough: no container is ever run).
+# Sourced by scripts/test: what the interop tests and the benchmark smoke run need, from Debian, when missing:
+# skopeo and podman (as root; --no-install-recommends is enough: no container is ever run), and for the harness
+# CNCF Distribution (docker-registry), wrk and nginx-light.
 install_clients() {
-  local missing=()
-  for tool in skopeo podman; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+  local missing=() tool pkg
+  for pair in skopeo:skopeo podman:podman docker-registry:docker-registry wrk:wrk nginx:nginx-light; do
+    tool=${pair%%:*} pkg=${pair#*:}
+    command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("$pkg")
+  done
   [ ${#missing[@]} -eq 0 ] && return 0
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -1,0 +1,143 @@
+"""`berth bench`: measure a registry from outside, or Berth beside CNCF Distribution in one run.
+
+    berth bench --url URL [--user U --password P]      any registry
+    berth bench --compare [--rounds 3] [--json F]      Distribution, Berth (open), Berth (project policy + token)
+    berth bench --compare --smoke                      seconds, tiny sizes: the test suite runs this
+
+Per case, the targets alternate (A B C A B C ...) so a machine that gets busier or quieter moves all of them alike;
+the table shows medians and each Berth figure's ratio to Distribution's. The physical limits are measured in the same
+run. Progress goes to standard error; the table to standard output and, with --json, to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import limits
+from .cases import CASES, SMOKE, Context, Scale
+from .targets import Target, start_berth, start_distribution
+
+PACKAGES = {"skopeo": "skopeo", "wrk": "wrk", "docker-registry": "docker-registry", "nginx": "nginx-light"}
+# Metrics where less is better (times, latencies, memory, space); for the rest more is better.
+LOWER_IS_BETTER = (": s", " ms", "RSS", "CPU s", "unique bytes")
+
+
+def ensure_tools(compare: bool) -> None:
+    def present(tool: str) -> bool:
+        return shutil.which(tool) is not None or Path(f"/usr/sbin/{tool}").exists()
+
+    wanted = [pkg for tool, pkg in PACKAGES.items() if (compare or tool in ("skopeo", "wrk")) and not present(tool)]
+    if not wanted:
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    print(f"berth bench: installing {' '.join(wanted)} from Debian", file=sys.stderr)
+    subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True)
+    subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *wanted], check=True,
+                   env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), stdout=subprocess.DEVNULL)
+
+
+def run(targets: list[Target], scale: Scale, rounds: int, workdir: Path, with_limits: bool) -> dict[str, object]:
+    results: dict[str, dict[str, list[float]]] = {t.name: {} for t in targets}
+    contexts = [Context(scale, workdir, r) for r in range(rounds)]
+    started = time.monotonic()
+    if with_limits:
+        print("berth bench: measuring the machine's limits", file=sys.stderr, flush=True)
+        machine = limits.measure(scale, workdir)
+    else:
+        machine = {}
+    for case_name, case in CASES:
+        for ctx in contexts:
+            for target in targets:
+                print(f"berth bench: [{time.monotonic() - started:6.0f} s] {case_name}, round {ctx.round + 1}/"
+                      f"{rounds}, {target.name}", file=sys.stderr, flush=True)
+                cpu = target.cpu_seconds()
+                figures = case(target, ctx)
+                if target.process is not None:
+                    figures[f"server CPU s: {case_name}"] = target.cpu_seconds() - cpu
+                for name, value in figures.items():
+                    results[target.name].setdefault(name, []).append(value)
+        for ctx in contexts:  # the round's generated images are not needed by later cases
+            for key in [k for k in ctx.state if k.startswith("layout:")]:
+                shutil.rmtree(ctx.state.pop(key).root, ignore_errors=True)
+    for target in targets:
+        if target.process is not None:
+            results[target.name]["server peak RSS: MiB"] = [target.peak_rss() / (1 << 20)]
+    load = os.getloadavg()
+    return {"targets": [t.name for t in targets], "rounds": rounds, "limits": machine,
+            "load_average": load, "medians": {t: {m: statistics.median(v) for m, v in figs.items()}
+                                              for t, figs in results.items()},
+            "samples": results}
+
+
+def table(report: dict[str, object]) -> str:
+    targets: list[str] = report["targets"]  # type: ignore[assignment]
+    medians: dict[str, dict[str, float]] = report["medians"]  # type: ignore[assignment]
+    reference = "distribution" if "distribution" in targets else None
+    metrics = list(dict.fromkeys(m for t in targets for m in medians[t]))
+    width = max(len(m) for m in metrics) + 2
+    head = f"{'metric':<{width}}" + "".join(f"{t:>16}" for t in targets)
+    others = [t for t in targets if t != reference] if reference else []
+    head += "".join(f"{t + ' ratio':>22}" for t in others)
+    lines = [head, "-" * len(head)]
+    for metric in metrics:
+        row = f"{metric:<{width}}" + "".join(f"{medians[t].get(metric, float('nan')):>16.2f}" for t in targets)
+        for t in others:
+            ref = medians[reference].get(metric) if reference else None
+            value = medians[t].get(metric)
+            row += f"{value / ref:>21.2f}x" if ref and value is not None else f"{'':>22}"
+        lines.append(row)
+    limits_: dict[str, float] = report["limits"]  # type: ignore[assignment]
+    lines += [f"{name:<{width}}{value:>16.0f}" for name, value in limits_.items()]
+    lines.append(f"(medians of {report['rounds']} round(s); ratio = Berth / Distribution; for times, latencies, "
+                 f"memory and space less is better; load average at the end {report['load_average']})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="berth bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="measure the registry at this URL (e.g. http://127.0.0.1:5000)")
+    parser.add_argument("--user")
+    parser.add_argument("--password")
+    parser.add_argument("--project", default="syn10001", help="project id for repository names (with --url)")
+    parser.add_argument("--compare", action="store_true", help="start Distribution and Berth, measure all of them")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the harness works")
+    parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument("--no-limits", action="store_true", help="skip measuring the machine's limits")
+    parser.add_argument("--workdir", type=Path, help="where data and images go (default: a temporary directory)")
+    args = parser.parse_args(argv)
+    if not args.url and not args.compare:
+        parser.error("give --url URL or --compare")
+    ensure_tools(args.compare)
+    scale = SMOKE if args.smoke else Scale()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="berth-bench-", dir=os.environ.get("BERTH_BENCH_DIR")))
+    workdir.mkdir(parents=True, exist_ok=True)
+    targets: list[Target] = []
+    try:
+        if args.compare:
+            targets = [start_distribution(workdir), start_berth(workdir, "open"), start_berth(workdir, "project")]
+        else:
+            targets = [Target("registry", args.url.rstrip("/"), args.project, args.user, args.password)]
+        report = run(targets, scale, args.rounds, workdir, not args.no_limits)
+    finally:
+        for target in targets:
+            target.stop()
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(table(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The registries a benchmark run measures: Berth (started here, open or project policy), CNCF Distribution
+(Debian's docker-registry, started here), or any registry at a URL. Each knows how to authenticate a client and,
+when it was started here, the process tree whose CPU time and memory are read from /proc."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait(url: str, process: subprocess.Popen[bytes] | None, log: Path | None) -> None:
+    for _ in range(300):
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited:\n{log.read_text() if log else ''}")
+        try:
+            urllib.request.urlopen(f"{url}/v2/", timeout=1)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within 30 s")
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    project: str = "syn10001"  # every repository a run creates lives under this project
+    user: str | None = None
+    password: str | None = None
+    process: subprocess.Popen[bytes] | None = None
+    data: Path | None = None
+    _tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    @property
+    def host(self) -> str:
+        return self.url.split("://", 1)[1]
+
+    @property
+    def creds(self) -> str | None:
+        return f"{self.user}:{self.password}" if self.user else None
+
+    def headers(self, repo: str, actions: str = "pull,push,delete") -> dict[str, str]:
+        """Authorization for `repo`: a Docker token (fetched when the registry challenges) or nothing."""
+        if not self.user:
+            return {}
+        cached = self._tokens.get(f"{repo}:{actions}")
+        if cached and cached[1] > time.time() + 30:
+            return {"Authorization": f"Bearer {cached[0]}"}
+        challenge = httpx.get(f"{self.url}/v2/").headers.get("www-authenticate", "")
+        if challenge.lower().startswith("basic"):
+            raw = base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+            return {"Authorization": f"Basic {raw}"}
+        params = dict(p.split("=", 1) for p in challenge[len("Bearer "):].replace('"', "").split(","))
+        r = httpx.get(params["realm"], params={"service": params.get("service", ""),
+                                                "scope": f"repository:{repo}:{actions}"},
+                      auth=(self.user, self.password or ""))
+        r.raise_for_status()
+        token = r.json().get("token") or r.json()["access_token"]
+        self._tokens[f"{repo}:{actions}"] = (token, time.time() + int(r.json().get("expires_in", 60)))
+        return {"Authorization": f"Bearer {token}"}
+
+    def pids(self) -> list[int]:
+        if self.process is None:
+            return []
+        pids = [self.process.pid]
+        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+        if children.exists():
+            pids += [int(p) for p in children.read_text().split()]
+        return pids
+
+    def cpu_seconds(self) -> float:
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+
+    def peak_rss(self) -> int:
+        """The sum of the processes' peak resident sets (VmHWM), in bytes."""
+        total = 0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1]) * 1024
+            except FileNotFoundError:
+                continue
+        return total
+
+    def disk_used(self) -> int:
+        if self.data is None:
+            return 0
+        out = subprocess.run(["du", "-s", "--block-size=1", str(self.data)], capture_output=True, text=True)
+        return int(out.stdout.split()[0]) if out.returncode == 0 else 0
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_berth(workdir: Path, policy: str) -> Target:
+    data = workdir / f"berth-{policy}"
+    port = free_port()
+    user = password = None
+    project = "syn10001"
+    if policy == "project":
+        from registry_core.accounts import Accounts
+        from registry_core.projects import Projects
+        from registry_core.registry import Registry
+        with Registry.open(data) as registry:
+            accounts = Accounts(registry.store)
+            accounts.add_user("bench", certified=True)
+            password = accounts.create_token("bench", ["view", "download", "modify"], label="bench")[1]
+            project = Projects(registry.store).create("bench", "bench").id
+            user = "bench"
+    log = workdir / f"berth-{policy}.log"
+    process = subprocess.Popen([sys.executable, "-m", "adapters.cli", "serve", "--data", str(data), "--listen",
+                                f"127.0.0.1:{port}", "--policy", policy], cwd=ROOT, stdout=log.open("wb"),
+                               stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    target = Target(f"berth-{policy}", f"http://127.0.0.1:{port}", project, user, password, process, data)
+    _wait(target.url, process, log)
+    return target
+
+
+DISTRIBUTION_CONFIG = """version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {data}
+  delete:
+    enabled: true
+  cache:
+    blobdescriptor: inmemory
+http:
+  addr: 127.0.0.1:{port}
+"""
+
+
+def start_distribution(workdir: Path) -> Target:
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        raise RuntimeError("docker-registry (CNCF Distribution) is not installed: apt-get install docker-registry")
+    data = workdir / "distribution"
+    data.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = workdir / "distribution.yml"
+    config.write_text(DISTRIBUTION_CONFIG.format(data=data, port=port))
+    log = workdir / "distribution.log"
+    process = subprocess.Popen([binary, "serve", str(config)], stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    target = Target("distribution", f"http://127.0.0.1:{port}", process=process, data=data)
+    _wait(target.url, process, log)
+    return target
