@@ -15,6 +15,7 @@ Chunks are kept by reference until written: a producer must not mutate a buffer 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import queue
 import threading
@@ -101,6 +102,45 @@ def _forget_workers_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_workers_after_fork)
 
 
+WRITEBACK_STEP = 8 << 20  # start the disk on every 8 MiB written, so that the final fsync has little left to do
+
+
+def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
+    """Linux sync_file_range(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE): start writeback of a range and return at
+    once (ctypes releases the GIL for the call). Absent elsewhere: then the fsync at the end does it all."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = (ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint)
+    call.restype = ctypes.c_int
+
+    def start_writeback(fd: int, offset: int, length: int) -> None:
+        call(fd, offset, length, 2)  # SYNC_FILE_RANGE_WRITE; a failure only means the fsync does the work
+    return start_writeback
+
+
+_START_WRITEBACK = _load_sync_file_range()
+
+
+class _WriteBack:
+    """Writes chunks at the file's position and, every WRITEBACK_STEP bytes, starts the disk on them: a blob then
+    reaches the disk while the rest arrives, instead of all at once in the fsync that makes it durable (measured:
+    a 1 GiB push waited seconds in that fsync)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._done = self._kicked = os.lseek(fd, 0, os.SEEK_CUR)
+
+    def __call__(self, chunk: Chunk) -> None:
+        write_all(self._fd, chunk)
+        self._done += len(chunk)
+        if _START_WRITEBACK is not None and self._done - self._kicked >= WRITEBACK_STEP:
+            _START_WRITEBACK(self._fd, self._kicked, self._done - self._kicked)
+            self._kicked = self._done
+
+
 def write_all(fd: int, data: Chunk) -> None:
     view = memoryview(data)
     while view:
@@ -143,8 +183,7 @@ class HashingWriter:
             worker.inbox.put(chunk)
 
     def _start(self) -> tuple[_Worker, _Worker]:
-        fd = self._fd
-        self._workers = (_POOL.take(self._hasher.update), _POOL.take(lambda chunk: write_all(fd, chunk)))
+        self._workers = (_POOL.take(self._hasher.update), _POOL.take(_WriteBack(self._fd)))
         return self._workers
 
     def _stop(self) -> BaseException | None:

@@ -62,10 +62,13 @@ class Auth:
     def caller(self, request: Request, grace: float = 0.0) -> Caller:
         """Who is calling. Without login: everyone is the anonymous caller. With login: a valid bearer token is
         required (Unauthorized otherwise); `grace` accepts one expired that long ago (upload sessions)."""
+        return self.caller_from(request.headers.get("authorization", ""), grace)
+
+    def caller_from(self, header: str, grace: float = 0.0) -> Caller:
+        """caller() from the Authorization header's value."""
         if not self.login:
             return Caller(None, None)
         assert self.tokens is not None
-        header = request.headers.get("authorization", "")
         kind, _, token = header.partition(" ")
         if kind.lower() != "bearer" or not token:
             raise Unauthorized("authentication required", None)
