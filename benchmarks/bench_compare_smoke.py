@@ -21,8 +21,9 @@ def test_compare_smoke(tmp_path: Path) -> None:
     assert medians["distribution"].keys() == medians["berth-open"].keys() == medians["berth-project"].keys()
     for case_name, _ in CASES:
         assert f"server CPU s: {case_name}" in medians["berth-project"]
+        assert medians["distribution"][f"server peak PSS MiB: {case_name}"] > 0
     for figures in medians.values():
         assert all(math.isfinite(v) and v >= 0 for v in figures.values())
-        assert figures["manifest GET by tag, c4: req/s"] > 0 and figures["server peak RSS: MiB"] > 0
+        assert figures["manifest GET by tag, c4: req/s"] > 0 and figures["server peak PSS MiB: whole run"] > 0
     assert {"limit: sha256 hashing, one thread: MiB/s", "limit: loopback HTTP GET (nginx sendfile): MiB/s"} <= \
         report["limits"].keys()

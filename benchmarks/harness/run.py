@@ -24,11 +24,11 @@ from pathlib import Path
 
 from . import limits
 from .cases import CASES, SMOKE, Context, Scale
-from .targets import Target, start_berth, start_distribution
+from .targets import MemoryWatch, Target, start_berth, start_distribution
 
 PACKAGES = {"skopeo": "skopeo", "wrk": "wrk", "docker-registry": "docker-registry", "nginx": "nginx-light"}
 # Metrics where less is better (times, latencies, memory, space); for the rest more is better.
-LOWER_IS_BETTER = (": s", " ms", "RSS", "CPU s", "unique bytes")
+LOWER_IS_BETTER = (": s", " ms", "RSS", "PSS", "CPU s", "unique bytes")
 
 
 def ensure_tools(compare: bool) -> None:
@@ -60,9 +60,11 @@ def run(targets: list[Target], scale: Scale, rounds: int, workdir: Path, with_li
                 print(f"berth bench: [{time.monotonic() - started:6.0f} s] {case_name}, round {ctx.round + 1}/"
                       f"{rounds}, {target.name}", file=sys.stderr, flush=True)
                 cpu = target.cpu_seconds()
-                figures = case(target, ctx)
+                with MemoryWatch(target) as memory:
+                    figures = case(target, ctx)
                 if target.process is not None:
                     figures[f"server CPU s: {case_name}"] = target.cpu_seconds() - cpu
+                    figures[f"server peak PSS MiB: {case_name}"] = memory.peak_pss / (1 << 20)
                 for name, value in figures.items():
                     results[target.name].setdefault(name, []).append(value)
         for ctx in contexts:  # the round's generated images are not needed by later cases
@@ -70,7 +72,12 @@ def run(targets: list[Target], scale: Scale, rounds: int, workdir: Path, with_li
                 shutil.rmtree(ctx.state.pop(key).root, ignore_errors=True)
     for target in targets:
         if target.process is not None:
-            results[target.name]["server peak RSS: MiB"] = [target.peak_rss() / (1 << 20)]
+            # VmHWM: the kernel's own high-water mark of each process over the whole run, summed (shared pages
+            # count once per process); the PSS peaks above are sampled, per case.
+            figures = results[target.name]
+            figures["server peak PSS MiB: whole run"] = [max(v for m, vs in figures.items()
+                                                              if m.startswith("server peak PSS") for v in vs)]
+            figures["server peak RSS MiB (VmHWM summed over processes)"] = [target.peak_rss() / (1 << 20)]
     load = os.getloadavg()
     return {"targets": [t.name for t in targets], "rounds": rounds, "limits": machine,
             "load_average": load, "medians": {t: {m: statistics.median(v) for m, v in figs.items()}

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -112,6 +113,21 @@ class Target:
                 continue
         return total
 
+    def memory(self) -> tuple[int, int]:
+        """(RSS, PSS) of the processes now, summed, in bytes. PSS splits each shared page between the processes that
+        map it, so the forked workers of one server do not count their shared pages once each (RSS sums do)."""
+        rss = pss = 0
+        for pid in self.pids():
+            try:
+                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1]) * 1024
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        return rss, pss
+
     def disk_used(self) -> int:
         if self.data is None:
             return 0
@@ -126,6 +142,31 @@ class Target:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class MemoryWatch:
+    """The peak RSS and PSS of a target's processes while a block runs, sampled every `interval` seconds."""
+
+    def __init__(self, target: Target, interval: float = 0.05) -> None:
+        self._target, self._interval = target, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="memory-watch", daemon=True)
+        self.peak_rss = self.peak_pss = 0
+
+    def _run(self) -> None:
+        while True:
+            rss, pss = self._target.memory()
+            self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+            if self._stop.wait(self._interval):
+                return
+
+    def __enter__(self) -> MemoryWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def start_berth(workdir: Path, policy: str) -> Target:
