@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol
 
 import blake3 as _blake3
@@ -65,17 +66,7 @@ class Digest:
         """Parse `algorithm:encoded`; raise InvalidDigest (malformed) or UnsupportedDigest (unknown algorithm)."""
         if not isinstance(text, str):
             raise InvalidDigest(f"digest must be a string, not {type(text).__name__}")
-        if len(text) > _MAX_LEN or not _GRAMMAR.fullmatch(text):
-            raise InvalidDigest(f"malformed digest {_shorten(text)!r}: expected algorithm:hex, e.g. sha256:<64 hex>")
-        algorithm, encoded = text.split(":", 1)
-        length = HEX_LENGTH.get(algorithm)
-        if length is None:
-            raise UnsupportedDigest(
-                f"unsupported digest algorithm {algorithm!r}; supported: {', '.join(ALGORITHMS)}")
-        if len(encoded) != length or not _LOWER_HEX.fullmatch(encoded):
-            raise InvalidDigest(f"malformed {algorithm} digest {_shorten(text)!r}: "
-                                f"expected {length} lower-case hex characters after '{algorithm}:'")
-        return cls(algorithm, encoded)
+        return _parse(text)
 
     @classmethod
     def of(cls, data: bytes, algorithm: str = DEFAULT_ALGORITHM) -> Digest:
@@ -90,6 +81,22 @@ class Digest:
     def key(self) -> bytes:
         """The digest as an index key: its canonical string in ASCII."""
         return f"{self.algorithm}:{self.hex}".encode("ascii")
+
+
+# Digests are parsed again on every request that names one (and from every index record): the answer is a pure
+# function of the text, and a Digest is immutable. Only valid digests are remembered; invalid ones raise each time.
+@lru_cache(maxsize=4096)
+def _parse(text: str) -> Digest:
+    if len(text) > _MAX_LEN or not _GRAMMAR.fullmatch(text):
+        raise InvalidDigest(f"malformed digest {_shorten(text)!r}: expected algorithm:hex, e.g. sha256:<64 hex>")
+    algorithm, encoded = text.split(":", 1)
+    length = HEX_LENGTH.get(algorithm)
+    if length is None:
+        raise UnsupportedDigest(f"unsupported digest algorithm {algorithm!r}; supported: {', '.join(ALGORITHMS)}")
+    if len(encoded) != length or not _LOWER_HEX.fullmatch(encoded):
+        raise InvalidDigest(f"malformed {algorithm} digest {_shorten(text)!r}: "
+                            f"expected {length} lower-case hex characters after '{algorithm}:'")
+    return Digest(algorithm, encoded)
 
 
 def _shorten(text: str, limit: int = 80) -> str:

@@ -34,35 +34,45 @@ MAX_TABLES = 64
 
 
 class _Gate:
-    """Many transactions or one resize, per process."""
+    """Many transactions or one resize, per process. Entering and leaving take a plain lock and nothing else (they
+    are on every read); the condition is only waited on, and only notified, while a resize is pending."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._active = 0
+        self._waiting = 0  # threads waiting in enter() or exclusive()
         self._resizing = False
 
     def enter(self) -> None:
-        with self._cond:
+        with self._lock:
             while self._resizing:
-                self._cond.wait()
+                self._wait()
             self._active += 1
 
     def leave(self) -> None:
-        with self._cond:
+        with self._lock:
             self._active -= 1
-            if self._active == 0:
+            if self._active == 0 and self._waiting:
                 self._cond.notify_all()
+
+    def _wait(self) -> None:
+        self._waiting += 1
+        try:
+            self._cond.wait()
+        finally:
+            self._waiting -= 1
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
-        with self._cond:
+        with self._lock:
             while self._resizing or self._active:
-                self._cond.wait()
+                self._wait()
             self._resizing = True
         try:
             yield
         finally:
-            with self._cond:
+            with self._lock:
                 self._resizing = False
                 self._cond.notify_all()
 
@@ -123,6 +133,29 @@ class WriteTransaction(Transaction):
         self._after_commit.append(action)
 
 
+class _Reading:
+    __slots__ = ("_index", "_txn")
+
+    def __init__(self, index: Index) -> None:
+        self._index = index
+
+    def __enter__(self) -> Transaction:
+        gate = self._index._gate
+        gate.enter()
+        try:
+            self._txn = self._index._begin(write=False)
+        except BaseException:
+            gate.leave()
+            raise
+        return Transaction(self._txn)
+
+    def __exit__(self, *_: object) -> None:
+        try:
+            self._txn.abort()
+        finally:
+            self._index._gate.leave()
+
+
 class Index:
     def __init__(self, path: Path, *, map_size: int = DEFAULT_MAP_SIZE, durable: bool = True) -> None:
         path.mkdir(parents=True, exist_ok=True)
@@ -162,17 +195,10 @@ class Index:
                     f"this Berth reads version {FORMAT_VERSION}")
 
     # -- transactions -------------------------------------------------------------------------------------------
-    @contextmanager
-    def read(self) -> Iterator[Transaction]:
-        self._gate.enter()
-        try:
-            txn = self._begin(write=False)
-            try:
-                yield Transaction(txn)
-            finally:
-                txn.abort()
-        finally:
-            self._gate.leave()
+    def read(self) -> _Reading:
+        """A read transaction for a `with` block. A class, not a generator context manager: reads are on every
+        request's path, and this costs a third as much."""
+        return _Reading(self)
 
     @contextmanager
     def write(self) -> Iterator[WriteTransaction]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from cas import Digest, InvalidDigest
 
@@ -47,20 +48,27 @@ class RepositoryName:
 
     @classmethod
     def parse(cls, text: str) -> RepositoryName:
-        if not text or len(text) > NAME_MAX:
-            raise InvalidName(f"repository name must be 1..{NAME_MAX} characters, got {len(text)}")
-        components = text.split("/")
-        for component in components:
-            if not _COMPONENT.fullmatch(component):
-                raise InvalidName(f"invalid repository name {text!r}: component {component[:64]!r} must be lower-case "
-                                  "letters and digits, separated by '.', '_', '__' or dashes")
-        if len(components) < 2 or not _PROJECT.fullmatch(components[0]):
-            raise InvalidName(f"invalid repository name {text!r}: expected <project id>/<repository>, "
-                              "e.g. syn12345/my-repo")
-        return cls(components[0], "/".join(components[1:]))
+        return _parse_name(text)
 
     def __str__(self) -> str:
         return f"{self.project}/{self.path}"
+
+
+# A pure function of its text, asked again on every request for the same few names: remember the answers (only
+# valid names are remembered; an invalid one raises each time).
+@lru_cache(maxsize=1024)
+def _parse_name(text: str) -> RepositoryName:
+    if not text or len(text) > NAME_MAX:
+        raise InvalidName(f"repository name must be 1..{NAME_MAX} characters, got {len(text)}")
+    components = text.split("/")
+    for component in components:
+        if not _COMPONENT.fullmatch(component):
+            raise InvalidName(f"invalid repository name {text!r}: component {component[:64]!r} must be lower-case "
+                              "letters and digits, separated by '.', '_', '__' or dashes")
+    if len(components) < 2 or not _PROJECT.fullmatch(components[0]):
+        raise InvalidName(f"invalid repository name {text!r}: expected <project id>/<repository>, "
+                          "e.g. syn12345/my-repo")
+    return RepositoryName(components[0], "/".join(components[1:]))
 
 
 def parse_tag(text: str) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any
 
 from cas import Digest
@@ -54,7 +55,13 @@ class ManifestRecord:
 
     @classmethod
     def unpack(cls, raw: bytes) -> ManifestRecord:
-        return cls(**json.loads(raw))
+        return _unpack_manifest_record(raw)
+
+
+# Read on every manifest GET; a pure function of the stored bytes, and the record is immutable: remember it.
+@lru_cache(maxsize=1024)
+def _unpack_manifest_record(raw: bytes) -> ManifestRecord:
+    return ManifestRecord(**json.loads(raw))
 
 
 @dataclass(frozen=True, slots=True)
