@@ -74,10 +74,10 @@ def run(targets: list[Target], scale: Scale, rounds: int, workdir: Path, with_li
         if target.process is not None:
             # VmHWM: the kernel's own high-water mark of each process over the whole run, summed (shared pages
             # count once per process); the PSS peaks above are sampled, per case.
-            figures = results[target.name]
-            figures["server peak PSS MiB: whole run"] = [max(v for m, vs in figures.items()
+            samples = results[target.name]
+            samples["server peak PSS MiB: whole run"] = [max(v for m, vs in samples.items()
                                                               if m.startswith("server peak PSS") for v in vs)]
-            figures["server peak RSS MiB (VmHWM summed over processes)"] = [target.peak_rss() / (1 << 20)]
+            samples["server peak RSS MiB (VmHWM summed over processes)"] = [target.peak_rss() / (1 << 20)]
     load = os.getloadavg()
     return {"targets": [t.name for t in targets], "rounds": rounds, "limits": machine,
             "load_average": load, "medians": {t: {m: statistics.median(v) for m, v in figs.items()}
