@@ -114,6 +114,19 @@ class Transaction:
                 yield bytes(key), bytes(value)
 
 
+    def keys(self, table: Table, prefix: bytes = b"", start: bytes | None = None) -> Iterator[bytes]:
+        """The keys `scan` would give, without reading the values (listings: several times faster)."""
+        with self._txn.cursor(db=table._db) as cursor:
+            first = start if start is not None and start > prefix else prefix
+            if not cursor.set_range(first):
+                return
+            for found in cursor.iternext(keys=True, values=False):
+                key = bytes(found)  # already bytes (no buffers=True): the same object, no copy
+                if not key.startswith(prefix):
+                    return
+                yield key
+
+
 class WriteTransaction(Transaction):
     __slots__ = ("_after_commit",)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 
 from cas import Digest, Table, Transaction, WriteTransaction
 
@@ -49,11 +50,13 @@ class TagIndex:
         and whether more follow."""
         prefix = key(repo, b"")
         start = key(repo, last) + SEP if last is not None else None  # the first key after `last` itself
-        tags: list[str] = []
-        for k, _ in txn.scan(self.tags, prefix=prefix, start=start):
-            if n is not None and len(tags) >= n:
-                return tags, True
-            tags.append(k[len(prefix):].decode("utf-8"))
+        keys = txn.keys(self.tags, prefix=prefix, start=start)
+        if n is not None:
+            keys = islice(keys, n + 1)  # one more than the page: whether more follow
+        cut = len(prefix)
+        tags = [k[cut:].decode("utf-8") for k in keys]
+        if n is not None and len(tags) > n:
+            return tags[:n], True
         return tags, False
 
     def entries(self, txn: Transaction, repo: str, tag: str) -> list[HistoryEntry]:
