@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -196,6 +197,25 @@ def first_start(registry: Registry, data: str, listen: str) -> None:
           f"  podman push --tls-verify=false IMAGE {listen}/$PROJECT/my-repo:v1", file=sys.stderr, flush=True)
 
 
+M_ARENA_MAX = -8  # glibc malloc.h
+
+
+def _lean_memory() -> None:
+    """Before the workers fork. (1) Import the app here and freeze what exists out of the cyclic GC: the workers
+    share these pages instead of each importing, and the GC touching, a private copy. (2) At most two malloc arenas
+    per process: glibc gives each new thread an arena of its own, and the upload and pipeline threads left ~20 MiB
+    of half-empty arenas per worker (measured: peak PSS of 8 parallel skopeo pushes 115 -> 97 MiB). Python objects
+    come from pymalloc under the GIL, so fewer arenas cost no contention."""
+    import ctypes
+    import gc
+
+    import adapters.http.app  # noqa: F401
+
+    gc.freeze()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
+        ctypes.CDLL(None).mallopt(M_ARENA_MAX, 2)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from granian import Granian
     from granian.constants import Interfaces
@@ -214,12 +234,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["BERTH_MAX_MANIFEST"] = str(args.max_manifest)
     print(f"berth: serving {os.environ['BERTH_DATA']} on http://{args.listen}/v2/ "
           f"({args.workers} worker(s), policy {args.policy})", file=sys.stderr, flush=True)
-    # Import the app before the workers fork and freeze what exists now out of the cyclic GC: the workers then share
-    # these pages with this process instead of each importing (and the GC touching) a private copy.
-    import gc
-
-    import adapters.http.app  # noqa: F401
-    gc.freeze()
+    _lean_memory()
     # granian: the lowest CPU per request and per uploaded GiB measured here (see README, "Why granian").
     # Never task_impl=rust: it breaks anyio.to_thread (PERF-NOTES).
     Granian("adapters.http:app_from_env", factory=True, interface=Interfaces.ASGI, address=host.strip("[]"),
