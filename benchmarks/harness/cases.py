@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.client import HTTPConnection
+from http.client import HTTPConnection, HTTPMessage
 from pathlib import Path
 from typing import Any
 
@@ -182,13 +182,20 @@ class _Connection:
         self._conn = HTTPConnection(target.host, timeout=600)
         self._headers = headers
 
-    def request(self, method: str, path: str, body: bytes | None = None, **headers: str) -> bytes:
+    def request(self, method: str, path: str, body: bytes | memoryview | None = None, **headers: str) -> bytes:
+        return self.exchange(method, path, body, **headers)[0]
+
+    def exchange(self, method: str, path: str, body: bytes | memoryview | None = None,
+                 **headers: str) -> tuple[bytes, HTTPMessage]:
+        """(body, response headers); a status of 300 or more raises."""
+        if "://" in path:  # an absolute Location (Distribution's): this connection's host is the same
+            path = "/" + path.split("://", 1)[1].split("/", 1)[1]
         self._conn.request(method, path, body=body, headers=self._headers | headers)
         response = self._conn.getresponse()
         data = response.read()
         if response.status >= 300:
             raise RuntimeError(f"{method} {path}: {response.status} {data[:500]!r}")
-        return data
+        return data, response.headers
 
     def close(self) -> None:
         self._conn.close()
@@ -244,17 +251,19 @@ def upload_chunked(target: Target, ctx: Context) -> Figures:
     path, digest = ctx.blob_file()
     repo = f"{target.project}/chunked-r{ctx.round}"
     chunk = ctx.scale.chunk
-    data = path.read_bytes()
-    with _client(target, repo) as http:
+    data = memoryview(path.read_bytes())
+    conn = _Connection(target, target.headers(repo))
+    try:
         started = time.perf_counter()
-        url = http.post(f"/v2/{repo}/blobs/uploads/").raise_for_status().headers["Location"]
+        url = conn.exchange("POST", f"/v2/{repo}/blobs/uploads/")[1]["Location"]
         for offset in range(0, len(data), chunk):
             piece = data[offset:offset + chunk]
-            r = http.patch(url, content=piece, headers={"Content-Range": f"{offset}-{offset + len(piece) - 1}",
-                                                        "Content-Type": "application/octet-stream"})
-            url = r.raise_for_status().headers["Location"]
-        http.put(_with_digest(url, digest)).raise_for_status()
+            url = conn.exchange("PATCH", url, piece, **{"Content-Range": f"{offset}-{offset + len(piece) - 1}",
+                                                         "Content-Type": "application/octet-stream"})[1]["Location"]
+        conn.request("PUT", _with_digest(url, digest))
         seconds = time.perf_counter() - started
+    finally:
+        conn.close()
     return {f"raw chunked upload ({chunk // MiB or chunk / MiB} MiB PATCH): MiB/s": len(data) / MiB / seconds}
 
 
