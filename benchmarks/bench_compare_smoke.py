@@ -25,5 +25,6 @@ def test_compare_smoke(tmp_path: Path) -> None:
     for figures in medians.values():
         assert all(math.isfinite(v) and v >= 0 for v in figures.values())
         assert figures["manifest GET by tag, c4: req/s"] > 0 and figures["server peak PSS MiB: whole run"] > 0
+    assert isinstance(report["goals"], list)
     assert {"limit: sha256 hashing, one thread: MiB/s", "limit: loopback HTTP GET (nginx sendfile): MiB/s"} <= \
         report["limits"].keys()

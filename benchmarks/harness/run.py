@@ -22,13 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import limits
+from . import goals, limits
 from .cases import CASES, SMOKE, Context, Scale
 from .targets import MemoryWatch, Target, start_berth, start_distribution
 
 PACKAGES = {"skopeo": "skopeo", "wrk": "wrk", "docker-registry": "docker-registry", "nginx": "nginx-light"}
-# Metrics where less is better (times, latencies, memory, space); for the rest more is better.
-LOWER_IS_BETTER = (": s", " ms", "RSS", "PSS", "CPU s", "unique bytes")
 
 
 def ensure_tools(compare: bool) -> None:
@@ -140,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             target.stop()
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
+    report["goals"] = goals.check(report["medians"])  # type: ignore[arg-type]
     print(table(report))
+    print()
+    print(goals.table(report["goals"]))  # type: ignore[arg-type]
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0
