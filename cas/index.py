@@ -114,7 +114,6 @@ class Transaction:
                     return
                 yield bytes(key), bytes(value)
 
-
     def keys(self, table: Table, prefix: bytes = b"", start: bytes | None = None) -> Iterator[bytes]:
         """The keys `scan` would give, without reading the values. The walk runs in C (py-lmdb's iterator, bounded
         by the first key past the prefix): listings of thousands of keys pay no Python call per key."""
