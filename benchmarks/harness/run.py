@@ -57,6 +57,9 @@ def run(targets: list[Target], scale: Scale, rounds: int, workdir: Path, with_li
             for target in targets:
                 print(f"berth bench: [{time.monotonic() - started:6.0f} s] {case_name}, round {ctx.round + 1}/"
                       f"{rounds}, {target.name}", file=sys.stderr, flush=True)
+                # Each case starts on a settled disk: the writeback of an earlier case's gigabytes would otherwise
+                # stall this one's fsyncs (Berth's, which answer when durable; Distribution never fsyncs).
+                os.sync()
                 cpu = target.cpu_seconds()
                 with MemoryWatch(target) as memory:
                     figures = case(target, ctx)
