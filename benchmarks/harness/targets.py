@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def free_port() -> int:
@@ -113,6 +114,16 @@ class Target:
                 continue
         return total
 
+    def resident(self) -> int:
+        """RSS of the processes now, summed, in bytes: from statm, which costs the processes nothing."""
+        total = 0
+        for pid in self.pids():
+            try:
+                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        return total
+
     def memory(self) -> tuple[int, int]:
         """(RSS, PSS) of the processes now, summed, in bytes. PSS splits each shared page between the processes that
         map it, so the forked workers of one server do not count their shared pages once each (RSS sums do)."""
@@ -145,18 +156,29 @@ class Target:
 
 
 class MemoryWatch:
-    """The peak RSS and PSS of a target's processes while a block runs, sampled every `interval` seconds."""
+    """The peak RSS and PSS of a target's processes while a block runs.
 
-    def __init__(self, target: Target, interval: float = 0.05) -> None:
-        self._target, self._interval = target, interval
+    RSS comes from /proc/PID/statm (counters) every `interval` seconds. PSS needs /proc/PID/smaps_rollup, which walks
+    the process's page tables under its mmap lock (~1 ms here) and, read 20 times a second, raised the server's p99
+    latency at one connection from 0.4 to 4.5 ms. So PSS is read only when the RSS sum has reached a new high, at
+    most every `pss_interval` seconds (a high reached meanwhile is read as soon as that has passed)."""
+
+    def __init__(self, target: Target, interval: float = 0.1, pss_interval: float = 0.5) -> None:
+        self._target, self._interval, self._pss_interval = target, interval, pss_interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memory-watch", daemon=True)
         self.peak_rss = self.peak_pss = 0
 
     def _run(self) -> None:
+        pending, last_pss = True, -self._pss_interval
         while True:
-            rss, pss = self._target.memory()
-            self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
+            rss = self._target.resident()
+            if rss > self.peak_rss:
+                self.peak_rss, pending = rss, True
+            now = time.monotonic()
+            if pending and now - last_pss >= self._pss_interval:
+                self.peak_pss = max(self.peak_pss, self._target.memory()[1])
+                pending, last_pss = False, now
             if self._stop.wait(self._interval):
                 return
 
