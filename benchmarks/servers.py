@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.harness import procfs
 from tests.serving import ROOT, free_port
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -34,20 +35,8 @@ BIG = 256 << 20
 
 
 def _cpu_seconds(pid: int) -> float:
-    """CPU time of a process and all its children (the workers), from /proc."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    pids = [pid]
-    children = Path(f"/proc/{pid}/task/{pid}/children")
-    if children.exists():
-        pids += [int(p) for p in children.read_text().split()]
-    for p in pids:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+    """CPU time of a process and its children (the workers)."""
+    return procfs.cpu_seconds(procfs.tree(pid))
 
 
 SERVERS: dict[str, Callable[[Path, int], list[str]]] = {

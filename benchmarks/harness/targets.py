@@ -18,6 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from . import procfs
+
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -83,24 +85,10 @@ class Target:
         return {"Authorization": f"Bearer {token}"}
 
     def pids(self) -> list[int]:
-        if self.process is None:
-            return []
-        pids = [self.process.pid]
-        children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-        if children.exists():
-            pids += [int(p) for p in children.read_text().split()]
-        return pids
+        return procfs.tree(self.process.pid) if self.process is not None else []
 
     def cpu_seconds(self) -> float:
-        tick = os.sysconf("SC_CLK_TCK")
-        total = 0.0
-        for pid in self.pids():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except FileNotFoundError:
-                continue
-            total += (int(fields[11]) + int(fields[12])) / tick
-        return total
+        return procfs.cpu_seconds(self.pids())
 
     def peak_rss(self) -> int:
         """The sum of the processes' peak resident sets (VmHWM), in bytes."""
