@@ -21,7 +21,6 @@ import httpx
 from . import procfs
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def free_port() -> int:
@@ -92,40 +91,7 @@ class Target:
 
     def peak_rss(self) -> int:
         """The sum of the processes' peak resident sets (VmHWM), in bytes."""
-        total = 0
-        for pid in self.pids():
-            try:
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        total += int(line.split()[1]) * 1024
-            except FileNotFoundError:
-                continue
-        return total
-
-    def resident(self) -> int:
-        """RSS of the processes now, summed, in bytes: from statm, which costs the processes nothing."""
-        total = 0
-        for pid in self.pids():
-            try:
-                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-        return total
-
-    def memory(self) -> tuple[int, int]:
-        """(RSS, PSS) of the processes now, summed, in bytes. PSS splits each shared page between the processes that
-        map it, so the forked workers of one server do not count their shared pages once each (RSS sums do)."""
-        rss = pss = 0
-        for pid in self.pids():
-            try:
-                for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                    if line.startswith("Rss:"):
-                        rss += int(line.split()[1]) * 1024
-                    elif line.startswith("Pss:"):
-                        pss += int(line.split()[1]) * 1024
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-        return rss, pss
+        return procfs.peak_resident(self.pids())
 
     def disk_used(self) -> int:
         if self.data is None:
@@ -144,7 +110,7 @@ class Target:
 
 
 class MemoryWatch:
-    """The peak RSS and PSS of a target's processes while a block runs.
+    """The peak PSS of a target's processes while a block runs.
 
     RSS comes from /proc/PID/statm (counters) every `interval` seconds. PSS needs /proc/PID/smaps_rollup, which walks
     the process's page tables under its mmap lock (~1 ms here) and, read 20 times a second, raised the server's p99
@@ -155,17 +121,18 @@ class MemoryWatch:
         self._target, self._interval, self._pss_interval = target, interval, pss_interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memory-watch", daemon=True)
-        self.peak_rss = self.peak_pss = 0
+        self.peak_pss = 0
 
     def _run(self) -> None:
-        pending, last_pss = True, -self._pss_interval
+        high, pending, last_pss = 0, True, -self._pss_interval
         while True:
-            rss = self._target.resident()
-            if rss > self.peak_rss:
-                self.peak_rss, pending = rss, True
+            pids = self._target.pids()
+            rss = procfs.resident(pids)
+            if rss > high:
+                high, pending = rss, True
             now = time.monotonic()
             if pending and now - last_pss >= self._pss_interval:
-                self.peak_pss = max(self.peak_pss, self._target.memory()[1])
+                self.peak_pss = max(self.peak_pss, procfs.proportional(pids))
                 pending, last_pss = False, now
             if self._stop.wait(self._interval):
                 return
