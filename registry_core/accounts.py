@@ -20,6 +20,7 @@ import json
 import re
 import secrets
 from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
 
 from cas import BlobStore, Table
 
@@ -144,16 +145,37 @@ class Accounts:
 
     def authenticate(self, presented: str) -> Identity | None:
         """The identity a PAT stands for, or None (unknown, wrong, revoked, expired, or its user is gone)."""
+        return self.login(presented)[0]
+
+    def login(self, presented: str) -> tuple[Identity | None, str]:
+        """(identity, "") for a valid PAT; (None, why) otherwise. Why a token is refused (revoked, expired) is
+        said only to whoever holds its secret: an unknown id and a wrong secret read the same."""
         match = _PAT.fullmatch(presented.strip())
         if match is None:
-            return None
+            return None, ("the password must be a personal access token (berth_...); create one with "
+                          "`berth token create USER` or on the account page")
         token_id, secret = match.groups()
         record = self.token(token_id)
+        if record is None or not hmac.compare_digest(record.digest, hashlib.sha256(secret.encode()).hexdigest()):
+            return None, "unknown personal access token: check that it was copied whole"
+        problem = self.inactive_reason(record)
+        if problem is not None:
+            return None, problem
+        identity = self.identity_for(record)
+        return (identity, "") if identity is not None else (None, f"the account {record.user} no longer exists")
+
+    def inactive_reason(self, record: PersonalToken | None) -> str | None:
+        """Why a token record no longer stands for anyone (None while it does)."""
         if record is None:
-            return None
-        if not hmac.compare_digest(record.digest, hashlib.sha256(secret.encode()).hexdigest()):
-            return None
-        return self.identity_for(record)
+            return "the personal access token no longer exists"
+        if record.revoked:
+            return f"the personal access token {record.id} was revoked: create a new one"
+        if record.expires is not None and self._store.clock() >= record.expires:
+            when = datetime.fromtimestamp(record.expires, UTC).strftime("%Y-%m-%d %H:%M UTC")
+            return f"the personal access token {record.id} expired on {when}: create a new one"
+        if self.user(record.user) is None:
+            return f"the account {record.user} no longer exists"
+        return None
 
     def identity_for(self, record: PersonalToken) -> Identity | None:
         """The identity behind a token record, if the token is still active and its user still exists."""

@@ -6,8 +6,10 @@ Grammar (OCI distribution-spec v1.1, "Pulling manifests"):
 The spec lets registries limit a name's length; clients commonly cap hostname + "/" + name at 255 characters,
 and Distribution refuses names over 255 (reference.NameTotalLengthMax): so do we.
 
-Berth's project rule on top: the first component is a project id, `syn` followed by digits, and at least one
-more component follows it (`syn12345/my-repo`).
+Every valid OCI name is a repository name here (`myorg/app`, `app`, `a/b/c/d`). Berth's project rule — the first
+component is a project id, `syn` followed by digits, and at least one more component follows it (`syn12345/my-repo`)
+— belongs to the project policy (policy.py), which refuses a name outside any project; `RepositoryName.project` says
+whether a name is inside one.
 
 Every pattern here is checked after a length cap, and none has nested quantifiers over overlapping characters,
 so hostile input is rejected in linear time.
@@ -43,15 +45,20 @@ class InvalidDigestReference(InvalidReference):
 
 @dataclass(frozen=True, slots=True)
 class RepositoryName:
-    project: str  # `syn123`
-    path: str  # everything after the project id: `team/app`
+    text: str  # the whole name, as the client sent it: `syn123/team/app`, `myorg/app`, `app`
+    project: str | None  # `syn123` when the name lies inside a project (the project rule), else None
 
     @classmethod
     def parse(cls, text: str) -> RepositoryName:
         return _parse_name(text)
 
+    @property
+    def path(self) -> str:
+        """The part after the project id (`team/app`); the whole name outside a project."""
+        return self.text[len(self.project) + 1:] if self.project is not None else self.text
+
     def __str__(self) -> str:
-        return f"{self.project}/{self.path}"
+        return self.text
 
 
 # A pure function of its text, asked again on every request for the same few names: remember the answers (only
@@ -65,10 +72,15 @@ def _parse_name(text: str) -> RepositoryName:
         if not _COMPONENT.fullmatch(component):
             raise InvalidName(f"invalid repository name {text!r}: component {component[:64]!r} must be lower-case "
                               "letters and digits, separated by '.', '_', '__' or dashes")
-    if len(components) < 2 or not _PROJECT.fullmatch(components[0]):
-        raise InvalidName(f"invalid repository name {text!r}: expected <project id>/<repository>, "
-                          "e.g. syn12345/my-repo")
-    return RepositoryName(components[0], "/".join(components[1:]))
+    inside = len(components) >= 2 and _PROJECT.fullmatch(components[0]) is not None
+    return RepositoryName(text, components[0] if inside else None)
+
+
+def parse_project_id(text: str) -> str:
+    """A project id, `syn` followed by 1..18 digits (InvalidName otherwise)."""
+    if not _PROJECT.fullmatch(text):
+        raise InvalidName(f"invalid project id {text[:64]!r}: expected syn followed by digits, e.g. syn12345")
+    return text
 
 
 def parse_tag(text: str) -> str:

@@ -3,11 +3,17 @@
     class Policy(Protocol):
         def grant(self, identity: Identity | None, resource: Resource, actions: frozenset[str]) -> frozenset[str]
 
+        def refusal(self, identity: Identity | None, resource: Resource, action: str) -> str   # optional
+
 Given who asks (None: anonymous), a resource and the actions asked for, a policy answers the actions it grants (a
-subset; a partial grant is not an error). Resources and actions follow the Docker token scope grammar:
-`repository:<name>` with `pull`, `push`, `delete` (and `view`: list tags, see the repository), and
-`registry:catalog` with `*`. `berth serve --policy NAME|module:callable` picks one; a third-party policy is a callable
-taking the Registry and returning an object with `grant`, so it needs no change to Berth.
+subset; a partial grant is not an error). `refusal` says in one sentence which rule refuses an action `grant` did not
+grant: the adapters put it in the error a client shows (docker, podman and skopeo print the message) and in the
+server's log. It is asked only after a refusal, never on the hot path; a policy without it gets a generic sentence.
+
+Resources and actions follow the Docker token scope grammar: `repository:<name>` with `pull`, `push`, `delete`
+(and `view`: list tags, see the repository), and `registry:catalog` with `*`. `berth serve --policy NAME` picks a
+built-in one, `--policy module:callable` a third-party one: a callable taking the Registry and returning an object
+with `grant`, so it needs no change to Berth.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from .accounts import Identity
 from .names import InvalidName, RepositoryName
-from .projects import Projects, rank
+from .projects import LEVELS, Projects, rank
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -38,6 +44,15 @@ class Resource:
 
 class Policy(Protocol):
     def grant(self, identity: Identity | None, resource: Resource, actions: frozenset[str]) -> frozenset[str]: ...
+
+
+def refusal(policy: Policy, identity: Identity | None, resource: Resource, action: str) -> str:
+    """Why `policy` does not grant `action` on `resource` to `identity`, in a sentence a user can act on."""
+    explain = getattr(policy, "refusal", None)
+    if explain is not None:
+        return str(explain(identity, resource, action))
+    who = identity.user if identity is not None else "anonymous callers"
+    return f"{action} on {resource.name} is not granted to {who} by the registry's policy"
 
 
 class OpenPolicy:
@@ -64,36 +79,73 @@ class ProjectPolicy:
             return actions & {"*"} if resource.name == "catalog" else frozenset()
         if resource.type != "repository":
             return frozenset()
-        try:
-            repo = RepositoryName.parse(resource.name)
-        except InvalidName:
+        found = self._level(identity, resource.name)
+        if found is None:
             return frozenset()
-        store = self._registry.store
-        with store.index.read() as txn:
-            if self._projects.is_trashed(str(repo), txn):
-                return frozenset()
-            level = self._projects.level(identity.user if identity else None, repo, txn)
-        if identity is not None and identity.admin:
-            level = rank("admin")
+        level, trashed = found
+        if trashed:
+            return frozenset()
         granted = set()
         if "pull" in actions:
             actions = actions | {"view"}  # asking to pull asks to see; clients never ask for "view" by name
         for action in actions & NEEDS.keys():
-            needed_level, scope = NEEDS[action]
-            if level < rank(needed_level):
-                continue
-            if identity is None:
-                if action in ("view", "pull"):  # anonymous callers read what is public
-                    granted.add(action)
-                continue
-            if scope not in identity.scopes and not (scope == "view" and identity.scopes):
-                continue
-            if action in ("push", "delete") and not identity.certified:
-                continue
-            granted.add(action)
+            if _rule(identity, level, action) is None:
+                granted.add(action)
         if "*" in actions and granted >= {"pull", "push", "delete"}:
             granted.add("*")
         return frozenset(granted)
+
+    def refusal(self, identity: Identity | None, resource: Resource, action: str) -> str:
+        name = resource.name
+        if resource.type != "repository":
+            return f"{resource.type}:{name} is not granted to anyone"
+        found = self._level(identity, name)
+        if found is None:
+            return (f"{name} is not inside a project: repositories live under a project id, "
+                    f"<project id>/<repository> (e.g. syn12345/{name.rsplit('/', 1)[-1]})")
+        level, trashed = found
+        if trashed and level >= rank("view"):  # only those who may see it learn that it is in the trash
+            return f"{name} is in the trash: every operation on it is refused until it is restored"
+        return _rule(identity, level, action, name) or f"{action} on {name} is not granted"
+
+    def _level(self, identity: Identity | None, name: str) -> tuple[int, bool] | None:
+        """(level, trashed) of `identity` on the repository; None for a name outside any project."""
+        try:
+            repo = RepositoryName.parse(name)
+        except InvalidName:
+            return None
+        if repo.project is None:
+            return None
+        with self._registry.store.index.read() as txn:
+            trashed = self._projects.is_trashed(str(repo), txn)
+            level = self._projects.level(identity.user if identity else None, repo, txn)
+        if identity is not None and identity.admin:
+            level = rank("admin")
+        return level, trashed
+
+
+def _rule(identity: Identity | None, level: int, action: str, name: str = "") -> str | None:
+    """None when the project policy's rules let `identity` with `level` do `action`; else the rule that refuses."""
+    if action not in NEEDS:
+        return f"{action} is not an action on repositories"
+    needed_level, scope = NEEDS[action]
+    if level < rank(needed_level):
+        if identity is None:
+            return (f"anonymous access to {name} ({action}) is not granted: log in with a personal access token "
+                    f"(docker login -u <anything> -p <token>)")
+        have = f"has only {LEVELS[level]}" if level >= 0 else "has no grant"
+        return f"{identity.user} {have} on {name}; {action} needs {needed_level} (ask an administrator of the project)"
+    if identity is None:
+        if action in ("view", "pull"):  # anonymous callers read what is public
+            return None
+        return (f"anonymous callers cannot {action} {name}: log in with a personal access token "
+                f"(docker login -u <anything> -p <token>)")
+    if scope not in identity.scopes and not (scope == "view" and identity.scopes):
+        return (f"the personal access token lacks the {scope} scope that {action} needs "
+                f"(it has {', '.join(sorted(identity.scopes)) or 'none'}): create one with --scope including {scope}")
+    if action in ("push", "delete") and not identity.certified and not identity.admin:
+        return f"account {identity.user} is not certified: only certified accounts may {action}"
+    return None
 
 
 BUILT_IN: dict[str, Callable[[Registry], Policy]] = {"open": lambda registry: OpenPolicy(),

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from cas import BlobStore, Table, Transaction
 
-from .names import RepositoryName
+from .names import RepositoryName, parse_project_id
 
 LEVELS = ("view", "download", "edit", "edit-delete", "admin")  # each includes the ones before it
 PUBLIC = "public"
@@ -47,9 +47,12 @@ def rank(level: str | None) -> int:
 def _target(text: str) -> str:
     """`syn123` or `syn123/repo`, validated."""
     if "/" in text:
-        return str(RepositoryName.parse(text))
-    RepositoryName.parse(f"{text}/x")  # the project id rule
-    return text
+        name = RepositoryName.parse(text)
+        if name.project is None:
+            raise ProjectError(f"{text[:64]!r} is not inside a project: repositories are <project id>/<repository>, "
+                               "e.g. syn12345/my-repo")
+        return str(name)
+    return parse_project_id(text)
 
 
 class Projects:
@@ -109,6 +112,8 @@ class Projects:
     def level(self, user: str | None, repo: RepositoryName, txn: Transaction) -> int:
         """The best level `user` (None: anonymous) has on the repository: the project's owner is admin; a
         repository with grants of its own ignores its project's."""
+        if repo.project is None:
+            return -1
         project = self.get(repo.project, txn)
         if project is None:
             return -1

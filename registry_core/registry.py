@@ -32,7 +32,7 @@ from cas import (
 
 from .errors import ManifestBlobUnknown, ManifestTooLarge, ManifestUnknown, NameUnknown, NotAcceptable, RegistryError
 from .manifests import DEFAULT_MAX_MANIFEST, Descriptor, InvalidManifest, accepts, parse
-from .names import RepositoryName, parse_reference
+from .names import InvalidReference, RepositoryName, parse_reference
 from .referrers import ReferrerIndex
 from .schema import TABLES, ManifestRecord, holder, holder_prefix, key
 from .tags import TagIndex
@@ -298,7 +298,13 @@ class Registry:
     def get_manifest(self, repo: str, reference: str, accept: list[str] | None = None) -> StoredManifest:
         """The manifest a tag points at, or a manifest by digest (also a child manifest that an index in the
         repository references). NotAcceptable when `accept` excludes its media type."""
-        repo, ref = _name(repo), parse_reference(reference)
+        repo = _name(repo)
+        try:
+            ref = parse_reference(reference)
+        except InvalidReference as exc:
+            # A reference that cannot name anything names nothing here: 404, as the distribution-spec
+            # conformance suite expects of GET/HEAD (a PUT of such a tag stays TAG_INVALID).
+            raise ManifestUnknown(f"no manifest {reference[:80]!r} in repository {repo}: {exc}") from None
         with self.store.index.read() as txn:
             if isinstance(ref, str):
                 digest = self.tags.get(txn, repo, ref)

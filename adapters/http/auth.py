@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,12 +22,14 @@ from starlette.responses import JSONResponse, Response
 
 from registry_core.accounts import Accounts, Identity
 from registry_core.errors import Denied
-from registry_core.policy import ACTIONS, Policy, Resource, requires_login
+from registry_core.policy import ACTIONS, Policy, Resource, refusal, requires_login
 from registry_core.projects import Projects
 from registry_core.registry import Registry
 from registry_core.tokens import Claims, InvalidToken, Scope, TokenService
 
 from . import errors
+
+log = logging.getLogger("berth.auth")
 
 FAILURE_WINDOW = 60.0  # seconds over which failed logins from one source are counted
 FAILURE_LIMIT = 5  # failures allowed in the window; more answer 429 until the window has passed
@@ -87,16 +90,49 @@ class Auth:
 
     def require(self, caller: Caller, name: str, action: str) -> None:
         """The caller's token must carry `action` on repository `name`, and the repository must not be in the
-        trash (a trashed repository answers as if denied)."""
+        trash (a trashed repository answers as if denied). Writes (push, delete) are also asked of the policy
+        again, now: a revoked personal access token or grant stops every write at once, not when the 5-minute
+        access token expires. Reads keep the token's word (the hot path: no policy call)."""
+        if not self.login:
+            if self.projects.is_trashed(name):
+                raise Denied(f"repository {name} is in the trash: every operation on it is refused until it is "
+                             "restored")
+            return
+        claims = caller.claims
+        allowed = claims is not None and (claims.allows("repository", name, action) or (
+            action == "view" and claims.allows("repository", name, "pull")))
+        if allowed and action in ("push", "delete"):
+            allowed = self.still_allowed(caller, name, action)
+        elif allowed:
+            allowed = not self.projects.is_trashed(name)
+        if not allowed:
+            raise self.refused(caller, name, action)
+
+    def refused(self, caller: Caller, name: str, action: str) -> Exception:
+        """The error for a request whose token does not let it do `action` on `name`. A token that merely did not
+        ask for the action (the policy would grant it now) gets a 401 challenge, so the client fetches a new one;
+        a refusal by the policy gets 403 DENIED saying which rule refused (anonymous callers get the 401, so their
+        client offers to log in); a token revoked or expired since the access token was issued gets 401
+        invalid_token."""
         scope = f"repository:{name}:{ {'push': 'pull,push', 'view': 'pull'}.get(action, action) }"
-        if caller.claims is not None or self.login:
-            claims = caller.claims
-            allowed = claims is not None and (claims.allows("repository", name, action) or (
-                action == "view" and claims.allows("repository", name, "pull")))
-            if not allowed or self.projects.is_trashed(name):
-                raise Unauthorized(f"access to {name} ({action}) is not granted", scope, "insufficient_scope")
-        elif self.projects.is_trashed(name):
-            raise Denied(f"repository {name} is in the trash")
+        claims = caller.claims
+        identity = None
+        if claims is not None and claims.token_id is not None:
+            record = self.accounts.token(claims.token_id)
+            problem = self.accounts.inactive_reason(record)
+            if problem is not None:
+                log.info("refused %s on %s for %s: %s", action, name, claims.subject or "anonymous", problem)
+                return Unauthorized(problem, scope, "invalid_token")
+            identity = self.accounts.identity_for(record) if record is not None else None
+        resource = Resource("repository", name)
+        if action in self.policy.grant(identity, resource, frozenset({action})):
+            return Unauthorized(f"this access token does not carry {action} on {name}: ask the token endpoint for "
+                                f"{scope}", scope, "insufficient_scope")
+        reason = refusal(self.policy, identity, resource, action)
+        log.info("refused %s on %s for %s: %s", action, name, identity.user if identity else "anonymous", reason)
+        if identity is None:
+            return Unauthorized(reason, scope, "insufficient_scope")
+        return Denied(reason)
 
     def may(self, caller: Caller, name: str, action: str) -> bool:
         try:
@@ -113,10 +149,12 @@ class Auth:
         return self.accounts.identity_for(record) if record is not None else None
 
     def still_allowed(self, caller: Caller, name: str, action: str) -> bool:
-        """The policy asked again, now (finishing an upload that may have outlived its token)."""
+        """The policy asked again, now (a write, or finishing an upload that may have outlived its token)."""
         if not self.login:
             return True
         identity = self.identity(caller)
+        if identity is None and caller.claims is not None and caller.claims.token_id is not None:
+            return False  # the personal access token was revoked or expired, or its user removed
         return action in self.policy.grant(identity, Resource("repository", name), frozenset({action}))
 
     def visible(self, caller: Caller) -> Callable[[str], bool]:
@@ -150,18 +188,19 @@ class Auth:
                           {"Retry-After": str(int(FAILURE_WINDOW))})
         offline = False
         identity: Identity | None = None
-        failed = False
+        failed, why = False, ""
         if request.method == "POST":
             form = await request.form()
             grant_type = str(form.get("grant_type", ""))
             scopes = [s for s in str(form.get("scope", "")).split(" ") if s]
             offline = str(form.get("access_type", "")) == "offline"
             if grant_type == "password":
-                identity = self.accounts.authenticate(str(form.get("password", "")))
+                identity, why = self.accounts.login(str(form.get("password", "")))
                 failed = identity is None
             elif grant_type == "refresh_token":
                 identity = self._from_refresh(str(form.get("refresh_token", "")))
                 failed = identity is None
+                why = "the refresh token is invalid, or the personal access token behind it was revoked or expired"
             else:
                 return _error(400, "UNSUPPORTED", "grant_type must be password or refresh_token")
         else:
@@ -170,11 +209,13 @@ class Auth:
             header = request.headers.get("authorization")
             if header is not None:
                 password = _basic_password(header)
-                identity = self.accounts.authenticate(password) if password is not None else None
+                identity, why = self.accounts.login(password) if password is not None else (
+                    None, "malformed Authorization header: expected Basic credentials")
                 failed = identity is None
         if failed:
             await anyio.to_thread.run_sync(self._failed, source)
-            return _error(401, "UNAUTHORIZED", "invalid credentials: the password must be a personal access token")
+            log.info("login refused from %s: %s", source, why)
+            return _error(401, "UNAUTHORIZED", f"invalid credentials: {why}")
 
         access = []
         for text in scopes:

@@ -79,6 +79,20 @@ def push(client: httpx.Client, repo: str, tag: str = "v1") -> tuple[int, bytes]:
     return r.status_code, body
 
 
+def denied(r: httpx.Response, *words: str) -> bool:
+    """A 403 DENIED whose message names the rule that refused (each of `words` appears in it)."""
+    if r.status_code != 403:
+        return False
+    error = r.json()["errors"][0]
+    return error["code"] == "DENIED" and all(w in error["message"] for w in words)
+
+
+def push_refusal(client: httpx.Client, repo: str, tag: str = "v1") -> httpx.Response:
+    """The first answer of a push (the blob upload) when it is refused."""
+    config = b"{}"
+    return client.post(f"/v2/{repo}/blobs/uploads/", params={"digest": sha(config)}, content=config)
+
+
 def test_challenge_and_anonymous_token(setup: Setup) -> None:
     r = httpx.get(f"{setup.server.url}/v2/")
     assert r.status_code == 401
@@ -112,27 +126,53 @@ def test_project_rules(setup: Setup) -> None:
     with setup.client("alice", everything) as alice:
         status, body = push(alice, repo)
         assert status == 201  # edit + certified + modify: push creates the repository
-        assert alice.delete(f"/v2/{repo}/manifests/{sha(body)}").status_code == 401  # edit is not edit-delete
+        # the policy refuses (edit is not edit-delete): 403 saying so, not a challenge the client would retry
+        assert denied(alice.delete(f"/v2/{repo}/manifests/{sha(body)}"), "alice has only edit", "edit-delete")
     with setup.client("carol", everything) as carol:
-        assert push(carol, repo)[0] == 401  # not certified
+        assert denied(push_refusal(carol, repo), "carol is not certified")
     with setup.client("reader", everything) as reader:
-        assert push(reader, repo)[0] == 401  # alice's download-only token
+        assert denied(push_refusal(reader, repo), "lacks the modify scope")  # alice's download-only token
         assert reader.get(f"/v2/{repo}/manifests/v1").status_code == 200
     with setup.client("dave", everything) as dave:
         assert dave.get(f"/v2/{repo}/manifests/v1").status_code == 200
         r = dave.put(f"/v2/{repo}/manifests/v2", content=body, headers={"Content-Type": OCI_MANIFEST})
+        assert denied(r, "dave has only download", "push needs edit")
+    with setup.client("alice", f"repository:{repo}:pull") as alice:  # the token did not ask for push: 401
+        r = push_refusal(alice, repo)
         assert r.status_code == 401 and 'error="insufficient_scope"' in r.headers["WWW-Authenticate"]
+        assert f'scope="repository:{repo}:pull,push"' in r.headers["WWW-Authenticate"]
     with setup.client(None, everything) as anonymous:
         assert anonymous.get(f"/v2/{repo}/tags/list").json()["tags"] == ["v1"]  # public view
-        assert anonymous.get(f"/v2/{repo}/manifests/v1").status_code == 401  # but no download
+        r = anonymous.get(f"/v2/{repo}/manifests/v1")
+        assert r.status_code == 401 and "log in" in r.json()["errors"][0]["message"]  # but no download
     with setup.client("erin", everything) as erin:
         status, body = push(erin, repo, "gone")
         assert status == 201
         assert erin.delete(f"/v2/{repo}/manifests/{sha(body)}").status_code == 202
     with setup.client("alice", f"repository:{setup.other}/x:pull,push") as alice:
-        assert push(alice, f"{setup.other}/x")[0] == 401  # no grant on the other project
+        assert denied(push_refusal(alice, f"{setup.other}/x"), "alice has no grant")  # not on the other project
     with setup.client("alice", "repository:syn99999999/x:pull,push") as alice:
-        assert push(alice, "syn99999999/x")[0] == 401  # a project that does not exist
+        assert denied(push_refusal(alice, "syn99999999/x"), "alice has no grant")  # a project that does not exist
+    with setup.client("alice", "repository:myorg/app:pull,push") as alice:  # a valid OCI name, but no project
+        assert denied(push_refusal(alice, "myorg/app"), "not inside a project", "syn12345/app")
+
+
+def test_revoked_token_stops_writes_at_once(setup: Setup) -> None:
+    accounts = Accounts(setup.registry.store)
+    record, secret = accounts.create_token("alice", ["view", "download", "modify"])
+    repo = f"{setup.project}/revoked"
+    token = httpx.get(f"{setup.server.url}/token", auth=("x", secret),
+                      params={"service": "berth", "scope": f"repository:{repo}:pull,push"}).json()["token"]
+    with httpx.Client(base_url=setup.server.url, headers={"Authorization": f"Bearer {token}"}) as client:
+        assert push(client, repo)[0] == 201
+        accounts.revoke(record.id)
+        r = push_refusal(client, repo)  # the access token is still valid for minutes: the write is refused now
+        assert r.status_code == 401 and "was revoked" in r.json()["errors"][0]["message"]
+        assert 'error="invalid_token"' in r.headers["WWW-Authenticate"]
+    r = httpx.get(f"{setup.server.url}/token", auth=("x", secret))
+    assert r.status_code == 401 and "was revoked" in r.json()["errors"][0]["message"]
+    r = httpx.get(f"{setup.server.url}/token", auth=("x", "not-a-token"))
+    assert r.status_code == 401 and "personal access token" in r.json()["errors"][0]["message"]
 
 
 def test_local_grants_replace_inherited_ones(setup: Setup) -> None:
@@ -143,7 +183,8 @@ def test_local_grants_replace_inherited_ones(setup: Setup) -> None:
     with setup.client("dave", scope) as dave:
         assert push(dave, repo)[0] == 201
     with setup.client("alice", scope) as alice:
-        assert alice.get(f"/v2/{repo}/manifests/v1").status_code == 401  # the project's grant does not reach here
+        # the project's grant does not reach here
+        assert denied(alice.get(f"/v2/{repo}/manifests/v1"), "alice has no grant")
     with setup.client("owner", scope) as owner:
         assert owner.get(f"/v2/{repo}/manifests/v1").status_code == 200  # the owner always does
 
@@ -165,8 +206,9 @@ def test_trash_answers_as_denied_at_once_and_purge_drops_it(setup: Setup) -> Non
         assert push(alice, repo)[0] == 201
         projects = Projects(setup.registry.store)
         projects.trash(repo)
-        assert alice.get(f"/v2/{repo}/manifests/v1").status_code == 401  # a token issued before the trash
-        assert push(alice, repo, "v2")[0] == 401  # the name stays reserved
+        # a token issued before the trash: refused at once, saying why
+        assert denied(alice.get(f"/v2/{repo}/manifests/v1"), "in the trash")
+        assert denied(push_refusal(alice, repo), "in the trash")  # the name stays reserved
         projects.restore(repo)
         assert alice.get(f"/v2/{repo}/manifests/v1").status_code == 200
         projects.trash(repo)
@@ -190,6 +232,24 @@ def test_mount_needs_pull_on_the_source(setup: Setup) -> None:
     with setup.client("owner", f"repository:{target}:pull,push", f"repository:{hidden}:pull") as owner:
         r = owner.post(f"/v2/{target}/blobs/uploads/", params={"mount": sha(data), "from": hidden})
         assert r.status_code == 201
+
+
+def test_mount_challenge_asks_for_pull_on_the_source(setup: Setup) -> None:
+    data = os.urandom(2000)
+    source, target = f"{setup.project}/mount-source", f"{setup.project}/mount-target"
+    with setup.client("alice", f"repository:{source}:pull,push") as alice:
+        assert alice.post(f"/v2/{source}/blobs/uploads/", params={"digest": sha(data)},
+                          content=data).status_code == 201
+    url = f"{setup.server.url}/v2/{target}/blobs/uploads/"
+    r = httpx.post(url, params={"mount": sha(data), "from": source})
+    assert r.status_code == 401
+    challenge = r.headers["WWW-Authenticate"]
+    assert f'scope="repository:{target}:pull,push repository:{source}:pull"' in challenge
+    # a client that asks for exactly what the challenge named gets the mount (201), not a fallback upload
+    scopes = challenge.split('scope="', 1)[1].split('"', 1)[0].split(" ")
+    with setup.client("alice", *scopes) as alice:
+        r = alice.post(f"/v2/{target}/blobs/uploads/", params={"mount": sha(data), "from": source})
+        assert r.status_code == 201 and r.headers["Docker-Content-Digest"] == sha(data)
 
 
 def test_upload_sessions_belong_to_their_owner(setup: Setup) -> None:

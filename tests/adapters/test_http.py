@@ -119,12 +119,17 @@ def test_blob_get_head_range_and_delete(http: httpx.Client) -> None:
 def test_malformed_input_is_4xx_never_500(http: httpx.Client) -> None:
     cases = [
         ("GET", "/v2/UPPER/x/tags/list", 400, "NAME_INVALID"),
-        ("GET", "/v2/noproject/tags/list", 400, "NAME_INVALID"),
+        ("GET", "/v2/noproject/tags/list", 404, "NAME_UNKNOWN"),  # any OCI name is valid under the open policy
+        ("GET", "/v2/a//b/tags/list", 400, "NAME_INVALID"),
         ("GET", "/v2/syn1/" + "a" * 300 + "/tags/list", 400, "NAME_INVALID"),
         ("GET", "/v2/syn1/a--b__c/blobs/sha256:zz", 400, "DIGEST_INVALID"),
         ("GET", "/v2/syn1/x/blobs/md5:d41d8cd98f00b204e9800998ecf8427e", 400, "DIGEST_INVALID"),
-        ("GET", "/v2/syn1/x/manifests/-bad-tag", 400, "TAG_INVALID"),
-        ("GET", "/v2/syn1/x/manifests/sha256:abc", 400, "DIGEST_INVALID"),
+        # a GET of a reference that cannot name anything finds nothing (conformance: 404); a PUT of it is invalid
+        ("GET", "/v2/syn1/x/manifests/-bad-tag", 404, "MANIFEST_UNKNOWN"),
+        ("GET", "/v2/syn1/x/manifests/sha256:abc", 404, "MANIFEST_UNKNOWN"),
+        ("GET", "/v2/syn1/x/manifests/" + "a" * 129, 404, "MANIFEST_UNKNOWN"),
+        ("PUT", "/v2/syn1/x/manifests/-bad-tag", 400, "TAG_INVALID"),
+        ("PUT", "/v2/syn1/x/manifests/sha256:abc", 400, "DIGEST_INVALID"),
         ("GET", "/v2/syn1/x/manifests/latest", 404, "NAME_UNKNOWN"),
         ("GET", f"/v2/syn1/x/blobs/{sha(b'nothing')}", 404, "BLOB_UNKNOWN"),
         ("GET", "/v2/syn1/x/blobs/uploads/0123456789abcdef0123456789abcdef", 404, "BLOB_UPLOAD_UNKNOWN"),
@@ -138,6 +143,22 @@ def test_malformed_input_is_4xx_never_500(http: httpx.Client) -> None:
         r = http.request(method, path)
         assert (r.status_code, error_code(r)) == (status, code), (method, path, r.text)
         assert r.json()["errors"][0]["message"]
+
+
+def test_head_of_an_invalid_reference_is_404(http: httpx.Client) -> None:
+    for reference in ("-bad-tag", "sha256:abc", "a" * 129):
+        r = http.head(f"/v2/syn1/x/manifests/{reference}")
+        assert r.status_code == 404 and r.content == b""
+
+
+@pytest.mark.parametrize("repo", ["myorg/myrepo", "single", "a/b/c/d/e", "my.org/my_repo/x-y"])
+def test_open_policy_takes_every_oci_name(http: httpx.Client, repo: str) -> None:
+    body = image(http, repo)
+    assert put_manifest(http, repo, "v1", body).status_code == 201
+    r = http.get(f"/v2/{repo}/manifests/v1", headers={"Accept": OCI_MANIFEST})
+    assert r.status_code == 200 and r.content == body
+    assert http.get(f"/v2/{repo}/tags/list").json() == {"name": repo, "tags": ["v1"]}
+    assert repo in http.get("/v2/_catalog").json()["repositories"]
 
 
 def test_manifest_put_get_tags_and_delete(http: httpx.Client) -> None:

@@ -7,22 +7,42 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cas import Digest
-from registry_core.names import InvalidName, InvalidReference, RepositoryName, parse_reference, parse_tag
+from registry_core.names import (
+    InvalidName,
+    InvalidReference,
+    RepositoryName,
+    parse_project_id,
+    parse_reference,
+    parse_tag,
+)
 
 
 @pytest.mark.parametrize("text", ["syn1/a", "syn12345/my-repo", "syn1/a/b/c", "syn1/a.b_c__d---e", "syn0/x9"])
-def test_valid_names(text: str) -> None:
+def test_names_inside_a_project(text: str) -> None:
     name = RepositoryName.parse(text)
-    assert str(name) == text and name.project == text.split("/")[0]
+    assert str(name) == text and name.project == text.split("/")[0] and name.path == text.split("/", 1)[1]
+
+
+@pytest.mark.parametrize("text", ["app", "myorg/app", "syn1", "syn/a", "synx/a", "project/a", "a/b/c/d", "x.y/z"])
+def test_valid_names_outside_any_project(text: str) -> None:
+    name = RepositoryName.parse(text)  # the OCI grammar alone: the project rule is the project policy's
+    assert str(name) == text and name.project is None and name.path == text
 
 
 @pytest.mark.parametrize("text", [
-    "", "syn1", "syn1/", "/syn1/a", "syn1//a", "Syn1/a", "syn1/A", "syn/a", "synx/a", "project/a", "syn1/a_",
-    "syn1/-a", "syn1/a..b", "syn1/a___b", "syn1/a/", "syn1/" + "a" * 251, "syn1/a b", "syn1/a\n", "syn1/ä",
+    "", "syn1/", "/syn1/a", "syn1//a", "Syn1/a", "syn1/A", "syn1/a_", "syn1/-a", "syn1/a..b", "syn1/a___b",
+    "syn1/a/", "syn1/" + "a" * 251, "syn1/a b", "syn1/a\n", "syn1/ä", "-a", "a_", "UPPER",
 ])
 def test_invalid_names(text: str) -> None:
     with pytest.raises(InvalidName):
         RepositoryName.parse(text)
+
+
+def test_project_ids() -> None:
+    assert parse_project_id("syn123") == "syn123"
+    for text in ("syn", "syn1/a", "SYN1", "syn" + "1" * 19, "x"):
+        with pytest.raises(InvalidName):
+            parse_project_id(text)
 
 
 def test_longest_name() -> None:
