@@ -232,6 +232,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["BERTH_POLICY"] = args.policy
     os.environ["BERTH_DATA"] = os.path.abspath(args.data)
     os.environ["BERTH_MAX_MANIFEST"] = str(args.max_manifest)
+    if args.public_url:
+        os.environ["BERTH_PUBLIC_URL"] = args.public_url
+    if args.forwarded_header:
+        os.environ["BERTH_FORWARDED_HEADER"] = args.forwarded_header
     print(f"berth: serving {os.environ['BERTH_DATA']} on http://{args.listen}/v2/ "
           f"({args.workers} worker(s), policy {args.policy})", file=sys.stderr, flush=True)
     _lean_memory()
@@ -260,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-manifest", type=int, default=DEFAULT_MAX_MANIFEST, metavar="BYTES",
                    help="largest manifest accepted (default: %(default)s; the spec requires at least 4 MiB)")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--public-url", default=os.environ.get("BERTH_PUBLIC_URL"), metavar="URL",
+                   help="how clients reach the registry, e.g. https://registry.example.org (behind a TLS proxy); "
+                        "the token realm names it (default: the request's Host)")
+    p.add_argument("--forwarded-header", default=os.environ.get("BERTH_FORWARDED_HEADER"), metavar="NAME",
+                   help="a header a trusted proxy sets to the client's address, e.g. X-Forwarded-For (its last "
+                        "hop counts); unset: the peer's address (never trust it without such a proxy)")
     p.set_defaults(func=cmd_serve)
 
     p = with_data(sub.add_parser("user", help="accounts: add NAME [--certified] [--admin] | certify NAME | list"))

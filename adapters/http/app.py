@@ -384,10 +384,13 @@ def challenge_scope(kind: str, method: str, name: str, mount_from: str | None = 
 
 
 def create_app(registry: Registry | Callable[[], Registry], policy: str = "open",
-               service: str = "berth") -> ManifestFastPath:
+               service: str = "berth", public_url: str | None = None,
+               forwarded_header: str | None = None) -> ManifestFastPath:
     """The ASGI app. Pass a Registry, or a callable that opens one when the app starts (after a server forked its
     workers: py-lmdb refuses an environment inherited across fork). `policy` is a built-in policy name or
-    `module:callable` (see registry_core/policy.py)."""
+    `module:callable` (see registry_core/policy.py). `public_url` is how clients reach the registry (the token
+    realm names it; default: the request's own Host when it is a plain host:port); `forwarded_header` names the
+    header a trusted proxy puts the client's address in (unset: the peer's address counts)."""
     holder: dict[str, RegistryApi] = {}
     opened_here: list[Registry] = []
 
@@ -398,7 +401,8 @@ def create_app(registry: Registry | Callable[[], Registry], policy: str = "open"
             else:
                 reg = registry()
                 opened_here.append(reg)
-            holder["api"] = RegistryApi(reg, Auth(reg, load_policy(policy, reg), service))
+            holder["api"] = RegistryApi(reg, Auth(reg, load_policy(policy, reg), service, public_url,
+                                                  forwarded_header))
         return holder["api"]
 
     @contextlib.asynccontextmanager
@@ -506,4 +510,5 @@ def app_from_env() -> ManifestFastPath:
     data = os.environ.get("BERTH_DATA", "./berth-data")
     max_manifest = int(os.environ.get("BERTH_MAX_MANIFEST", DEFAULT_MAX_MANIFEST))
     return create_app(lambda: Registry.open(data, RegistryConfig(max_manifest=max_manifest)),
-                      os.environ.get("BERTH_POLICY", "open"), os.environ.get("BERTH_SERVICE", "berth"))
+                      os.environ.get("BERTH_POLICY", "open"), os.environ.get("BERTH_SERVICE", "berth"),
+                      os.environ.get("BERTH_PUBLIC_URL") or None, os.environ.get("BERTH_FORWARDED_HEADER") or None)
