@@ -39,6 +39,11 @@ from .tags import TagIndex
 
 CATALOG_PAGE = 1000  # catalog entries per page when the client gives no `n` (Distribution: 100)
 PAGE_MAX = 10_000  # the most entries one page may ask for
+CATALOG_SCAN = 1000  # hidden names a catalog page may pass over before it answers (with a Link to go on)
+
+
+class ManifestInFile(RegistryError):
+    """get_manifest(read_files=False) found the manifest in a blob file: ask again where blocking is fine."""
 
 
 class BlobInUse(RegistryError):
@@ -94,21 +99,26 @@ class Registry:
 
     # -- repositories ---------------------------------------------------------------------------------------------
     def catalog(self, n: int | None = None, last: str | None = None,
-                visible: Callable[[str], bool] | None = None) -> tuple[list[str], bool]:
+                visible: Callable[[str], bool] | None = None) -> tuple[list[str], str | None]:
         """Repository names after `last`, lexically, at most n (CATALOG_PAGE if None), only those `visible` admits;
-        and whether more follow."""
+        and the `last` to continue from (None: nothing follows). The work is bounded by the page, not by the
+        registry: at most CATALOG_SCAN names are looked at past the page's size, so a caller who may see none of
+        50 000 repositories gets an empty page and a marker to go on from, in the time of a small page."""
         limit = CATALOG_PAGE if n is None else min(n, PAGE_MAX)
         names: list[str] = []
+        looked = 0
         with self.store.index.read() as txn:
             start = last.encode() + b"\0" if last is not None else None
-            candidates = [k.decode() for k, _ in txn.scan(self._t.repos, start=start)]
-        for name in candidates:
-            if visible is not None and not visible(name):
-                continue
-            if len(names) >= limit:
-                return names, True
-            names.append(name)
-        return names, False
+            for raw in txn.keys(self._t.repos, start=start):
+                name = raw.decode()
+                if visible is None or visible(name):
+                    if len(names) >= limit:
+                        return names, names[-1] if names else None
+                    names.append(name)
+                looked += 1
+                if looked >= limit + CATALOG_SCAN:
+                    return names, name
+        return names, None
 
     def purge_repository(self, repo: str) -> int:
         """Drop every manifest, tag, link and referrer edge of the repository, and the repository itself (its name
@@ -295,9 +305,13 @@ class Registry:
             raise InvalidManifest(f"{what} {descriptor.digest} is {info.size} bytes, the manifest says "
                                   f"{descriptor.size}")
 
-    def get_manifest(self, repo: str, reference: str, accept: list[str] | None = None) -> StoredManifest:
+    def get_manifest(self, repo: str, reference: str, accept: list[str] | None = None,
+                     read_files: bool = True) -> StoredManifest:
         """The manifest a tag points at, or a manifest by digest (also a child manifest that an index in the
-        repository references). NotAcceptable when `accept` excludes its media type."""
+        repository references). NotAcceptable when `accept` excludes its media type. Manifests are kept inline in
+        the index; a digest that names a blob file (a manifest pushed as a blob, or a layer) is read only when
+        `read_files` (callers on an event loop pass False and get ManifestInFile, to ask again from a thread), and
+        only up to the manifest size limit: a layer's digest never reads the layer."""
         repo = _name(repo)
         try:
             ref = parse_reference(reference)
@@ -318,15 +332,35 @@ class Registry:
                 self._require_repo(txn, repo)
                 raise ManifestUnknown(f"manifest {digest} is not in repository {repo}")
             body = self.store.inline_bytes(txn, digest)
+            if body is None:
+                try:
+                    size = self.store.info(txn, digest).size
+                except BlobUnknown:
+                    raise ManifestUnknown(f"manifest {digest} is not in repository {repo}") from None
         if body is None:
+            body = self._manifest_file(repo, digest, size, read_files)
+        if raw is not None:
+            media_type = ManifestRecord.unpack(raw).media_type
+        else:
             try:
-                body = self.store.read_bytes(digest)  # stored as a file (pushed as a blob first): rare
-            except BlobUnknown:
-                raise ManifestUnknown(f"manifest {digest} is not in repository {repo}") from None
-        media_type = ManifestRecord.unpack(raw).media_type if raw is not None else parse(body, None).media_type
+                media_type = parse(body, None).media_type
+            except InvalidManifest:
+                raise ManifestUnknown(f"{digest} in repository {repo} is a blob, not a manifest") from None
         if accept and not accepts(accept, media_type):
             raise NotAcceptable(f"manifest {digest} is {media_type}, which the Accept header does not include")
         return StoredManifest(digest, media_type, body)
+
+    def _manifest_file(self, repo: str, digest: Digest, size: int, read_files: bool) -> bytes:
+        """A manifest's bytes from a blob file (pushed as a blob first: rare), when its size says it may be one."""
+        if size > self.config.max_manifest:
+            raise ManifestUnknown(f"{digest} in repository {repo} is a blob of {size} bytes, not a manifest "
+                                  f"(manifests are at most {self.config.max_manifest} bytes)")
+        if not read_files:
+            raise ManifestInFile(f"manifest {digest} is kept in a file")
+        try:
+            return self.store.read_bytes(digest)
+        except BlobUnknown:
+            raise ManifestUnknown(f"manifest {digest} is not in repository {repo}") from None
 
     def delete_manifest(self, repo: str, reference: str, actor: str | None = None) -> None:
         """By tag: remove the tag (the manifest stays). By digest: remove the manifest, its tags and its referrer

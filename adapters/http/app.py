@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
 from typing import Any
@@ -55,7 +56,14 @@ Handler = Callable[["RegistryApi", Request, str, str, Caller], Awaitable[Respons
 
 
 class _BlobFile(FileResponse):
+    """A whole blob file. Ranges are decided by `_byte_range` alone (one behaviour for files and inline blobs):
+    Starlette's own Range handling is kept out of it, or it would answer 400 to a Range we chose to ignore."""
+
     chunk_size = READ_CHUNK
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        scope = dict(scope, headers=[(k, v) for k, v in scope["headers"] if k != b"range"])
+        await super().__call__(scope, receive, send)
 
 
 def _response(status: int, body: bytes = b"", media_type: str | None = None,
@@ -83,22 +91,29 @@ def _upload_headers(name: str, status: UploadStatus) -> dict[str, str]:
             "Docker-Upload-UUID": status.id}
 
 
+# Numbers in headers and queries: ASCII digits only (str.isdigit also takes '²' and other Unicode digits, which
+# int() then refuses), at most 19 of them (2**63 > 10**18: every size and offset fits; longer strings never reach
+# int(), whose cost grows with the length).
+_NUMBER = re.compile(r"[0-9]{1,19}")
+_SPAN = re.compile(r"(?:bytes[= ])?([0-9]{1,19})-([0-9]{1,19})(?:/(?:[0-9]{1,19}|\*))?")
+
+
+def _number(text: str | None) -> int | None:
+    return int(text) if text is not None and _NUMBER.fullmatch(text) else None
+
+
 def _content_range(request: Request) -> tuple[int | None, int | None]:
     """(offset, length) from Content-Range `<start>-<end>` (also `bytes <start>-<end>[/size]` and `bytes=`), and
     Content-Length. None where the client said nothing."""
-    declared = request.headers.get("content-length")
-    length = int(declared) if declared is not None and declared.isdigit() else None
+    length = _number(request.headers.get("content-length"))
     text = request.headers.get("content-range")
     if text is None:
         return None, length
-    spec = text.strip()
-    for prefix in ("bytes=", "bytes "):
-        if spec.startswith(prefix):
-            spec = spec[len(prefix):]
-    spec = spec.split("/", 1)[0]
-    start, _, end = spec.partition("-")
-    if not (start.isdigit() and end.isdigit()) or int(end) < int(start) or len(spec) > 40:
-        raise errors.ProtocolError(416, "BLOB_UPLOAD_INVALID", f"malformed Content-Range {text[:60]!r}")
+    match = _SPAN.fullmatch(text.strip()) if len(text) <= 80 else None
+    if match is None or int(match[2]) < int(match[1]):
+        raise errors.ProtocolError(416, "BLOB_UPLOAD_INVALID", f"malformed Content-Range {text[:60]!r}: expected "
+                                   "<start>-<end> in bytes, end >= start")
+    start, end = match.groups()
     offset, span = int(start), int(end) - int(start) + 1
     if length is not None and length != span:
         raise errors.ProtocolError(400, "SIZE_INVALID",
@@ -113,7 +128,7 @@ def _byte_range(header: str, size: int) -> tuple[int, int] | None:
     if unit.strip().lower() != "bytes" or "," in spec or len(spec) > 60:
         return None
     first, dash, last = spec.strip().partition("-")
-    if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+    if not dash or not (first == "" or _NUMBER.fullmatch(first)) or not (last == "" or _NUMBER.fullmatch(last)):
         return None
     if first == "":
         if last == "" or int(last) == 0:
@@ -146,7 +161,7 @@ def _page_size(request: Request) -> int | None:
     n = request.query_params.get("n")
     if n is None:
         return None
-    if not n.isdigit() or len(n) > 9:
+    if not _NUMBER.fullmatch(n) or len(n) > 9:
         raise errors.ProtocolError(400, "PAGINATION_NUMBER_INVALID", f"n must be a non-negative integer, got {n!r}")
     return int(n)
 
@@ -249,7 +264,8 @@ class RegistryApi:
 
     # -- manifests ------------------------------------------------------------------------------------------------
     async def get_manifest(self, request: Request, name: str, reference: str, caller: Caller) -> Response:
-        found = self.registry.get_manifest(name, reference, _accept(request))
+        # In a thread: a manifest kept in a blob file is read from disk (the fast path answers the inline ones).
+        found = await anyio.to_thread.run_sync(self.registry.get_manifest, name, reference, _accept(request))
         headers = {"Docker-Content-Digest": str(found.digest), "ETag": f'"{found.digest}"',
                    API_VERSION[0]: API_VERSION[1]}
         if request.method == "HEAD":
@@ -284,11 +300,11 @@ class RegistryApi:
 
     async def catalog(self, request: Request, _: str, __: str, caller: Caller) -> Response:
         n, last = _page_size(request), request.query_params.get("last")
-        names, more = self.registry.catalog(n, last, self.auth.visible(caller))
+        names, after = await anyio.to_thread.run_sync(self.registry.catalog, n, last, self.auth.visible(caller))
         headers = {}
-        if more and names:
-            page = n if n is not None else len(names)
-            headers["Link"] = f'</v2/_catalog?n={page}&last={quote(names[-1])}>; rel="next"'
+        if after is not None:  # more may follow (a page cut short by hidden names is followed the same way)
+            page = f"n={n}&" if n is not None else ""
+            headers["Link"] = f'</v2/_catalog?{page}last={quote(after)}>; rel="next"'
         return _response(200, _json({"repositories": names}), "application/json", headers)
 
     async def referrers(self, request: Request, name: str, reference: str, caller: Caller) -> Response:
@@ -495,7 +511,7 @@ class ManifestFastPath:
             repo = str(RepositoryName.parse(name[4:]))
             caller = api.auth.caller_from(authorization)
             api.auth.require(caller, repo, "pull")
-            found = api.registry.get_manifest(repo, reference, _media_types(accept))
+            found = api.registry.get_manifest(repo, reference, _media_types(accept), read_files=False)
         except Exception:  # the full app answers it, with the right error
             return None
         digest = str(found.digest).encode()
