@@ -35,10 +35,10 @@ _MANIFEST_TYPES = ", ".join(["application/vnd.docker.distribution.manifest.v2+js
 @dataclass(frozen=True)
 class Site:
     """pusher (certified) owns `project`; reader may download it; novice (not certified) may edit it; outsider
-    (certified) owns `elsewhere` and has no grant on `project`. `tokens` maps a name to a personal access token."""
+    (certified) has no grant on it. `tokens` maps a name to a personal access token (pusher-download: pusher's
+    download-only token)."""
     server: Server
     project: str
-    elsewhere: str
     tokens: dict[str, str]
 
     @property
@@ -59,10 +59,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         tokens["reader"] = accounts.create_token("reader", ["download"])[1]
         tokens["pusher-download"] = accounts.create_token("pusher", ["download"])[1]
         project = projects.create("docker", "pusher").id
-        elsewhere = projects.create("elsewhere", "outsider").id
         projects.grant(project, "reader", "download")
         projects.grant(project, "novice", "edit")
-    yield Site(server, project, elsewhere, tokens)
+    yield Site(server, project, tokens)
     server.stop()
 
 
