@@ -361,7 +361,9 @@ def error_response(request: Request, exc: BaseException) -> Response:
         log.exception("internal error on %s %s", request.method, request.url.path, exc_info=exc)
         status, code, message = 500, "UNKNOWN", "internal error (logged on the server)"
     else:
-        (status, code), message = found, str(exc)
+        (status, code), message = found, errors.message(exc)
+        if status == 507:
+            log.error("storage full on %s %s: %s", request.method, request.url.path, exc)
     headers = dict(exc.headers) if isinstance(exc, errors.ProtocolError) else {}
     headers[API_VERSION[0]] = API_VERSION[1]
     detail = getattr(exc, "detail", None)
