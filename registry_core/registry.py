@@ -30,7 +30,15 @@ from cas import (
     WriteTransaction,
 )
 
-from .errors import ManifestBlobUnknown, ManifestTooLarge, ManifestUnknown, NameUnknown, NotAcceptable, RegistryError
+from .errors import (
+    ManifestBlobUnknown,
+    ManifestTooLarge,
+    ManifestUnknown,
+    NameUnknown,
+    NotAcceptable,
+    RegistryError,
+    TooManyUploads,
+)
 from .manifests import DEFAULT_MAX_MANIFEST, Descriptor, InvalidManifest, accepts, parse
 from .names import InvalidReference, RepositoryName, parse_reference
 from .referrers import ReferrerIndex
@@ -39,6 +47,7 @@ from .tags import TagIndex
 
 CATALOG_PAGE = 1000  # catalog entries per page when the client gives no `n` (Distribution: 100)
 PAGE_MAX = 10_000  # the most entries one page may ask for
+UPLOADS_PER_ACCOUNT = 256  # open upload sessions per actor: docker pushes 3-5 layers at once, skopeo 6 per image
 CATALOG_SCAN = 1000  # hidden names a catalog page may pass over before it answers (with a Link to go on)
 
 
@@ -73,6 +82,7 @@ class _Tables:
     repos: Any
     links: Any
     manifests: Any
+    uploading: Any
 
 
 class Registry:
@@ -80,7 +90,7 @@ class Registry:
         self.store = store
         self.config = config or RegistryConfig()
         tables = {name: store.index.table(name) for name in TABLES}
-        self._t = _Tables(tables["repos"], tables["links"], tables["manifests"])
+        self._t = _Tables(tables["repos"], tables["links"], tables["manifests"], tables["uploading"])
         self.tags = TagIndex(tables["tags"], tables["tagged"], tables["history"])
         self.referrers = ReferrerIndex(tables["referrers"])
 
@@ -229,7 +239,34 @@ class Registry:
     # -- uploads --------------------------------------------------------------------------------------------------
     # An upload session belongs to the repository and the actor that opened it: to anyone else it does not exist.
     def start_upload(self, repo: str, actor: str | None = None, algorithm: str = DEFAULT_ALGORITHM) -> UploadStatus:
-        return self.store.uploads.create(algorithm, {"repo": _name(repo), "actor": actor or ""})
+        """Open an upload session; TooManyUploads when the actor has UPLOADS_PER_ACCOUNT open already. (Two
+        processes opening sessions for one actor at the same instant may pass the count together: the cap is a
+        bound on abuse, not an exact quota.)"""
+        repo, owner = _name(repo), (actor or "").encode()
+        open_now = self._open_uploads(owner)
+        if open_now >= UPLOADS_PER_ACCOUNT:
+            raise TooManyUploads(f"{actor or 'anonymous callers'} already ha{'s' if actor else 've'} {open_now} open "
+                                 f"upload sessions (at most {UPLOADS_PER_ACCOUNT}): finish or cancel some, or wait "
+                                 "for idle ones to expire")
+        status = self.store.uploads.create(algorithm, {"repo": repo, "actor": actor or ""})
+        with self.store.index.write() as txn:
+            txn.put(self._t.uploading, key(owner, status.id), b"")
+        return status
+
+    def _open_uploads(self, owner: bytes) -> int:
+        """The actor's open sessions, dropping entries whose session cas has ended (expired, finished elsewhere)."""
+        prefix = key(owner, b"")
+        with self.store.index.read() as txn:
+            entries = list(txn.keys(self._t.uploading, prefix=prefix))
+        gone = [k for k in entries if not self.store.uploads.exists(k[len(prefix):].decode())]
+        if gone:
+            with self.store.index.write() as txn:
+                for k in gone:
+                    txn.delete(self._t.uploading, k)
+        return len(entries) - len(gone)
+
+    def _end_upload(self, txn: WriteTransaction, actor: str | None, session_id: str) -> None:
+        txn.delete(self._t.uploading, key((actor or "").encode(), session_id))
 
     def upload_status(self, repo: str, session_id: str, actor: str | None = None) -> UploadStatus:
         status = self.store.uploads.status(session_id)
@@ -245,13 +282,17 @@ class Registry:
     def cancel_upload(self, repo: str, session_id: str, actor: str | None = None) -> None:
         self.upload_status(repo, session_id, actor)
         self.store.uploads.cancel(session_id)
+        self.store.index.transact(lambda txn: self._end_upload(txn, actor, session_id))
 
     def finish_upload(self, repo: str, session_id: str, digest: Digest | str, chunks: Iterable[bytes] = (),
                       offset: int | None = None, length: int | None = None, actor: str | None = None) -> BlobInfo:
         digest = _digest(digest)
         self.upload_status(repo, session_id, actor)
-        return self.store.uploads.finish(session_id, digest, chunks, offset, length,
-                                         also=lambda txn: self._link_blob(txn, repo, digest))
+        def also(txn: WriteTransaction) -> None:
+            self._link_blob(txn, repo, digest)
+            self._end_upload(txn, actor, session_id)
+
+        return self.store.uploads.finish(session_id, digest, chunks, offset, length, also=also)
 
     # -- manifests ------------------------------------------------------------------------------------------------
     def put_manifest(self, repo: str, reference: str, body: bytes, content_type: str | None,

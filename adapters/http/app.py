@@ -18,6 +18,7 @@ blocks. Anything that may write or touch files runs in a worker thread.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -314,6 +315,24 @@ class RegistryApi:
         return _response(200, referrers_index(found), OCI_INDEX, headers)
 
 
+UPLOAD_REAP_INTERVAL = 15 * 60.0  # seconds between passes over idle upload sessions (their TTL is a day)
+
+
+async def _reap_uploads(registry: Registry) -> None:
+    """Expire idle upload sessions while serving (not only in `berth gc`): an abandoned session's partial file
+    goes once it has been idle for the store's upload TTL. Every worker runs this; sessions are locked one by one,
+    so passes in two processes skip each other's work."""
+    while True:
+        await asyncio.sleep(UPLOAD_REAP_INTERVAL)
+        try:
+            removed = await anyio.to_thread.run_sync(registry.store.uploads.expire)
+        except Exception:  # a failed pass is retried next time; it must never stop the server
+            log.exception("reaping idle upload sessions failed")
+            continue
+        if removed:
+            log.info("reaped %d idle upload session(s)", removed)
+
+
 def _read(reader: BlobReader) -> Iterator[bytes]:
     with reader:
         yield from reader
@@ -425,10 +444,14 @@ def create_app(registry: Registry | Callable[[], Registry], policy: str = "open"
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        api()
+        current = api()
+        reaper = asyncio.ensure_future(_reap_uploads(current.registry))
         try:
             yield
         finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
             for reg in opened_here:
                 reg.close()
 

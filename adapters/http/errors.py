@@ -21,7 +21,14 @@ from cas import (
     UploadBusy,
     UploadUnknown,
 )
-from registry_core.errors import Denied, ManifestBlobUnknown, ManifestTooLarge, ManifestUnknown, NameUnknown
+from registry_core.errors import (
+    Denied,
+    ManifestBlobUnknown,
+    ManifestTooLarge,
+    ManifestUnknown,
+    NameUnknown,
+    TooManyUploads,
+)
 from registry_core.manifests import InvalidManifest
 from registry_core.names import InvalidDigestReference, InvalidName, InvalidReference
 from registry_core.registry import BlobInUse
@@ -46,6 +53,7 @@ ERRORS: dict[type[BaseException], tuple[int, str]] = {
     BlobInUse: (405, "UNSUPPORTED"),
     IndexFull: (507, "UNKNOWN"),
     Denied: (403, "DENIED"),
+    TooManyUploads: (429, "TOOMANYREQUESTS"),
 }
 
 
