@@ -39,7 +39,7 @@ from .errors import (
     RegistryError,
     TooManyUploads,
 )
-from .manifests import DEFAULT_MAX_MANIFEST, Descriptor, InvalidManifest, accepts, parse
+from .manifests import DEFAULT_MAX_MANIFEST, InvalidManifest, Manifest, accepts, parse
 from .names import InvalidReference, RepositoryName, parse_reference
 from .referrers import ReferrerIndex
 from .schema import TABLES, ManifestRecord, holder, holder_prefix, key
@@ -311,16 +311,14 @@ class Registry:
                 raise DigestMismatch(str(ref), str(digest))
         tag = ref if isinstance(ref, str) else None
         now = self.store.clock()
-        children = [(d, "blob") for d in manifest.blobs] + [(d, "manifest") for d in manifest.manifests]
+        children = self._check_children(repo, manifest)
 
         def work(txn: WriteTransaction) -> None:
-            for descriptor, what in children:
-                self._require(txn, repo, descriptor, what)
             self.store.ingest_inline(txn, body, digest.algorithm)
             h = holder(repo, digest)
             self.store.refs.take(txn, h, digest)
-            for descriptor, _ in children:
-                self.store.refs.take(txn, h, descriptor.digest)
+            for child, what in children:
+                self._take_child(txn, repo, h, child, what)
             mkey = key(repo, digest.key)
             if txn.get(self._t.manifests, mkey) is None:
                 subject = str(manifest.subject.digest) if manifest.subject else None
@@ -335,16 +333,35 @@ class Registry:
         self.store.index.transact(work)
         return PutResult(digest, manifest.subject.digest if manifest.subject else None)
 
-    def _require(self, txn: Transaction, repo: str, descriptor: Descriptor, what: str) -> None:
-        if not self._reachable(txn, repo, descriptor.digest):
-            raise ManifestBlobUnknown(str(descriptor.digest), what)
+    def _check_children(self, repo: str, manifest: Manifest) -> list[tuple[Digest, str]]:
+        """Check every child (readable in the repository, stored, of the size the manifest says) on a snapshot, so
+        that a manifest naming thousands of blobs, or a refused one, holds no write lock while it is checked. Returns
+        the distinct digests, sorted (neighbouring keys: the write transaction touches fewer pages)."""
+        children = {(d.digest, d.size): "blob" for d in manifest.blobs}
+        children.update({(d.digest, d.size): "manifest" for d in manifest.manifests})
+        with self.store.index.read() as txn:
+            for (child, size), what in children.items():
+                if not self._reachable(txn, repo, child):
+                    raise ManifestBlobUnknown(str(child), what)
+                try:
+                    info = self.store.info(txn, child)
+                except BlobUnknown:
+                    raise ManifestBlobUnknown(str(child), what) from None
+                if info.size != size:
+                    raise InvalidManifest(f"{what} {child} is {info.size} bytes, the manifest says {size}")
+        return sorted({child: what for (child, _), what in children.items()}.items())
+
+    def _take_child(self, txn: WriteTransaction, repo: str, h: str, child: Digest, what: str) -> None:
+        """Reference a child checked by _check_children, re-checking inside the write what may have changed since
+        that snapshot: the repository may have lost it (blob or manifest deleted, repository purged: one get, or one
+        seek, as in _reachable), and GC may have collected it (refs.take refuses a blob no longer stored). Its size
+        cannot have changed: a digest names its bytes."""
+        if not self._reachable(txn, repo, child):
+            raise ManifestBlobUnknown(str(child), what)
         try:
-            info = self.store.info(txn, descriptor.digest)
+            self.store.refs.take(txn, h, child)
         except BlobUnknown:
-            raise ManifestBlobUnknown(str(descriptor.digest), what) from None
-        if info.size != descriptor.size:
-            raise InvalidManifest(f"{what} {descriptor.digest} is {info.size} bytes, the manifest says "
-                                  f"{descriptor.size}")
+            raise ManifestBlobUnknown(str(child), what) from None
 
     def get_manifest(self, repo: str, reference: str, accept: list[str] | None = None,
                      read_files: bool = True) -> StoredManifest:
