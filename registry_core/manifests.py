@@ -201,10 +201,9 @@ def _check_structure(body: bytes) -> None:
         if not skeleton:
             return
         skeleton = skeleton.replace(b"[]", b"")
-    # An empty container left after MAX_DEPTH passes sat more than MAX_DEPTH deep. Anything else left over is
-    # unbalanced (its openers, in runs shorter than MAX_DEPTH, bound the decoder's recursion), and the decoder
-    # reports where.
-    if b"[]" in skeleton:
+    # Left over: an empty container, which sat more than MAX_DEPTH deep; or, once there is none, closers then
+    # openers: unbalanced, not JSON (the decoder says where), and more than MAX_DEPTH openers still nest too deep.
+    if b"[]" in skeleton or b"[" * (MAX_DEPTH + 1) in skeleton:
         _too_deep()
 
 

@@ -221,6 +221,26 @@ def test_manifest_size_limit(http: httpx.Client) -> None:
     assert http.get(f"/v2/{repo}/manifests/big").status_code == 200
 
 
+def test_hostile_manifests_answer_400_not_500(http: httpx.Client) -> None:
+    repo = "syn1/hostile"
+    valid = json.loads(image(http, repo))
+    layer = valid["layers"][0]
+    many = [layer | {"digest": sha(b"%d" % i)} for i in range(25_000)]
+    cases = {
+        "1000 deep": b'{"schemaVersion":2,"x":' + b"[" * 1000 + b"]" * 1000 + b"}",
+        "100 000 deep, never closed": b"[" * 100_000,
+        "duplicate key": json.dumps(valid).encode()[:-1] + b', "layers": []}',
+        "NaN": json.dumps(valid | {"x": float("nan")}).encode(),
+        "Latin-1": json.dumps(valid | {"annotations": {"a": "\u00e9"}}, ensure_ascii=False).encode("latin-1"),
+        "schemaVersion 2.0": json.dumps(valid | {"schemaVersion": 2.0}).encode(),
+        "25 000 layers": json.dumps(valid | {"layers": many}).encode(),
+    }
+    for what, body in cases.items():
+        r = put_manifest(http, repo, "v1", body)
+        assert (r.status_code, error_code(r)) == (400, "MANIFEST_INVALID"), (what, r.text[:300])
+    assert put_manifest(http, repo, "v1", json.dumps(valid).encode()).status_code == 201
+
+
 def test_index_needs_its_children_and_referrers(http: httpx.Client) -> None:
     repo = "syn1/refs"
     child = image(http, repo, b"child")
