@@ -39,10 +39,11 @@ DEFAULT_MAX_MANIFEST = 4 << 20
 # platform > os.features); 64 leaves room for extension fields and stays far below Python's recursion limit (1000,
 # shared with the server's own frames), so the recursive JSON decoder never meets a RecursionError.
 MAX_DEPTH = 64
-# Descriptors one manifest names: config + layers, or an index's manifests. Docker's overlay2 stacks at most 128
-# layers per image; BuildKit's registry cache (an index naming every cached layer, before BuildKit 0.21 made
-# image-manifest=true its default) and attestation-heavy multi-platform indexes reach the hundreds. 10 000 is well
-# above any of them, and it is what bounds the per-child work of a PUT (a 4 MiB body could name ~30 000).
+# Descriptors one manifest names: config + layers, or an index's manifests. Docker runs images of at most 125
+# layers (moby layer/layer_store.go, maxLayerDepth: "the 127 max in some graphdrivers" less 2); BuildKit's registry
+# cache (an index naming every cached layer, the default before BuildKit 0.21 made image-manifest=true one) and
+# attestation-heavy multi-platform indexes reach the hundreds. 10 000 is well above any of them, and it is what
+# bounds the per-child work of a PUT (a 4 MiB body could name ~30 000).
 MAX_DESCRIPTORS = 10_000
 # Arrays and objects in one manifest. A descriptor brings at most 6 (itself, annotations, urls, platform,
 # os.features, features), so MAX_DESCRIPTORS of them fit with room for extension fields. It bounds the nesting
@@ -153,19 +154,21 @@ def parse(body: bytes, content_type: str | None) -> Manifest:
 def decode(body: bytes) -> Any:
     """The JSON document of a manifest body, held to RFC 8259 where Python's json module is lenient, and bounded.
 
-    Refused: bytes that are not UTF-8 (RFC 8259 section 8.1: JSON exchanged between systems MUST be UTF-8, and the
-    image-spec's manifests are UTF-8 JSON; Python's json would also guess UTF-16 and UTF-32), a byte order mark
-    (section 8.1: implementations MUST NOT add one), NaN and Infinity (not JSON, section 6), duplicate member names
-    (section 4 leaves their meaning to the reader: Go keeps the last, others the first, so a registry and a client
-    could see different layers in the same bytes; annotations.md: "Keys MUST be unique"), and anything nested deeper
-    than MAX_DEPTH or holding more than MAX_CONTAINERS arrays and objects."""
+    Refused: bytes that are not UTF-8 (RFC 8259 section 8.1: JSON exchanged between systems MUST be UTF-8; Python's
+    json would also guess UTF-16 and UTF-32), a byte order mark (section 8.1: senders MUST NOT add one; Go's
+    encoding/json, which docker and containerd read manifests with, refuses it, and bodies are served as stored),
+    NaN and Infinity (not JSON, section 6), duplicate member names (section 4 leaves their meaning to the reader: Go
+    keeps the last, others the first, so a registry and a client could see different layers in the same bytes;
+    annotations.md: "Keys MUST be unique"), and anything nested deeper than MAX_DEPTH or holding more than
+    MAX_CONTAINERS arrays and objects."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidManifest(f"manifest is not UTF-8 (invalid byte at offset {exc.start}): manifests are UTF-8 "
                               "JSON") from None
     if text.startswith("\ufeff"):
-        raise InvalidManifest("manifest starts with a byte order mark, which JSON does not allow (RFC 8259 8.1)")
+        raise InvalidManifest("manifest starts with a byte order mark, which JSON senders must not add (RFC 8259 "
+                              "section 8.1)")
     _check_structure(body)
     try:
         return _DECODER.decode(text)
@@ -302,8 +305,8 @@ def _descriptor(value: Any, field: str, in_index: bool = False) -> Descriptor:
     if in_index and value.get("platform") is not None:
         _check_platform(value["platform"], f"{field}.platform")
     artifact_type = _optional_media_type(value.get("artifactType"), f"{field}.artifactType")
-    return Descriptor(media_type, parsed, size, artifact_type, _annotations(value.get("annotations"),
-                                                                            f"{field}.annotations"))
+    annotations = _annotations(value.get("annotations"), f"{field}.annotations")
+    return Descriptor(media_type, parsed, size, artifact_type, annotations)
 
 
 def _check_data(data: Any, digest: Digest, size: int, field: str) -> None:
