@@ -132,7 +132,7 @@ def _byte_range(header: str, size: int) -> tuple[int, int] | None:
     if not dash or not (first == "" or _NUMBER.fullmatch(first)) or not (last == "" or _NUMBER.fullmatch(last)):
         return None
     if first == "":
-        if last == "" or int(last) == 0:
+        if last == "" or int(last) == 0 or size == 0:  # RFC 9110 14.1.2: no suffix of an empty blob is satisfiable
             raise InvalidRange(f"range {header!r} asks for no bytes")
         n = min(int(last), size)
         return size - n, n
