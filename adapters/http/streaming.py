@@ -2,7 +2,8 @@
 one worker thread that runs the cas call (PERF-NOTES: the fastest shape measured; re-batching made it slower).
 
 The event loop never blocks: when the queue is full it waits for the worker to take a chunk. When the worker stops
-early (an unknown session, a wrong offset) the rest of the body is not read. When the client hangs up, the worker's
+early (an unknown session, a wrong offset) the rest of the body is not read, and the answer closes the connection
+(CloseAfterUnreadBody). When the client hangs up, the worker's
 iterator raises, so cas cuts the partial chunk off again and nothing of it becomes visible.
 """
 
@@ -113,7 +114,7 @@ ASGIApp = Callable[[Message, Callable[[], Awaitable[Message]], Callable[[Message
 
 class CloseAfterUnreadBody:
     """An answer given before its request's body was read to the end (a Bearer challenge, a refusal, a 416 for a
-    chunk out of order) says `Connection: close`. RFC 9112 section 9.3: a server must read the whole body or close
+    chunk out of order) says `Connection: close`. RFC 9112 section 9: a server must read the whole body or close
     the connection after its response, else the rest would be read as the next request; saying so in the response
     (section 9.6) tells the client not to send its next request on it. granian usually closes such connections
     itself, but not always after saying so: of 60 PATCHes of 1 MiB answered 401 unread, 27 promised keep-alive and

@@ -81,7 +81,7 @@ def test_chunked_upload_status_and_order(http: httpx.Client) -> None:
 
 
 def test_an_answer_before_the_body_is_read_closes_the_connection(http: httpx.Client) -> None:
-    """A 416 for a chunk out of order comes before its body is read: `Connection: close` (RFC 9112 section 9.3), so
+    """A 416 for a chunk out of order comes before its body is read: `Connection: close` (RFC 9112 section 9), so
     the client opens a new connection for its next request instead of losing it on this one."""
     location = http.post("/v2/syn1/unread/blobs/uploads/").headers["Location"]
     r = http.patch(location, content=b"x" * 1000, headers={"Content-Range": "0-999"})
