@@ -3,8 +3,8 @@ one worker thread that runs the cas call (PERF-NOTES: the fastest shape measured
 
 The event loop never blocks: when the queue is full it waits for the worker to take a chunk. When the worker stops
 early (an unknown session, a wrong offset) the rest of the body is not read, and the answer closes the connection
-(CloseAfterUnreadBody). When the client hangs up, the worker's
-iterator raises, so cas cuts the partial chunk off again and nothing of it becomes visible.
+(CloseAfterUnreadBody). When the client hangs up, the worker's iterator raises, so cas cuts the partial chunk off
+again and nothing of it becomes visible.
 """
 
 from __future__ import annotations
