@@ -45,7 +45,7 @@ from registry_core.registry import Registry, RegistryConfig
 
 from . import errors
 from .auth import Auth, Caller, Unauthorized
-from .streaming import BodyTooLarge, read_body, stream_body
+from .streaming import ASGIApp, BodyTooLarge, CloseAfterUnreadBody, read_body, stream_body
 
 log = logging.getLogger("berth.http")
 
@@ -498,7 +498,7 @@ def create_app(registry: Registry | Callable[[], Registry], policy: str = "open"
     app = Starlette(routes=[Route("/v2/", base, methods=["GET", "HEAD"]),
                             Route("/v2/{path:path}", dispatch, methods=methods),
                             Route("/token", token, methods=["GET", "POST"])], lifespan=lifespan)
-    return ManifestFastPath(app, api)
+    return ManifestFastPath(CloseAfterUnreadBody(app), api)
 
 
 class ManifestFastPath:
@@ -506,7 +506,7 @@ class ManifestFastPath:
     Request/Response objects cost 20-70 % of such a request). The same checks in the same order as `dispatch`;
     anything other than a plain success (an error, a challenge) falls through to the full app, which answers it."""
 
-    def __init__(self, app: Starlette, api: Callable[[], RegistryApi]) -> None:
+    def __init__(self, app: ASGIApp, api: Callable[[], RegistryApi]) -> None:
         self.app = app
         self.api = api
 

@@ -108,6 +108,16 @@ def test_challenge_and_anonymous_token(setup: Setup) -> None:
     assert r.status_code == 401 and 'error="invalid_token"' in r.headers["WWW-Authenticate"]
 
 
+def test_a_challenge_to_a_request_with_a_body_closes_the_connection(setup: Setup) -> None:
+    """The 401 is answered without reading the body: `Connection: close`, or the client's next request (the token
+    the challenge sent it to fetch) may go out on a connection the server then drops."""
+    with httpx.Client(base_url=setup.server.url) as client:
+        r = client.patch(f"/v2/{setup.project}/app/blobs/uploads/abc", content=os.urandom(1 << 20))
+        assert r.status_code == 401 and r.headers["connection"] == "close"
+        assert client.get("/token", params={"service": "berth"}).status_code == 200
+        assert "connection" not in client.get("/v2/").headers  # nothing to read there: the connection stays open
+
+
 def test_token_endpoint_grants_the_intersection(setup: Setup) -> None:
     repo = f"{setup.project}/app"
     r = httpx.get(f"{setup.server.url}/token", auth=("ignored", setup.secrets["dave"]), params={

@@ -80,6 +80,18 @@ def test_chunked_upload_status_and_order(http: httpx.Client) -> None:
     assert http.get(location).status_code == 404  # the session is over
 
 
+def test_an_answer_before_the_body_is_read_closes_the_connection(http: httpx.Client) -> None:
+    """A 416 for a chunk out of order comes before its body is read: `Connection: close` (RFC 9112 section 9), so
+    the client opens a new connection for its next request instead of losing it on this one."""
+    location = http.post("/v2/syn1/unread/blobs/uploads/").headers["Location"]
+    r = http.patch(location, content=b"x" * 1000, headers={"Content-Range": "0-999"})
+    assert r.status_code == 202 and "connection" not in r.headers  # read to the end: the connection stays open
+    body = os.urandom(4 << 20)  # far more than is read before the offset check refuses it
+    r = http.patch(location, content=body, headers={"Content-Range": f"5000-{5000 + len(body) - 1}"})
+    assert r.status_code == 416 and r.headers["connection"] == "close"
+    assert http.get(location).headers["Range"] == "0-999"  # the next request goes out on a new connection
+
+
 def test_wrong_digest_is_never_stored(http: httpx.Client) -> None:
     data, other = b"the bytes", b"other bytes"
     r = http.post("/v2/syn1/wrong/blobs/uploads/", params={"digest": sha(other)}, content=data)
