@@ -48,6 +48,7 @@ from .tags import TagIndex
 CATALOG_PAGE = 1000  # catalog entries per page when the client gives no `n` (Distribution: 100)
 PAGE_MAX = 10_000  # the most entries one page may ask for
 UPLOADS_PER_ACCOUNT = 256  # open upload sessions per actor: docker pushes 3-5 layers at once, skopeo 6 per image
+UPLOAD_GRACE_IDLE = 600.0  # seconds a session may idle and still be continued by its owner with an expired token
 CATALOG_SCAN = 1000  # hidden names a catalog page may pass over before it answers (with a Link to go on)
 
 
@@ -252,6 +253,16 @@ class Registry:
         with self.store.index.write() as txn:
             txn.put(self._t.uploading, key(owner, status.id), b"")
         return status
+
+    def upload_grace(self, repo: str, session_id: str, actor: str | None) -> bool:
+        """Whether the owner of a session may go on with it although their access token expired: only their own
+        session, and only while it makes progress (a chunk within UPLOAD_GRACE_IDLE). A push of a large layer over
+        a slow link outlives a 5-minute token; an idle session does not keep an expired token alive."""
+        try:
+            status = self.upload_status(_name(repo), session_id, actor)
+        except UploadUnknown:
+            return False
+        return self.store.clock() - status.updated <= UPLOAD_GRACE_IDLE
 
     def _open_uploads(self, owner: bytes) -> int:
         """The actor's open sessions, dropping entries whose session cas has ended (expired, finished elsewhere)."""

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
 from typing import Any
@@ -42,6 +43,7 @@ from registry_core.names import RepositoryName
 from registry_core.policy import load_policy
 from registry_core.referrers import referrers_index
 from registry_core.registry import Registry, RegistryConfig
+from registry_core.tokens import LEEWAY
 
 from . import errors
 from .auth import Auth, Caller, Unauthorized
@@ -484,6 +486,10 @@ def create_app(registry: Registry | Callable[[], Registry], policy: str = "open"
                 exc.scope = challenge_scope(kind, method, name, request.query_params.get("from")
                                             if "mount" in request.query_params else None)
                 raise
+            if grace and caller.claims is not None and time.time() > caller.claims.expires + LEEWAY and \
+                    not current.registry.upload_grace(name, argument, caller.subject):
+                raise Unauthorized("the access token has expired, and the grace its owner has for an upload covers "
+                                   "only the owner's own session while it makes progress", None, "invalid_token")
             if kind != "catalog":
                 current.auth.require(caller, name, ACTIONS[(kind, method)])
             return await handler(current, request, name, argument, caller)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from cas import BlobStore, BlobUnknown, Digest
 from registry_core.errors import ManifestBlobUnknown, ManifestUnknown, NameUnknown, NotAcceptable, TooManyUploads
 from registry_core.manifests import OCI_INDEX, OCI_MANIFEST, InvalidManifest
-from registry_core.registry import UPLOADS_PER_ACCOUNT, BlobInUse, Registry
+from registry_core.registry import UPLOAD_GRACE_IDLE, UPLOADS_PER_ACCOUNT, BlobInUse, Registry
 from tests.conftest import FakeClock
 
 
@@ -146,3 +146,18 @@ def test_open_upload_sessions_are_capped_per_account(tmp_path_factory: pytest.Te
             registry.start_upload("syn1/app", "alice")
         with pytest.raises(TooManyUploads):
             registry.start_upload("syn1/app", "alice")
+
+
+def test_upload_grace_only_for_the_owner_and_only_while_progressing(tmp_path_factory: pytest.TempPathFactory,
+                                                                     clock: FakeClock) -> None:
+    with Registry(BlobStore(tmp_path_factory.mktemp("grace"), clock=clock)) as registry:
+        session = registry.start_upload("syn1/app", "alice")
+        registry.append_upload("syn1/app", session.id, [b"x" * 100], 0, actor="alice")
+        assert registry.upload_grace("syn1/app", session.id, "alice")
+        assert not registry.upload_grace("syn1/app", session.id, "mallory")  # not hers
+        assert not registry.upload_grace("syn1/other", session.id, "alice")  # not in that repository
+        assert not registry.upload_grace("syn1/app", "0" * 32, "alice")  # no such session
+        clock.advance(UPLOAD_GRACE_IDLE + 1)
+        assert not registry.upload_grace("syn1/app", session.id, "alice")  # idle: the grace is over
+        registry.append_upload("syn1/app", session.id, [b"y"], 100, actor="alice")
+        assert registry.upload_grace("syn1/app", session.id, "alice")  # progress renews it
