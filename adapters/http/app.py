@@ -383,7 +383,7 @@ def challenge_scope(kind: str, method: str, name: str, mount_from: str | None = 
     return scope
 
 
-def create_app(registry: Registry | Callable[[], Registry], policy: str = "open",
+def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
                service: str = "berth") -> ManifestFastPath:
     """The ASGI app. Pass a Registry, or a callable that opens one when the app starts (after a server forked its
     workers: py-lmdb refuses an environment inherited across fork). `policy` is a built-in policy name or
@@ -506,4 +506,4 @@ def app_from_env() -> ManifestFastPath:
     data = os.environ.get("BERTH_DATA", "./berth-data")
     max_manifest = int(os.environ.get("BERTH_MAX_MANIFEST", DEFAULT_MAX_MANIFEST))
     return create_app(lambda: Registry.open(data, RegistryConfig(max_manifest=max_manifest)),
-                      os.environ.get("BERTH_POLICY", "open"), os.environ.get("BERTH_SERVICE", "berth"))
+                      policy=os.environ.get("BERTH_POLICY", "open"), service=os.environ.get("BERTH_SERVICE", "berth"))
