@@ -471,7 +471,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["BERTH_POLICY"] = args.policy
     os.environ["BERTH_DATA"] = os.path.abspath(args.data)
     os.environ["BERTH_MAX_MANIFEST"] = str(args.max_manifest)
-    _say(f"berth: serving http://{where}/ (the registry API at /v2/) from {os.environ['BERTH_DATA']}, "
+    if args.public_url:
+        os.environ["BERTH_PUBLIC_URL"] = args.public_url
+    if args.forwarded_header:
+        os.environ["BERTH_FORWARDED_HEADER"] = args.forwarded_header
+    public = f" (clients reach it as {args.public_url})" if args.public_url else ""
+    _say(f"berth: serving http://{where}/{public} (the registry API at /v2/) from {os.environ['BERTH_DATA']}, "
          f"{args.workers} worker(s); policy {args.policy}: {POLICIES.get(args.policy, 'a policy of your own')}")
     _lean_memory()
     # granian: the lowest CPU per request and per uploaded GiB measured here (see README, "Why granian").
@@ -535,6 +540,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-manifest", type=_positive, default=DEFAULT_MAX_MANIFEST, metavar="BYTES",
                    help="largest manifest accepted (default: %(default)s; the spec requires at least 4 MiB)")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--public-url", default=os.environ.get("BERTH_PUBLIC_URL"), metavar="URL",
+                   help="how clients reach the registry, e.g. https://registry.example.org (behind a TLS proxy); "
+                        "the token realm names it (default: the request's Host)")
+    p.add_argument("--forwarded-header", default=os.environ.get("BERTH_FORWARDED_HEADER"), metavar="NAME",
+                   help="a header a trusted proxy sets to the client's address, e.g. X-Forwarded-For (its last "
+                        "hop counts); unset: the peer's address (never trust it without such a proxy)")
 
     users = group("user", "accounts: add, list, certify, uncertify, admin, unadmin, remove")
     p = command(users, "add", cmd_user_add, "add an account (it logs in with a token: `berth token create`)")

@@ -93,6 +93,11 @@ class Uploads:
         partial.close()
         return UploadStatus(session_id, 0, now, now, dict(record.meta))
 
+    def exists(self, session_id: str) -> bool:
+        """Whether the session is open (its record exists): one index read, no file system access."""
+        with self._store.index.read() as txn:
+            return _plausible_id(session_id) and txn.get(self._table, session_id.encode()) is not None
+
     def status(self, session_id: str) -> UploadStatus:
         """Where the session is. While a chunk is being written this is the bytes received so far."""
         record = self._record(session_id)

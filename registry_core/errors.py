@@ -43,3 +43,7 @@ class NotAcceptable(ManifestUnknown):
 
 class Denied(RegistryError):
     """A request refused whatever the token says: the repository or its project is in the trash (DENIED)."""
+
+
+class TooManyUploads(RegistryError):
+    """An account already has as many open upload sessions as it may (TOOMANYREQUESTS)."""

@@ -30,8 +30,16 @@ from cas import (
     WriteTransaction,
 )
 
-from .errors import ManifestBlobUnknown, ManifestTooLarge, ManifestUnknown, NameUnknown, NotAcceptable, RegistryError
-from .manifests import DEFAULT_MAX_MANIFEST, Descriptor, InvalidManifest, accepts, parse
+from .errors import (
+    ManifestBlobUnknown,
+    ManifestTooLarge,
+    ManifestUnknown,
+    NameUnknown,
+    NotAcceptable,
+    RegistryError,
+    TooManyUploads,
+)
+from .manifests import DEFAULT_MAX_MANIFEST, InvalidManifest, Manifest, accepts, parse
 from .names import InvalidReference, RepositoryName, parse_reference
 from .referrers import ReferrerIndex
 from .schema import TABLES, ManifestRecord, holder, holder_prefix, key
@@ -39,6 +47,13 @@ from .tags import TagIndex
 
 CATALOG_PAGE = 1000  # catalog entries per page when the client gives no `n` (Distribution: 100)
 PAGE_MAX = 10_000  # the most entries one page may ask for
+UPLOADS_PER_ACCOUNT = 256  # open upload sessions per actor: docker pushes 3-5 layers at once, skopeo 6 per image
+UPLOAD_GRACE_IDLE = 600.0  # seconds a session may idle and still be continued by its owner with an expired token
+CATALOG_SCAN = 1000  # hidden names a catalog page may pass over before it answers (with a Link to go on)
+
+
+class ManifestInFile(RegistryError):
+    """get_manifest(read_files=False) found the manifest in a blob file: ask again where blocking is fine."""
 
 
 class BlobInUse(RegistryError):
@@ -68,6 +83,7 @@ class _Tables:
     repos: Any
     links: Any
     manifests: Any
+    uploading: Any
 
 
 class Registry:
@@ -75,7 +91,7 @@ class Registry:
         self.store = store
         self.config = config or RegistryConfig()
         tables = {name: store.index.table(name) for name in TABLES}
-        self._t = _Tables(tables["repos"], tables["links"], tables["manifests"])
+        self._t = _Tables(tables["repos"], tables["links"], tables["manifests"], tables["uploading"])
         self.tags = TagIndex(tables["tags"], tables["tagged"], tables["history"])
         self.referrers = ReferrerIndex(tables["referrers"])
 
@@ -94,21 +110,26 @@ class Registry:
 
     # -- repositories ---------------------------------------------------------------------------------------------
     def catalog(self, n: int | None = None, last: str | None = None,
-                visible: Callable[[str], bool] | None = None) -> tuple[list[str], bool]:
+                visible: Callable[[str], bool] | None = None) -> tuple[list[str], str | None]:
         """Repository names after `last`, lexically, at most n (CATALOG_PAGE if None), only those `visible` admits;
-        and whether more follow."""
+        and the `last` to continue from (None: nothing follows). The work is bounded by the page, not by the
+        registry: at most CATALOG_SCAN names are looked at past the page's size, so a caller who may see none of
+        50 000 repositories gets an empty page and a marker to go on from, in the time of a small page."""
         limit = CATALOG_PAGE if n is None else min(n, PAGE_MAX)
         names: list[str] = []
+        looked = 0
         with self.store.index.read() as txn:
             start = last.encode() + b"\0" if last is not None else None
-            candidates = [k.decode() for k, _ in txn.scan(self._t.repos, start=start)]
-        for name in candidates:
-            if visible is not None and not visible(name):
-                continue
-            if len(names) >= limit:
-                return names, True
-            names.append(name)
-        return names, False
+            for raw in txn.keys(self._t.repos, start=start):
+                name = raw.decode()
+                if visible is None or visible(name):
+                    if len(names) >= limit:
+                        return names, names[-1] if names else None
+                    names.append(name)
+                looked += 1
+                if looked >= limit + CATALOG_SCAN:
+                    return names, name
+        return names, None
 
     def purge_repository(self, repo: str) -> int:
         """Drop every manifest, tag, link and referrer edge of the repository, and the repository itself (its name
@@ -219,7 +240,44 @@ class Registry:
     # -- uploads --------------------------------------------------------------------------------------------------
     # An upload session belongs to the repository and the actor that opened it: to anyone else it does not exist.
     def start_upload(self, repo: str, actor: str | None = None, algorithm: str = DEFAULT_ALGORITHM) -> UploadStatus:
-        return self.store.uploads.create(algorithm, {"repo": _name(repo), "actor": actor or ""})
+        """Open an upload session; TooManyUploads when the actor has UPLOADS_PER_ACCOUNT open already. (Two
+        processes opening sessions for one actor at the same instant may pass the count together: the cap is a
+        bound on abuse, not an exact quota.)"""
+        repo, owner = _name(repo), (actor or "").encode()
+        open_now = self._open_uploads(owner)
+        if open_now >= UPLOADS_PER_ACCOUNT:
+            raise TooManyUploads(f"{actor or 'anonymous callers'} already ha{'s' if actor else 've'} {open_now} open "
+                                 f"upload sessions (at most {UPLOADS_PER_ACCOUNT}): finish or cancel some, or wait "
+                                 "for idle ones to expire")
+        status = self.store.uploads.create(algorithm, {"repo": repo, "actor": actor or ""})
+        with self.store.index.write() as txn:
+            txn.put(self._t.uploading, key(owner, status.id), b"")
+        return status
+
+    def upload_grace(self, repo: str, session_id: str, actor: str | None) -> bool:
+        """Whether the owner of a session may go on with it although their access token expired: only their own
+        session, and only while it makes progress (a chunk within UPLOAD_GRACE_IDLE). A push of a large layer over
+        a slow link outlives a 5-minute token; an idle session does not keep an expired token alive."""
+        try:
+            status = self.upload_status(_name(repo), session_id, actor)
+        except UploadUnknown:
+            return False
+        return self.store.clock() - status.updated <= UPLOAD_GRACE_IDLE
+
+    def _open_uploads(self, owner: bytes) -> int:
+        """The actor's open sessions, dropping entries whose session cas has ended (expired, finished elsewhere)."""
+        prefix = key(owner, b"")
+        with self.store.index.read() as txn:
+            entries = list(txn.keys(self._t.uploading, prefix=prefix))
+        gone = [k for k in entries if not self.store.uploads.exists(k[len(prefix):].decode())]
+        if gone:
+            with self.store.index.write() as txn:
+                for k in gone:
+                    txn.delete(self._t.uploading, k)
+        return len(entries) - len(gone)
+
+    def _end_upload(self, txn: WriteTransaction, actor: str | None, session_id: str) -> None:
+        txn.delete(self._t.uploading, key((actor or "").encode(), session_id))
 
     def upload_status(self, repo: str, session_id: str, actor: str | None = None) -> UploadStatus:
         status = self.store.uploads.status(session_id)
@@ -235,13 +293,17 @@ class Registry:
     def cancel_upload(self, repo: str, session_id: str, actor: str | None = None) -> None:
         self.upload_status(repo, session_id, actor)
         self.store.uploads.cancel(session_id)
+        self.store.index.transact(lambda txn: self._end_upload(txn, actor, session_id))
 
     def finish_upload(self, repo: str, session_id: str, digest: Digest | str, chunks: Iterable[bytes] = (),
                       offset: int | None = None, length: int | None = None, actor: str | None = None) -> BlobInfo:
         digest = _digest(digest)
         self.upload_status(repo, session_id, actor)
-        return self.store.uploads.finish(session_id, digest, chunks, offset, length,
-                                         also=lambda txn: self._link_blob(txn, repo, digest))
+        def also(txn: WriteTransaction) -> None:
+            self._link_blob(txn, repo, digest)
+            self._end_upload(txn, actor, session_id)
+
+        return self.store.uploads.finish(session_id, digest, chunks, offset, length, also=also)
 
     # -- manifests ------------------------------------------------------------------------------------------------
     def put_manifest(self, repo: str, reference: str, body: bytes, content_type: str | None,
@@ -260,16 +322,14 @@ class Registry:
                 raise DigestMismatch(str(ref), str(digest))
         tag = ref if isinstance(ref, str) else None
         now = self.store.clock()
-        children = [(d, "blob") for d in manifest.blobs] + [(d, "manifest") for d in manifest.manifests]
+        children = self._check_children(repo, manifest)
 
         def work(txn: WriteTransaction) -> None:
-            for descriptor, what in children:
-                self._require(txn, repo, descriptor, what)
             self.store.ingest_inline(txn, body, digest.algorithm)
             h = holder(repo, digest)
             self.store.refs.take(txn, h, digest)
-            for descriptor, _ in children:
-                self.store.refs.take(txn, h, descriptor.digest)
+            for child, what in children:
+                self._take_child(txn, repo, h, child, what)
             mkey = key(repo, digest.key)
             if txn.get(self._t.manifests, mkey) is None:
                 subject = str(manifest.subject.digest) if manifest.subject else None
@@ -284,20 +344,43 @@ class Registry:
         self.store.index.transact(work)
         return PutResult(digest, manifest.subject.digest if manifest.subject else None)
 
-    def _require(self, txn: Transaction, repo: str, descriptor: Descriptor, what: str) -> None:
-        if not self._reachable(txn, repo, descriptor.digest):
-            raise ManifestBlobUnknown(str(descriptor.digest), what)
-        try:
-            info = self.store.info(txn, descriptor.digest)
-        except BlobUnknown:
-            raise ManifestBlobUnknown(str(descriptor.digest), what) from None
-        if info.size != descriptor.size:
-            raise InvalidManifest(f"{what} {descriptor.digest} is {info.size} bytes, the manifest says "
-                                  f"{descriptor.size}")
+    def _check_children(self, repo: str, manifest: Manifest) -> list[tuple[Digest, str]]:
+        """Check every child (readable in the repository, stored, of the size the manifest says) on a snapshot, so
+        that a manifest naming thousands of blobs, or a refused one, holds no write lock while it is checked. Returns
+        the distinct digests, sorted (neighbouring keys: the write transaction touches fewer pages)."""
+        children = {(d.digest, d.size): "blob" for d in manifest.blobs}
+        children.update({(d.digest, d.size): "manifest" for d in manifest.manifests})
+        with self.store.index.read() as txn:
+            for (child, size), what in children.items():
+                if not self._reachable(txn, repo, child):
+                    raise ManifestBlobUnknown(str(child), what)
+                try:
+                    info = self.store.info(txn, child)
+                except BlobUnknown:
+                    raise ManifestBlobUnknown(str(child), what) from None
+                if info.size != size:
+                    raise InvalidManifest(f"{what} {child} is {info.size} bytes, the manifest says {size}")
+        return sorted({child: what for (child, _), what in children.items()}.items())
 
-    def get_manifest(self, repo: str, reference: str, accept: list[str] | None = None) -> StoredManifest:
+    def _take_child(self, txn: WriteTransaction, repo: str, h: str, child: Digest, what: str) -> None:
+        """Reference a child checked by _check_children, re-checking inside the write what may have changed since
+        that snapshot: the repository may have lost it (blob or manifest deleted, repository purged: one get, or one
+        seek, as in _reachable), and GC may have collected it (refs.take refuses a blob no longer stored). Its size
+        cannot have changed: a digest names its bytes."""
+        if not self._reachable(txn, repo, child):
+            raise ManifestBlobUnknown(str(child), what)
+        try:
+            self.store.refs.take(txn, h, child)
+        except BlobUnknown:
+            raise ManifestBlobUnknown(str(child), what) from None
+
+    def get_manifest(self, repo: str, reference: str, accept: list[str] | None = None,
+                     read_files: bool = True) -> StoredManifest:
         """The manifest a tag points at, or a manifest by digest (also a child manifest that an index in the
-        repository references). NotAcceptable when `accept` excludes its media type."""
+        repository references). NotAcceptable when `accept` excludes its media type. Manifests are kept inline in
+        the index; a digest that names a blob file (a manifest pushed as a blob, or a layer) is read only when
+        `read_files` (callers on an event loop pass False and get ManifestInFile, to ask again from a thread), and
+        only up to the manifest size limit: a layer's digest never reads the layer."""
         repo = _name(repo)
         try:
             ref = parse_reference(reference)
@@ -318,15 +401,35 @@ class Registry:
                 self._require_repo(txn, repo)
                 raise ManifestUnknown(f"manifest {digest} is not in repository {repo}")
             body = self.store.inline_bytes(txn, digest)
+            if body is None:
+                try:
+                    size = self.store.info(txn, digest).size
+                except BlobUnknown:
+                    raise ManifestUnknown(f"manifest {digest} is not in repository {repo}") from None
         if body is None:
+            body = self._manifest_file(repo, digest, size, read_files)
+        if raw is not None:
+            media_type = ManifestRecord.unpack(raw).media_type
+        else:
             try:
-                body = self.store.read_bytes(digest)  # stored as a file (pushed as a blob first): rare
-            except BlobUnknown:
-                raise ManifestUnknown(f"manifest {digest} is not in repository {repo}") from None
-        media_type = ManifestRecord.unpack(raw).media_type if raw is not None else parse(body, None).media_type
+                media_type = parse(body, None).media_type
+            except InvalidManifest:
+                raise ManifestUnknown(f"{digest} in repository {repo} is a blob, not a manifest") from None
         if accept and not accepts(accept, media_type):
             raise NotAcceptable(f"manifest {digest} is {media_type}, which the Accept header does not include")
         return StoredManifest(digest, media_type, body)
+
+    def _manifest_file(self, repo: str, digest: Digest, size: int, read_files: bool) -> bytes:
+        """A manifest's bytes from a blob file (pushed as a blob first: rare), when its size says it may be one."""
+        if size > self.config.max_manifest:
+            raise ManifestUnknown(f"{digest} in repository {repo} is a blob of {size} bytes, not a manifest "
+                                  f"(manifests are at most {self.config.max_manifest} bytes)")
+        if not read_files:
+            raise ManifestInFile(f"manifest {digest} is kept in a file")
+        try:
+            return self.store.read_bytes(digest)
+        except BlobUnknown:
+            raise ManifestUnknown(f"manifest {digest} is not in repository {repo}") from None
 
     def delete_manifest(self, repo: str, reference: str, actor: str | None = None) -> None:
         """By tag: remove the tag (the manifest stays). By digest: remove the manifest, its tags and its referrer

@@ -8,6 +8,8 @@ Tables (beside cas's own, see cas/layout.py; `\\0` separates fields: names, tags
     tagged     repo \\0 digest \\0 tag -> b""                          by digest (deleting a manifest untags it)
     history    repo \\0 tag \\0 u64 µs \\0 u32 seq -> JSON HistoryEntry  every move and removal of a tag, in time order
     referrers  repo \\0 subject digest \\0 digest -> JSON descriptor    manifests whose `subject` is that digest
+    uploading  actor \\0 session id -> b""                          open upload sessions by owner (the per-account cap;
+               an entry whose cas session expired is dropped when next counted)
 (`repo` is the full repository name, `digest` its canonical string, all UTF-8/ASCII.)
 
 References in cas: a manifest in a repository is the holder `m:<repo>@<alg>:<hex, at most 64>` (sha512 hex is cut to
@@ -26,7 +28,7 @@ from typing import Any
 
 from cas import Digest
 
-TABLES = ("repos", "links", "manifests", "tags", "tagged", "history", "referrers")
+TABLES = ("repos", "links", "manifests", "tags", "tagged", "history", "referrers", "uploading")
 SEP = b"\0"
 
 

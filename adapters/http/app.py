@@ -18,10 +18,13 @@ blocks. Anything that may write or touch files runs in a worker thread.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import os
+import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
 from typing import Any
@@ -40,10 +43,11 @@ from registry_core.names import RepositoryName
 from registry_core.policy import load_policy
 from registry_core.referrers import referrers_index
 from registry_core.registry import Registry, RegistryConfig
+from registry_core.tokens import LEEWAY
 
 from . import errors
 from .auth import Auth, Caller, Unauthorized
-from .streaming import BodyTooLarge, read_body, stream_body
+from .streaming import ASGIApp, BodyTooLarge, CloseAfterUnreadBody, read_body, stream_body
 
 log = logging.getLogger("berth.http")
 
@@ -55,7 +59,14 @@ Handler = Callable[["RegistryApi", Request, str, str, Caller], Awaitable[Respons
 
 
 class _BlobFile(FileResponse):
+    """A whole blob file. Ranges are decided by `_byte_range` alone (one behaviour for files and inline blobs):
+    Starlette's own Range handling is kept out of it, or it would answer 400 to a Range we chose to ignore."""
+
     chunk_size = READ_CHUNK
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        scope = dict(scope, headers=[(k, v) for k, v in scope["headers"] if k != b"range"])
+        await super().__call__(scope, receive, send)
 
 
 def _response(status: int, body: bytes = b"", media_type: str | None = None,
@@ -83,22 +94,29 @@ def _upload_headers(name: str, status: UploadStatus) -> dict[str, str]:
             "Docker-Upload-UUID": status.id}
 
 
+# Numbers in headers and queries: ASCII digits only (str.isdigit also takes '²' and other Unicode digits, which
+# int() then refuses), at most 19 of them (2**63 > 10**18: every size and offset fits; longer strings never reach
+# int(), whose cost grows with the length).
+_NUMBER = re.compile(r"[0-9]{1,19}")
+_SPAN = re.compile(r"(?:bytes[= ])?([0-9]{1,19})-([0-9]{1,19})(?:/(?:[0-9]{1,19}|\*))?")
+
+
+def _number(text: str | None) -> int | None:
+    return int(text) if text is not None and _NUMBER.fullmatch(text) else None
+
+
 def _content_range(request: Request) -> tuple[int | None, int | None]:
     """(offset, length) from Content-Range `<start>-<end>` (also `bytes <start>-<end>[/size]` and `bytes=`), and
     Content-Length. None where the client said nothing."""
-    declared = request.headers.get("content-length")
-    length = int(declared) if declared is not None and declared.isdigit() else None
+    length = _number(request.headers.get("content-length"))
     text = request.headers.get("content-range")
     if text is None:
         return None, length
-    spec = text.strip()
-    for prefix in ("bytes=", "bytes "):
-        if spec.startswith(prefix):
-            spec = spec[len(prefix):]
-    spec = spec.split("/", 1)[0]
-    start, _, end = spec.partition("-")
-    if not (start.isdigit() and end.isdigit()) or int(end) < int(start) or len(spec) > 40:
-        raise errors.ProtocolError(416, "BLOB_UPLOAD_INVALID", f"malformed Content-Range {text[:60]!r}")
+    match = _SPAN.fullmatch(text.strip()) if len(text) <= 80 else None
+    if match is None or int(match[2]) < int(match[1]):
+        raise errors.ProtocolError(416, "BLOB_UPLOAD_INVALID", f"malformed Content-Range {text[:60]!r}: expected "
+                                   "<start>-<end> in bytes, end >= start")
+    start, end = match.groups()
     offset, span = int(start), int(end) - int(start) + 1
     if length is not None and length != span:
         raise errors.ProtocolError(400, "SIZE_INVALID",
@@ -113,10 +131,10 @@ def _byte_range(header: str, size: int) -> tuple[int, int] | None:
     if unit.strip().lower() != "bytes" or "," in spec or len(spec) > 60:
         return None
     first, dash, last = spec.strip().partition("-")
-    if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+    if not dash or not (first == "" or _NUMBER.fullmatch(first)) or not (last == "" or _NUMBER.fullmatch(last)):
         return None
     if first == "":
-        if last == "" or int(last) == 0:
+        if last == "" or int(last) == 0 or size == 0:  # RFC 9110 14.1.2: no suffix of an empty blob is satisfiable
             raise InvalidRange(f"range {header!r} asks for no bytes")
         n = min(int(last), size)
         return size - n, n
@@ -146,7 +164,7 @@ def _page_size(request: Request) -> int | None:
     n = request.query_params.get("n")
     if n is None:
         return None
-    if not n.isdigit() or len(n) > 9:
+    if not _NUMBER.fullmatch(n) or len(n) > 9:
         raise errors.ProtocolError(400, "PAGINATION_NUMBER_INVALID", f"n must be a non-negative integer, got {n!r}")
     return int(n)
 
@@ -249,7 +267,8 @@ class RegistryApi:
 
     # -- manifests ------------------------------------------------------------------------------------------------
     async def get_manifest(self, request: Request, name: str, reference: str, caller: Caller) -> Response:
-        found = self.registry.get_manifest(name, reference, _accept(request))
+        # In a thread: a manifest kept in a blob file is read from disk (the fast path answers the inline ones).
+        found = await anyio.to_thread.run_sync(self.registry.get_manifest, name, reference, _accept(request))
         headers = {"Docker-Content-Digest": str(found.digest), "ETag": f'"{found.digest}"',
                    API_VERSION[0]: API_VERSION[1]}
         if request.method == "HEAD":
@@ -284,11 +303,11 @@ class RegistryApi:
 
     async def catalog(self, request: Request, _: str, __: str, caller: Caller) -> Response:
         n, last = _page_size(request), request.query_params.get("last")
-        names, more = self.registry.catalog(n, last, self.auth.visible(caller))
+        names, after = await anyio.to_thread.run_sync(self.registry.catalog, n, last, self.auth.visible(caller))
         headers = {}
-        if more and names:
-            page = n if n is not None else len(names)
-            headers["Link"] = f'</v2/_catalog?n={page}&last={quote(names[-1])}>; rel="next"'
+        if after is not None:  # more may follow (a page cut short by hidden names is followed the same way)
+            page = f"n={n}&" if n is not None else ""
+            headers["Link"] = f'</v2/_catalog?{page}last={quote(after)}>; rel="next"'
         return _response(200, _json({"repositories": names}), "application/json", headers)
 
     async def referrers(self, request: Request, name: str, reference: str, caller: Caller) -> Response:
@@ -296,6 +315,24 @@ class RegistryApi:
         found = self.registry.list_referrers(name, Digest.parse(reference), artifact_type)
         headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else {}
         return _response(200, referrers_index(found), OCI_INDEX, headers)
+
+
+UPLOAD_REAP_INTERVAL = 15 * 60.0  # seconds between passes over idle upload sessions (their TTL is a day)
+
+
+async def _reap_uploads(registry: Registry) -> None:
+    """Expire idle upload sessions while serving (not only in `berth gc`): an abandoned session's partial file
+    goes once it has been idle for the store's upload TTL. Every worker runs this; sessions are locked one by one,
+    so passes in two processes skip each other's work."""
+    while True:
+        await asyncio.sleep(UPLOAD_REAP_INTERVAL)
+        try:
+            removed = await anyio.to_thread.run_sync(registry.store.uploads.expire)
+        except Exception:  # a failed pass is retried next time; it must never stop the server
+            log.exception("reaping idle upload sessions failed")
+            continue
+        if removed:
+            log.info("reaped %d idle upload session(s)", removed)
 
 
 def _read(reader: BlobReader) -> Iterator[bytes]:
@@ -345,7 +382,9 @@ def error_response(request: Request, exc: BaseException) -> Response:
         log.exception("internal error on %s %s", request.method, request.url.path, exc_info=exc)
         status, code, message = 500, "UNKNOWN", "internal error (logged on the server)"
     else:
-        (status, code), message = found, str(exc)
+        (status, code), message = found, errors.message(exc)
+        if status == 507:
+            log.error("storage full on %s %s: %s", request.method, request.url.path, exc)
     headers = dict(exc.headers) if isinstance(exc, errors.ProtocolError) else {}
     headers[API_VERSION[0]] = API_VERSION[1]
     detail = getattr(exc, "detail", None)
@@ -384,10 +423,13 @@ def challenge_scope(kind: str, method: str, name: str, mount_from: str | None = 
 
 
 def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
-               service: str = "berth") -> ManifestFastPath:
+               service: str = "berth", public_url: str | None = None,
+               forwarded_header: str | None = None) -> ManifestFastPath:
     """The ASGI app. Pass a Registry, or a callable that opens one when the app starts (after a server forked its
     workers: py-lmdb refuses an environment inherited across fork). `policy` is a built-in policy name or
-    `module:callable` (see registry_core/policy.py)."""
+    `module:callable` (see registry_core/policy.py). `public_url` is how clients reach the registry (the token
+    realm names it; default: the request's own Host when it is a plain host:port); `forwarded_header` names the
+    header a trusted proxy puts the client's address in (unset: the peer's address counts)."""
     holder: dict[str, RegistryApi] = {}
     opened_here: list[Registry] = []
 
@@ -398,15 +440,20 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
             else:
                 reg = registry()
                 opened_here.append(reg)
-            holder["api"] = RegistryApi(reg, Auth(reg, load_policy(policy, reg), service))
+            holder["api"] = RegistryApi(reg, Auth(reg, load_policy(policy, reg), service, public_url,
+                                                  forwarded_header))
         return holder["api"]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        api()
+        current = api()
+        reaper = asyncio.ensure_future(_reap_uploads(current.registry))
         try:
             yield
         finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
             for reg in opened_here:
                 reg.close()
 
@@ -439,6 +486,10 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
                 exc.scope = challenge_scope(kind, method, name, request.query_params.get("from")
                                             if "mount" in request.query_params else None)
                 raise
+            if grace and caller.claims is not None and time.time() > caller.claims.expires + LEEWAY and \
+                    not current.registry.upload_grace(name, argument, caller.subject):
+                raise Unauthorized("the access token has expired, and the grace its owner has for an upload covers "
+                                   "only the owner's own session while it makes progress", None, "invalid_token")
             if kind != "catalog":
                 current.auth.require(caller, name, ACTIONS[(kind, method)])
             return await handler(current, request, name, argument, caller)
@@ -453,7 +504,7 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
     app = Starlette(routes=[Route("/v2/", base, methods=["GET", "HEAD"]),
                             Route("/v2/{path:path}", dispatch, methods=methods),
                             Route("/token", token, methods=["GET", "POST"])], lifespan=lifespan)
-    return ManifestFastPath(app, api)
+    return ManifestFastPath(CloseAfterUnreadBody(app), api)
 
 
 class ManifestFastPath:
@@ -461,7 +512,7 @@ class ManifestFastPath:
     Request/Response objects cost 20-70 % of such a request). The same checks in the same order as `dispatch`;
     anything other than a plain success (an error, a challenge) falls through to the full app, which answers it."""
 
-    def __init__(self, app: Starlette, api: Callable[[], RegistryApi]) -> None:
+    def __init__(self, app: ASGIApp, api: Callable[[], RegistryApi]) -> None:
         self.app = app
         self.api = api
 
@@ -491,7 +542,7 @@ class ManifestFastPath:
             repo = str(RepositoryName.parse(name[4:]))
             caller = api.auth.caller_from(authorization)
             api.auth.require(caller, repo, "pull")
-            found = api.registry.get_manifest(repo, reference, _media_types(accept))
+            found = api.registry.get_manifest(repo, reference, _media_types(accept), read_files=False)
         except Exception:  # the full app answers it, with the right error
             return None
         digest = str(found.digest).encode()
@@ -506,4 +557,6 @@ def app_from_env() -> ManifestFastPath:
     data = os.environ.get("BERTH_DATA", "./berth-data")
     max_manifest = int(os.environ.get("BERTH_MAX_MANIFEST", DEFAULT_MAX_MANIFEST))
     return create_app(lambda: Registry.open(data, RegistryConfig(max_manifest=max_manifest)),
-                      policy=os.environ.get("BERTH_POLICY", "open"), service=os.environ.get("BERTH_SERVICE", "berth"))
+                      policy=os.environ.get("BERTH_POLICY", "open"), service=os.environ.get("BERTH_SERVICE", "berth"),
+                      public_url=os.environ.get("BERTH_PUBLIC_URL") or None,
+                      forwarded_header=os.environ.get("BERTH_FORWARDED_HEADER") or None)

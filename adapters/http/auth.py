@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
+import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import parse_qs
 
 import anyio.to_thread
 from starlette.requests import Request
@@ -22,18 +24,23 @@ from starlette.responses import JSONResponse, Response
 
 from registry_core.accounts import Accounts, Identity
 from registry_core.errors import Denied
+from registry_core.logins import LoginThrottle
 from registry_core.policy import ACTIONS, Policy, Resource, refusal, requires_login
 from registry_core.projects import Projects
 from registry_core.registry import Registry
 from registry_core.tokens import Claims, InvalidToken, Scope, TokenService
 
 from . import errors
+from .streaming import BodyTooLarge, read_body
 
 log = logging.getLogger("berth.auth")
 
-FAILURE_WINDOW = 60.0  # seconds over which failed logins from one source are counted
-FAILURE_LIMIT = 5  # failures allowed in the window; more answer 429 until the window has passed
-CACHE_MAX = 10_000  # verified tokens remembered (ECDSA verification is the hot path's largest cost)
+CACHE_BYTES = 4 << 20  # bytes of verified tokens remembered per process (ECDSA verification is the hot path's
+#                        largest cost; a token Berth issues is ~0.5-2 KiB, so this holds thousands)
+TOKEN_MAX = 64 << 10  # longest bearer token looked at: SCOPES_MAX scopes of 1 KiB (Scope.parse's cap), base64, fit
+SCOPES_MAX = 32  # scopes one token request may ask for (docker, podman and skopeo ask for 1-3; a mount 2)
+FORM_MAX = 64 << 10  # bytes of a token request's form body (POST /token)
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
 
 
 class Unauthorized(Exception):
@@ -51,15 +58,19 @@ class Caller:
 
 
 class Auth:
-    def __init__(self, registry: Registry, policy: Policy, service: str = "berth") -> None:
+    def __init__(self, registry: Registry, policy: Policy, service: str = "berth", public_url: str | None = None,
+                 forwarded_header: str | None = None) -> None:
         self.registry = registry
         self.policy = policy
         self.login = requires_login(policy)
         self.accounts = Accounts(registry.store)
         self.projects = Projects(registry.store)
         self.tokens = TokenService(registry.store.root, service) if self.login else None
-        self._verified: dict[str, Claims] = {}
-        self._failures = registry.store.index.table("login_failures")  # source address -> JSON [times]
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self.forwarded_header = forwarded_header.lower() if forwarded_header else None
+        self.throttle = LoginThrottle(registry.store)
+        self._verified: OrderedDict[str, Claims] = OrderedDict()  # least recently used first
+        self._verified_bytes = 0
 
     # -- every request --------------------------------------------------------------------------------------------
     def caller(self, request: Request, grace: float = 0.0) -> Caller:
@@ -75,6 +86,8 @@ class Auth:
         kind, _, token = header.partition(" ")
         if kind.lower() != "bearer" or not token:
             raise Unauthorized("authentication required", None)
+        if len(token) > TOKEN_MAX:  # refused before any parsing: no token Berth issues is this long
+            raise Unauthorized(f"the bearer token is longer than {TOKEN_MAX} bytes", None, "invalid_token")
         now = time.time()
         claims = self._verified.get(token)
         if claims is None or now > claims.expires + 30:
@@ -83,10 +96,22 @@ class Auth:
             except InvalidToken as exc:
                 raise Unauthorized(str(exc), None, "invalid_token") from None
             if now <= claims.expires:
-                if len(self._verified) >= CACHE_MAX:
-                    self._verified.clear()
-                self._verified[token] = claims
+                self._remember(token, claims)
+        else:
+            self._verified.move_to_end(token)
         return Caller(claims.subject or None, claims)
+
+    def _remember(self, token: str, claims: Claims) -> None:
+        """Keep a verified token, evicting the least recently used ones beyond CACHE_BYTES (a bound by bytes: a
+        bound by count let large tokens take gigabytes)."""
+        old = self._verified.pop(token, None)
+        if old is not None:
+            self._verified_bytes -= len(token)
+        self._verified[token] = claims
+        self._verified_bytes += len(token)
+        while self._verified_bytes > CACHE_BYTES and self._verified:
+            evicted, _ = self._verified.popitem(last=False)
+            self._verified_bytes -= len(evicted)
 
     def require(self, caller: Caller, name: str, action: str) -> None:
         """The caller's token must carry `action` on repository `name`, and the repository must not be in the
@@ -167,7 +192,7 @@ class Auth:
         return check
 
     def challenge(self, request: Request, exc: Unauthorized) -> Response:
-        realm = f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}/token"
+        realm = f"{self.base_url(request)}/token"
         value = f'Bearer realm="{realm}",service="{self.tokens.service if self.tokens else "berth"}"'
         if exc.scope:
             value += f',scope="{exc.scope}"'
@@ -178,27 +203,55 @@ class Auth:
         return Response(body, 401, {"WWW-Authenticate": value, "Docker-Distribution-API-Version": "registry/2.0"},
                         "application/json")
 
+    def base_url(self, request: Request) -> str:
+        """The registry's URL as clients reach it: the configured public URL, else the request's scheme and Host —
+        only when Host is a plain host[:port] (it goes into a header; anything else would let a client inject
+        text), falling back to the address the server listens on."""
+        if self.public_url:
+            return self.public_url
+        host = request.headers.get("host", "")
+        if not _HOST.fullmatch(host):
+            server = request.scope.get("server") or ("localhost", None)
+            host = f"{server[0]}:{server[1]}" if server[1] else str(server[0])
+        return f"{request.url.scheme}://{host}"
+
+    def source(self, request: Request) -> str:
+        """The client's address: the last hop of the configured proxy header (a trusted proxy appends the address
+        it saw), else the peer's address."""
+        if self.forwarded_header:
+            value = request.headers.get(self.forwarded_header, "")
+            hop = value.rsplit(",", 1)[-1].strip()
+            if hop:
+                return hop[:64]
+        return request.client.host if request.client else "?"
+
     # -- the token endpoint ---------------------------------------------------------------------------------------
     async def token_endpoint(self, request: Request) -> Response:
         if self.tokens is None:
             return JSONResponse({"errors": [{"code": "UNSUPPORTED", "message": "this registry needs no login"}]}, 404)
-        source = request.client.host if request.client else "?"
-        if self._throttled(source):
-            return _error(429, "TOOMANYREQUESTS", "too many failed logins from this address; wait a minute",
-                          {"Retry-After": str(int(FAILURE_WINDOW))})
+        source = self.source(request)
         offline = False
         identity: Identity | None = None
         failed, why = False, ""
         if request.method == "POST":
-            form = await request.form()
-            grant_type = str(form.get("grant_type", ""))
-            scopes = [s for s in str(form.get("scope", "")).split(" ") if s]
-            offline = str(form.get("access_type", "")) == "offline"
+            try:
+                form = parse_qs((await read_body(request, FORM_MAX)).decode("utf-8"), max_num_fields=64)
+            except BodyTooLarge:
+                return _error(413, "SIZE_INVALID", f"a token request's form is at most {FORM_MAX} bytes")
+            except (UnicodeDecodeError, ValueError) as exc:
+                return _error(400, "UNSUPPORTED", f"malformed token request form: {exc}")
+
+            def field(name: str) -> str:
+                return form.get(name, [""])[-1]
+
+            grant_type = field("grant_type")
+            scopes = [s for s in field("scope").split(" ") if s]
+            offline = field("access_type") == "offline"
             if grant_type == "password":
-                identity, why = self.accounts.login(str(form.get("password", "")))
+                identity, why = self.accounts.login(field("password"))
                 failed = identity is None
             elif grant_type == "refresh_token":
-                identity = self._from_refresh(str(form.get("refresh_token", "")))
+                identity = self._from_refresh(field("refresh_token"))
                 failed = identity is None
                 why = "the refresh token is invalid, or the personal access token behind it was revoked or expired"
             else:
@@ -212,10 +265,18 @@ class Auth:
                 identity, why = self.accounts.login(password) if password is not None else (
                     None, "malformed Authorization header: expected Basic credentials")
                 failed = identity is None
-        if failed:
-            await anyio.to_thread.run_sync(self._failed, source)
+        if failed:  # a correct token never gets here: the throttle slows guessing, never a valid user
+            wait = self.throttle.wait(source)
+            if wait:
+                log.info("login refused from %s (throttled): %s", source, why)
+                return _error(429, "TOOMANYREQUESTS", f"too many failed logins from this address: wait {wait:.0f} s",
+                              {"Retry-After": str(int(wait + 0.999))})
+            await anyio.to_thread.run_sync(self.throttle.failed, source)
             log.info("login refused from %s: %s", source, why)
             return _error(401, "UNAUTHORIZED", f"invalid credentials: {why}")
+        if len(scopes) > SCOPES_MAX:
+            return _error(400, "UNSUPPORTED", f"a token request may ask for at most {SCOPES_MAX} scopes, "
+                                              f"got {len(scopes)}")
 
         access = []
         for text in scopes:
@@ -242,22 +303,6 @@ class Auth:
         record = self.accounts.token(token_id)
         identity = self.accounts.identity_for(record) if record is not None else None
         return identity if identity is not None and identity.user == subject else None
-
-    # Failed logins are counted per source address in the index, so that every worker process (and a restart)
-    # sees the same count: an attacker cannot multiply the allowance by the number of workers.
-    def _recent_failures(self, source: str) -> list[float]:
-        with self.registry.store.index.read() as txn:
-            raw = txn.get(self._failures, source.encode()[:256])
-        cutoff = time.time() - FAILURE_WINDOW
-        return [t for t in (json.loads(raw) if raw is not None else []) if t > cutoff]
-
-    def _throttled(self, source: str) -> bool:
-        return len(self._recent_failures(source)) >= FAILURE_LIMIT
-
-    def _failed(self, source: str) -> None:
-        recent = self._recent_failures(source)[-FAILURE_LIMIT:] + [time.time()]
-        with self.registry.store.index.write() as txn:
-            txn.put(self._failures, source.encode()[:256], json.dumps(recent).encode())
 
 
 def _basic_password(header: str) -> str | None:

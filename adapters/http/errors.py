@@ -6,6 +6,7 @@ A class is looked up along its MRO, so a subclass can have its own row or inheri
 
 from __future__ import annotations
 
+import errno
 import json
 from typing import Any
 
@@ -20,7 +21,14 @@ from cas import (
     UploadBusy,
     UploadUnknown,
 )
-from registry_core.errors import Denied, ManifestBlobUnknown, ManifestTooLarge, ManifestUnknown, NameUnknown
+from registry_core.errors import (
+    Denied,
+    ManifestBlobUnknown,
+    ManifestTooLarge,
+    ManifestUnknown,
+    NameUnknown,
+    TooManyUploads,
+)
 from registry_core.manifests import InvalidManifest
 from registry_core.names import InvalidDigestReference, InvalidName, InvalidReference
 from registry_core.registry import BlobInUse
@@ -45,6 +53,7 @@ ERRORS: dict[type[BaseException], tuple[int, str]] = {
     BlobInUse: (405, "UNSUPPORTED"),
     IndexFull: (507, "UNKNOWN"),
     Denied: (403, "DENIED"),
+    TooManyUploads: (429, "TOOMANYREQUESTS"),
 }
 
 
@@ -62,13 +71,32 @@ class ProtocolError(Exception):
         return self
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NO_SPACE_MESSAGE = ("the registry's storage is full: nothing of this request was stored; try again once an "
+                    "operator has freed space (berth gc)")
+
+
 def lookup(exc: BaseException) -> tuple[int, str] | None:
     if isinstance(exc, ProtocolError):
         return exc.status, exc.code
+    if no_space(exc):
+        return 507, "UNKNOWN"  # RFC 4918 11.5 Insufficient Storage; the distribution-spec has no code of its own
     for cls in type(exc).__mro__:
         if cls in ERRORS:
             return ERRORS[cls]
     return None
+
+
+def no_space(exc: BaseException) -> bool:
+    """A full disk or quota, raised by a file write (OSError) or by LMDB (its message carries the errno's text)."""
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+        return True
+    return type(exc).__module__ == "lmdb" and "No space left" in str(exc)
+
+
+def message(exc: BaseException) -> str:
+    """What the client is told: the exception's own message, or for a full disk one without file paths."""
+    return NO_SPACE_MESSAGE if no_space(exc) else str(exc)
 
 
 def body(code: str, message: str, detail: Any = None) -> bytes:

@@ -6,16 +6,18 @@ import hashlib
 import json
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
 import pytest
 
+from adapters.http.auth import CACHE_BYTES, FORM_MAX, SCOPES_MAX, TOKEN_MAX
 from registry_core.accounts import Accounts
 from registry_core.projects import Projects
 from registry_core.registry import Registry
-from registry_core.tokens import Scope, TokenService
+from registry_core.tokens import Claims, Scope, TokenService
 from tests.serving import Server, start_server
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -104,6 +106,16 @@ def test_challenge_and_anonymous_token(setup: Setup) -> None:
         assert anonymous.get("/v2/").status_code == 200
     r = httpx.get(f"{setup.server.url}/v2/", headers={"Authorization": "Bearer not.a.jwt"})
     assert r.status_code == 401 and 'error="invalid_token"' in r.headers["WWW-Authenticate"]
+
+
+def test_a_challenge_to_a_request_with_a_body_closes_the_connection(setup: Setup) -> None:
+    """The 401 is answered without reading the body: `Connection: close`, or the client's next request (the token
+    the challenge sent it to fetch) may go out on a connection the server then drops."""
+    with httpx.Client(base_url=setup.server.url) as client:
+        r = client.patch(f"/v2/{setup.project}/app/blobs/uploads/abc", content=os.urandom(1 << 20))
+        assert r.status_code == 401 and r.headers["connection"] == "close"
+        assert client.get("/token", params={"service": "berth"}).status_code == 200
+        assert "connection" not in client.get("/v2/").headers  # nothing to read there: the connection stays open
 
 
 def test_token_endpoint_grants_the_intersection(setup: Setup) -> None:
@@ -299,8 +311,46 @@ def test_failed_logins_are_slowed_down_and_secrets_never_logged(setup: Setup) ->
     assert statuses == sorted(statuses) and statuses.count(401) <= 5 and statuses[-1] == 429
     r = httpx.get(url, auth=("x", "wrong"))
     assert r.status_code in (401, 429) and "wrong" not in r.text
-    assert httpx.get(url, auth=("x", setup.secrets["alice"])).status_code == 429  # the address is slowed down
+    assert statuses[-1] == 429 and int(httpx.get(url, auth=("x", "wrong")).headers["Retry-After"]) >= 1
+    # a correct token is never throttled: a valid user behind the guesser's NAT or proxy still logs in
+    assert httpx.get(url, auth=("x", setup.secrets["alice"])).status_code == 200
     httpx.get(f"{setup.server.url}/v2/", headers={"Authorization": f"Bearer {token}"})
     log = setup.server.log_text()
     assert all(secret.split("_", 2)[2] not in log for secret in setup.secrets.values())  # (the secret part)
     assert token not in log and token.split(".")[2] not in log
+
+
+def test_hostile_token_requests_are_bounded(setup: Setup) -> None:
+    url = f"{setup.server.url}/token"
+    many = [f"repository:{setup.project}/r{i}:pull" for i in range(SCOPES_MAX + 1)]
+    r = httpx.get(url, params={"service": "berth", "scope": many})
+    assert r.status_code == 400 and f"at most {SCOPES_MAX} scopes" in r.json()["errors"][0]["message"]
+    r = httpx.post(url, data={"grant_type": "password", "password": "x" * (FORM_MAX + 10)})
+    assert r.status_code == 413
+    r = httpx.post(url, content=b"\xff\xfe=\xff", headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 400
+    huge = "a" * (TOKEN_MAX + 1)
+    r = httpx.get(f"{setup.server.url}/v2/", headers={"Authorization": f"Bearer {huge}"})
+    assert r.status_code == 401 and "longer than" in r.json()["errors"][0]["message"]
+
+
+def test_realm_never_echoes_a_hostile_host(setup: Setup) -> None:
+    for host in (b'evil" ,x="y', b"a b", b"x" * 300, "h\u00e9st".encode()):
+        r = httpx.get(f"{setup.server.url}/v2/", headers={b"Host": host})
+        challenge = r.headers["WWW-Authenticate"]
+        assert r.status_code == 401 and challenge.startswith(f'Bearer realm="http://{setup.server.host}/token"')
+    r = httpx.get(f"{setup.server.url}/v2/", headers={"Host": "registry.example.org:443"})
+    assert 'realm="http://registry.example.org:443/token"' in r.headers["WWW-Authenticate"]
+
+
+def test_token_cache_is_bounded_by_bytes() -> None:
+    """The verified-token cache holds at most CACHE_BYTES of tokens, however large and many they are."""
+    from adapters.http import auth as module
+
+    cache = module.Auth.__new__(module.Auth)
+    cache._verified, cache._verified_bytes = OrderedDict(), 0
+    claims = Claims("u", (), time.time() + 300, None)
+    for i in range(3000):
+        cache._remember(f"{i:08d}" + "t" * 8000, claims)
+        assert cache._verified_bytes <= CACHE_BYTES
+    assert cache._verified_bytes == sum(map(len, cache._verified)) and "00002999" + "t" * 8000 in cache._verified

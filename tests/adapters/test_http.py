@@ -80,6 +80,18 @@ def test_chunked_upload_status_and_order(http: httpx.Client) -> None:
     assert http.get(location).status_code == 404  # the session is over
 
 
+def test_an_answer_before_the_body_is_read_closes_the_connection(http: httpx.Client) -> None:
+    """A 416 for a chunk out of order comes before its body is read: `Connection: close` (RFC 9112 section 9), so
+    the client opens a new connection for its next request instead of losing it on this one."""
+    location = http.post("/v2/syn1/unread/blobs/uploads/").headers["Location"]
+    r = http.patch(location, content=b"x" * 1000, headers={"Content-Range": "0-999"})
+    assert r.status_code == 202 and "connection" not in r.headers  # read to the end: the connection stays open
+    body = os.urandom(4 << 20)  # far more than is read before the offset check refuses it
+    r = http.patch(location, content=body, headers={"Content-Range": f"5000-{5000 + len(body) - 1}"})
+    assert r.status_code == 416 and r.headers["connection"] == "close"
+    assert http.get(location).headers["Range"] == "0-999"  # the next request goes out on a new connection
+
+
 def test_wrong_digest_is_never_stored(http: httpx.Client) -> None:
     data, other = b"the bytes", b"other bytes"
     r = http.post("/v2/syn1/wrong/blobs/uploads/", params={"digest": sha(other)}, content=data)
@@ -219,6 +231,26 @@ def test_manifest_size_limit(http: httpx.Client) -> None:
     r = put_manifest(http, repo, "bigger", body)
     assert r.status_code == 413 and error_code(r) == "SIZE_INVALID"
     assert http.get(f"/v2/{repo}/manifests/big").status_code == 200
+
+
+def test_hostile_manifests_answer_400_not_500(http: httpx.Client) -> None:
+    repo = "syn1/hostile"
+    valid = json.loads(image(http, repo))
+    layer = valid["layers"][0]
+    many = [layer | {"digest": sha(b"%d" % i)} for i in range(25_000)]
+    cases = {
+        "1000 deep": b'{"schemaVersion":2,"x":' + b"[" * 1000 + b"]" * 1000 + b"}",
+        "100 000 deep, never closed": b"[" * 100_000,
+        "duplicate key": json.dumps(valid).encode()[:-1] + b', "layers": []}',
+        "NaN": json.dumps(valid | {"x": float("nan")}).encode(),
+        "Latin-1": json.dumps(valid | {"annotations": {"a": "\u00e9"}}, ensure_ascii=False).encode("latin-1"),
+        "schemaVersion 2.0": json.dumps(valid | {"schemaVersion": 2.0}).encode(),
+        "25 000 layers": json.dumps(valid | {"layers": many}).encode(),
+    }
+    for what, body in cases.items():
+        r = put_manifest(http, repo, "v1", body)
+        assert (r.status_code, error_code(r)) == (400, "MANIFEST_INVALID"), (what, r.text[:300])
+    assert put_manifest(http, repo, "v1", json.dumps(valid).encode()).status_code == 201
 
 
 def test_index_needs_its_children_and_referrers(http: httpx.Client) -> None:

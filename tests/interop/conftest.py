@@ -1,9 +1,9 @@
-"""Real clients (skopeo, podman from Debian; the oras Python SDK) against a running `berth serve`.
+"""Real clients (skopeo, podman, docker from Debian; the oras Python SDK) against a running `berth serve`.
 
-The test command (scripts/test) installs skopeo and podman when they are missing; a missing tool here is a failure,
-never a skip. Every client runs isolated from the machine's own state: its own blob-info cache (c/image keeps one
-that short-cuts pushes and decides mounts), its own podman storage (vfs, under the test's directory), no policy
-file of the system's.
+The test command (scripts/test) installs skopeo, podman and docker.io (dockerd) when they are missing; a missing tool
+here is a failure, never a skip. Every client runs isolated from the machine's own state: its own blob-info cache
+(c/image keeps one that short-cuts pushes and decides mounts), its own podman storage (vfs, under the test's
+directory), no policy file of the system's, its own dockerd and docker config dir.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.interop.dockerd import Dockerd, start_dockerd
 from tests.serving import Server, start_server
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -28,6 +29,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running = start_server(tmp_path_factory.mktemp("berth") / "data")
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="module")
+def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dockerd]:
+    """A Docker daemon of the module's own (see tests/interop/dockerd.py)."""
+    daemon = start_dockerd(tmp_path_factory.mktemp("dockerd"))
+    yield daemon
+    daemon.stop()
 
 
 def _tool(name: str) -> str:

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cas import BlobStore, BlobUnknown, Digest
-from registry_core.errors import ManifestBlobUnknown, ManifestUnknown, NameUnknown, NotAcceptable
+from registry_core.errors import ManifestBlobUnknown, ManifestUnknown, NameUnknown, NotAcceptable, TooManyUploads
 from registry_core.manifests import OCI_INDEX, OCI_MANIFEST, InvalidManifest
-from registry_core.registry import BlobInUse, Registry
+from registry_core.registry import UPLOAD_GRACE_IDLE, UPLOADS_PER_ACCOUNT, BlobInUse, Registry
 from tests.conftest import FakeClock
 
 
@@ -130,3 +130,34 @@ def test_tag_pages_concatenate_to_the_sorted_list(tmp_path_factory: pytest.TempP
             last = page[-1] if page else last
         assert pages == sorted(tags, key=lambda t: t.encode())
         assert registry.list_tags("syn1/a")[0] == pages
+
+
+def test_open_upload_sessions_are_capped_per_account(tmp_path_factory: pytest.TempPathFactory) -> None:
+    with Registry(BlobStore(tmp_path_factory.mktemp("cap"))) as registry:
+        sessions = [registry.start_upload("syn1/app", "alice") for _ in range(UPLOADS_PER_ACCOUNT)]
+        with pytest.raises(TooManyUploads, match="alice already has 256 open upload sessions"):
+            registry.start_upload("syn1/app", "alice")
+        registry.start_upload("syn1/app", "bob")  # a cap per account: others are not affected
+        registry.cancel_upload("syn1/app", sessions[0].id, "alice")  # an ended session frees its place
+        data = b"finished"
+        registry.finish_upload("syn1/app", sessions[1].id, Digest.of(data), [data], actor="alice")
+        registry.store.uploads.cancel(sessions[2].id)  # ended below the registry (as by expiry): noticed too
+        for _ in range(3):
+            registry.start_upload("syn1/app", "alice")
+        with pytest.raises(TooManyUploads):
+            registry.start_upload("syn1/app", "alice")
+
+
+def test_upload_grace_only_for_the_owner_and_only_while_progressing(tmp_path_factory: pytest.TempPathFactory,
+                                                                     clock: FakeClock) -> None:
+    with Registry(BlobStore(tmp_path_factory.mktemp("grace"), clock=clock)) as registry:
+        session = registry.start_upload("syn1/app", "alice")
+        registry.append_upload("syn1/app", session.id, [b"x" * 100], 0, actor="alice")
+        assert registry.upload_grace("syn1/app", session.id, "alice")
+        assert not registry.upload_grace("syn1/app", session.id, "mallory")  # not hers
+        assert not registry.upload_grace("syn1/other", session.id, "alice")  # not in that repository
+        assert not registry.upload_grace("syn1/app", "0" * 32, "alice")  # no such session
+        clock.advance(UPLOAD_GRACE_IDLE + 1)
+        assert not registry.upload_grace("syn1/app", session.id, "alice")  # idle: the grace is over
+        registry.append_upload("syn1/app", session.id, [b"y"], 100, actor="alice")
+        assert registry.upload_grace("syn1/app", session.id, "alice")  # progress renews it
