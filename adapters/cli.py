@@ -629,14 +629,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _failed(f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}")
     except KeyboardInterrupt:
         return _failed("interrupted", 130)
-    except Exception as exc:  # a bug: still one line, with what a report needs; BERTH_DEBUG=1 shows the traceback
+    except Exception as exc:  # lmdb's own errors, or a bug: still one line, with what a bug report needs
         if os.environ.get("BERTH_DEBUG"):
             raise
-        return _failed(f"unexpected {type(exc).__name__}: {exc} (BERTH_DEBUG=1 shows the traceback)")
+        return _failed(f"{exc} ({type(exc).__name__}; BERTH_DEBUG=1 shows the traceback)")
 
 
 def _failed(message: str, status: int = 1) -> int:
-    print(f"berth: {message}", file=sys.stderr)
+    one_line = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+    print(f"berth: {one_line}", file=sys.stderr)
     return status
 
 

@@ -26,9 +26,10 @@ from cas import BlobStore, Table, Transaction
 from .accounts import PUBLIC, Accounts
 from .names import RepositoryName, parse_project_id
 
-LEVELS = ("view", "download", "edit", "edit-delete", "admin")  # each includes the ones before it
 __all__ = ["IGNORED", "INHERITED", "LEVELS", "LOCAL", "OWNER", "PUBLIC", "Grant", "Project", "ProjectError", "Projects",
-           "rank"]
+           "rank"]  # PUBLIC is accounts.py's, and still importable from here
+
+LEVELS = ("view", "download", "edit", "edit-delete", "admin")  # each includes the ones before it
 FIRST_PROJECT = 10_000  # ids start at syn10001: short, and clearly not a row number
 
 
