@@ -1,38 +1,335 @@
-"""The `berth` command line."""
+"""The `berth` command line: serve, administer (users, tokens, projects, grants, trash), collect garbage, check.
+
+What every command keeps to:
+- It says on stderr what it did, and prints what a script wants (ids, secrets, listings) on stdout.
+- A mistake is one line `berth: ...` on stderr and a non-zero exit: 2 for a usage error, 1 for a failure; never a
+  traceback (main() turns every domain error into its message). Acting on something that does not exist fails.
+- `--data` (or $BERTH_DATA) is a path relative to the caller's working directory, and must name an existing data
+  directory: only `serve` creates one, so a mistyped path never reads as an empty registry.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
+import socket
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
-from cas import BlobStore, Digest, check
-from registry_core.accounts import AccountError, Accounts
+from cas import BlobStore, CasError, Digest, check
+from cas.gc import utc
+from registry_core.accounts import Accounts, PersonalToken, User
+from registry_core.errors import RegistryError
 from registry_core.manifests import DEFAULT_MAX_MANIFEST
-from registry_core.policy import load_policy
-from registry_core.projects import ProjectError, Projects
+from registry_core.policy import BUILT_IN, load_policy
+from registry_core.projects import IGNORED, INHERITED, LEVELS, LOCAL, OWNER, Projects
 from registry_core.registry import Registry
 
 DEFAULT_DATA = "./berth-data"
 
 
-def _store(args: argparse.Namespace) -> BlobStore:
-    return BlobStore(args.data)
+class Failure(Exception):
+    """A command that cannot do what was asked: its message is the whole answer (exit 1)."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line like every other failure (argparse's exit status, 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"berth: {message} (see `{self.prog} --help`)\n")
+
+
+def _say(text: str) -> None:
+    """What a command did, for the person at the terminal (stdout stays for what a script reads)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+# -- values from the command line -------------------------------------------------------------------------------------
+def _duration(text: str) -> float:
+    """`30d`, `12h`, `45m`, `90s` or plain seconds."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    if not number.isdigit() or int(number) <= 0:
+        raise argparse.ArgumentTypeError(f"a duration like 30d, 12h, 45m or 90s, not {text!r}")
+    return float(int(number) * units[unit])
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"a whole number above 0, not {text!r}")
+    return int(text)
+
+
+def _listen(text: str) -> tuple[str, int]:
+    """HOST:PORT (an IPv6 host in brackets) -> (host without brackets, port)."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"HOST:PORT, e.g. 127.0.0.1:5000 or [::1]:5000, not {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _policy(text: str) -> str:
+    """A built-in policy's name or module:callable (whether that imports is known once a registry is open)."""
+    if text not in BUILT_IN and ":" not in text:
+        raise argparse.ArgumentTypeError(f"{' or '.join(BUILT_IN)}, or module:callable for a policy of your own; "
+                                         f"not {text!r}")
+    return text
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _span(seconds: float) -> str:
+    """3h 12m, 2d 4h, 45s: the two largest units, for a person."""
+    left = int(round(abs(seconds)))
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        amount, left = divmod(left, size)
+        if amount or parts:
+            parts.append(f"{amount}{unit}")
+    kept = [p for p in parts[:2] if not p.startswith("0")]
+    return " ".join(kept) or "0s"
+
+
+def _when(moment: float, now: float) -> str:
+    """`2026-11-22 14:03:12 UTC (in 3h 12m)`."""
+    relative = f"in {_span(moment - now)}" if moment >= now else f"{_span(now - moment)} ago"
+    return f"{utc(moment)} ({relative})"
+
+
+# -- the data directory -----------------------------------------------------------------------------------------------
+def existing_data(path: str) -> str:
+    """The data directory as an absolute path, if it is one (Failure otherwise)."""
+    full = os.path.abspath(path)
+    hint = "check --data (or $BERTH_DATA); only `berth serve` creates a data directory"
+    if not os.path.isdir(full):
+        raise Failure(f"no data directory {full}: {hint}")
+    if not os.path.isfile(os.path.join(full, "index", "data.mdb")):
+        raise Failure(f"{full} is not a Berth data directory (no index/data.mdb in it): {hint}")
+    return full
+
+
+def _registry(args: argparse.Namespace) -> Registry:
+    return Registry.open(args.data)
+
+
+# -- users ------------------------------------------------------------------------------------------------------------
+def _flags(user: User) -> str:
+    return (f"{'certified' if user.certified else 'not certified'}, "
+            f"{'a site admin' if user.admin else 'not an admin'}")
+
+
+def cmd_user_add(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        user = Accounts(registry.store).add_user(args.name, args.certified, args.admin)
+    _say(f"added user {user.name} ({_flags(user)}); `berth token create {user.name}` gives it a login")
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        users = Accounts(registry.store).users()
+    for user in users:
+        print(f"{user.name}\tcertified={user.certified}\tadmin={user.admin}\t{utc(user.created)}")
+    _say(f"{len(users)} user(s)")
+    return 0
+
+
+# action: (field, value, what the command does, what the user's state means afterwards)
+USER_FLAGS = {
+    "certify": ("certified", True, "let NAME push and delete (where a grant allows)",
+                "is certified: may push and delete where a grant allows"),
+    "uncertify": ("certified", False, "take certification back: NAME may no longer push or delete",
+                  "is not certified: may not push or delete (unless a site admin)"),
+    "admin": ("admin", True, "make NAME a site admin (every level on every project)",
+              "is a site admin: every level on every project"),
+    "unadmin": ("admin", False, "take site admin away from NAME", "is not a site admin"),
+}
+
+
+def cmd_user_flag(args: argparse.Namespace) -> int:
+    field, value, _, meaning = USER_FLAGS[args.action]
+    with _registry(args) as registry:
+        accounts = Accounts(registry.store)
+        before = accounts.user(args.name)
+        if before is None:
+            raise Failure(f"no user {args.name}")
+        after = accounts.update_user(args.name, **{field: value})
+    _say(f"{after.name} {meaning}" + (" (unchanged)" if getattr(before, field) == value else ""))
+    return 0
+
+
+def cmd_user_remove(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        tokens, grants = Projects(registry.store).remove_user(args.name)
+    _say(f"removed user {args.name}: {tokens} token(s) deleted (they stop working at once), {grants} grant(s) dropped")
+    return 0
+
+
+# -- tokens -----------------------------------------------------------------------------------------------------------
+def _expiry(token: PersonalToken) -> str:
+    return f"expires {utc(token.expires)}" if token.expires else "no expiry"
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        record, secret = Accounts(registry.store).create_token(args.user, args.scope.split(","), args.expires,
+                                                               args.label)
+    _say(f"token {record.id} for {record.user}: scopes {','.join(record.scopes)}; {_expiry(record)}. The secret "
+         "below is shown once; use it as the password of docker/podman/skopeo login.")
+    print(secret)
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        accounts = Accounts(registry.store)
+        if accounts.user(args.user) is None:
+            raise Failure(f"no user {args.user}")
+        tokens, now = accounts.tokens(args.user), registry.store.clock()
+    for t in tokens:
+        state = "revoked" if t.revoked else ("active" if t.active(now) else "expired")
+        print(f"{t.id}\t{','.join(t.scopes)}\t{state}\t{_expiry(t)}\t{t.label}")
+    _say(f"{len(tokens)} token(s) for {args.user}")
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        accounts = Accounts(registry.store)
+        before = accounts.token(args.token_id)
+        record = accounts.revoke(args.token_id)  # AccountError for an unknown id
+    if before is not None and before.revoked:
+        _say(f"token {record.id} of {record.user} was already revoked")
+    else:
+        _say(f"revoked token {record.id} of {record.user}: it stops working at once")
+    return 0
+
+
+# -- projects, grants, trash ------------------------------------------------------------------------------------------
+def cmd_project_create(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        project = Projects(registry.store).create(args.name, args.owner)
+    _say(f"created project {project.name} ({project.id}) owned by {project.owner}; "
+         f"its repositories are {project.id}/<name>")
+    print(project.id)
+    return 0
+
+
+def cmd_project_list(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        projects = Projects(registry.store)
+        found = [(p, projects.is_trashed(p.id)) for p in projects.all()]
+    for project, trashed in found:
+        print(f"{project.id}\t{project.name}\t{project.owner}\t{utc(project.created)}\t"
+              f"{'trashed' if trashed else 'active'}")
+    _say(f"{len(found)} project(s), {sum(t for _, t in found)} in the trash")
+    return 0
+
+
+def cmd_grant(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        projects = Projects(registry.store)
+        target = projects.check_target(args.target)
+        before = projects.grants(target)
+        projects.grant(target, args.principal, args.level)
+        project_grants = projects.grants(target.split("/", 1)[0]) if "/" in target else {}
+    replaced = f" (was {before[args.principal]})" if args.principal in before else ""
+    _say(f"{args.principal} has {args.level} on {target}{replaced}")
+    if not before and project_grants:
+        _say(f"{target} now has grants of its own: the {len(project_grants)} grant(s) of its project no longer "
+             "apply to it (see `berth grants " + target + "`)")
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        projects = Projects(registry.store)
+        target = projects.check_target(args.target)
+        level = projects.grants(target).get(args.principal)
+        if level is None or not projects.revoke(target, args.principal):
+            raise Failure(f"{args.principal} has no grant on {target} (see `berth grants {target}`)")
+        left = projects.grants(target)
+    _say(f"revoked {args.principal}'s {level} on {target}")
+    if "/" in target and not left:
+        _say(f"{target} has no grants of its own any more: its project's grants apply to it again")
+    return 0
+
+
+SOURCES = {OWNER: "owner", LOCAL: "local", INHERITED: "inherited from the project",
+           IGNORED: "inherited (ignored: the repository has grants of its own)"}
+
+
+def cmd_grants(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        projects = Projects(registry.store)
+        target = projects.check_target(args.target)
+        sharing, trashed = projects.sharing(target), projects.is_trashed(target)
+    for grant in sharing:
+        print(f"{grant.principal}\t{grant.level}\t{SOURCES[grant.source]}")
+    _say(f"grants on {target}; site admins have admin everywhere (`berth user list`)"
+         + ("; it is in the trash: everything is refused until `berth restore`" if trashed else ""))
+    return 0
+
+
+def cmd_trash(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        projects = Projects(registry.store)
+        target = projects.check_target(args.target)
+        if not projects.trash(target):
+            _say(f"{target} was already in the trash")
+            return 0
+    _say(f"{target} is in the trash: every operation on it is refused (whatever tokens were issued) and its name "
+         f"stays reserved; `berth restore {target}` takes it back, `berth purge {target}` drops it")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        projects = Projects(registry.store)
+        target = projects.check_target(args.target)
+        if not projects.restore(target):
+            raise Failure(f"{target} is not in the trash")
+    _say(f"restored {target}: it answers as before")
+    return 0
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        projects = Projects(registry.store)
+        target = projects.check_target(args.target)
+        if "/" in target and not registry.exists(target):
+            raise Failure(f"no repository {target}")
+        if not projects.is_trashed(target):
+            raise Failure(f"{target} is not in the trash: `berth trash {target}` first")
+        repos = [target] if "/" in target else registry.repositories(f"{target}/")
+        dropped = sum(registry.purge_repository(repo) for repo in repos)
+        projects.forget(target)
+    _say(f"purged {target}: {len(repos)} repositor(ies), {dropped} manifest(s); `berth gc` reclaims the space once "
+         "the blobs' grace period is over")
+    return 0
+
+
+# -- the store --------------------------------------------------------------------------------------------------------
 def cmd_selfcheck(args: argparse.Namespace) -> int:
-    """Exercise the engine on the data directory: ingest, chunked upload, read back, fsck."""
-    size = args.mib << 20
-    data = os.urandom(size)
-    chunk = 8 << 20
-    with _store(args) as store:
+    """Exercise the engine in a temporary store (never the live data): ingest, chunked upload, read back, fsck."""
+    size, chunk = args.mib << 20, 8 << 20
+    if args.dir is not None and not os.path.isdir(args.dir):
+        raise Failure(f"no directory {os.path.abspath(args.dir)} (--dir)")
+    within = os.path.abspath(args.dir) if args.dir is not None else None
+    with tempfile.TemporaryDirectory(prefix="berth-selfcheck-", dir=within) as scratch, BlobStore(scratch) as store:
+        _say(f"selfcheck in {scratch} (a temporary store, removed afterwards)")
+        data = os.urandom(size)
         started = time.perf_counter()
         info = store.ingest(data[i:i + chunk] for i in range(0, size, chunk))
         ingest_s = time.perf_counter() - started
-        print(f"ingest        {size >> 20} MiB  {size / ingest_s / 2**20:8.0f} MiB/s  {info.digest}")
+        print(f"ingest        {args.mib} MiB  {size / ingest_s / 2**20:8.0f} MiB/s  {info.digest}")
 
         other = os.urandom(size)
         expected = Digest.of(other)
@@ -42,7 +339,7 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
             store.uploads.append(session.id, [other[offset:offset + chunk]], offset=offset)
         store.uploads.finish(session.id, expected)
         upload_s = time.perf_counter() - started
-        print(f"chunked       {size >> 20} MiB  {size / upload_s / 2**20:8.0f} MiB/s  {expected}")
+        print(f"chunked       {args.mib} MiB  {size / upload_s / 2**20:8.0f} MiB/s  {expected}")
 
         ok = store.read_bytes(info.digest) == data and store.read_bytes(expected) == other
         print(f"read back     {'identical' if ok else 'DIFFERENT'}")
@@ -53,19 +350,26 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
-    with _store(args) as store:
+    with BlobStore(args.data) as store:
         report = check(store, repair=args.repair)
     for line in report.lines():
         print(line)
     return 1 if report.damaged and not args.repair else 0
 
 
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size} bytes"
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
-    with _store(args) as store:
+    with BlobStore(args.data) as store:
+        now, lease = store.clock(), store.config.lease
         if args.explain:
-            for text in args.explain:
-                why = store.gc.explain(Digest.parse(text))
-                print(f"{why.digest}: {why.reason}")
+            for why in [store.gc.explain(Digest.parse(text)) for text in args.explain]:  # all parsed, then shown
+                due = why.collectable_at
+                print(f"{why.digest}: {why.reason}" + (f" (in {_span(due - now)})" if due and due > now else ""))
+                if why.stored:
+                    print(f"  {why.size} bytes")
                 for holder in why.holders:
                     print(f"  held by {holder}")
             return 0
@@ -73,115 +377,27 @@ def cmd_gc(args: argparse.Namespace) -> int:
     verb = "would delete" if report.dry_run else "deleted"
     for digest, size in report.collected:
         print(f"{verb} {digest} ({size} bytes)")
-    print(f"{verb} {len(report.collected)} blob(s), {report.bytes_freed} bytes; "
-          f"{report.leased} kept by a lease; {report.debris_files} debris file(s) and "
-          f"{report.expired_uploads} idle upload(s) removed")
+    _say(f"{verb} {len(report.collected)} blob(s), {_mib(report.bytes_freed)}"
+         + (f"; {report.leased} past their grace period but kept by a lease (a client asked for them within "
+            f"{_span(lease)})" if report.leased else "")
+         + ("" if report.dry_run else f"; removed {report.debris_files} debris file(s) and "
+                                      f"{report.expired_uploads} idle upload session(s)"))
+    if report.first_due is None or report.last_due is None:
+        _say("no unreferenced blob waits for its grace period")
+    elif report.waiting == 1:
+        _say(f"1 unreferenced blob, {_mib(report.waiting_bytes)}, waits for its grace period ({_span(report.grace)}): "
+             f"a pass may delete it from {_when(report.first_due, now)}")
+    else:
+        when = (f"them from {_when(report.first_due, now)}" if report.first_due == report.last_due else
+                f"the first from {_when(report.first_due, now)}, the last from {_when(report.last_due, now)}")
+        _say(f"{report.waiting} unreferenced blobs, {_mib(report.waiting_bytes)}, wait for their grace period "
+             f"({_span(report.grace)}): a pass may delete {when}")
     return 0
 
 
-def _registry(args: argparse.Namespace) -> Registry:
-    return Registry.open(args.data)
-
-
-def _duration(text: str) -> float:
-    """`30d`, `12h`, `45m`, `90s` or plain seconds."""
-    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
-    if not number.isdigit() or int(number) <= 0:
-        raise argparse.ArgumentTypeError(f"a duration like 30d, 12h, 45m or 90s, not {text!r}")
-    return float(int(number) * units[unit])
-
-
-def _fail(message: str) -> int:
-    print(f"berth: {message}", file=sys.stderr)
-    return 1
-
-
-def cmd_user(args: argparse.Namespace) -> int:
-    with _registry(args) as registry:
-        accounts = Accounts(registry.store)
-        try:
-            if args.action == "add":
-                user = accounts.add_user(args.name, args.certified, args.admin)
-            elif args.action == "certify":
-                user = accounts.update_user(args.name, certified=True)
-            else:
-                for user in accounts.users():
-                    print(f"{user.name}\tcertified={user.certified}\tadmin={user.admin}")
-                return 0
-        except AccountError as exc:
-            return _fail(str(exc))
-    print(f"user {user.name}: certified={user.certified} admin={user.admin}", file=sys.stderr)
-    return 0
-
-
-def cmd_token(args: argparse.Namespace) -> int:
-    with _registry(args) as registry:
-        accounts = Accounts(registry.store)
-        try:
-            if args.action == "create":
-                record, secret = accounts.create_token(args.user, args.scope.split(","), args.expires, args.label)
-                print(f"token {record.id} for {record.user}: scopes {','.join(record.scopes)}; "
-                      f"{'expires ' + time.ctime(record.expires) if record.expires else 'no expiry'}. "
-                      "The secret below is shown once; use it as the password of docker/podman/skopeo login.",
-                      file=sys.stderr)
-                print(secret)
-            elif args.action == "list":
-                for t in accounts.tokens(args.user):
-                    state = "revoked" if t.revoked else ("expired" if not t.active(time.time()) else "active")
-                    print(f"{t.id}\t{','.join(t.scopes)}\t{state}\t{t.label}")
-            else:
-                accounts.revoke(args.token_id)
-                print(f"token {args.token_id} revoked", file=sys.stderr)
-        except AccountError as exc:
-            return _fail(str(exc))
-    return 0
-
-
-def cmd_project(args: argparse.Namespace) -> int:
-    with _registry(args) as registry:
-        if Accounts(registry.store).user(args.owner) is None:
-            return _fail(f"no user {args.owner}")
-        project = Projects(registry.store).create(args.name, args.owner)
-    print(f"project {project.name} ({project.id}) owned by {project.owner}", file=sys.stderr)
-    print(project.id)
-    return 0
-
-
-def cmd_grant(args: argparse.Namespace) -> int:
-    with _registry(args) as registry:
-        projects = Projects(registry.store)
-        try:
-            if args.command == "grant":
-                projects.grant(args.target, args.principal, args.level)
-                print(f"{args.principal} has {args.level} on {args.target}", file=sys.stderr)
-            elif not projects.revoke(args.target, args.principal):
-                return _fail(f"{args.principal} had no grant on {args.target}")
-        except (ProjectError, ValueError) as exc:
-            return _fail(str(exc))
-    return 0
-
-
-def cmd_trash(args: argparse.Namespace) -> int:
-    with _registry(args) as registry:
-        projects = Projects(registry.store)
-        try:
-            if args.command == "trash":
-                projects.trash(args.target)
-            elif args.command == "restore":
-                if not projects.restore(args.target):
-                    return _fail(f"{args.target} is not in the trash")
-            else:
-                if not projects.is_trashed(args.target if "/" in args.target else f"{args.target}/x"):
-                    return _fail(f"{args.target} is not in the trash: trash it first")
-                repos = [args.target] if "/" in args.target else registry.repositories(f"{args.target}/")
-                dropped = sum(registry.purge_repository(repo) for repo in repos)
-                projects.forget(args.target)
-                print(f"purged {len(repos)} repositor(ies), {dropped} manifest(s); `berth gc` reclaims the space",
-                      file=sys.stderr)
-        except (ProjectError, ValueError) as exc:
-            return _fail(str(exc))
-    return 0
+# -- serve ------------------------------------------------------------------------------------------------------------
+POLICIES = {"project": "log in with a personal access token; projects and grants decide who may do what",
+            "open": "no login, everyone may do everything: local development only"}
 
 
 def first_start(registry: Registry, data: str, listen: str) -> None:
@@ -190,11 +406,32 @@ def first_start(registry: Registry, data: str, listen: str) -> None:
     if accounts.users():
         return
     accounts.add_user("admin", certified=True, admin=True)
-    print("berth: first start: created the site admin 'admin'. To push within a minute:\n"
-          f"  TOKEN=$(scripts/berth token create admin --scope view,download,modify --data {data})\n"
-          f"  PROJECT=$(scripts/berth project create demo --owner admin --data {data})\n"
-          f"  echo \"$TOKEN\" | podman login --tls-verify=false -u admin --password-stdin {listen}\n"
-          f"  podman push --tls-verify=false IMAGE {listen}/$PROJECT/my-repo:v1", file=sys.stderr, flush=True)
+    _say("berth: first start: created the site admin 'admin'. To push within a minute:\n"
+         f"  TOKEN=$(scripts/berth token create admin --scope view,download,modify --data {data})\n"
+         f"  PROJECT=$(scripts/berth project create demo --owner admin --data {data})\n"
+         f"  echo \"$TOKEN\" | podman login --tls-verify=false -u admin --password-stdin {listen}\n"
+         f"  podman push --tls-verify=false IMAGE {listen}/$PROJECT/my-repo:v1")
+
+
+def refuse_busy_port(host: str, port: int) -> None:
+    """Failure unless HOST:PORT is free. granian binds with SO_REUSEPORT, so a second `berth serve` on a busy port
+    would silently share it with the first (each getting some of the connections); this probe binds without it, as
+    nothing else listens there, and closes at once."""
+    where = _address(host, port)
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise Failure(f"cannot listen on {where}: {exc.strerror}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed connection's TIME_WAIT is no obstacle
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise Failure(f"{where} is already in use (another berth serve, or another server): stop it or "
+                              "choose another --listen") from None
+            raise Failure(f"cannot listen on {where}: {exc.strerror}") from None
 
 
 M_ARENA_MAX = -8  # glibc malloc.h
@@ -220,15 +457,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from granian import Granian
     from granian.constants import Interfaces
 
-    host, _, port = args.listen.rpartition(":")
-    if not host or not port.isdigit():
-        print(f"berth serve: --listen must be HOST:PORT, got {args.listen!r}", file=sys.stderr)
-        return 2
+    host, port = args.listen
+    where = _address(host, port)
+    refuse_busy_port(host, port)  # before the data directory is created: a busy port leaves no trace
     # Create (or check) the data directory once, before the workers fork: each opens it again for itself.
     with Registry.open(args.data) as registry:
-        load_policy(args.policy, registry)  # a bad --policy fails here, not in every worker
+        try:
+            load_policy(args.policy, registry)  # a bad --policy fails here, not in every worker
+        except (ImportError, AttributeError) as exc:
+            raise Failure(f"--policy {args.policy}: {exc}") from None
         if args.policy == "project":
-            first_start(registry, args.data, args.listen)
+            first_start(registry, args.data, where)
     os.environ["BERTH_POLICY"] = args.policy
     os.environ["BERTH_DATA"] = os.path.abspath(args.data)
     os.environ["BERTH_MAX_MANIFEST"] = str(args.max_manifest)
@@ -236,32 +475,69 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["BERTH_PUBLIC_URL"] = args.public_url
     if args.forwarded_header:
         os.environ["BERTH_FORWARDED_HEADER"] = args.forwarded_header
-    print(f"berth: serving {os.environ['BERTH_DATA']} on http://{args.listen}/v2/ "
-          f"({args.workers} worker(s), policy {args.policy})", file=sys.stderr, flush=True)
+    public = f" (clients reach it as {args.public_url})" if args.public_url else ""
+    _say(f"berth: serving http://{where}/{public} (the registry API at /v2/) from {os.environ['BERTH_DATA']}, "
+         f"{args.workers} worker(s); policy {args.policy}: {POLICIES.get(args.policy, 'a policy of your own')}")
     _lean_memory()
     # granian: the lowest CPU per request and per uploaded GiB measured here (see README, "Why granian").
     # Never task_impl=rust: it breaks anyio.to_thread (PERF-NOTES).
-    Granian("adapters.http:app_from_env", factory=True, interface=Interfaces.ASGI, address=host.strip("[]"),
-            port=int(port), workers=args.workers, log_access=args.access_log, backlog=2048).serve()
+    server = Granian("adapters.http:app_from_env", factory=True, interface=Interfaces.ASGI, address=host, port=port,
+                     workers=args.workers, log_access=args.access_log, backlog=2048)
+    try:
+        server.serve()
+    except RuntimeError as exc:  # the port was taken between the probe and granian's bind
+        raise Failure(f"cannot serve on {where}: {str(exc).splitlines()[0]}") from None
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="berth", description="Berth: a container registry built as a storage engine")
-    sub = parser.add_subparsers(dest="command", required=True)
+# -- the parser -------------------------------------------------------------------------------------------------------
+class _Version(argparse.Action):
+    """--version, looked up only when asked (importlib.metadata costs every other command ~20 ms)."""
 
-    def with_data(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--data", default=os.environ.get("BERTH_DATA", DEFAULT_DATA),
-                       help="data directory (default: $BERTH_DATA or %(default)s)")
+    def __init__(self, option_strings: Sequence[str], dest: str, **_: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print Berth's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> NoReturn:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("berth")
+        except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+            version = "unknown (not installed)"
+        print(f"berth {version}")
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="berth", description="Berth: a container registry built as a storage engine")
+    parser.add_argument("--version", action=_Version)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(group: argparse._SubParsersAction[_Parser], name: str, run: Callable[[argparse.Namespace], int],
+                text: str, data: str = "existing") -> _Parser:
+        """A leaf command; `data`: "existing" (needs --data to be a data directory), "create" (serve) or "none"."""
+        p = group.add_parser(name, help=text, description=text)
+        if data != "none":
+            p.add_argument("--data", default=os.environ.get("BERTH_DATA", DEFAULT_DATA),
+                           help="data directory, relative to the working directory (default: $BERTH_DATA or "
+                                "%(default)s)" + ("; created on first start" if data == "create" else ""))
+        p.set_defaults(run=run, data_must_exist=data == "existing")
         return p
 
-    p = with_data(sub.add_parser("serve", help="run the registry (OCI Distribution v1.1) on the data directory"))
-    p.add_argument("--listen", default="127.0.0.1:5000", help="HOST:PORT to listen on (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="server processes (default: one per core)")
-    p.add_argument("--policy", default="project",
+    def group(name: str, text: str) -> argparse._SubParsersAction[_Parser]:
+        p = sub.add_parser(name, help=text, description=text)
+        return p.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    p = command(sub, "serve", cmd_serve, "run the registry (OCI Distribution v1.1) on the data directory",
+                data="create")
+    p.add_argument("--listen", type=_listen, default="127.0.0.1:5000", metavar="HOST:PORT",
+                   help="where to listen (default: %(default)s)")
+    p.add_argument("--workers", type=_positive, default=os.cpu_count() or 1,
+                   help="server processes (default: one per core)")
+    p.add_argument("--policy", type=_policy, default="project",
                    help="who may do what: 'project' (projects, grants, tokens; the default), 'open' (everything "
                         "allowed, no login: local development only) or module:callable")
-    p.add_argument("--max-manifest", type=int, default=DEFAULT_MAX_MANIFEST, metavar="BYTES",
+    p.add_argument("--max-manifest", type=_positive, default=DEFAULT_MAX_MANIFEST, metavar="BYTES",
                    help="largest manifest accepted (default: %(default)s; the spec requires at least 4 MiB)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--public-url", default=os.environ.get("BERTH_PUBLIC_URL"), metavar="URL",
@@ -270,73 +546,99 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forwarded-header", default=os.environ.get("BERTH_FORWARDED_HEADER"), metavar="NAME",
                    help="a header a trusted proxy sets to the client's address, e.g. X-Forwarded-For (its last "
                         "hop counts); unset: the peer's address (never trust it without such a proxy)")
-    p.set_defaults(func=cmd_serve)
 
-    p = with_data(sub.add_parser("user", help="accounts: add NAME [--certified] [--admin] | certify NAME | list"))
-    p.add_argument("action", choices=["add", "certify", "list"])
-    p.add_argument("name", nargs="?", default="")
-    p.add_argument("--certified", action="store_true", help="may push (with an edit grant)")
+    users = group("user", "accounts: add, list, certify, uncertify, admin, unadmin, remove")
+    p = command(users, "add", cmd_user_add, "add an account (it logs in with a token: `berth token create`)")
+    p.add_argument("name")
+    p.add_argument("--certified", action="store_true", help="may push and delete (where a grant allows)")
     p.add_argument("--admin", action="store_true", help="site admin: every level on every project")
-    p.set_defaults(func=cmd_user)
+    command(users, "list", cmd_user_list, "every account: name, certified, admin, created")
+    for action, (_, _, text, _) in USER_FLAGS.items():
+        command(users, action, cmd_user_flag, text).add_argument("name")
+    command(users, "remove", cmd_user_remove, "remove an account with its tokens (they stop working at once) and its "
+                                              "grants; refused while it owns a project").add_argument("name")
 
-    p = with_data(sub.add_parser("token", help="personal access tokens: create USER --scope ... | list USER | "
-                                               "revoke TOKEN_ID"))
-    p.add_argument("action", choices=["create", "list", "revoke"])
-    p.add_argument("user", nargs="?", default="", help="the user (create, list) or the token id (revoke)")
-    p.add_argument("--scope", default="view,download", help="comma-separated: view, download, modify")
+    tokens = group("token", "personal access tokens: create, list, revoke")
+    p = command(tokens, "create", cmd_token_create, "a new token for USER; prints its secret, once")
+    p.add_argument("user")
+    p.add_argument("--scope", default="view,download", help="comma-separated: view, download, modify "
+                                                            "(default: %(default)s)")
     p.add_argument("--expires", type=_duration, default=None, help="lifetime, e.g. 30d (default: none)")
     p.add_argument("--label", default="", help="what the token is for")
-    p.set_defaults(func=lambda a: cmd_token(argparse.Namespace(**{**vars(a), "token_id": a.user})))
+    command(tokens, "list", cmd_token_list, "USER's tokens: id, scopes, state, expiry, label").add_argument("user")
+    command(tokens, "revoke", cmd_token_revoke, "revoke a token (it stops working at once)").add_argument("token_id")
 
-    p = with_data(sub.add_parser("project", help="create NAME --owner USER (prints the new project id)"))
-    p.add_argument("action", choices=["create"])
+    projects = group("project", "projects: create, list")
+    p = command(projects, "create", cmd_project_create, "create a project; prints its id (syn<digits>)")
     p.add_argument("name")
-    p.add_argument("--owner", required=True)
-    p.set_defaults(func=cmd_project)
+    p.add_argument("--owner", required=True, help="an existing user: admin on the project")
+    command(projects, "list", cmd_project_list, "every project: id, name, owner, created, active or trashed")
 
-    p = with_data(sub.add_parser("grant", help="grant TARGET PRINCIPAL LEVEL (TARGET: syn123 or syn123/repo; "
-                                               "PRINCIPAL: a user or 'public')"))
+    p = command(sub, "grant", cmd_grant, "give PRINCIPAL (a user or 'public') LEVEL on TARGET (syn123 or "
+                                         "syn123/repo)")
     p.add_argument("target")
     p.add_argument("principal")
-    p.add_argument("level", choices=["view", "download", "edit", "edit-delete", "admin"])
-    p.set_defaults(func=cmd_grant)
-    p = with_data(sub.add_parser("revoke", help="revoke TARGET PRINCIPAL"))
+    p.add_argument("level", choices=LEVELS)
+    p = command(sub, "revoke", cmd_revoke, "take PRINCIPAL's grant on TARGET away")
     p.add_argument("target")
     p.add_argument("principal")
-    p.set_defaults(func=cmd_grant)
-    for name, text in (("trash", "put a project or repository in the trash (it answers nothing; its name stays "
-                                 "reserved)"),
-                       ("restore", "take it out of the trash"),
-                       ("purge", "drop a trashed project's or repository's manifests and tags for good")):
-        p = with_data(sub.add_parser(name, help=text))
-        p.add_argument("target")
-        p.set_defaults(func=cmd_trash)
+    command(sub, "grants", cmd_grants, "the grants that bear on TARGET (syn123 or syn123/repo) and which are in "
+                                       "force").add_argument("target")
+    for name, run, text in (
+            ("trash", cmd_trash, "put a project or repository in the trash (every operation on it is refused; its "
+                                 "name stays reserved)"),
+            ("restore", cmd_restore, "take it out of the trash"),
+            ("purge", cmd_purge, "drop a trashed project's or repository's manifests and tags for good")):
+        command(sub, name, run, text).add_argument("target")
 
     sub.add_parser("bench", help="benchmarks: --url URL, or --compare (Berth beside CNCF Distribution); "
                                  "see `berth bench --help`", add_help=False)
 
-    p = with_data(sub.add_parser("selfcheck", help="exercise the storage engine and report its speed"))
-    p.add_argument("--mib", type=int, default=256, help="size of each test blob in MiB")
-    p.set_defaults(func=cmd_selfcheck)
+    p = command(sub, "selfcheck", cmd_selfcheck, "exercise the storage engine in a temporary store and report its "
+                                                 "speed (never touches the data directory)", data="none")
+    p.add_argument("--mib", type=_positive, default=256, help="size of each test blob in MiB (default: %(default)s)")
+    p.add_argument("--dir", default=None, help="where to make the temporary store: a directory on the disk to "
+                                               "measure (default: $TMPDIR or /tmp)")
 
-    p = with_data(sub.add_parser("fsck", help="re-hash every blob and cross-check the index"))
+    p = command(sub, "fsck", cmd_fsck, "re-hash every blob and cross-check the index")
     p.add_argument("--repair", action="store_true", help="repair what can be repaired (never drops referenced data)")
-    p.set_defaults(func=cmd_fsck)
 
-    p = with_data(sub.add_parser("gc", help="delete blobs nobody references once their grace period is over"))
+    p = command(sub, "gc", cmd_gc, "delete blobs nobody references once their grace period is over")
     p.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
     p.add_argument("--explain", nargs="+", metavar="DIGEST", help="say why these blobs are retained")
-    p.set_defaults(func=cmd_gc)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # the harness has its own options (benchmarks/harness/run.py)
-        from benchmarks.harness.run import main as bench
+        try:
+            from benchmarks.harness.run import main as bench
+        except ImportError as exc:
+            return _failed(f"berth bench needs the bench extra ({exc}): scripts/berth bench installs it")
         return bench(argv[1:])
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        args = build_parser().parse_args(argv)  # a usage error exits here, with status 2
+        if args.data_must_exist:
+            args.data = existing_data(args.data)
+        return int(args.run(args))
+    except (Failure, ValueError, CasError, RegistryError) as exc:
+        # ValueError: AccountError, ProjectError, InvalidName, InvalidDigest... all say what was wrong.
+        return _failed(str(exc))
+    except OSError as exc:
+        return _failed(f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}")
+    except KeyboardInterrupt:
+        return _failed("interrupted", 130)
+    except Exception as exc:  # lmdb's own errors, or a bug: still one line, with what a bug report needs
+        if os.environ.get("BERTH_DEBUG"):
+            raise
+        return _failed(f"{exc} ({type(exc).__name__}; BERTH_DEBUG=1 shows the traceback)")
+
+
+def _failed(message: str, status: int = 1) -> int:
+    one_line = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+    print(f"berth: {one_line}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -22,9 +22,10 @@ import secrets
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
-from cas import BlobStore, Table
+from cas import BlobStore, Table, Transaction, WriteTransaction
 
 TOKEN_SCOPES = ("view", "download", "modify")
+PUBLIC = "public"  # in grants, everyone (anonymous callers too): never the name of an account
 _USER = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _PAT = re.compile(r"berth_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 
@@ -77,6 +78,8 @@ class Accounts:
     def add_user(self, name: str, certified: bool = False, admin: bool = False) -> User:
         if not _USER.fullmatch(name):
             raise AccountError(f"invalid user name {name[:70]!r}: 1..64 of a-z 0-9 . _ -, starting with a letter/digit")
+        if name == PUBLIC:
+            raise AccountError(f"{PUBLIC!r} cannot be a user name: in grants it stands for everyone")
         user = User(name, certified, admin, self._store.clock())
         with self._store.index.write() as txn:
             if txn.get(self._users, name.encode()) is not None:
@@ -84,9 +87,11 @@ class Accounts:
             txn.put(self._users, name.encode(), json.dumps(asdict(user)).encode())
         return user
 
-    def user(self, name: str) -> User | None:
-        with self._store.index.read() as txn:
-            raw = txn.get(self._users, name.encode())
+    def user(self, name: str, txn: Transaction | None = None) -> User | None:
+        if txn is None:
+            with self._store.index.read() as own:
+                return self.user(name, own)
+        raw = txn.get(self._users, name.encode())
         return User(**json.loads(raw)) if raw is not None else None
 
     def users(self) -> list[User]:
@@ -103,6 +108,21 @@ class Accounts:
                            admin=user.admin if admin is None else admin)
             txn.put(self._users, name.encode(), json.dumps(asdict(user)).encode())
         return user
+
+    def remove_user(self, name: str, txn: WriteTransaction | None = None) -> int:
+        """Delete the account and its token records: its tokens stop working at once (a token whose record or
+        user is gone stands for no one). Returns how many token records went. Grants and project ownership are
+        projects.py's (Projects.remove_user removes an account together with its grants)."""
+        if txn is None:
+            with self._store.index.write() as own:
+                return self.remove_user(name, own)
+        if not txn.delete(self._users, name.encode()):
+            raise AccountError(f"no user {name}")
+        owned = [k for k, _ in txn.scan(self._by_user, prefix=f"{name}\0".encode())]
+        for key in owned:
+            txn.delete(self._pats, key.split(b"\0", 1)[1])
+            txn.delete(self._by_user, key)
+        return len(owned)
 
     # -- personal access tokens -----------------------------------------------------------------------------------
     def create_token(self, user: str, scopes: list[str], expires_in: float | None = None,

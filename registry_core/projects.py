@@ -6,6 +6,9 @@ or `public` for everyone including anonymous callers) a level on a project (`syn
 ones). A project or repository in the trash answers every operation as if denied; its name stays reserved until it
 is purged.
 
+Every principal of a grant is an existing account or `public`; removing an account removes its grants, so a later
+account of the same name inherits nothing. An owner has at most one project of a given name.
+
 Tables:
     projects  id -> JSON {"name", "owner", "created"}
     grants    target \\0 principal -> level
@@ -20,10 +23,13 @@ from dataclasses import dataclass
 
 from cas import BlobStore, Table, Transaction
 
+from .accounts import PUBLIC, Accounts
 from .names import RepositoryName, parse_project_id
 
+__all__ = ["IGNORED", "INHERITED", "LEVELS", "LOCAL", "OWNER", "PUBLIC", "Grant", "Project", "ProjectError", "Projects",
+           "rank"]  # PUBLIC is accounts.py's, and still importable from here
+
 LEVELS = ("view", "download", "edit", "edit-delete", "admin")  # each includes the ones before it
-PUBLIC = "public"
 FIRST_PROJECT = 10_000  # ids start at syn10001: short, and clearly not a row number
 
 
@@ -37,6 +43,20 @@ class Project:
     name: str
     owner: str
     created: float
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A level a principal has on a target, and where it comes from (see Projects.sharing)."""
+    principal: str
+    level: str
+    source: str  # OWNER, LOCAL, INHERITED or IGNORED
+
+
+OWNER = "owner"  # the project's owner: admin on the project and everything in it, whatever the grants say
+LOCAL = "local"  # a grant on the target itself
+INHERITED = "inherited"  # a project's grant, in force on a repository without grants of its own
+IGNORED = "ignored"  # a project's grant on a repository with grants of its own: not in force there
 
 
 def rank(level: str | None) -> int:
@@ -62,11 +82,18 @@ class Projects:
         self._grants: Table = store.index.table("grants")
         self._trashed: Table = store.index.table("trashed")
         self._counters: Table = store.index.table("counters")
+        self._repos: Table = store.index.table("repos")  # schema.py: every repository ever written to
+        self._accounts = Accounts(store)
 
     def create(self, name: str, owner: str) -> Project:
         if not name or len(name) > 200:
             raise ProjectError("a project name must be 1..200 characters")
         with self._store.index.write() as txn:
+            if self._accounts.user(owner, txn) is None:
+                raise ProjectError(f"no user {owner}: a project's owner is an existing account")
+            for other in self._all(txn):
+                if other.owner == owner and other.name == name:
+                    raise ProjectError(f"{owner} already owns a project named {name!r}: {other.id}")
             last = txn.get(self._counters, b"project")
             number = int(last) + 1 if last is not None else FIRST_PROJECT + 1
             txn.put(self._counters, b"project", str(number).encode())
@@ -74,6 +101,12 @@ class Projects:
             txn.put(self._projects, project.id.encode(), json.dumps(
                 {"name": name, "owner": owner, "created": project.created}).encode())
         return project
+
+    def check_target(self, text: str) -> str:
+        """`syn123` or `syn123/repo`, validated (InvalidName, ProjectError), in a project that exists."""
+        target = _target(text)
+        self._require_project(target)
+        return target
 
     def get(self, project_id: str, txn: Transaction | None = None) -> Project | None:
         if txn is None:
@@ -84,17 +117,21 @@ class Projects:
 
     def all(self) -> list[Project]:
         with self._store.index.read() as txn:
-            return [Project(k.decode(), **json.loads(v)) for k, v in txn.scan(self._projects)]
+            return self._all(txn)
+
+    def _all(self, txn: Transaction) -> list[Project]:
+        return [Project(k.decode(), **json.loads(v)) for k, v in txn.scan(self._projects)]
 
     # -- grants ---------------------------------------------------------------------------------------------------
     def grant(self, target: str, principal: str, level: str) -> None:
         target = _target(target)
         if level not in LEVELS:
             raise ProjectError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
-        if not principal or "\0" in principal:
-            raise ProjectError("a principal is a user name or 'public'")
         self._require_project(target)
         with self._store.index.write() as txn:
+            if principal != PUBLIC and (not principal or "\0" in principal
+                                        or self._accounts.user(principal, txn) is None):
+                raise ProjectError(f"no user {principal[:64]}: a grant goes to an existing user or to {PUBLIC!r}")
             txn.put(self._grants, f"{target}\0{principal}".encode(), level.encode())
 
     def revoke(self, target: str, principal: str) -> bool:
@@ -108,6 +145,23 @@ class Projects:
                 return self.grants(target, own)
         prefix = f"{target}\0".encode()
         return {k[len(prefix):].decode(): v.decode() for k, v in txn.scan(self._grants, prefix=prefix)}
+
+    def sharing(self, target: str) -> list[Grant]:
+        """Every grant that bears on a project or repository, marked as `level` reads them: the owner first, then
+        the target's own grants, then (for a repository) its project's, in force only while the repository has
+        none of its own."""
+        target = _target(target)
+        project_id = target.split("/", 1)[0]
+        with self._store.index.read() as txn:
+            project = self.get(project_id, txn)
+            if project is None:
+                raise ProjectError(f"no project {project_id}")
+            local = self.grants(target, txn)
+            inherited = self.grants(project_id, txn) if target != project_id else {}
+        found = [Grant(project.owner, "admin", OWNER)]
+        found += [Grant(p, level, LOCAL) for p, level in sorted(local.items())]
+        found += [Grant(p, level, IGNORED if local else INHERITED) for p, level in sorted(inherited.items())]
+        return found
 
     def level(self, user: str | None, repo: RepositoryName, txn: Transaction) -> int:
         """The best level `user` (None: anonymous) has on the repository: the project's owner is admin; a
@@ -124,14 +178,23 @@ class Projects:
         return max((rank(grants.get(p)) for p in principals), default=-1)
 
     # -- trash ----------------------------------------------------------------------------------------------------
-    def trash(self, target: str) -> None:
+    def trash(self, target: str) -> bool:
+        """Put an existing project, or a repository that was pushed to, in the trash. False if it already was."""
         target = _target(target)
         self._require_project(target)
         with self._store.index.write() as txn:
+            # A repository nothing was ever pushed to has nothing to hide: refusing catches a mistyped name.
+            if "/" in target and txn.get(self._repos, target.encode()) is None:
+                raise ProjectError(f"no repository {target}: nothing was ever pushed there")
+            if txn.get(self._trashed, target.encode()) is not None:
+                return False
             txn.put(self._trashed, target.encode(), json.dumps({"time": self._store.clock()}).encode())
+        return True
 
     def restore(self, target: str) -> bool:
+        """Take a project or repository out of the trash. False if it was not in it."""
         target = _target(target)
+        self._require_project(target)
         with self._store.index.write() as txn:
             return txn.delete(self._trashed, target.encode())
 
@@ -157,6 +220,21 @@ class Projects:
                     txn.delete(self._trashed, key)
                 txn.delete(self._projects, target.encode())
             txn.delete(self._trashed, target.encode())
+
+    def remove_user(self, name: str) -> tuple[int, int]:
+        """Remove an account, its token records and its grants, in one transaction; refused while it owns a project
+        (a project keeps its owner until it is purged). Returns (token records, grants) removed."""
+        with self._store.index.write() as txn:
+            owned = [p.id for p in self._all(txn) if p.owner == name]
+            if owned:
+                raise ProjectError(f"{name} owns {', '.join(owned)}: a project keeps its owner; trash and purge it "
+                                   "first, or keep the account")
+            suffix = f"\0{name}".encode()
+            grants = [k for k, _ in txn.scan(self._grants) if k.endswith(suffix)]
+            tokens = self._accounts.remove_user(name, txn)  # AccountError for an unknown name
+            for key in grants:
+                txn.delete(self._grants, key)
+        return tokens, len(grants)
 
     def _require_project(self, target: str) -> None:
         if self.get(target.split("/", 1)[0]) is None:

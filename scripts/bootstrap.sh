@@ -9,8 +9,13 @@ bootstrap_venv() {
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
   fi
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  local stamp=".venv/.installed-${extra:-run}" spec="."
+  local stamp=".venv/.installed-${extra:-run}" spec="." installed
   [ -n "$extra" ] && spec=".[$extra]"
+  if [ -z "$extra" ]; then  # every extra's install includes the base one
+    for installed in .venv/.installed-*; do
+      if [ -f "$installed" ] && [ ! pyproject.toml -nt "$installed" ]; then stamp="$installed"; fi
+    done
+  fi
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/pip install -q --disable-pip-version-check -e "$spec" && touch "$stamp"
   fi

@@ -422,7 +422,7 @@ def challenge_scope(kind: str, method: str, name: str, mount_from: str | None = 
     return scope
 
 
-def create_app(registry: Registry | Callable[[], Registry], policy: str = "open",
+def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
                service: str = "berth", public_url: str | None = None,
                forwarded_header: str | None = None) -> ManifestFastPath:
     """The ASGI app. Pass a Registry, or a callable that opens one when the app starts (after a server forked its
@@ -557,5 +557,6 @@ def app_from_env() -> ManifestFastPath:
     data = os.environ.get("BERTH_DATA", "./berth-data")
     max_manifest = int(os.environ.get("BERTH_MAX_MANIFEST", DEFAULT_MAX_MANIFEST))
     return create_app(lambda: Registry.open(data, RegistryConfig(max_manifest=max_manifest)),
-                      os.environ.get("BERTH_POLICY", "open"), os.environ.get("BERTH_SERVICE", "berth"),
-                      os.environ.get("BERTH_PUBLIC_URL") or None, os.environ.get("BERTH_FORWARDED_HEADER") or None)
+                      policy=os.environ.get("BERTH_POLICY", "open"), service=os.environ.get("BERTH_SERVICE", "berth"),
+                      public_url=os.environ.get("BERTH_PUBLIC_URL") or None,
+                      forwarded_header=os.environ.get("BERTH_FORWARDED_HEADER") or None)

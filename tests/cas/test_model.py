@@ -271,6 +271,13 @@ class Model:
     def leased(self) -> int:
         return sum(1 for d, b in self.blobs.items() if self._past_grace(d) and b.lease_until > self.now)
 
+    def waiting(self) -> tuple[int, int, float | None, float | None]:
+        """Unreferenced blobs still in their grace period: how many, their bytes, the first and last due time."""
+        young = [(len(b.data), max(b.zero_since + self.config.grace, b.lease_until)) for d, b in self.blobs.items()
+                 if self.refcount(d) == 0 and not self._past_grace(d)]
+        dues = [due for _, due in young]
+        return len(young), sum(size for size, _ in young), min(dues, default=None), max(dues, default=None)
+
     def gc(self, dry_run: bool) -> tuple[list[tuple[Digest, int]], int, int]:
         collected, leased = self.collectable(), self.leased()
         if dry_run:
@@ -631,6 +638,7 @@ class BlobStoreMachine(RuleBasedStateMachine):
         assert len(report.collected) == len(collected), "a digest was collected twice"
         assert (report.dry_run, report.leased, report.expired_uploads, report.debris_files) == (
             dry_run, leased, expired, 0)
+        assert (report.waiting, report.waiting_bytes, report.first_due, report.last_due) == self.model.waiting()
 
     @rule(digest=any_digest)
     def explain(self, digest: Digest) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from cas import BlobStore
-from registry_core.accounts import Identity
+from registry_core.accounts import Accounts, Identity
 from registry_core.policy import OpenPolicy, ProjectPolicy, Resource, load_policy, requires_login
 from registry_core.projects import Projects
 from registry_core.registry import Registry
@@ -39,6 +39,8 @@ def test_project_rules(make_store: Callable[..., BlobStore]) -> None:
     registry = Registry(make_store())
     projects = Projects(registry.store)
     policy = ProjectPolicy(registry)
+    for name in ("owner", "ed"):
+        Accounts(registry.store).add_user(name)
     project = projects.create("p", "owner").id
     repo = Resource("repository", f"{project}/app")
 
