@@ -231,7 +231,8 @@ class RegistryApi:
         elif "digest" in query:
             digest = _query_digest(request, "digest")
             _, length = _content_range(request)
-            info = await stream_body(request, partial(self.registry.ingest_blob, name, digest=digest, size=length))
+            info = await stream_body(request, partial(self.registry.ingest_blob, name, digest=digest, size=length),
+                                     caller.subject)
             return _created(f"/v2/{name}/blobs/{info.digest}", info.digest)
         status = await anyio.to_thread.run_sync(self.registry.start_upload, name, caller.subject)
         return _response(202, headers=_upload_headers(name, status) | {"OCI-Chunk-Min-Length": CHUNK_MIN})
@@ -245,7 +246,7 @@ class RegistryApi:
         try:
             status = await stream_body(
                 request, lambda chunks: self.registry.append_upload(name, session_id, chunks, offset, length,
-                                                                    caller.subject))
+                                                                    caller.subject), caller.subject)
         except OffsetMismatch as exc:
             # spec: 416 for a chunk out of order; the headers tell the client where the session really is.
             current = await anyio.to_thread.run_sync(self.registry.upload_status, name, session_id, caller.subject)
@@ -258,7 +259,7 @@ class RegistryApi:
         offset, length = _content_range(request)
         info = await stream_body(
             request, lambda chunks: self.registry.finish_upload(name, session_id, digest, chunks, offset, length,
-                                                                caller.subject))
+                                                                caller.subject), caller.subject)
         return _created(f"/v2/{name}/blobs/{info.digest}", info.digest)
 
     async def cancel_upload(self, request: Request, name: str, session_id: str, caller: Caller) -> Response:

@@ -1,25 +1,101 @@
-"""Request bodies streamed into the synchronous engine: chunks go, as they arrive, through a small bounded queue to
-one worker thread that runs the cas call (PERF-NOTES: the fastest shape measured; re-batching made it slower).
+"""Request bodies: read on the event loop under a minimum-rate rule, streamed into the synchronous engine by a worker
+thread that starts only when there is work for it, with bounded threads and a bounded number of bodies per client.
 
-The event loop never blocks: when the queue is full it waits for the worker to take a chunk. When the worker stops
-early (an unknown session, a wrong offset) the rest of the body is not read, and the answer closes the connection
-(CloseAfterUnreadBody). When the client hangs up, the worker's iterator raises, so cas cuts the partial chunk off
-again and nothing of it becomes visible.
+Streaming. Chunks go, as they arrive, through a small bounded queue to one worker thread that runs the cas call
+(PERF-NOTES: the fastest shape measured; re-batching made it slower). The event loop never blocks: when the queue is
+full it waits for the worker to take a chunk. When the worker stops early (an unknown session, a wrong offset) the
+rest of the body is not read, and the answer closes the connection (CloseAfterUnreadBody, below). When the body
+ends early (the client hangs up, or breaks the rule below), the worker's iterator raises, so cas cuts the partial
+chunk off again and nothing of it becomes visible.
+
+The rule (`BodyLimits`, after Apache mod_reqtimeout's default `body=20,MinRate=500` and nginx's
+`client_body_timeout 60s`): a body gets `grace` seconds to get going, extended by 1 s per `min_rate` bytes received,
+and never more than `idle` seconds between two reads. Only the time the server spends waiting for the network counts:
+while the worker is behind (the queue full, or no thread free yet) the client is not charged for it. A body breaking
+the rule is cut off: 408 with an OCI error saying so (BLOB_UPLOAD_INVALID for uploads; MANIFEST_INVALID for a
+manifest, as Distribution answers a manifest body it could not read), and the connection closes.
+
+Waiting for the network holds no thread. The timing runs on the event loop: one timer per body cancels a receive
+that waits past the rule (`_Stopwatch`). The worker thread starts only when the queue is full (QUEUE_CHUNKS chunks
+wait for it) or the body is complete, so a client that trickles is cut off by the rule before it ever takes a thread.
+Once started, the worker may wait for the next chunk when the network is slower than the hashing; the rule bounds each
+such wait to `idle` seconds and the whole body to `min_rate` on average, so a client that stalls holds one thread for
+at most `idle` seconds (less when its credit under the minimum rate runs out first).
+
+Threads and clients. The workers take their threads under their own limiter (`threads` per process), never anyio's
+default one (40 threads) that short operations use (a blob stat or open, a manifest PUT): uploads cannot starve them.
+One client (the caller's subject, or its address when anonymous) may have `per_client` bodies streaming at once per
+process; more answer 429 TOOMANYREQUESTS with Retry-After, before any of their body is read.
+
+Every limit can be overridden from the environment when the server starts (BERTH_BODY_GRACE, BERTH_BODY_MIN_RATE,
+BERTH_BODY_IDLE in seconds and bytes/s, BERTH_BODY_THREADS, BERTH_BODY_PER_CLIENT): tests use short ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 import queue
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, fields
+from typing import Any, Generic, TypeVar
 
 import anyio.to_thread
-from starlette.requests import Request
+from anyio import CapacityLimiter
+from starlette.requests import ClientDisconnect, Request
+
+from . import errors
+
+log = logging.getLogger("berth.http")
 
 T = TypeVar("T")
 QUEUE_CHUNKS = 16  # PERF-NOTES: ~16 chunks in flight kept the hashing thread busy without growing memory
+RETRY_AFTER = 5  # seconds a client over its cap is asked to wait: a layer upload on a good link ends within that
 _END = object()
+_WAKE = object()  # wakes a worker waiting for a chunk so that it sees the body was aborted
+
+
+@dataclass(frozen=True, slots=True)
+class BodyLimits:
+    # Apache mod_reqtimeout's default `body=20,MinRate=500` (httpd 2.4.39+): 20 s to get going, then 1 s more per
+    # 500 bytes received (a client must keep up 500 bytes/s on average).
+    grace: float = 20.0
+    min_rate: float = 500.0
+    # nginx's client_body_timeout (and Apache's Timeout): 60 s between two successive reads of the body.
+    idle: float = 60.0
+    # Threads hashing and writing bodies, per process: beside anyio's default limiter of 40 (stat, open, manifest
+    # PUT), so that bodies never take those. Two cores keep ~2 threads busy; the rest absorb disk and network waits.
+    threads: int = 32
+    # Bodies one client may stream at once, per process: above the parallel layer uploads of the usual clients
+    # (docker's max-concurrent-uploads is 5, containers/image copies 6 layers at a time).
+    per_client: int = 8
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> BodyLimits:
+        values: dict[str, float | int] = {}
+        for field in fields(cls):
+            key = f"BERTH_BODY_{field.name.upper()}"
+            text = env.get(key)
+            if text is None:
+                continue
+            kind = int if field.type in (int, "int") else float
+            try:
+                value = kind(text)
+            except ValueError:
+                value = 0
+            if not value > 0:
+                raise ValueError(f"{key} must be a positive {kind.__name__}, got {text!r}")
+            values[field.name] = value
+        return cls(**values)  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        return (f"a request body must start within {self.grace:g} s, then arrive at {self.min_rate:g} bytes/s on "
+                f"average, with at most {self.idle:g} s between reads")
+
+
+LIMITS = BodyLimits.from_env(os.environ)  # read when the app is imported, in the server process
 
 
 class BodyTooLarge(Exception):
@@ -28,82 +104,273 @@ class BodyTooLarge(Exception):
         self.limit = limit
 
 
-async def stream_body(request: Request, consume: Callable[[Iterator[bytes]], T]) -> T:
-    """Run `consume(chunks)` in a worker thread while the body arrives; return its result (or raise its error)."""
+class BodyStalled(errors.ProtocolError):
+    """The body broke the minimum-rate rule. The connection is closed: the rest of the body would follow."""
+
+    def __init__(self, code: str, pace: BodyPace, idle: bool) -> None:
+        what = (f"nothing arrived for {pace.limits.idle:g} s after {pace.received} bytes" if idle
+                else f"{pace.received} bytes in {pace.waited:.1f} s")
+        super().__init__(408, code, f"the request body stalled ({what}); {pace.limits.describe()}",
+                         headers={"Connection": "close"})
+
+
+class TooManyBodies(errors.ProtocolError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(429, "TOOMANYREQUESTS", f"this client already has {limit} request bodies streaming, the "
+                                                 "most allowed at once; retry when one has ended",
+                         headers={"Retry-After": str(RETRY_AFTER), "Connection": "close"})
+
+
+class BodyPace:
+    """The rule's account of one body: how long the next receive may wait."""
+
+    __slots__ = ("limits", "received", "waited")
+
+    def __init__(self, limits: BodyLimits) -> None:
+        self.limits = limits
+        self.received = 0  # bytes so far
+        self.waited = 0.0  # seconds spent waiting for them
+
+    def allowance(self) -> float:
+        """Seconds the next receive may wait; <= 0 when the body is already behind the rule."""
+        limits = self.limits
+        return min(limits.idle, limits.grace + self.received / limits.min_rate - self.waited)
+
+    def record(self, waited: float, received: int) -> None:
+        self.waited += waited
+        self.received += received
+
+
+class _Stopwatch:
+    """The rule's timer for one body: one timer handle, re-armed only when it fires. Deadlines never move earlier
+    (each receive's deadline is at or after the previous one), so a timer that fires early just re-arms; when it
+    fires at the deadline of a receive still waiting, it cancels the task. (An asyncio.timeout around each receive
+    cost ~13 us per chunk here, a few % of an upload's receive cost; this costs ~1 us.)"""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
+        self.deadline: float | None = None  # while a receive waits: when it breaks the rule
+        self.timer: asyncio.TimerHandle | None = None
+        self.armed = 0.0  # when the timer fires
+        self.expired = False  # the timer cancelled the task
+
+    def waiting_until(self, deadline: float) -> None:
+        self.deadline = deadline
+        if self.timer is None:
+            self._arm(deadline)
+
+    def done_waiting(self) -> None:
+        self.deadline = None
+
+    def _arm(self, when: float) -> None:
+        self.armed = when
+        self.timer = self.loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self.timer = None
+        if self.deadline is None:
+            return  # not waiting for the network (the worker is behind): the next receive arms it again
+        if self.deadline <= self.armed:
+            self.expired = True
+            self.task.cancel()
+        else:
+            self._arm(self.deadline)
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+
+async def _chunks(request: Request, limits: BodyLimits, code: str) -> AsyncGenerator[bytes, None]:
+    """The body's chunks as they arrive. BodyStalled when it breaks the rule, ClientDisconnect when the client hangs
+    up. The time waited for each receive is measured, and the rule enforced, on the event loop, never in a thread."""
     loop = asyncio.get_running_loop()
-    chunks: queue.Queue[object] = queue.Queue(maxsize=QUEUE_CHUNKS)
-    space = asyncio.Event()
-    finished = False
-
-    def taken() -> None:
-        space.set()
-
-    def iterate() -> Iterator[bytes]:
+    pace = BodyPace(limits)
+    watch = _Stopwatch()
+    receive = request.receive
+    try:
         while True:
-            item = chunks.get()
-            loop.call_soon_threadsafe(taken)
+            allowance = pace.allowance()
+            started = loop.time()
+            try:
+                if allowance <= 0:
+                    raise TimeoutError
+                watch.waiting_until(started + allowance)
+                try:
+                    message = await receive()
+                finally:
+                    watch.done_waiting()
+            except (TimeoutError, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and not (watch.expired and watch.task.uncancel() == 0):
+                    raise  # another cancellation (the server stopping), not the rule's
+                pace.record(loop.time() - started, 0)
+                client = request.client.host if request.client else "?"
+                log.warning("cut off a stalled request body from %s on %s %s after %d bytes", client, request.method,
+                            request.url.path, pace.received)
+                raise BodyStalled(code, pace, idle=allowance >= limits.idle) from None
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnect()
+            body: bytes = message.get("body", b"")
+            pace.record(loop.time() - started, len(body))
+            if body:
+                yield body
+            if not message.get("more_body", False):
+                return
+    finally:
+        watch.stop()
+
+
+class ClientBodies:
+    """How many bodies each client is streaming in this process; `admit` refuses one over the cap."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, str], int] = {}
+
+    @contextlib.contextmanager
+    def admit(self, client: tuple[str, str], limit: int) -> Iterator[None]:
+        count = self._open.get(client, 0)
+        if count >= limit:
+            raise TooManyBodies(limit)
+        self._open[client] = count + 1
+        try:
+            yield
+        finally:
+            left = self._open[client] - 1
+            if left:
+                self._open[client] = left
+            else:
+                del self._open[client]
+
+
+_streaming = ClientBodies()
+_limiter: tuple[asyncio.AbstractEventLoop, CapacityLimiter] | None = None
+
+
+def _body_threads(limits: BodyLimits) -> CapacityLimiter:
+    """The limiter for body workers, one per event loop (a limiter belongs to the loop it was made on)."""
+    global _limiter
+    loop = asyncio.get_running_loop()
+    if _limiter is None or _limiter[0] is not loop:
+        _limiter = loop, CapacityLimiter(limits.threads)
+    return _limiter[1]
+
+
+class _Handoff(Generic[T]):
+    """One body's chunks, handed from the event loop to the worker thread that runs `consume` on them."""
+
+    def __init__(self, consume: Callable[[Iterator[bytes]], T], limiter: CapacityLimiter) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.consume = consume
+        self.limiter = limiter
+        self.chunks: queue.Queue[object] = queue.Queue(maxsize=QUEUE_CHUNKS)
+        self.space = asyncio.Event()
+        self.worker: asyncio.Future[T] | None = None
+        self.running = False  # the worker thread has begun
+        self.finished = False  # ... and has returned or raised
+        self.abort: BaseException | None = None  # set on the loop before the worker is woken to see it
+
+    def _taken(self) -> None:
+        self.space.set()
+
+    def _iterate(self) -> Iterator[bytes]:
+        while True:
+            item = self.chunks.get()
+            self.loop.call_soon_threadsafe(self._taken)
+            if self.abort is not None:
+                raise self.abort
             if item is _END:
                 return
-            if isinstance(item, BaseException):
-                raise item
             assert isinstance(item, bytes)
             yield item
 
-    def run() -> T:
-        nonlocal finished
+    def _run(self) -> T:
+        self.running = True
         try:
-            return consume(iterate())
+            if self.abort is not None:
+                raise self.abort
+            return self.consume(self._iterate())
         finally:
-            finished = True
-            loop.call_soon_threadsafe(taken)
+            self.finished = True
+            self.loop.call_soon_threadsafe(self._taken)
 
-    worker = asyncio.ensure_future(anyio.to_thread.run_sync(run))
+    def start(self) -> asyncio.Future[T]:
+        if self.worker is None:
+            self.worker = asyncio.ensure_future(anyio.to_thread.run_sync(self._run, limiter=self.limiter))
+        return self.worker
 
-    async def put(item: object) -> None:
-        while not finished:
+    async def put(self, item: object) -> None:
+        while not self.finished:
             try:
-                chunks.put_nowait(item)
+                self.chunks.put_nowait(item)
                 return
             except queue.Full:
-                space.clear()
-                if chunks.full() and not finished:
-                    await space.wait()
+                self.start()  # a full queue is work for the worker: only now does the body take a thread
+                self.space.clear()
+                if self.chunks.full() and not self.finished:
+                    await self.space.wait()
 
-    end: object = _END
-    try:
-        async for chunk in request.stream():
-            if finished:
-                break
-            if chunk:
-                await put(chunk)
-    except BaseException as exc:  # the client hung up (ClientDisconnect) or the server is stopping
-        end = exc
-        await put(ConnectionAbortedError(f"the request body ended early: {exc!r}"))
+    async def result(self) -> T:
+        await self.put(_END)
+        return await self.start()
+
+    async def abandon(self, reason: BaseException) -> None:
+        """The body ended early: the worker's iterator raises `reason`, so cas cuts off what it wrote. A worker still
+        waiting for a thread never starts; one running is waited for (the cas call must be over before the answer)."""
+        self.abort = reason
+        with contextlib.suppress(queue.Full):  # full: the worker is not waiting, its next chunk shows the abort
+            self.chunks.put_nowait(_WAKE)
+        if self.worker is None:
+            return
+        if not self.running:
+            self.worker.cancel()
+        with contextlib.suppress(Exception, asyncio.CancelledError):  # the request failed for `reason`, not this
+            await self.worker
+
+
+async def stream_body(request: Request, consume: Callable[[Iterator[bytes]], T], subject: str | None = None, *,
+                      code: str = "BLOB_UPLOAD_INVALID", limits: BodyLimits | None = None) -> T:
+    """Run `consume(chunks)` in a worker thread while the body arrives; return its result (or raise its error).
+    `subject` is the caller's (None when anonymous: the client's address counts instead) for the per-client cap."""
+    limits = limits or LIMITS
+    client = ("subject", subject) if subject else ("address", request.client.host if request.client else "")
+    with _streaming.admit(client, limits.per_client):
+        handoff = _Handoff(consume, _body_threads(limits))
         try:
-            await worker
-        finally:
-            raise end
-    await put(end)
-    return await worker
+            async with contextlib.aclosing(_chunks(request, limits, code)) as chunks:
+                async for chunk in chunks:
+                    if handoff.finished:
+                        break
+                    await handoff.put(chunk)
+        except BaseException as exc:  # hung up (ClientDisconnect), stalled (BodyStalled), or the server is stopping
+            await handoff.abandon(ConnectionAbortedError(f"the request body ended early: {exc!r}"))
+            raise
+        return await handoff.result()
 
 
 DRAIN_MAX = 64 << 20  # an oversized body up to this size is read and dropped, so the client gets to read the 413
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, *, code: str = "MANIFEST_INVALID",
+                    limits: BodyLimits | None = None) -> bytes:
     """The whole body, or BodyTooLarge when it exceeds `limit`. The excess is drained (up to DRAIN_MAX) before the
-    error is answered: a client still sending would otherwise see a reset connection instead of the error."""
+    error is answered: a client still sending would otherwise see a reset connection instead of the error. Read on
+    the event loop under the rule; `code` is the OCI error of a stalled body (its one caller reads manifests)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isascii() and declared.isdigit() and (  # ASCII: isdigit takes '²'
             len(declared) > 19 or int(declared) > max(limit, DRAIN_MAX)):
         raise BodyTooLarge(limit)
     parts, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > DRAIN_MAX:
-            break
-        if total <= limit:
-            parts.append(chunk)
+    async with contextlib.aclosing(_chunks(request, limits or LIMITS, code)) as chunks:
+        async for chunk in chunks:
+            total += len(chunk)
+            if total > DRAIN_MAX:
+                break
+            if total <= limit:
+                parts.append(chunk)
     if total > limit:
         raise BodyTooLarge(limit)
     return b"".join(parts)
