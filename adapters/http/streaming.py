@@ -408,8 +408,9 @@ class CloseAfterUnreadBody:
 
         async def guarded(message: Message) -> None:
             if message["type"] == "http.response.start" and not read_all:
-                message = dict(message)
-                message["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
+                headers = list(message.get("headers", ()))
+                if not any(key.lower() == b"connection" for key, _ in headers):  # the 408/429 say it already
+                    message = dict(message, headers=[*headers, (b"connection", b"close")])
             await send(message)
 
         await self.app(scope, tracked, guarded)

@@ -61,7 +61,10 @@ def test_copy_between_repositories_mounts_the_layers(server: Server, skopeo: Run
     lines = [line for line in server.log_text().splitlines() if "/v2/syn456/to/blobs/uploads/" in line]
     mounted = [line for line in lines if '"POST ' in line and '" 201 ' in line]  # 201 on POST: only a mount
     uploaded = [line for line in lines if '"PATCH ' in line]
-    assert (len(mounted), len(uploaded)) == (2, 1), lines  # both layers mounted; c/image never mounts a config
+    # Both layers mounted, the config uploaded (c/image never mounts a config). c/image mounts only what its blob-info
+    # cache says is in `from`, and that cache drops a record when its BoltDB lock times out (seen on a loaded machine:
+    # one layer was never asked to be mounted, and was uploaded): at least one mount, and every blob arrived once.
+    assert len(mounted) >= 1 and len(mounted) + len(uploaded) == 3, lines
     skopeo("copy", "--src-tls-verify=false", f"{target}:v1", f"oci:{tmp_path / 'back'}:v1")
     assert same_blobs(tmp_path / "img", tmp_path / "back") == 4
 
