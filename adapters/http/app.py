@@ -421,6 +421,8 @@ def error_response(request: Request, exc: BaseException) -> Response:
         (status, code), message = found, errors.message(exc)
         if status == 507:
             log.error("storage full on %s %s: %s", request.method, request.url.path, exc)
+        elif errors.read_only(exc):
+            log.error("storage read-only on %s %s: %s", request.method, request.url.path, exc)
     headers = dict(exc.headers) if isinstance(exc, errors.ProtocolError) else {}
     headers[API_VERSION[0]] = API_VERSION[1]
     detail = getattr(exc, "detail", None)
