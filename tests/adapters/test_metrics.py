@@ -5,9 +5,12 @@ root, and root ignores file permissions)."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.exposure import multiproc_dir
+from adapters.http.metrics import FLUSH_S
 from tests.interop.conftest import Run, client_env, skopeo  # noqa: F401  (fixtures)
 from tests.interop.images import write_layout
 from tests.serving import Server, free_port, start_server
@@ -25,6 +29,8 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def scrape(url: str) -> tuple[str, Samples]:
+    """The exposition, once every worker's counts have reached it (each worker flushes within FLUSH_S)."""
+    time.sleep(FLUSH_S + 0.3)
     answer = httpx.get(url, timeout=30)
     assert answer.status_code == 200, answer.text
     samples: Samples = {}
@@ -105,7 +111,7 @@ def test_a_push_and_a_pull_are_counted_across_both_workers(server: Server, skope
 
 def test_the_exposition_names_no_repository_or_digest(server: Server) -> None:
     blob = b"x" * 300
-    digest = "sha256:" + __import__("hashlib").sha256(blob).hexdigest()
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
     with httpx.Client(base_url=server.url, timeout=10) as http:
         assert http.post("/v2/syn9/secret-name/blobs/uploads/", params={"digest": digest},
                          content=blob).status_code == 201
@@ -173,7 +179,7 @@ def _ready(url: str, expected: int) -> httpx.Response:
         answer = httpx.get(f"{url}/readyz", timeout=10)
         if answer.status_code == expected:
             return answer
-        __import__("time").sleep(0.1)
+        time.sleep(0.1)
     raise AssertionError(f"/readyz answered {answer.status_code} {answer.text}, not {expected}")
 
 
@@ -191,7 +197,7 @@ def test_readiness_follows_a_read_only_data_directory(remountable: Path) -> None
                     assert answer.json() == {"status": "not-ready", "reason": "store-read-only"}
                     assert fresh.get(f"{running.url}/healthz").status_code == 200  # alive all the same
             blob = b"y" * 2000
-            digest = "sha256:" + __import__("hashlib").sha256(blob).hexdigest()
+            digest = "sha256:" + hashlib.sha256(blob).hexdigest()
             refused = httpx.post(f"{running.url}/v2/syn1/ro/blobs/uploads/", params={"digest": digest},
                                  content=blob, timeout=10)
             assert refused.status_code == 503, refused.text  # the store really cannot be written
@@ -205,3 +211,24 @@ def test_readiness_follows_a_read_only_data_directory(remountable: Path) -> None
     finally:
         running.stop()
     assert "Traceback" not in running.log_text()
+
+
+@pytest.mark.parametrize(("client", "public", "status"), [
+    ("203.0.113.9", False, 404), ("10.1.2.3", False, 404), ("::1", False, 200), ("127.0.0.1", False, 200),
+    ("203.0.113.9", True, 200)])
+def test_who_may_read_metrics_on_the_registry_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, client: str,
+                                                   public: bool, status: int) -> None:
+    """The rule in-process (a real server listens on loopback only here): a remote peer gets 404 unless public."""
+    from adapters.http import create_app
+    from registry_core.registry import Registry
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    with Registry.open(tmp_path / "data") as registry:
+        app = create_app(registry, policy="open", metrics="port", metrics_public=public)
+        transport = httpx.ASGITransport(app=app, client=(client, 5000))
+
+        async def get() -> int:
+            async with httpx.AsyncClient(transport=transport, base_url="http://registry") as http:
+                return (await http.get("/metrics")).status_code
+
+        assert asyncio.run(get()) == status
