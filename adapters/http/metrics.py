@@ -107,13 +107,17 @@ def count_safely(action: Callable[[], object]) -> None:
 
 # -- what the store holds, read at scrape time ------------------------------------------------------------------------
 class StoreCollector(Collector):
-    """Gauges of the store. The counts the index keeps (open uploads, blob records) are read at every scrape (O(1));
-    the sizes need a walk over every blob record (O(n)), kept for `ttl` seconds."""
+    """Gauges of the store. What the index counts for us (open upload sessions, its size) is read at every scrape
+    (O(1)); the blobs' number and sizes need a walk over every blob record (O(n)), so a walk is reused for 20 times
+    as long as it took (at least a second): however large the store, walking takes at most 5 % of a scraping
+    worker's time, and a small store's gauges are current."""
 
-    def __init__(self, store: Callable[[], BlobStore], ttl: float = 30.0) -> None:
+    REUSE = 20.0
+    MIN_AGE = 1.0
+
+    def __init__(self, store: Callable[[], BlobStore]) -> None:
         self.store = store
-        self.ttl = ttl
-        self._walked: tuple[float, dict[str, float]] | None = None
+        self._walked: tuple[float, dict[str, float]] | None = None  # when it may be walked again, what was found
 
     def _walk(self, store: BlobStore) -> dict[str, float]:
         found = {"files": 0.0, "file_bytes": 0.0, "inline": 0.0, "inline_bytes": 0.0, "waiting": 0.0,
@@ -135,16 +139,18 @@ class StoreCollector(Collector):
         try:
             store = self.store()
             now = time.monotonic()
-            if self._walked is None or now - self._walked[0] > self.ttl:
-                self._walked = (now, self._walk(store))
+            if self._walked is None or now >= self._walked[0]:
+                found = self._walk(store)
+                took = time.monotonic() - now
+                self._walked = (now + max(self.MIN_AGE, self.REUSE * took), found)
             walked = self._walked[1]
             open_uploads = store.index.entries(store.tables.uploads)
             used, mapped = store.index.used_bytes(), store.index.map_size
         except Exception:  # a store that cannot be read shows as missing gauges (and /readyz says why)
             log.warning("store metrics could not be read", exc_info=True)
             return
-        blobs = GaugeMetricFamily("berth_store_blobs", "Blobs stored, in files or inline in the index "
-                                  f"(sizes refreshed every {self.ttl:.0f} s)", labels=["where"])
+        blobs = GaugeMetricFamily("berth_store_blobs", "Blobs stored, in files or inline in the index",
+                                  labels=["where"])
         blobs.add_metric(["files"], walked["files"])
         blobs.add_metric(["inline"], walked["inline"])
         size = GaugeMetricFamily("berth_store_bytes", "Bytes of the blobs stored, in files or inline",
