@@ -482,7 +482,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
          f"{args.workers} worker(s); policy {args.policy}: {POLICIES.get(args.policy, 'a policy of your own')}")
     from adapters.exposure import prepare_serving  # sets PROMETHEUS_MULTIPROC_DIR before the app imports
 
-    metrics = prepare_serving(args.data, where, enabled=args.metrics, public=args.metrics_public,
+    metrics = prepare_serving(args.data, where, enabled=args.metrics or args.metrics_public, public=args.metrics_public,
                               metrics_listen=args.metrics_listen)
     if metrics:
         _say(f"berth: {metrics}; health at /healthz and /readyz")
@@ -550,7 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--metrics", action="store_true", help="count requests, uploads, tokens... for Prometheus: GET "
                    "/metrics on this port, for loopback clients only (see --metrics-public, --metrics-listen)")
-    p.add_argument("--metrics-public", action="store_true", help="with --metrics: /metrics for every client")
+    p.add_argument("--metrics-public", action="store_true",
+                   help="/metrics on this port for every client (implies --metrics)")
     p.add_argument("--metrics-listen", type=_listen, default=None, metavar="HOST:PORT",
                    help="serve /metrics on a port of its own instead, to every client that reaches it (implies "
                         "--metrics)")
