@@ -127,9 +127,9 @@ class StoreCollector(Collector):
                 record = BlobRecord.unpack(raw)
                 if record.state not in STORED_STATES:
                     continue
-                where = "inline" if record.state == STATE_INLINE else "files"
-                found[where] += 1
-                found[where + "_bytes" if where == "inline" else "file_bytes"] += record.size
+                inline = record.state == STATE_INLINE
+                found["inline" if inline else "files"] += 1
+                found["inline_bytes" if inline else "file_bytes"] += record.size
                 if record.refcount == 0:
                     found["waiting"] += 1
                     found["waiting_bytes"] += record.size
