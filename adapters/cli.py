@@ -460,6 +460,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, port = args.listen
     where = _address(host, port)
     refuse_busy_port(host, port)  # before the data directory is created: a busy port leaves no trace
+    if args.metrics_listen:
+        refuse_busy_port(*args.metrics_listen)
     # Create (or check) the data directory once, before the workers fork: each opens it again for itself.
     with Registry.open(args.data) as registry:
         try:
@@ -478,6 +480,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     public = f" (clients reach it as {args.public_url})" if args.public_url else ""
     _say(f"berth: serving http://{where}/{public} (the registry API at /v2/) from {os.environ['BERTH_DATA']}, "
          f"{args.workers} worker(s); policy {args.policy}: {POLICIES.get(args.policy, 'a policy of your own')}")
+    from adapters.exposure import prepare_serving  # sets PROMETHEUS_MULTIPROC_DIR before the app imports
+
+    metrics = prepare_serving(args.data, where, enabled=args.metrics or args.metrics_public, public=args.metrics_public,
+                              metrics_listen=args.metrics_listen)
+    if metrics:
+        _say(f"berth: {metrics}; health at /healthz and /readyz")
     _lean_memory()
     # granian: the lowest CPU per request and per uploaded GiB measured here (see README, "Why granian").
     # Never task_impl=rust: it breaks anyio.to_thread (PERF-NOTES).
@@ -540,6 +548,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-manifest", type=_positive, default=DEFAULT_MAX_MANIFEST, metavar="BYTES",
                    help="largest manifest accepted (default: %(default)s; the spec requires at least 4 MiB)")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--metrics", action="store_true", help="count requests, uploads, tokens... for Prometheus: GET "
+                   "/metrics on this port, for loopback clients only (see --metrics-public, --metrics-listen)")
+    p.add_argument("--metrics-public", action="store_true",
+                   help="/metrics on this port for every client (implies --metrics)")
+    p.add_argument("--metrics-listen", type=_listen, default=None, metavar="HOST:PORT",
+                   help="serve /metrics on a port of its own instead, to every client that reaches it (implies "
+                        "--metrics)")
     p.add_argument("--public-url", default=os.environ.get("BERTH_PUBLIC_URL"), metavar="URL",
                    help="how clients reach the registry, e.g. https://registry.example.org (behind a TLS proxy); "
                         "the token realm names it (default: the request's Host)")

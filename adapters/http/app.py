@@ -36,7 +36,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from cas import BlobReader, Digest, InvalidRange, OffsetMismatch, UploadStatus
+from cas import BlobReader, BlobStore, Digest, InvalidRange, OffsetMismatch, UploadStatus
 from registry_core.errors import ManifestTooLarge
 from registry_core.manifests import DEFAULT_MAX_MANIFEST, OCI_INDEX
 from registry_core.names import RepositoryName
@@ -45,8 +45,20 @@ from registry_core.referrers import referrers_index
 from registry_core.registry import Registry, RegistryConfig
 from registry_core.tokens import LEEWAY
 
+from ..exposure import EXPOSE_ENV, PUBLIC_ENV
 from . import errors
 from .auth import Auth, Caller, Unauthorized
+from .health import Readiness
+from .metrics import (
+    GC_PASSES,
+    MANIFESTS_WRITTEN,
+    TAGS_WRITTEN,
+    UPLOADS_FAILED,
+    UPLOADS_FINISHED,
+    UPLOADS_STARTED,
+    Observed,
+    count_safely,
+)
 from .streaming import ASGIApp, BodyTooLarge, CloseAfterUnreadBody, read_body, stream_body
 
 log = logging.getLogger("berth.http")
@@ -231,10 +243,13 @@ class RegistryApi:
         elif "digest" in query:
             digest = _query_digest(request, "digest")
             _, length = _content_range(request)
-            info = await stream_body(request, partial(self.registry.ingest_blob, name, digest=digest, size=length),
-                                     caller.subject)
+            count_safely(UPLOADS_STARTED.inc)
+            with _upload_outcome():
+                info = await stream_body(request, partial(self.registry.ingest_blob, name, digest=digest,
+                                                          size=length), caller.subject)
             return _created(f"/v2/{name}/blobs/{info.digest}", info.digest)
         status = await anyio.to_thread.run_sync(self.registry.start_upload, name, caller.subject)
+        count_safely(UPLOADS_STARTED.inc)
         return _response(202, headers=_upload_headers(name, status) | {"OCI-Chunk-Min-Length": CHUNK_MIN})
 
     async def upload_status(self, request: Request, name: str, session_id: str, caller: Caller) -> Response:
@@ -257,13 +272,15 @@ class RegistryApi:
     async def finish_upload(self, request: Request, name: str, session_id: str, caller: Caller) -> Response:
         digest = _query_digest(request, "digest")
         offset, length = _content_range(request)
-        info = await stream_body(
-            request, lambda chunks: self.registry.finish_upload(name, session_id, digest, chunks, offset, length,
-                                                                caller.subject), caller.subject)
+        with _upload_outcome():
+            info = await stream_body(
+                request, lambda chunks: self.registry.finish_upload(name, session_id, digest, chunks, offset, length,
+                                                                    caller.subject), caller.subject)
         return _created(f"/v2/{name}/blobs/{info.digest}", info.digest)
 
     async def cancel_upload(self, request: Request, name: str, session_id: str, caller: Caller) -> Response:
         await anyio.to_thread.run_sync(self.registry.cancel_upload, name, session_id, caller.subject)
+        count_safely(UPLOADS_FAILED.labels("cancelled").inc)
         return _response(204)
 
     # -- manifests ------------------------------------------------------------------------------------------------
@@ -284,6 +301,9 @@ class RegistryApi:
             raise ManifestTooLarge(int(request.headers.get("content-length") or limit + 1), limit) from None
         result = await anyio.to_thread.run_sync(
             self.registry.put_manifest, name, reference, body, request.headers.get("content-type"), caller.subject)
+        count_safely(MANIFESTS_WRITTEN.inc)
+        if ":" not in reference:  # a tag (a digest always has its algorithm before a colon)
+            count_safely(TAGS_WRITTEN.inc)
         headers = {"Location": f"/v2/{name}/manifests/{result.digest}", "Docker-Content-Digest": str(result.digest)}
         if result.subject is not None:
             headers["OCI-Subject"] = str(result.subject)
@@ -318,6 +338,18 @@ class RegistryApi:
         return _response(200, referrers_index(found), OCI_INDEX, headers)
 
 
+@contextlib.contextmanager
+def _upload_outcome() -> Iterator[None]:
+    """Count the end of an upload that stores a blob: finished, or failed (refused: bad digest or size, body cut
+    off, no space). An upload the client gave up on in the middle is not seen here; it expires."""
+    try:
+        yield
+    except Exception:
+        count_safely(UPLOADS_FAILED.labels("refused").inc)
+        raise
+    count_safely(UPLOADS_FINISHED.inc)
+
+
 UPLOAD_REAP_INTERVAL = 15 * 60.0  # seconds between passes over idle upload sessions (their TTL is a day)
 
 
@@ -332,6 +364,9 @@ async def _reap_uploads(registry: Registry) -> None:
         except Exception:  # a failed pass is retried next time; it must never stop the server
             log.exception("reaping idle upload sessions failed")
             continue
+        count_safely(GC_PASSES.labels("uploads").inc)
+        if removed:  # idle sessions (and partial files left without one)
+            count_safely(partial(UPLOADS_FAILED.labels("expired").inc, removed))
         if removed:
             log.info("reaped %d idle upload session(s)", removed)
 
@@ -386,6 +421,8 @@ def error_response(request: Request, exc: BaseException) -> Response:
         (status, code), message = found, errors.message(exc)
         if status == 507:
             log.error("storage full on %s %s: %s", request.method, request.url.path, exc)
+        elif errors.read_only(exc):
+            log.error("storage read-only on %s %s: %s", request.method, request.url.path, exc)
     headers = dict(exc.headers) if isinstance(exc, errors.ProtocolError) else {}
     headers[API_VERSION[0]] = API_VERSION[1]
     detail = getattr(exc, "detail", None)
@@ -425,12 +462,14 @@ def challenge_scope(kind: str, method: str, name: str, mount_from: str | None = 
 
 def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
                service: str = "berth", public_url: str | None = None,
-               forwarded_header: str | None = None) -> ManifestFastPath:
+               forwarded_header: str | None = None, metrics: str | None = None,
+               metrics_public: bool = False) -> Observed:
     """The ASGI app. Pass a Registry, or a callable that opens one when the app starts (after a server forked its
     workers: py-lmdb refuses an environment inherited across fork). `policy` is a built-in policy name or
     `module:callable` (see registry_core/policy.py). `public_url` is how clients reach the registry (the token
     realm names it; default: the request's own Host when it is a plain host:port); `forwarded_header` names the
-    header a trusted proxy puts the client's address in (unset: the peer's address counts)."""
+    header a trusted proxy puts the client's address in (unset: the peer's address counts). `metrics`: None (not
+    counted), "port" (counted, /metrics served here) or "listen" (counted, served elsewhere); see metrics.py."""
     holder: dict[str, RegistryApi] = {}
     opened_here: list[Registry] = []
 
@@ -505,7 +544,19 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
     app = Starlette(routes=[Route("/v2/", base, methods=["GET", "HEAD"]),
                             Route("/v2/{path:path}", dispatch, methods=methods),
                             Route("/token", token, methods=["GET", "POST"])], lifespan=lifespan)
-    return ManifestFastPath(CloseAfterUnreadBody(app), api)
+    def opened() -> tuple[BlobStore, bool]:
+        current = api()
+        return current.registry.store, not current.auth.login or current.auth.tokens is not None
+
+    return Observed(ManifestFastPath(CloseAfterUnreadBody(app), api), endpoint_kind, Readiness(opened),
+                    lambda: api().registry.store, expose=metrics, public=metrics_public)
+
+
+def endpoint_kind(path: str) -> str:
+    """The endpoint a request path is for, as a metric label: one of ROUTES' kinds, base, token or other."""
+    if path.startswith("/v2/"):
+        return _route(path[4:])[0] or ("base" if path == "/v2/" else "other")
+    return "token" if path == "/token" else "other"
 
 
 class ManifestFastPath:
@@ -552,7 +603,7 @@ class ManifestFastPath:
                 (b"docker-distribution-api-version", b"registry/2.0")], found.body
 
 
-def app_from_env() -> ManifestFastPath:
+def app_from_env() -> Observed:
     """The factory `berth serve` gives the ASGI server: settings come from the environment (BERTH_*), so that every
     worker process opens its own Registry after the fork."""
     data = os.environ.get("BERTH_DATA", "./berth-data")
@@ -560,4 +611,5 @@ def app_from_env() -> ManifestFastPath:
     return create_app(lambda: Registry.open(data, RegistryConfig(max_manifest=max_manifest)),
                       policy=os.environ.get("BERTH_POLICY", "open"), service=os.environ.get("BERTH_SERVICE", "berth"),
                       public_url=os.environ.get("BERTH_PUBLIC_URL") or None,
-                      forwarded_header=os.environ.get("BERTH_FORWARDED_HEADER") or None)
+                      forwarded_header=os.environ.get("BERTH_FORWARDED_HEADER") or None,
+                      metrics=os.environ.get(EXPOSE_ENV) or None, metrics_public=bool(os.environ.get(PUBLIC_ENV)))

@@ -31,6 +31,7 @@ from registry_core.registry import Registry
 from registry_core.tokens import Claims, InvalidToken, Scope, TokenService
 
 from . import errors
+from .metrics import TOKEN_REFUSALS, TOKENS_ISSUED, count_safely
 from .streaming import BodyTooLarge, read_body
 
 log = logging.getLogger("berth.auth")
@@ -227,6 +228,18 @@ class Auth:
 
     # -- the token endpoint ---------------------------------------------------------------------------------------
     async def token_endpoint(self, request: Request) -> Response:
+        said = ["anonymous"]
+        answer = await self._token_endpoint(request, said)
+        if answer.status_code == 200:
+            count_safely(TOKENS_ISSUED.labels(said[0]).inc)
+        else:
+            reason = said[0] if said[0] == "too_many_scopes" else _REFUSALS.get(answer.status_code, "bad_request")
+            count_safely(TOKEN_REFUSALS.labels(reason).inc)
+        return answer
+
+    async def _token_endpoint(self, request: Request, said: list[str]) -> Response:
+        """The token endpoint; `said[0]` is left saying how the caller logged in (or too_many_scopes), for the
+        metrics."""
         if self.tokens is None:
             return JSONResponse({"errors": [{"code": "UNSUPPORTED", "message": "this registry needs no login"}]}, 404)
         source = self.source(request)
@@ -247,6 +260,8 @@ class Auth:
             grant_type = field("grant_type")
             scopes = [s for s in field("scope").split(" ") if s]
             offline = field("access_type") == "offline"
+            if grant_type in ("password", "refresh_token"):
+                said[0] = grant_type
             if grant_type == "password":
                 identity, why = self.accounts.login(field("password"))
                 failed = identity is None
@@ -261,6 +276,7 @@ class Auth:
             offline = request.query_params.get("offline_token", "").lower() == "true"
             header = request.headers.get("authorization")
             if header is not None:
+                said[0] = "password"
                 password = _basic_password(header)
                 identity, why = self.accounts.login(password) if password is not None else (
                     None, "malformed Authorization header: expected Basic credentials")
@@ -275,6 +291,7 @@ class Auth:
             log.info("login refused from %s: %s", source, why)
             return _error(401, "UNAUTHORIZED", f"invalid credentials: {why}")
         if len(scopes) > SCOPES_MAX:
+            said[0] = "too_many_scopes"
             return _error(400, "UNSUPPORTED", f"a token request may ask for at most {SCOPES_MAX} scopes, "
                                               f"got {len(scopes)}")
 
@@ -303,6 +320,12 @@ class Auth:
         record = self.accounts.token(token_id)
         identity = self.accounts.identity_for(record) if record is not None else None
         return identity if identity is not None and identity.user == subject else None
+
+
+# A refused token request's metric reason, by its status: 401 bad credentials, 429 throttled (too many failed
+# logins from the address), 404 no login under this policy, 413 a form too large; 400 says the request was malformed
+# or asked for too many scopes (told apart where it is answered).
+_REFUSALS = {401: "bad_credentials", 429: "throttled", 404: "no_login", 413: "too_large", 400: "bad_request"}
 
 
 def _basic_password(header: str) -> str | None:
