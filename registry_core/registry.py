@@ -39,6 +39,7 @@ from .errors import (
     RegistryError,
     TooManyUploads,
 )
+from .events import Outbox
 from .manifests import DEFAULT_MAX_MANIFEST, InvalidManifest, Manifest, accepts, parse
 from .names import InvalidReference, RepositoryName, parse_reference
 from .referrers import ReferrerIndex
@@ -94,6 +95,7 @@ class Registry:
         self._t = _Tables(tables["repos"], tables["links"], tables["manifests"], tables["uploading"])
         self.tags = TagIndex(tables["tags"], tables["tagged"], tables["history"])
         self.referrers = ReferrerIndex(tables["referrers"])
+        self.outbox = Outbox(store)  # events.py: its tables, and every change's event in the change's transaction
 
     @classmethod
     def open(cls, root: str | os.PathLike[str], config: RegistryConfig | None = None) -> Registry:
