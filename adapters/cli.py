@@ -25,10 +25,12 @@ from cas import BlobStore, CasError, Digest, check
 from cas.gc import utc
 from registry_core.accounts import Accounts, PersonalToken, User
 from registry_core.errors import RegistryError
+from registry_core.events import EVENT_TYPES
 from registry_core.manifests import DEFAULT_MAX_MANIFEST
 from registry_core.policy import BUILT_IN, load_policy
 from registry_core.projects import IGNORED, INHERITED, LEVELS, LOCAL, OWNER, Projects
 from registry_core.registry import Registry
+from registry_core.webhooks import CLOUDEVENTS, FORMATS, Webhooks
 
 DEFAULT_DATA = "./berth-data"
 
@@ -316,6 +318,91 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- webhooks ---------------------------------------------------------------------------------------------------------
+def _webhooks(registry: Registry) -> Webhooks:
+    return Webhooks(registry.store, registry.outbox)
+
+
+def cmd_webhook_add(args: argparse.Namespace) -> int:
+    events = tuple(t.strip() for t in args.events.split(",") if t.strip()) if args.events else ()
+    with _registry(args) as registry:
+        endpoint = _webhooks(registry).add(args.name, args.url, authorization=args.authorization, secret=args.secret,
+                                           events=events, format=args.format)
+    _say(f"added webhook {endpoint.name}: {endpoint.format} POSTs to {endpoint.url} of "
+         f"{', '.join(endpoint.events) if endpoint.events else 'every event'} committed from now on; a running "
+         "`berth serve` starts delivering within a second")
+    return 0
+
+
+def cmd_webhook_list(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        webhooks = _webhooks(registry)
+        rows = [(e, webhooks.state(e.name), len(webhooks.dead(e.name))) for e in webhooks.endpoints()]
+    for endpoint, state, dead in rows:
+        shown = endpoint.shown()  # secrets by presence only
+        extras = [f"authorization={shown['authorization']}"] if shown["authorization"] else []
+        extras += ["secret=set"] if shown["secret"] else []
+        progress = f"delivered-through={state.cursor if state else 0}\tdead={dead}"
+        if state and state.attempts:
+            progress += f"\tretrying seq {state.current} (try {state.attempts + 1}: {state.last_error})"
+        print(f"{endpoint.name}\t{endpoint.url}\t{endpoint.format}\t"
+              f"events={','.join(endpoint.events) if endpoint.events else 'all'}\t{progress}"
+              + "".join(f"\t{extra}" for extra in extras))
+    _say(f"{len(rows)} webhook(s)")
+    return 0
+
+
+def cmd_webhook_remove(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        dead = _webhooks(registry).remove(args.name)
+    _say(f"removed webhook {args.name}" + (f" and its {dead} dead letter(s)" if dead else "")
+         + "; nothing more is sent to it")
+    return 0
+
+
+def cmd_webhook_dead(args: argparse.Namespace) -> int:
+    with _registry(args) as registry:
+        letters = _webhooks(registry).dead(args.name)
+    for letter in letters:
+        print(f"{letter.endpoint}\t{letter.seq}\t{letter.attempts} tries\t{utc(letter.time)}\t"
+              f"{'re-queued' if letter.replay else 'dead'}\t{letter.error}")
+    _say(f"{len(letters)} dead letter(s); `berth webhook replay NAME --all` sends them again")
+    return 0
+
+
+def cmd_webhook_replay(args: argparse.Namespace) -> int:
+    if args.seq is None and not args.all:
+        raise Failure("say which dead letters: --seq N or --all (see `berth webhook dead`)")
+    with _registry(args) as registry:
+        count = _webhooks(registry).replay(args.name, args.seq)
+    _say(f"re-queued {count} dead letter(s) of webhook {args.name}: a running `berth serve` sends them before its "
+         "next new event")
+    return 0
+
+
+def _webhook_parser(group: argparse._SubParsersAction[_Parser], command: Callable[..., _Parser]) -> None:
+    p = command(group, "add", cmd_webhook_add, "send events to URL from now on (a POST per event, at least once)")
+    p.add_argument("name")
+    p.add_argument("url")
+    p.add_argument("--secret", default=None, help="sign each body: header Berth-Signature: sha256=<hex HMAC-SHA256 "
+                                                  "of the body with this secret> (as GitHub's X-Hub-Signature-256)")
+    p.add_argument("--authorization", default=None, metavar="VALUE",
+                   help="a static Authorization header value, e.g. 'Bearer abc' (stored; never shown in full)")
+    p.add_argument("--events", default=None, metavar="TYPE,...", help="only these event types (default: all): "
+                   + ", ".join(EVENT_TYPES))
+    p.add_argument("--format", choices=FORMATS, default=CLOUDEVENTS,
+                   help="cloudevents (CloudEvents 1.0 JSON, the default) or compat (the Distribution notification "
+                        "envelope, for an existing listener)")
+    command(group, "list", cmd_webhook_list, "every webhook: name, URL, format, events, progress (never secrets)")
+    command(group, "remove", cmd_webhook_remove, "stop sending to a webhook and forget it").add_argument("name")
+    command(group, "dead", cmd_webhook_dead, "events given up after the retry limit").add_argument("name", nargs="?")
+    p = command(group, "replay", cmd_webhook_replay, "send dead letters again (in order, with fresh tries)")
+    p.add_argument("name")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--seq", type=_positive, default=None, metavar="N", help="the dead letter of event N")
+    which.add_argument("--all", action="store_true", help="all of the webhook's dead letters")
+
+
 # -- the store --------------------------------------------------------------------------------------------------------
 def cmd_selfcheck(args: argparse.Namespace) -> int:
     """Exercise the engine in a temporary store (never the live data): ingest, chunked upload, read back, fsck."""
@@ -582,6 +669,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", default="", help="what the token is for")
     command(tokens, "list", cmd_token_list, "USER's tokens: id, scopes, state, expiry, label").add_argument("user")
     command(tokens, "revoke", cmd_token_revoke, "revoke a token (it stops working at once)").add_argument("token_id")
+
+    _webhook_parser(group("webhook", "webhook endpoints: add, list, remove, dead, replay"), command)
 
     projects = group("project", "projects: create, list")
     p = command(projects, "create", cmd_project_create, "create a project; prints its id (syn<digits>)")

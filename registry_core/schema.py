@@ -11,6 +11,8 @@ Tables (beside cas's own, see cas/layout.py; `\\0` separates fields: names, tags
     uploading  actor \\0 session id -> b""                          open upload sessions by owner (the per-account cap;
                an entry whose cas session expired is dropped when next counted)
 Beside them, events.py's outbox (events, event_counters: events.TABLES), opened by Registry as `registry.outbox`.
+And webhooks.py's endpoints and their delivery (webhooks, webhook_state, webhook_leases, webhook_dead:
+webhooks.TABLES; keys and values written down there), opened by `Webhooks(store)`.
 (`repo` is the full repository name, `digest` its canonical string, all UTF-8/ASCII.)
 
 References in cas: a manifest in a repository is the holder `m:<repo>@<alg>:<hex, at most 64>` (sha512 hex is cut to

@@ -45,6 +45,7 @@ from registry_core.referrers import referrers_index
 from registry_core.registry import Registry, RegistryConfig
 from registry_core.tokens import LEEWAY
 
+from ..delivery import deliver_events
 from ..exposure import EXPOSE_ENV, PUBLIC_ENV
 from . import errors
 from .auth import Auth, Caller, Unauthorized
@@ -488,12 +489,14 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         current = api()
         reaper = asyncio.ensure_future(_reap_uploads(current.registry))
+        delivery = asyncio.ensure_future(deliver_events(current.registry, public_url))  # webhooks (adapters/delivery)
         try:
             yield
         finally:
-            reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reaper
+            for task in (reaper, delivery):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             for reg in opened_here:
                 reg.close()
 

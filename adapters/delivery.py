@@ -1,0 +1,196 @@
+"""Webhook delivery: the loop every `berth serve` worker runs beside the HTTP app, POSTing the outbox to endpoints.
+
+registry_core/webhooks.py decides (which event is next, what a failure does, who holds an endpoint's lease); this
+module does the I/O. Each worker runs one `Delivery`: every POLL seconds it looks at the configured endpoints and
+takes the lease of any that no process is delivering to, then runs one task per endpoint it holds. So a slow or dead
+endpoint delays only its own task (never another endpoint, never a push: the write path only appends to the
+outbox), and with several workers or nodes each endpoint has one deliverer at a time. A deliverer that dies leaves
+its leases to expire (LEASE seconds); another worker then takes over at the endpoint's cursor.
+
+Every index call runs in a worker thread (anyio.to_thread): a write transaction waits for LMDB's writer lock, which
+a push may hold, and the event loop serves requests meanwhile.
+
+The settings below are overridable through the environment (the tests use short ones):
+    BERTH_WEBHOOK_RETRY_BASE, BERTH_WEBHOOK_RETRY_CAP, BERTH_WEBHOOK_RETRY_LIMIT, BERTH_WEBHOOK_TIMEOUT (seconds,
+    tries), BERTH_WEBHOOK_LEASE, BERTH_WEBHOOK_POLL (seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+
+import anyio.to_thread
+import httpx
+
+from registry_core.events import CLOUDEVENTS_MEDIA_TYPE, COMPAT_MEDIA_TYPE, cloudevent, compat_envelope
+from registry_core.registry import Registry
+from registry_core.webhooks import COMPAT, RetryPolicy, Webhooks, Work
+
+log = logging.getLogger("berth.webhooks")
+
+# A lease outlives several deliveries: it is renewed when less than half of it is left, so at most one index write
+# per LEASE/2 seconds per endpoint goes to it, and a dead holder's endpoints wait at most LEASE before another worker
+# takes them over. It must exceed the request timeout, or a lease could run out during one POST.
+LEASE = 30.0
+POLL = 0.5  # seconds between looks for new events and new endpoints: the delivery latency of an idle endpoint
+SIGNATURE_HEADER = "Berth-Signature"  # "sha256=" + hex HMAC-SHA256 of the body, as GitHub's X-Hub-Signature-256
+USER_AGENT = "Berth-Webhooks/1"
+
+
+def _env(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+def policy_from_env() -> RetryPolicy:
+    default = RetryPolicy()
+    return RetryPolicy(base=_env("BERTH_WEBHOOK_RETRY_BASE", default.base),
+                       cap=_env("BERTH_WEBHOOK_RETRY_CAP", default.cap),
+                       limit=int(_env("BERTH_WEBHOOK_RETRY_LIMIT", default.limit)),
+                       timeout=_env("BERTH_WEBHOOK_TIMEOUT", default.timeout))
+
+
+def signature(secret: str, body: bytes) -> str:
+    """The Berth-Signature value: a receiver recomputes it over the raw body with the shared secret and compares in
+    constant time (the scheme of GitHub's X-Hub-Signature-256)."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class Delivery:
+    def __init__(self, registry: Registry, public_url: str | None = None) -> None:
+        self.webhooks = Webhooks(registry.store, registry.outbox)
+        self.policy = policy_from_env()
+        self.lease = max(_env("BERTH_WEBHOOK_LEASE", LEASE), 2 * self.policy.timeout + 1)
+        self.poll = _env("BERTH_WEBHOOK_POLL", POLL)
+        self.instance = uuid.uuid4().hex
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{self.instance[:8]}"
+        self.host = socket.gethostname()
+        self.public_url = public_url or ""
+        self.source = public_url.rstrip("/") if public_url else f"urn:berth:{self.host}"  # CloudEvents `source`
+        self._leased_until: dict[str, float] = {}  # our own view of each held lease's expiry (time.time())
+
+    async def run(self) -> None:
+        """Until cancelled: take free endpoints, deliver to each in a task of its own."""
+        tasks: dict[str, asyncio.Task[None]] = {}
+        async with httpx.AsyncClient(follow_redirects=False, headers={"User-Agent": USER_AGENT}) as client:
+            try:
+                while True:
+                    try:
+                        for endpoint in await anyio.to_thread.run_sync(self.webhooks.endpoints):
+                            running = tasks.get(endpoint.name)
+                            if (running is None or running.done()) and await self._renew(endpoint.name, force=True):
+                                tasks[endpoint.name] = asyncio.create_task(self._deliver(client, endpoint.name))
+                    except Exception:  # the index said no (a full disk...): look again later, never stop serving
+                        log.exception("webhook delivery: looking for endpoints failed")
+                    await asyncio.sleep(self.poll)
+            finally:
+                for task in tasks.values():
+                    task.cancel()
+                await asyncio.gather(*tasks.values(), return_exceptions=True)
+                held = [name for name, task in tasks.items() if name in self._leased_until]
+                with contextlib.suppress(Exception):  # an unreleased lease only expires later
+                    await anyio.to_thread.run_sync(self._release, held)
+
+    def _release(self, names: list[str]) -> None:
+        for name in names:
+            self.webhooks.release(name, self.holder)
+
+    async def _renew(self, name: str, force: bool = False) -> bool:
+        """Hold the endpoint's lease for the next step: renewed when less than half is left. False: lost (or the
+        endpoint is gone), and this task must stop."""
+        if not force and self._leased_until.get(name, 0.0) - time.time() > self.lease / 2:
+            return True
+        now = time.time()
+        if await anyio.to_thread.run_sync(self.webhooks.acquire, name, self.holder, self.lease):
+            self._leased_until[name] = now + self.lease
+            return True
+        self._leased_until.pop(name, None)
+        return False
+
+    async def _deliver(self, client: httpx.AsyncClient, name: str) -> None:
+        try:
+            while await self._step(client, name):
+                pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug or an index failure: the lease runs out and a worker picks the endpoint up again
+            log.exception("webhook %s: delivery stopped", name)
+        self._leased_until.pop(name, None)
+
+    async def _step(self, client: httpx.AsyncClient, name: str) -> bool:
+        """One step of an endpoint's delivery; False when this task should stop (lease lost, endpoint removed)."""
+        if not await self._renew(name):
+            return False
+        work = await anyio.to_thread.run_sync(self.webhooks.next_work, name)
+        if work is None:
+            return False
+        if work.event is None:
+            if work.skip_to is not None:
+                return await anyio.to_thread.run_sync(self.webhooks.skip, name, self.holder, work.skip_to)
+            await asyncio.sleep(self.poll)  # caught up
+            return True
+        wait = work.not_before - time.time()
+        if wait > 0:  # backing off: sleep in slices, renewing the lease between them
+            await asyncio.sleep(min(wait, self.lease / 3))
+            return True
+        error = await self._post(client, work)
+        event = work.event
+        if error is None:
+            return await anyio.to_thread.run_sync(self.webhooks.delivered, name, self.holder, event, work.replayed)
+        state = await anyio.to_thread.run_sync(self.webhooks.failed, name, self.holder, event, work.replayed, error,
+                                               self.policy, random.random())
+        if state is None:
+            return False
+        if state.current == event.seq:
+            log.info("webhook %s: event %d failed (%s), try %d of %d in %.1f s", name, event.seq, error,
+                     state.attempts + 1, self.policy.limit, max(0.0, state.next_try - time.time()))
+        else:
+            log.warning("webhook %s: event %d dead-lettered after %d tries (%s); `berth webhook replay %s --seq %d` "
+                        "sends it again", name, event.seq, self.policy.limit, error, name, event.seq)
+        return True
+
+    def body(self, work: Work) -> tuple[bytes, str]:
+        assert work.event is not None
+        if work.endpoint.format == COMPAT:
+            envelope = compat_envelope([work.event], source_addr=self.host, instance_id=self.instance,
+                                       url_base=self.public_url)
+            return json.dumps(envelope).encode(), COMPAT_MEDIA_TYPE
+        return json.dumps(cloudevent(work.event, self.source)).encode(), CLOUDEVENTS_MEDIA_TYPE
+
+    async def _post(self, client: httpx.AsyncClient, work: Work) -> str | None:
+        """POST the event: None on a 2xx answer, else what went wrong (never the request's headers: the
+        Authorization value must not reach a log)."""
+        endpoint = work.endpoint
+        body, media_type = self.body(work)
+        headers = {"Content-Type": media_type}
+        if endpoint.secret:
+            headers[SIGNATURE_HEADER] = signature(endpoint.secret, body)
+        if endpoint.authorization:
+            headers["Authorization"] = endpoint.authorization
+        try:
+            # A total deadline, not httpx's per-read one: a receiver trickling its answer still fails in time.
+            async with asyncio.timeout(self.policy.timeout):
+                async with client.stream("POST", endpoint.url, content=body, headers=headers) as answer:
+                    status = answer.status_code  # the answer's body is never read: the status is the verdict
+        except TimeoutError:
+            return f"no answer within {self.policy.timeout:g} s"
+        except httpx.HTTPError as exc:
+            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if 200 <= status < 300:
+            return None
+        return f"HTTP {status}"
+
+
+async def deliver_events(registry: Registry, public_url: str | None = None) -> None:
+    """The lifespan task of `berth serve` (adapters/http/app.py)."""
+    await Delivery(registry, public_url).run()
