@@ -131,7 +131,7 @@ class Delivery:
         """One step of an endpoint's delivery; False when this task should stop (lease lost, endpoint removed)."""
         if not await self._renew(name):
             return False
-        work = await anyio.to_thread.run_sync(self.webhooks.next_work, name)
+        work = await anyio.to_thread.run_sync(self.webhooks.next_work, name, self.holder)
         if work is None:
             return False
         if work.event is None:

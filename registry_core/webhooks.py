@@ -268,12 +268,13 @@ class Webhooks:
         return raw is not None and json.loads(raw)["holder"] == holder
 
     # -- delivery -------------------------------------------------------------------------------------------------
-    def next_work(self, name: str) -> Work | None:
-        """The endpoint's next step, or None when the endpoint was removed."""
+    def next_work(self, name: str, holder: str) -> Work | None:
+        """The endpoint's next step, or None when `holder` no longer holds its lease (the endpoint was removed, or
+        re-added and taken by another holder, or the lease ran out)."""
         with self._store.index.read() as txn:
             endpoint = self.endpoint(name, txn)
             state = self.state(name, txn)
-            if endpoint is None or state is None:
+            if endpoint is None or state is None or not self._held(txn, name, holder):
                 return None
             for _, raw in txn.scan(self._dead, name.encode() + b"\0"):
                 letter = DeadLetter(**json.loads(raw))
