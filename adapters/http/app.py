@@ -36,16 +36,19 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from cas import BlobReader, Digest, InvalidRange, OffsetMismatch, UploadStatus
+from adapters.logs import configure as configure_logs
+from adapters.settings import Settings
+from cas import BlobReader, BlobStore, Digest, InvalidRange, OffsetMismatch, UploadStatus
 from registry_core.errors import ManifestTooLarge
-from registry_core.manifests import DEFAULT_MAX_MANIFEST, OCI_INDEX
+from registry_core.manifests import OCI_INDEX
 from registry_core.names import RepositoryName
 from registry_core.policy import load_policy
 from registry_core.referrers import referrers_index
 from registry_core.registry import Registry, RegistryConfig
-from registry_core.tokens import LEEWAY
+from registry_core.tokens import LEEWAY, TOKEN_LIFETIME
 
 from . import errors
+from .accesslog import AccessLog, note
 from .auth import Auth, Caller, Unauthorized
 from .streaming import ASGIApp, BodyTooLarge, CloseAfterUnreadBody, read_body, stream_body
 
@@ -183,7 +186,8 @@ class RegistryApi:
 
     # -- end-1 ----------------------------------------------------------------------------------------------------
     async def base(self, request: Request) -> Response:
-        self.auth.caller(request)  # with login: any valid token (Unauthorized otherwise)
+        # with login: any valid token (Unauthorized otherwise)
+        note(request.scope, "account", self.auth.caller(request).subject)
         return _response(200, b"{}", "application/json")
 
     # -- blobs ----------------------------------------------------------------------------------------------------
@@ -384,6 +388,8 @@ def error_response(request: Request, exc: BaseException) -> Response:
         status, code, message = 500, "UNKNOWN", "internal error (logged on the server)"
     else:
         (status, code), message = found, errors.message(exc)
+        if status in (401, 403, 429):  # refused: the reason goes on the access log line
+            note(request.scope, "refusal", message)
         if status == 507:
             log.error("storage full on %s %s: %s", request.method, request.url.path, exc)
     headers = dict(exc.headers) if isinstance(exc, errors.ProtocolError) else {}
@@ -425,12 +431,14 @@ def challenge_scope(kind: str, method: str, name: str, mount_from: str | None = 
 
 def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
                service: str = "berth", public_url: str | None = None,
-               forwarded_header: str | None = None) -> ManifestFastPath:
+               forwarded_header: str | None = None, token_lifetime: int = TOKEN_LIFETIME,
+               access_log: bool = False) -> ASGIApp:
     """The ASGI app. Pass a Registry, or a callable that opens one when the app starts (after a server forked its
     workers: py-lmdb refuses an environment inherited across fork). `policy` is a built-in policy name or
     `module:callable` (see registry_core/policy.py). `public_url` is how clients reach the registry (the token
     realm names it; default: the request's own Host when it is a plain host:port); `forwarded_header` names the
-    header a trusted proxy puts the client's address in (unset: the peer's address counts)."""
+    header a trusted proxy puts the client's address in (unset: the peer's address counts); `access_log` writes a
+    line per request (adapters/http/accesslog.py)."""
     holder: dict[str, RegistryApi] = {}
     opened_here: list[Registry] = []
 
@@ -442,7 +450,7 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
                 reg = registry()
                 opened_here.append(reg)
             holder["api"] = RegistryApi(reg, Auth(reg, load_policy(policy, reg), service, public_url,
-                                                  forwarded_header))
+                                                  forwarded_header, token_lifetime))
         return holder["api"]
 
     @contextlib.asynccontextmanager
@@ -462,6 +470,7 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
         try:
             return await api().base(request)
         except Unauthorized as exc:
+            note(request.scope, "refusal", str(exc))
             return api().auth.challenge(request, exc)
 
     async def token(request: Request) -> Response:
@@ -487,6 +496,7 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
                 exc.scope = challenge_scope(kind, method, name, request.query_params.get("from")
                                             if "mount" in request.query_params else None)
                 raise
+            note(request.scope, "account", caller.subject)
             if grace and caller.claims is not None and time.time() > caller.claims.expires + LEEWAY and \
                     not current.registry.upload_grace(name, argument, caller.subject):
                 raise Unauthorized("the access token has expired, and the grace its owner has for an upload covers "
@@ -495,6 +505,7 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
                 current.auth.require(caller, name, ACTIONS[(kind, method)])
             return await handler(current, request, name, argument, caller)
         except Unauthorized as exc:
+            note(request.scope, "refusal", str(exc))
             return current.auth.challenge(request, exc)
         except ClientDisconnect:
             return Response(status_code=499)
@@ -505,7 +516,8 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
     app = Starlette(routes=[Route("/v2/", base, methods=["GET", "HEAD"]),
                             Route("/v2/{path:path}", dispatch, methods=methods),
                             Route("/token", token, methods=["GET", "POST"])], lifespan=lifespan)
-    return ManifestFastPath(CloseAfterUnreadBody(app), api)
+    fast = ManifestFastPath(CloseAfterUnreadBody(app), api)
+    return AccessLog(fast, forwarded_header) if access_log else fast
 
 
 class ManifestFastPath:
@@ -543,6 +555,7 @@ class ManifestFastPath:
             repo = str(RepositoryName.parse(name[4:]))
             caller = api.auth.caller_from(authorization)
             api.auth.require(caller, repo, "pull")
+            note(scope, "account", caller.subject)
             found = api.registry.get_manifest(repo, reference, _media_types(accept), read_files=False)
         except Exception:  # the full app answers it, with the right error
             return None
@@ -552,12 +565,18 @@ class ManifestFastPath:
                 (b"docker-distribution-api-version", b"registry/2.0")], found.body
 
 
-def app_from_env() -> ManifestFastPath:
-    """The factory `berth serve` gives the ASGI server: settings come from the environment (BERTH_*), so that every
-    worker process opens its own Registry after the fork."""
-    data = os.environ.get("BERTH_DATA", "./berth-data")
-    max_manifest = int(os.environ.get("BERTH_MAX_MANIFEST", DEFAULT_MAX_MANIFEST))
-    return create_app(lambda: Registry.open(data, RegistryConfig(max_manifest=max_manifest)),
-                      policy=os.environ.get("BERTH_POLICY", "open"), service=os.environ.get("BERTH_SERVICE", "berth"),
-                      public_url=os.environ.get("BERTH_PUBLIC_URL") or None,
-                      forwarded_header=os.environ.get("BERTH_FORWARDED_HEADER") or None)
+def app_from_env() -> ASGIApp:
+    """The factory `berth serve` gives the ASGI server: settings come from the environment (BERTH_*, set by `berth
+    serve` from its flags and file: adapters/settings.py), so that every worker process opens its own Registry
+    after the fork. The worker's logs are configured here, once."""
+    settings = Settings.load(env=os.environ)
+    configure_logs(settings.log.format, settings.log.level, settings.access_log)
+    store, server = settings.store, settings.server
+
+    def open_registry() -> Registry:
+        return Registry(BlobStore(store.data, config=store.store_config()),
+                        RegistryConfig(max_manifest=store.max_manifest))
+
+    return create_app(open_registry, policy=server.policy, service=server.service,
+                      public_url=server.public_url or None, forwarded_header=server.forwarded_header or None,
+                      token_lifetime=settings.limits.token_lifetime, access_log=settings.access_log)
