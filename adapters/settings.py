@@ -95,7 +95,7 @@ class LogSettings:
 class MetricsSettings:
     # Reserved for the metrics endpoint (issue 16): off, on the server's own port, never public by default.
     enabled: bool = _key(False, "BERTH_METRICS", "--metrics")
-    listen: str = _key("", "BERTH_METRICS_LISTEN", "--metrics-listen")  # "": the server's own port
+    listen: str = _key("", "BERTH_METRICS_LISTEN", "--metrics-listen", check="listen")  # "": the server's own port
     public: bool = _key(False, "BERTH_METRICS_PUBLIC", "--metrics-public")
 
 
