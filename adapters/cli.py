@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from adapters.logs import granian_config
-from adapters.settings import CONFIG_ENV, Settings, SettingsError, parse_listen, render, workers
+from adapters.settings import CONFIG_ENV, Settings, SettingsError, parse_listen, policy_problem, render, workers
 from cas import BlobStore, CasError, Digest, check
 from cas.gc import utc
 from registry_core.accounts import Accounts, PersonalToken, User
@@ -65,6 +65,22 @@ def _positive(text: str) -> int:
     if not text.isdigit() or int(text) <= 0:
         raise argparse.ArgumentTypeError(f"a whole number above 0, not {text!r}")
     return int(text)
+
+
+def _listen(text: str) -> str:
+    """HOST:PORT (an IPv6 host in brackets): a mistake in the flag is a usage error (the settings check it too)."""
+    try:
+        parse_listen(text, "")
+    except SettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc).lstrip(": ")) from None
+    return text
+
+
+def _policy(text: str) -> str:
+    problem = policy_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def _address(host: str, port: int) -> str:
@@ -546,9 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
     # file > default); the defaults named in the help come from there.
     p.add_argument("--config", default=None, metavar="FILE",
                    help="a TOML settings file (default: $BERTH_CONFIG; see berth.example.toml)")
-    p.add_argument("--listen", default=None, metavar="HOST:PORT", help="where to listen (default: 127.0.0.1:5000)")
+    p.add_argument("--listen", type=_listen, default=None, metavar="HOST:PORT", help="where to listen (default: 127.0.0.1:5000)")
     p.add_argument("--workers", type=_positive, default=None, help="server processes (default: one per core)")
-    p.add_argument("--policy", default=None,
+    p.add_argument("--policy", type=_policy, default=None,
                    help="who may do what: 'project' (projects, grants, tokens; the default), 'open' (everything "
                         "allowed, no login: local development only) or module:callable")
     p.add_argument("--max-manifest", type=_positive, default=None, metavar="BYTES",

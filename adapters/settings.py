@@ -225,10 +225,17 @@ def _check(table: str, key: str, value: Any, meta: dict[str, Any], where: str) -
         raise SettingsError(f"{where}: {name}: must be one of {', '.join(meta['choices'])}, got {value!r}")
     if meta["check"] == "listen" and value:
         parse_listen(value, f"{where}: {name}")
-    if meta["check"] == "policy" and value not in BUILT_IN and ":" not in value:
-        raise SettingsError(f"{where}: {name}: {' or '.join(BUILT_IN)}, or module:callable for a policy of your "
-                            f"own; not {value!r}")
+    if meta["check"] == "policy" and (problem := policy_problem(value)):
+        raise SettingsError(f"{where}: {name}: {problem}")
     return value
+
+
+def policy_problem(text: str) -> str | None:
+    """Why `text` names no policy: a built-in policy's name or module:callable (whether that imports is known once
+    a registry is open)."""
+    if text in BUILT_IN or ":" in text:
+        return None
+    return f"{' or '.join(BUILT_IN)}, or module:callable for a policy of your own; not {text!r}"
 
 
 def parse_listen(text: str, name: str = "listen") -> tuple[str, int]:
