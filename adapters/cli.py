@@ -562,7 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     # file > default); the defaults named in the help come from there.
     p.add_argument("--config", default=None, metavar="FILE",
                    help="a TOML settings file (default: $BERTH_CONFIG; see berth.example.toml)")
-    p.add_argument("--listen", type=_listen, default=None, metavar="HOST:PORT", help="where to listen (default: 127.0.0.1:5000)")
+    p.add_argument("--listen", type=_listen, default=None, metavar="HOST:PORT",
+                   help="where to listen (default: 127.0.0.1:5000)")
     p.add_argument("--workers", type=_positive, default=None, help="server processes (default: one per core)")
     p.add_argument("--policy", type=_policy, default=None,
                    help="who may do what: 'project' (projects, grants, tokens; the default), 'open' (everything "
