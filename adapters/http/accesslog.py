@@ -4,8 +4,9 @@ the manifest fast path included).
 The line holds what an operator's log pipeline needs and nothing secret: the path without its query string (a query
 may carry a password or a token), never a header's value, the account as the token's subject (never the token), and
 the refusal's reason. Handlers add the account and the reason to the request's entry with `note` (the entry rides in
-the ASGI scope), so a refusal is one line, not two. Cost: one dict and one logging call per request (measured in
-the note of the commit that added it).
+the ASGI scope), so a refusal is one line, not two. Cost, measured in process on a manifest GET answered by
+the fast path (14 us without the log): ~14 us more per request with the JSON log to a file, of which ~2 us are this
+middleware and the rest the logging call (the record, the JSON, one write(2)).
 """
 
 from __future__ import annotations
@@ -56,9 +57,10 @@ class AccessLog:
             return
         start = time.perf_counter()
         # scope["path"] has no query string; "account" stays "-" for an anonymous caller
-        entry: dict[str, Any] = {"client": client_address(scope, self.forwarded_header), "method": scope["method"],
-                                 "path": scope["path"], "status": 0, "bytes_in": 0, "bytes_out": 0,
-                                 "duration_ms": 0.0, "account": "-", "refusal": None}
+        entry: dict[str, Any] = {
+            "time": None, "kind": "access", "client": client_address(scope, self.forwarded_header),
+            "method": scope["method"], "path": scope["path"], "status": 0, "bytes_in": 0, "bytes_out": 0,
+            "duration_ms": 0.0, "account": "-", "refusal": None}
         scope[ENTRY] = entry
         declared = 0
 
