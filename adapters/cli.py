@@ -30,7 +30,7 @@ from registry_core.accounts import Accounts, PersonalToken, User
 from registry_core.errors import RegistryError
 from registry_core.policy import load_policy
 from registry_core.projects import IGNORED, INHERITED, LEVELS, LOCAL, OWNER, Projects
-from registry_core.registry import Registry
+from registry_core.registry import Registry, RegistryConfig
 
 DEFAULT_DATA = "./berth-data"
 
@@ -117,8 +117,14 @@ def existing_data(path: str) -> str:
     return full
 
 
+def _store(args: argparse.Namespace) -> BlobStore:
+    """The data directory's store, with the settings' grace, lease and upload lifetime (a `gc` pass uses its grace)."""
+    settings: Settings = args.settings
+    return BlobStore(args.data, config=settings.store.store_config())
+
+
 def _registry(args: argparse.Namespace) -> Registry:
-    return Registry.open(args.data)
+    return Registry(_store(args), RegistryConfig(max_manifest=args.settings.store.max_manifest))
 
 
 # -- users ------------------------------------------------------------------------------------------------------------
@@ -352,7 +358,7 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
-    with BlobStore(args.data) as store:
+    with _store(args) as store:
         report = check(store, repair=args.repair)
     for line in report.lines():
         print(line)
@@ -364,7 +370,7 @@ def _mib(size: int) -> str:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    with BlobStore(args.data) as store:
+    with _store(args) as store:
         now, lease = store.clock(), store.config.lease
         if args.explain:
             for why in [store.gc.explain(Digest.parse(text)) for text in args.explain]:  # all parsed, then shown
@@ -545,10 +551,13 @@ def build_parser() -> argparse.ArgumentParser:
         """A leaf command; `data`: "existing" (needs --data to be a data directory), "create" (serve) or "none"."""
         p = group.add_parser(name, help=text, description=text)
         if data != "none":
-            # serve: None when not given, for its settings to fill in ($BERTH_DATA, the file, the default)
-            p.add_argument("--data", default=None if data == "create" else os.environ.get("BERTH_DATA", DEFAULT_DATA),
-                           help="data directory, relative to the working directory (default: $BERTH_DATA or "
-                                f"{DEFAULT_DATA})" + ("; created on first start" if data == "create" else ""))
+            # None when not given: the settings fill it in (main(): $BERTH_DATA, the file, the default)
+            p.add_argument("--data", default=None,
+                           help="data directory, relative to the working directory (default: $BERTH_DATA, the "
+                                f"settings file's [store] data, or {DEFAULT_DATA})"
+                                + ("; created on first start" if data == "create" else ""))
+            p.add_argument("--config", default=None, metavar="FILE",
+                           help="a TOML settings file (default: $BERTH_CONFIG; see berth.example.toml)")
         p.set_defaults(run=run, data_must_exist=data == "existing")
         return p
 
@@ -560,8 +569,6 @@ def build_parser() -> argparse.ArgumentParser:
                 data="create")
     # Every default below is None: not given, so the settings decide (adapters/settings.py: flag > environment >
     # file > default); the defaults named in the help come from there.
-    p.add_argument("--config", default=None, metavar="FILE",
-                   help="a TOML settings file (default: $BERTH_CONFIG; see berth.example.toml)")
     p.add_argument("--listen", type=_listen, default=None, metavar="HOST:PORT",
                    help="where to listen (default: 127.0.0.1:5000)")
     p.add_argument("--workers", type=_positive, default=None, help="server processes (default: one per core)")
@@ -659,6 +666,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench(argv[1:])
     try:
         args = build_parser().parse_args(argv)  # a usage error exits here, with status 2
+        if hasattr(args, "data"):  # a command on the data directory: its [store] settings (grace, lease...) too
+            args.settings = Settings.load(args.config, os.environ, {"--data": args.data})
+            args.data = args.settings.store.data
         if args.data_must_exist:
             args.data = existing_data(args.data)
         return int(args.run(args))

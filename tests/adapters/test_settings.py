@@ -181,3 +181,21 @@ def test_every_flag_named_in_the_settings_is_a_flag_of_serve() -> None:
     reserved = {"--metrics", "--metrics-listen", "--metrics-public"}  # wired with the metrics endpoint
     assert {meta["flag"] for _, _, meta, _ in KEYS if meta["flag"]} - reserved <= options
     assert all(dataclasses.is_dataclass(kind) for kind in TABLES.values())
+
+
+def test_admin_commands_take_the_data_directory_and_store_settings_from_the_file(tmp_path: Path) -> None:
+    from registry_core.registry import Registry
+
+    Registry.open(tmp_path / "data").close()
+    good = write(tmp_path, f'[store]\ndata = "{tmp_path / "data"}"\ngrace = 60\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BERTH_")} | {"PYTHONPATH": str(ROOT)}
+
+    def berth(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "adapters.cli", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=30)
+
+    listed = berth("user", "list", "--config", good)
+    assert listed.returncode == 0 and "0 user(s)" in listed.stderr, listed.stderr
+    assert berth("gc", "--dry-run", "--config", good).returncode == 0
+    bad = berth("user", "list", "--config", write(tmp_path, "[store]\ngrace = -5\n"))
+    assert bad.returncode == 1 and "[store] grace: must be between" in bad.stderr and bad.stderr.count("\n") == 1
