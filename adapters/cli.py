@@ -473,6 +473,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["BERTH_POLICY"] = args.policy
     os.environ["BERTH_DATA"] = os.path.abspath(args.data)
     os.environ["BERTH_MAX_MANIFEST"] = str(args.max_manifest)
+    os.environ["BERTH_PULL_EVENTS"] = "1" if args.pull_events else ""
     if args.public_url:
         os.environ["BERTH_PUBLIC_URL"] = args.public_url
     if args.forwarded_header:
@@ -547,6 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "allowed, no login: local development only) or module:callable")
     p.add_argument("--max-manifest", type=_positive, default=DEFAULT_MAX_MANIFEST, metavar="BYTES",
                    help="largest manifest accepted (default: %(default)s; the spec requires at least 4 MiB)")
+    p.add_argument("--pull-events", action="store_true", help="record an event for every manifest pull (GET) in "
+                   "the event feed (off by default: it makes every pull a write)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--metrics", action="store_true", help="count requests, uploads, tokens... for Prometheus: GET "
                    "/metrics on this port, for loopback clients only (see --metrics-public, --metrics-listen)")

@@ -8,6 +8,7 @@ Endpoints (spec numbering):
     end-4b  POST /v2/<name>/blobs/uploads/?digest=       end-12  GET    /v2/<name>/referrers/<digest>[?artifactType=]
     end-5   PATCH /v2/<name>/blobs/uploads/<id>          end-13  GET    /v2/<name>/blobs/uploads/<id>
     end-6   PUT  /v2/<name>/blobs/uploads/<id>?digest=   (also)  DELETE /v2/<name>/blobs/uploads/<id>, GET /v2/_catalog
+                                                         (Berth) GET /v2/_events[?after=&n=]: the event feed
     end-7   PUT  /v2/<name>/manifests/<reference>
 
 Repository names contain slashes, so one route takes everything under /v2/ and `_route` splits the path from its
@@ -38,6 +39,7 @@ from starlette.routing import Route
 
 from cas import BlobReader, BlobStore, Digest, InvalidRange, OffsetMismatch, UploadStatus
 from registry_core.errors import ManifestTooLarge
+from registry_core.events import cloudevent
 from registry_core.manifests import DEFAULT_MAX_MANIFEST, OCI_INDEX
 from registry_core.names import RepositoryName
 from registry_core.policy import load_policy
@@ -181,6 +183,20 @@ def _page_size(request: Request) -> int | None:
     return int(n)
 
 
+EVENTS_PAGE = 100  # events per feed page when the client gives no `n`
+EVENTS_PAGE_MAX = 1000  # the most one feed page holds (a larger n is cut to it, as the catalog does)
+
+
+def _seq(text: str | None) -> int:
+    """The feed's `after`: a non-negative integer, 0 when absent."""
+    if text is None:
+        return 0
+    if not _NUMBER.fullmatch(text):
+        raise errors.ProtocolError(400, "PAGINATION_NUMBER_INVALID",
+                                   f"after must be a non-negative integer (an event's seq), got {text[:40]!r}")
+    return int(text)
+
+
 def _query_digest(request: Request, param: str) -> Digest:
     text = request.query_params.get(param)
     if text is None:
@@ -236,7 +252,8 @@ class RegistryApi:
             source = query.get("from")
             info = None
             if source and self.auth.may(caller, source, "pull"):  # no pull on `from`: an ordinary upload
-                info = await anyio.to_thread.run_sync(self.registry.mount_blob, name, digest, source)
+                info = await anyio.to_thread.run_sync(partial(self.registry.mount_blob, name, digest, source,
+                                                              actor=caller.subject))
             if info is not None:
                 return _created(f"/v2/{name}/blobs/{info.digest}", info.digest)
             # Not readable in `from` (or no `from`): an ordinary upload session instead (spec: 202).
@@ -246,7 +263,7 @@ class RegistryApi:
             count_safely(UPLOADS_STARTED.inc)
             with _upload_outcome():
                 info = await stream_body(request, partial(self.registry.ingest_blob, name, digest=digest,
-                                                          size=length), caller.subject)
+                                                          size=length, actor=caller.subject), caller.subject)
             return _created(f"/v2/{name}/blobs/{info.digest}", info.digest)
         status = await anyio.to_thread.run_sync(self.registry.start_upload, name, caller.subject)
         count_safely(UPLOADS_STARTED.inc)
@@ -286,7 +303,10 @@ class RegistryApi:
     # -- manifests ------------------------------------------------------------------------------------------------
     async def get_manifest(self, request: Request, name: str, reference: str, caller: Caller) -> Response:
         # In a thread: a manifest kept in a blob file is read from disk (the fast path answers the inline ones).
-        found = await anyio.to_thread.run_sync(self.registry.get_manifest, name, reference, _accept(request))
+        # A GET (not a HEAD) is a pull: with RegistryConfig.pull_events it writes its event, in this thread.
+        found = await anyio.to_thread.run_sync(partial(
+            self.registry.get_manifest, name, reference, _accept(request), actor=caller.subject,
+            pull=request.method == "GET"))
         headers = {"Docker-Content-Digest": str(found.digest), "ETag": f'"{found.digest}"',
                    API_VERSION[0]: API_VERSION[1]}
         if request.method == "HEAD":
@@ -330,6 +350,24 @@ class RegistryApi:
             page = f"n={n}&" if n is not None else ""
             headers["Link"] = f'</v2/_catalog?{page}last={quote(after)}>; rel="next"'
         return _response(200, _json({"repositories": names}), "application/json", headers)
+
+    async def events(self, request: Request, _: str, __: str, caller: Caller) -> Response:
+        """Berth's event feed: CloudEvents after a seq, oldest first, only those the caller may see (Auth.visible,
+        as the catalog; project-level events: Auth.may_view_project). A page looks at no more than n + FEED_SCAN
+        events; `last` is the seq to ask after next (also when every event looked at was hidden)."""
+        after = _seq(request.query_params.get("after"))
+        n = _page_size(request)
+        if n == 0:
+            raise errors.ProtocolError(400, "PAGINATION_NUMBER_INVALID", "n must be at least 1")
+        limit = min(n, EVENTS_PAGE_MAX) if n is not None else EVENTS_PAGE
+        found, last, more = await anyio.to_thread.run_sync(
+            self.registry.outbox.page, after, limit, self.auth.visible_event(caller))
+        source = self.auth.base_url(request)
+        headers = {}
+        if more:
+            headers["Link"] = f'</v2/_events?after={last}&n={limit}>; rel="next"'
+        body = {"events": [cloudevent(event, source) for event in found], "last": last}
+        return _response(200, _json(body), "application/json", headers)
 
     async def referrers(self, request: Request, name: str, reference: str, caller: Caller) -> Response:
         artifact_type = request.query_params.get("artifactType")
@@ -390,6 +428,7 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("manifest", "DELETE"): RegistryApi.delete_manifest,
     ("tags", "GET"): RegistryApi.list_tags,
     ("catalog", "GET"): RegistryApi.catalog,
+    ("events", "GET"): RegistryApi.events,
     ("referrers", "GET"): RegistryApi.referrers,
 }
 
@@ -398,6 +437,8 @@ def _route(path: str) -> tuple[str, str, str]:
     """(kind, name, argument) for the path after /v2/; kind "" if no endpoint matches."""
     if path == "_catalog":
         return "catalog", "", ""
+    if path == "_events":  # before repository names: `_events` is no valid name, so nothing is shadowed
+        return "events", "", ""
     parts = path.split("/")
     n = len(parts)
     if n >= 4 and parts[-3] == "blobs" and parts[-2] == "uploads":
@@ -445,8 +486,8 @@ def challenge_scope(kind: str, method: str, name: str, mount_from: str | None = 
     """The scope a 401 challenge names (clients ask the token endpoint for exactly that). A cross-repository mount
     also needs pull on the `from` repository: name it too (space-separated, RFC 6750 section 3), or the client's
     token never carries it and the mount falls back to an upload."""
-    if kind == "catalog":
-        return "registry:catalog:*"
+    if kind in ("catalog", "events"):
+        return f"registry:{kind}:*"
     action = ACTIONS[(kind, method)]
     # Clients ask for what a challenge names; "view" is ours alone, so ask for pull (which admits view).
     scope = f"repository:{name}:{ {'push': 'pull,push', 'view': 'pull'}.get(action, action) }"
@@ -518,7 +559,8 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
                 raise errors.ProtocolError(404, "NOT_FOUND", f"no endpoint at {request.url.path}")
             # An upload session may outlive the token that opened it: its owner may go on with an expired one.
             grace = current.registry.store.config.upload_ttl if kind == "upload" and method in ("PATCH", "PUT") else 0
-            if kind != "catalog":
+            registry_wide = kind in ("catalog", "events")  # filtered by what the caller may view, not required
+            if not registry_wide:
                 name = str(RepositoryName.parse(name))
             try:
                 caller = current.auth.caller(request, grace)
@@ -530,7 +572,7 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
                     not current.registry.upload_grace(name, argument, caller.subject):
                 raise Unauthorized("the access token has expired, and the grace its owner has for an upload covers "
                                    "only the owner's own session while it makes progress", None, "invalid_token")
-            if kind != "catalog":
+            if not registry_wide:
                 current.auth.require(caller, name, ACTIONS[(kind, method)])
             return await handler(current, request, name, argument, caller)
         except Unauthorized as exc:
@@ -590,6 +632,8 @@ class ManifestFastPath:
             elif key == b"accept":
                 accept.append(value.decode("latin-1"))
         api = self.api()
+        if api.registry.config.pull_events and scope["method"] == "GET":
+            return None  # a pull writes its event: in the full app's worker thread, not on the event loop
         try:
             repo = str(RepositoryName.parse(name[4:]))
             caller = api.auth.caller_from(authorization)
@@ -608,7 +652,9 @@ def app_from_env() -> Observed:
     worker process opens its own Registry after the fork."""
     data = os.environ.get("BERTH_DATA", "./berth-data")
     max_manifest = int(os.environ.get("BERTH_MAX_MANIFEST", DEFAULT_MAX_MANIFEST))
-    return create_app(lambda: Registry.open(data, RegistryConfig(max_manifest=max_manifest)),
+    pull_events = os.environ.get("BERTH_PULL_EVENTS", "") not in ("", "0")
+    return create_app(lambda: Registry.open(data, RegistryConfig(max_manifest=max_manifest,
+                                                                 pull_events=pull_events)),
                       policy=os.environ.get("BERTH_POLICY", "open"), service=os.environ.get("BERTH_SERVICE", "berth"),
                       public_url=os.environ.get("BERTH_PUBLIC_URL") or None,
                       forwarded_header=os.environ.get("BERTH_FORWARDED_HEADER") or None,

@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from registry_core.accounts import Accounts, Identity
 from registry_core.errors import Denied
+from registry_core.events import Event
 from registry_core.logins import LoginThrottle
 from registry_core.policy import ACTIONS, Policy, Resource, refusal, requires_login
 from registry_core.projects import Projects
@@ -190,6 +191,25 @@ class Auth:
             if self.projects.is_trashed(name):
                 return False
             return "view" in self.policy.grant(identity, Resource("repository", name), frozenset({"view"}))
+        return check
+
+    def visible_event(self, caller: Caller) -> Callable[[Event], bool]:
+        """Which events the feed shows the caller: one about a repository if the catalog would list that
+        repository (`visible`, asked now: current grants and trash); one about a project only (trashed, restored,
+        purged, a project-level grant changed) if the policy grants `view` on Resource("project", id)."""
+        identity = self.identity(caller)
+        repositories = self.visible(caller)
+        projects: dict[str, bool] = {}  # a page asks about few projects, many times
+
+        def check(event: Event) -> bool:
+            if event.repository is not None:
+                return repositories(event.repository)
+            if event.project is None:
+                return False
+            if event.project not in projects:
+                projects[event.project] = "view" in self.policy.grant(
+                    identity, Resource("project", event.project), frozenset({"view"}))
+            return projects[event.project]
         return check
 
     def challenge(self, request: Request, exc: Unauthorized) -> Response:
