@@ -470,6 +470,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     where = _address(host, port)
     data, policy = settings.store.data, settings.server.policy
     refuse_busy_port(host, port)  # before the data directory is created: a busy port leaves no trace
+    metrics_listen = parse_listen(settings.metrics.listen) if settings.metrics.listen else None
+    if metrics_listen:
+        refuse_busy_port(*metrics_listen)
     # Create (or check) the data directory once, before the workers fork: each opens it again for itself.
     with Registry.open(data) as registry:
         try:
@@ -486,6 +489,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     count = workers(settings)
     _say(f"berth: serving http://{where}/{public} (the registry API at /v2/) from {os.environ['BERTH_DATA']}, "
          f"{count} worker(s); policy {policy}: {POLICIES.get(policy, 'a policy of your own')}")
+    os.environ["BERTH_PULL_EVENTS"] = "1" if args.pull_events else ""
+    from adapters.exposure import prepare_serving  # sets PROMETHEUS_MULTIPROC_DIR before the app imports
+
+    metrics = prepare_serving(data, where, enabled=settings.metrics.enabled or settings.metrics.public,
+                              public=settings.metrics.public, metrics_listen=metrics_listen)
+    if metrics:
+        _say(f"berth: {metrics}; health at /healthz and /readyz")
     _lean_memory()
     # granian: the lowest CPU per request and per uploaded GiB measured here (see README, "Why granian").
     # Never task_impl=rust: it breaks anyio.to_thread (PERF-NOTES). Its own access log stays off: ours
@@ -505,7 +515,8 @@ def serve_settings(args: argparse.Namespace) -> Settings:
     flags = {"--listen": args.listen, "--workers": args.workers, "--policy": args.policy,
              "--max-manifest": args.max_manifest, "--access-log": args.access_log or None,
              "--public-url": args.public_url, "--forwarded-header": args.forwarded_header, "--data": args.data,
-             "--log-format": args.log_format, "--log-level": args.log_level}
+             "--log-format": args.log_format, "--log-level": args.log_level, "--metrics": args.metrics or None,
+             "--metrics-public": args.metrics_public or None, "--metrics-listen": args.metrics_listen}
     try:
         return Settings.load(args.config, os.environ, flags)
     except SettingsError as exc:
@@ -577,11 +588,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "allowed, no login: local development only) or module:callable")
     p.add_argument("--max-manifest", type=_positive, default=None, metavar="BYTES",
                    help="largest manifest accepted (default: 4 MiB; the spec requires at least 4 MiB)")
+    p.add_argument("--pull-events", action="store_true", help="record an event for every manifest pull (GET) in "
+                   "the event feed (off by default: it makes every pull a write)")
     p.add_argument("--access-log", action="store_true", help="log every request, one line each")
     p.add_argument("--log-format", choices=("plain", "json"), default=None,
                    help="the form of the access and application logs (default: plain)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error", "critical"), default=None,
                    help="the least important application log line written (default: info)")
+    p.add_argument("--metrics", action="store_true", help="count requests, uploads, tokens... for Prometheus: GET "
+                   "/metrics on this port, for loopback clients only (see --metrics-public, --metrics-listen)")
+    p.add_argument("--metrics-public", action="store_true",
+                   help="/metrics on this port for every client (implies --metrics)")
+    p.add_argument("--metrics-listen", type=_listen, default=None, metavar="HOST:PORT",
+                   help="serve /metrics on a port of its own instead, to every client that reaches it (implies "
+                        "--metrics)")
     p.add_argument("--public-url", default=None, metavar="URL",
                    help="how clients reach the registry, e.g. https://registry.example.org (behind a TLS proxy); "
                         "the token realm names it (default: the request's Host)")

@@ -93,10 +93,12 @@ class LogSettings:
 
 @dataclass(frozen=True, slots=True)
 class MetricsSettings:
-    # Reserved for the metrics endpoint (issue 16): off, on the server's own port, never public by default.
-    enabled: bool = _key(False, "BERTH_METRICS", "--metrics")
-    listen: str = _key("", "BERTH_METRICS_LISTEN", "--metrics-listen", check="listen")  # "": the server's own port
-    public: bool = _key(False, "BERTH_METRICS_PUBLIC", "--metrics-public")
+    # The metrics endpoint (adapters/exposure.py): off, on the server's own port, never public by default. No
+    # environment variables of their own: BERTH_METRICS and BERTH_METRICS_PUBLIC are how `berth serve` tells its
+    # workers what exposure.prepare_serving decided (other values than a person would write).
+    enabled: bool = _key(False, None, "--metrics")
+    listen: str = _key("", None, "--metrics-listen", check="listen")  # "": the server's own port
+    public: bool = _key(False, None, "--metrics-public")  # implies enabled
 
 
 TABLES: dict[str, type[Any]] = {"server": ServerSettings, "store": StoreSettings, "limits": LimitsSettings,

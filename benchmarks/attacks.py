@@ -32,8 +32,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +40,7 @@ from typing import Any
 import httpx
 
 from benchmarks.harness import procfs
+from benchmarks.harness.targets import _wait as wait_until_answering
 from benchmarks.servers import seed, wrk
 from tests.serving import ROOT, free_port
 
@@ -61,14 +60,7 @@ def serve(checkout: Path, data: Path, policy: str) -> Iterator[tuple[str, int]]:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"{url}/v2/", timeout=1)
-                break
-            except urllib.error.HTTPError:
-                break
-            except OSError:
-                time.sleep(0.05)
+        wait_until_answering(url, process, None)
         yield url, process.pid
     finally:
         process.terminate()

@@ -103,6 +103,11 @@ class Transaction:
         value = self._txn.get(key, db=table._db)
         return None if value is None else bytes(value)
 
+    def count(self, table: Table) -> int:
+        """How many keys the table holds (LMDB keeps the count: O(1))."""
+        entries: int = self._txn.stat(table._db)["entries"]
+        return entries
+
     def scan(self, table: Table, prefix: bytes = b"", start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Keys in byte order, from `start` (or `prefix`) on, while they begin with `prefix`."""
         with self._txn.cursor(db=table._db) as cursor:
@@ -283,6 +288,17 @@ class Index:
     def _grow(self, factor: int) -> None:
         with self._gate.exclusive():
             self._env.set_mapsize(self._env.info()["map_size"] * factor)
+
+    def entries(self, table: Table) -> int:
+        """How many keys `table` holds: LMDB keeps the count, so this is O(1) (for gauges read at every scrape)."""
+        with self.read() as txn:
+            return txn.count(table)
+
+    def used_bytes(self) -> int:
+        """Bytes of the map in use (the pages written so far), without a transaction."""
+        info = self._env.info()
+        used: int = (info["last_pgno"] + 1) * self._env.stat()["psize"]
+        return used
 
     @property
     def map_size(self) -> int:

@@ -82,6 +82,7 @@ class Descriptor:
     size: int
     artifact_type: str | None = None
     annotations: tuple[tuple[str, str], ...] = ()
+    platform: tuple[tuple[str, str], ...] = ()  # an index child's platform, its string fields (events carry them)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mediaType": self.media_type, "digest": str(self.digest), "size": self.size}
@@ -302,11 +303,13 @@ def _descriptor(value: Any, field: str, in_index: bool = False) -> Descriptor:
         raise InvalidManifest(f"{field}.urls must be a list of URIs (RFC 3986)")
     if value.get("data") is not None:
         _check_data(value["data"], parsed, size, field)
+    platform: tuple[tuple[str, str], ...] = ()
     if in_index and value.get("platform") is not None:
         _check_platform(value["platform"], f"{field}.platform")
+        platform = tuple((k, v) for k, v in value["platform"].items() if isinstance(v, str))
     artifact_type = _optional_media_type(value.get("artifactType"), f"{field}.artifactType")
     annotations = _annotations(value.get("annotations"), f"{field}.annotations")
-    return Descriptor(media_type, parsed, size, artifact_type, annotations)
+    return Descriptor(media_type, parsed, size, artifact_type, annotations, platform)
 
 
 def _check_data(data: Any, digest: Digest, size: int, field: str) -> None:

@@ -11,9 +11,10 @@ grant: the adapters put it in the error a client shows (docker, podman and skope
 server's log. It is asked only after a refusal, never on the hot path; a policy without it gets a generic sentence.
 
 Resources and actions follow the Docker token scope grammar: `repository:<name>` with `pull`, `push`, `delete`
-(and `view`: list tags, see the repository), and `registry:catalog` with `*`. `berth serve --policy NAME` picks a
-built-in one, `--policy module:callable` a third-party one: a callable taking the Registry and returning an object
-with `grant`, so it needs no change to Berth.
+(and `view`: list tags, see the repository), `registry:catalog` and `registry:events` with `*`, and (asked by the
+event feed, never in a token) `project:<id>` with `view`: may the caller see events about the project itself.
+`berth serve --policy NAME` picks a built-in one, `--policy module:callable` a third-party one: a callable taking the
+Registry and returning an object with `grant`, so it needs no change to Berth.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from .accounts import Identity
 from .names import InvalidName, RepositoryName
-from .projects import LEVELS, Projects, rank
+from .projects import LEVELS, PUBLIC, Projects, rank
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -38,8 +39,8 @@ NEEDS = {"view": ("view", "view"), "pull": ("download", "download"), "push": ("e
 
 @dataclass(frozen=True, slots=True)
 class Resource:
-    type: str  # "repository" or "registry"
-    name: str  # a repository name, or "catalog"
+    type: str  # "repository", "registry" or "project"
+    name: str  # a repository name, "catalog" or "events", or a project id
 
 
 class Policy(Protocol):
@@ -75,8 +76,11 @@ class ProjectPolicy:
 
     def grant(self, identity: Identity | None, resource: Resource, actions: frozenset[str]) -> frozenset[str]:
         if resource.type == "registry":
-            # The catalog itself is open to anyone who asks; it lists only what the caller may view.
-            return actions & {"*"} if resource.name == "catalog" else frozenset()
+            # The catalog and the event feed are open to anyone who asks; they show only what the caller may view.
+            return actions & {"*"} if resource.name in ("catalog", "events") else frozenset()
+        if resource.type == "project":
+            return frozenset({"view"}) if "view" in actions and self._may_view_project(identity, resource.name) \
+                else frozenset()
         if resource.type != "repository":
             return frozenset()
         found = self._level(identity, resource.name)
@@ -107,6 +111,23 @@ class ProjectPolicy:
         if trashed and level >= rank("view"):  # only those who may see it learn that it is in the trash
             return f"{name} is in the trash: every operation on it is refused until it is restored"
         return _rule(identity, level, action, name) or f"{action} on {name} is not granted"
+
+    def _may_view_project(self, identity: Identity | None, project_id: str) -> bool:
+        """View on the project itself: its owner, an administrator, or a grant on the project (not one on a
+        repository in it) of view or more, with the token scopes `view` needs on a repository."""
+        with self._registry.store.index.read() as txn:
+            project = self._projects.get(project_id, txn)
+            if project is None:
+                level = -1
+            elif identity is not None and identity.user == project.owner:
+                level = rank("admin")
+            else:
+                grants = self._projects.grants(project_id, txn)
+                principals = [PUBLIC] + ([identity.user] if identity is not None else [])
+                level = max((rank(grants.get(p)) for p in principals), default=-1)
+        if identity is not None and identity.admin:
+            level = rank("admin")
+        return _rule(identity, level, "view") is None
 
     def _level(self, identity: Identity | None, name: str) -> tuple[int, bool] | None:
         """(level, trashed) of `identity` on the repository; None for a name outside any project."""

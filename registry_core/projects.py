@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
-from cas import BlobStore, Table, Transaction
+from cas import BlobStore, Table, Transaction, WriteTransaction
 
+from . import events as ev
 from .accounts import PUBLIC, Accounts
 from .names import RepositoryName, parse_project_id
 
@@ -84,6 +86,15 @@ class Projects:
         self._counters: Table = store.index.table("counters")
         self._repos: Table = store.index.table("repos")  # schema.py: every repository ever written to
         self._accounts = Accounts(store)
+        self._outbox = ev.Outbox(store)
+
+    def _event(self, txn: WriteTransaction, type: str, target: str, actor: str | None,
+               data: dict[str, Any]) -> None:
+        """The change's event in the change's transaction (events.py). A project-level event has no repository."""
+        repo = target if "/" in target else None
+        project = target.split("/", 1)[0]
+        self._outbox.append(txn, type, repository=repo, project=project, subject=target, actor=actor,
+                            data={"repository": repo, "project": project, **data}, time=self._store.clock())
 
     def create(self, name: str, owner: str) -> Project:
         if not name or len(name) > 200:
@@ -123,7 +134,7 @@ class Projects:
         return [Project(k.decode(), **json.loads(v)) for k, v in txn.scan(self._projects)]
 
     # -- grants ---------------------------------------------------------------------------------------------------
-    def grant(self, target: str, principal: str, level: str) -> None:
+    def grant(self, target: str, principal: str, level: str, *, actor: str | None = None) -> None:
         target = _target(target)
         if level not in LEVELS:
             raise ProjectError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
@@ -132,12 +143,25 @@ class Projects:
             if principal != PUBLIC and (not principal or "\0" in principal
                                         or self._accounts.user(principal, txn) is None):
                 raise ProjectError(f"no user {principal[:64]}: a grant goes to an existing user or to {PUBLIC!r}")
-            txn.put(self._grants, f"{target}\0{principal}".encode(), level.encode())
+            key = f"{target}\0{principal}".encode()
+            previous = txn.get(self._grants, key)
+            txn.put(self._grants, key, level.encode())
+            if previous != level.encode():
+                self._event(txn, ev.GRANT_CHANGED, target, actor, {
+                    "target": target, "principal": principal, "level": level,
+                    "previousLevel": previous.decode() if previous is not None else None})
 
-    def revoke(self, target: str, principal: str) -> bool:
+    def revoke(self, target: str, principal: str, *, actor: str | None = None) -> bool:
         target = _target(target)
         with self._store.index.write() as txn:
-            return txn.delete(self._grants, f"{target}\0{principal}".encode())
+            key = f"{target}\0{principal}".encode()
+            previous = txn.get(self._grants, key)
+            if previous is None:
+                return False
+            txn.delete(self._grants, key)
+            self._event(txn, ev.GRANT_CHANGED, target, actor, {
+                "target": target, "principal": principal, "level": None, "previousLevel": previous.decode()})
+            return True
 
     def grants(self, target: str, txn: Transaction | None = None) -> dict[str, str]:
         if txn is None:
@@ -178,7 +202,7 @@ class Projects:
         return max((rank(grants.get(p)) for p in principals), default=-1)
 
     # -- trash ----------------------------------------------------------------------------------------------------
-    def trash(self, target: str) -> bool:
+    def trash(self, target: str, *, actor: str | None = None) -> bool:
         """Put an existing project, or a repository that was pushed to, in the trash. False if it already was."""
         target = _target(target)
         self._require_project(target)
@@ -189,14 +213,18 @@ class Projects:
             if txn.get(self._trashed, target.encode()) is not None:
                 return False
             txn.put(self._trashed, target.encode(), json.dumps({"time": self._store.clock()}).encode())
+            self._event(txn, ev.REPOSITORY_TRASHED if "/" in target else ev.PROJECT_TRASHED, target, actor, {})
         return True
 
-    def restore(self, target: str) -> bool:
+    def restore(self, target: str, *, actor: str | None = None) -> bool:
         """Take a project or repository out of the trash. False if it was not in it."""
         target = _target(target)
         self._require_project(target)
         with self._store.index.write() as txn:
-            return txn.delete(self._trashed, target.encode())
+            if not txn.delete(self._trashed, target.encode()):
+                return False
+            self._event(txn, ev.REPOSITORY_RESTORED if "/" in target else ev.PROJECT_RESTORED, target, actor, {})
+            return True
 
     def is_trashed(self, repo: str, txn: Transaction | None = None) -> bool:
         """Whether the repository or its project is in the trash (cheap: two gets)."""
@@ -207,8 +235,9 @@ class Projects:
         return txn.get(self._trashed, project.encode()) is not None or \
             txn.get(self._trashed, repo.encode()) is not None
 
-    def forget(self, target: str) -> None:
-        """After a purge: the target's grants and trash mark (and the project itself) go."""
+    def forget(self, target: str, *, actor: str | None = None) -> None:
+        """After a purge: the target's grants and trash mark (and the project itself) go. A project's purge is
+        its own event (org.berth.project.purged); a repository's was written by Registry.purge_repository."""
         target = _target(target)
         with self._store.index.write() as txn:
             for key, _ in list(txn.scan(self._grants, prefix=f"{target}\0".encode())):
@@ -218,7 +247,8 @@ class Projects:
                     txn.delete(self._grants, key)
                 for key, _ in list(txn.scan(self._trashed, prefix=f"{target}/".encode())):
                     txn.delete(self._trashed, key)
-                txn.delete(self._projects, target.encode())
+                if txn.delete(self._projects, target.encode()):
+                    self._event(txn, ev.PROJECT_PURGED, target, actor, {})
             txn.delete(self._trashed, target.encode())
 
     def remove_user(self, name: str) -> tuple[int, int]:

@@ -30,6 +30,7 @@ from cas import (
     WriteTransaction,
 )
 
+from . import events as ev
 from .errors import (
     ManifestBlobUnknown,
     ManifestTooLarge,
@@ -39,6 +40,7 @@ from .errors import (
     RegistryError,
     TooManyUploads,
 )
+from .events import Outbox
 from .manifests import DEFAULT_MAX_MANIFEST, InvalidManifest, Manifest, accepts, parse
 from .names import InvalidReference, RepositoryName, parse_reference
 from .referrers import ReferrerIndex
@@ -63,6 +65,7 @@ class BlobInUse(RegistryError):
 @dataclass(frozen=True, slots=True)
 class RegistryConfig:
     max_manifest: int = DEFAULT_MAX_MANIFEST  # bytes; distribution-spec: at least 4 MiB must be accepted
+    pull_events: bool = False  # a manifest GET writes an `org.berth.manifest.pulled` event (a write per pull)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,7 @@ class Registry:
         self._t = _Tables(tables["repos"], tables["links"], tables["manifests"], tables["uploading"])
         self.tags = TagIndex(tables["tags"], tables["tagged"], tables["history"])
         self.referrers = ReferrerIndex(tables["referrers"])
+        self.outbox = Outbox(store)  # events.py: its tables, and every change's event in the change's transaction
 
     @classmethod
     def open(cls, root: str | os.PathLike[str], config: RegistryConfig | None = None) -> Registry:
@@ -131,7 +135,7 @@ class Registry:
                     return names, name
         return names, None
 
-    def purge_repository(self, repo: str) -> int:
+    def purge_repository(self, repo: str, *, actor: str | None = None) -> int:
         """Drop every manifest, tag, link and referrer edge of the repository, and the repository itself (its name
         becomes free). cas collects what nothing else holds. Returns how many manifests were dropped."""
         repo = _name(repo)
@@ -145,7 +149,8 @@ class Registry:
                           self.referrers.table):
                 for k, _ in list(txn.scan(table, prefix=prefix)):
                     txn.delete(table, k)
-            txn.delete(self._t.repos, repo.encode())
+            if txn.delete(self._t.repos, repo.encode()):
+                self._event(txn, ev.REPOSITORY_PURGED, repo, repo, actor, {"manifests": len(manifests)})
             return len(manifests)
 
         return self.store.index.transact(work)
@@ -158,9 +163,17 @@ class Registry:
         with self.store.index.read() as txn:
             return txn.get(self._t.repos, _name(repo).encode()) is not None
 
-    def _ensure_repo(self, txn: WriteTransaction, repo: str) -> None:
+    def _ensure_repo(self, txn: WriteTransaction, repo: str, actor: str | None = None) -> None:
         if txn.get(self._t.repos, repo.encode()) is None:
             txn.put(self._t.repos, repo.encode(), b'{"created":%.6f}' % self.store.clock())
+            self._event(txn, ev.REPOSITORY_CREATED, repo, repo, actor, {})
+
+    def _event(self, txn: WriteTransaction, type: str, repo: str, subject: str, actor: str | None,
+               data: dict[str, Any]) -> None:
+        """The change's event, in the change's own transaction (events.py): it commits or rolls back with it."""
+        project = RepositoryName.parse(repo).project
+        self.outbox.append(txn, type, repository=repo, project=project, subject=subject, actor=actor,
+                           data={"repository": repo, "project": project, **data}, time=self.store.clock())
 
     def _require_repo(self, txn: Transaction, repo: str) -> None:
         if txn.get(self._t.repos, repo.encode()) is None:
@@ -199,24 +212,25 @@ class Registry:
 
         self.store.index.transact(work)
 
-    def _link_blob(self, txn: WriteTransaction, repo: str, digest: Digest) -> None:
-        self._ensure_repo(txn, repo)
+    def _link_blob(self, txn: WriteTransaction, repo: str, digest: Digest, actor: str | None = None) -> None:
+        self._ensure_repo(txn, repo, actor)
         txn.put(self._t.links, key(repo, digest.key), b"")
 
     def ingest_blob(self, repo: str, source: Iterable[bytes] | bytes, digest: Digest | str,
-                    size: int | None = None) -> BlobInfo:
+                    size: int | None = None, *, actor: str | None = None) -> BlobInfo:
         """A monolithic upload: the whole blob with its digest in one request."""
         repo, digest = _name(repo), _digest(digest)
         info = self.store.ingest(source, digest, size=size)
 
         def work(txn: WriteTransaction) -> None:
             self.store.info(txn, digest)  # still stored: the ingest's lease outlives this transaction
-            self._link_blob(txn, repo, digest)
+            self._link_blob(txn, repo, digest, actor)
 
         self.store.index.transact(work)
         return info
 
-    def mount_blob(self, repo: str, digest: Digest | str, source: str) -> BlobInfo | None:
+    def mount_blob(self, repo: str, digest: Digest | str, source: str, *,
+                   actor: str | None = None) -> BlobInfo | None:
         """Cross-repository mount: link a blob readable in `source` into `repo`. None when it is not readable
         there (or `source` is no valid name): the caller then opens an ordinary upload, as the spec says."""
         repo, digest = _name(repo), _digest(digest)
@@ -232,7 +246,11 @@ class Registry:
                 info = self.store.info(txn, digest)
             except BlobUnknown:
                 return None
-            self._link_blob(txn, repo, digest)
+            self._link_blob(txn, repo, digest, actor)
+            # distribution notifications/event.go: a mount is action "mount" with target.fromRepository
+            self._event(txn, ev.BLOB_MOUNTED, repo, f"{repo}@{digest}", actor, {
+                "digest": str(digest), "size": info.size, "mediaType": "application/octet-stream",
+                "fromRepository": source})
             return info
 
         return self.store.index.transact(work)
@@ -300,7 +318,7 @@ class Registry:
         digest = _digest(digest)
         self.upload_status(repo, session_id, actor)
         def also(txn: WriteTransaction) -> None:
-            self._link_blob(txn, repo, digest)
+            self._link_blob(txn, repo, digest, actor)
             self._end_upload(txn, actor, session_id)
 
         return self.store.uploads.finish(session_id, digest, chunks, offset, length, also=also)
@@ -324,7 +342,19 @@ class Registry:
         now = self.store.clock()
         children = self._check_children(repo, manifest)
 
+        pushed: dict[str, Any] = {"digest": str(digest), "mediaType": manifest.media_type, "size": len(body)}
+        if tag is not None:
+            pushed["tag"] = tag
+        if manifest.artifact_type is not None:
+            pushed["artifactType"] = manifest.artifact_type
+        if manifest.subject is not None:
+            pushed["subjectDigest"] = str(manifest.subject.digest)
+        if manifest.is_index:
+            pushed["platforms"] = [{"digest": str(d.digest), "mediaType": d.media_type, **dict(d.platform)}
+                                   for d in manifest.manifests]
+
         def work(txn: WriteTransaction) -> None:
+            self._ensure_repo(txn, repo, actor)
             self.store.ingest_inline(txn, body, digest.algorithm)
             h = holder(repo, digest)
             self.store.refs.take(txn, h, digest)
@@ -337,9 +367,18 @@ class Registry:
                 txn.put(self._t.manifests, mkey, record.pack())
                 if manifest.subject is not None:
                     self.referrers.add(txn, repo, manifest, digest)
-            self._ensure_repo(txn, repo)
+            # Distribution sends a push for every manifest PUT, also of a manifest already there: so does Berth.
+            self._event(txn, ev.MANIFEST_PUSHED, repo, f"{repo}@{digest}", actor, pushed)
             if tag is not None:
-                self.tags.move(txn, repo, tag, digest, now, actor)
+                previous = self.tags.get(txn, repo, tag)
+                if self.tags.move(txn, repo, tag, digest, now, actor):
+                    moved = {"tag": tag, "digest": str(digest), "mediaType": manifest.media_type,
+                             "size": len(body)}
+                    if previous is None:
+                        self._event(txn, ev.TAG_CREATED, repo, f"{repo}:{tag}", actor, moved)
+                    else:
+                        self._event(txn, ev.TAG_MOVED, repo, f"{repo}:{tag}", actor,
+                                    {**moved, "previousDigest": str(previous)})
 
         self.store.index.transact(work)
         return PutResult(digest, manifest.subject.digest if manifest.subject else None)
@@ -375,7 +414,8 @@ class Registry:
             raise ManifestBlobUnknown(str(child), what) from None
 
     def get_manifest(self, repo: str, reference: str, accept: list[str] | None = None,
-                     read_files: bool = True) -> StoredManifest:
+                     read_files: bool = True, *, actor: str | None = None,
+                     pull: bool = False) -> StoredManifest:
         """The manifest a tag points at, or a manifest by digest (also a child manifest that an index in the
         repository references). NotAcceptable when `accept` excludes its media type. Manifests are kept inline in
         the index; a digest that names a blob file (a manifest pushed as a blob, or a layer) is read only when
@@ -417,7 +457,19 @@ class Registry:
                 raise ManifestUnknown(f"{digest} in repository {repo} is a blob, not a manifest") from None
         if accept and not accepts(accept, media_type):
             raise NotAcceptable(f"manifest {digest} is {media_type}, which the Accept header does not include")
+        if pull and self.config.pull_events:
+            self._record_pull(repo, reference, digest, media_type, len(body), actor)
         return StoredManifest(digest, media_type, body)
+
+    def _record_pull(self, repo: str, reference: str, digest: Digest, media_type: str, size: int,
+                     actor: str | None) -> None:
+        """A pull event (only with RegistryConfig.pull_events): reads are read transactions, so this is a write of
+        its own after the read, and a pull racing a delete may record a manifest that is gone a moment later."""
+        data: dict[str, Any] = {"digest": str(digest), "mediaType": media_type, "size": size}
+        if reference != str(digest):
+            data["tag"] = reference
+        self.store.index.transact(
+            lambda txn: self._event(txn, ev.MANIFEST_PULLED, repo, f"{repo}@{digest}", actor, data))
 
     def _manifest_file(self, repo: str, digest: Digest, size: int, read_files: bool) -> bytes:
         """A manifest's bytes from a blob file (pushed as a blob first: rare), when its size says it may be one."""
@@ -439,9 +491,11 @@ class Registry:
 
         def untag(txn: WriteTransaction) -> None:
             assert isinstance(ref, str)
-            if self.tags.remove(txn, repo, ref, now, actor) is None:
+            old = self.tags.remove(txn, repo, ref, now, actor)
+            if old is None:
                 self._require_repo(txn, repo)
                 raise ManifestUnknown(f"tag {ref} is not in repository {repo}")
+            self._tag_deleted(txn, repo, ref, old, actor)
 
         def delete(txn: WriteTransaction) -> None:
             assert isinstance(ref, Digest)
@@ -454,11 +508,17 @@ class Registry:
             txn.delete(self._t.manifests, mkey)
             for tag in self.tags.of_manifest(txn, repo, ref):
                 self.tags.remove(txn, repo, tag, now, actor)
+                self._tag_deleted(txn, repo, tag, ref, actor)
             if record.subject is not None:
                 self.referrers.remove(txn, repo, Digest.parse(record.subject), ref)
             self.store.refs.drop_all(txn, holder(repo, ref))
+            self._event(txn, ev.MANIFEST_DELETED, repo, f"{repo}@{ref}", actor, {
+                "digest": str(ref), "mediaType": record.media_type, "size": record.size})
 
         self.store.index.transact(untag if isinstance(ref, str) else delete)
+
+    def _tag_deleted(self, txn: WriteTransaction, repo: str, tag: str, digest: Digest, actor: str | None) -> None:
+        self._event(txn, ev.TAG_DELETED, repo, f"{repo}:{tag}", actor, {"tag": tag, "digest": str(digest)})
 
     # -- tags and referrers ---------------------------------------------------------------------------------------
     def list_tags(self, repo: str, n: int | None = None, last: str | None = None) -> tuple[list[str], bool]:

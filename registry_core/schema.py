@@ -10,6 +10,7 @@ Tables (beside cas's own, see cas/layout.py; `\\0` separates fields: names, tags
     referrers  repo \\0 subject digest \\0 digest -> JSON descriptor    manifests whose `subject` is that digest
     uploading  actor \\0 session id -> b""                          open upload sessions by owner (the per-account cap;
                an entry whose cas session expired is dropped when next counted)
+Beside them, events.py's outbox (events, event_counters: events.TABLES), opened by Registry as `registry.outbox`.
 (`repo` is the full repository name, `digest` its canonical string, all UTF-8/ASCII.)
 
 References in cas: a manifest in a repository is the holder `m:<repo>@<alg>:<hex, at most 64>` (sha512 hex is cut to

@@ -8,6 +8,7 @@ Endpoints (spec numbering):
     end-4b  POST /v2/<name>/blobs/uploads/?digest=       end-12  GET    /v2/<name>/referrers/<digest>[?artifactType=]
     end-5   PATCH /v2/<name>/blobs/uploads/<id>          end-13  GET    /v2/<name>/blobs/uploads/<id>
     end-6   PUT  /v2/<name>/blobs/uploads/<id>?digest=   (also)  DELETE /v2/<name>/blobs/uploads/<id>, GET /v2/_catalog
+                                                         (Berth) GET /v2/_events[?after=&n=]: the event feed
     end-7   PUT  /v2/<name>/manifests/<reference>
 
 Repository names contain slashes, so one route takes everything under /v2/ and `_route` splits the path from its
@@ -40,6 +41,7 @@ from adapters.logs import configure as configure_logs
 from adapters.settings import Settings
 from cas import BlobReader, BlobStore, Digest, InvalidRange, OffsetMismatch, UploadStatus
 from registry_core.errors import ManifestTooLarge
+from registry_core.events import cloudevent
 from registry_core.manifests import OCI_INDEX
 from registry_core.names import RepositoryName
 from registry_core.policy import load_policy
@@ -47,9 +49,21 @@ from registry_core.referrers import referrers_index
 from registry_core.registry import Registry, RegistryConfig
 from registry_core.tokens import LEEWAY, TOKEN_LIFETIME
 
+from ..exposure import EXPOSE_ENV, PUBLIC_ENV
 from . import errors
 from .accesslog import AccessLog, note
 from .auth import Auth, Caller, Unauthorized
+from .health import Readiness
+from .metrics import (
+    GC_PASSES,
+    MANIFESTS_WRITTEN,
+    TAGS_WRITTEN,
+    UPLOADS_FAILED,
+    UPLOADS_FINISHED,
+    UPLOADS_STARTED,
+    Observed,
+    count_safely,
+)
 from .streaming import ASGIApp, BodyTooLarge, CloseAfterUnreadBody, read_body, stream_body
 
 log = logging.getLogger("berth.http")
@@ -172,6 +186,20 @@ def _page_size(request: Request) -> int | None:
     return int(n)
 
 
+EVENTS_PAGE = 100  # events per feed page when the client gives no `n`
+EVENTS_PAGE_MAX = 1000  # the most one feed page holds (a larger n is cut to it, as the catalog does)
+
+
+def _seq(text: str | None) -> int:
+    """The feed's `after`: a non-negative integer, 0 when absent."""
+    if text is None:
+        return 0
+    if not _NUMBER.fullmatch(text):
+        raise errors.ProtocolError(400, "PAGINATION_NUMBER_INVALID",
+                                   f"after must be a non-negative integer (an event's seq), got {text[:40]!r}")
+    return int(text)
+
+
 def _query_digest(request: Request, param: str) -> Digest:
     text = request.query_params.get(param)
     if text is None:
@@ -228,17 +256,21 @@ class RegistryApi:
             source = query.get("from")
             info = None
             if source and self.auth.may(caller, source, "pull"):  # no pull on `from`: an ordinary upload
-                info = await anyio.to_thread.run_sync(self.registry.mount_blob, name, digest, source)
+                info = await anyio.to_thread.run_sync(partial(self.registry.mount_blob, name, digest, source,
+                                                              actor=caller.subject))
             if info is not None:
                 return _created(f"/v2/{name}/blobs/{info.digest}", info.digest)
             # Not readable in `from` (or no `from`): an ordinary upload session instead (spec: 202).
         elif "digest" in query:
             digest = _query_digest(request, "digest")
             _, length = _content_range(request)
-            info = await stream_body(request, partial(self.registry.ingest_blob, name, digest=digest, size=length),
-                                     caller.subject)
+            count_safely(UPLOADS_STARTED.inc)
+            with _upload_outcome():
+                info = await stream_body(request, partial(self.registry.ingest_blob, name, digest=digest,
+                                                          size=length, actor=caller.subject), caller.subject)
             return _created(f"/v2/{name}/blobs/{info.digest}", info.digest)
         status = await anyio.to_thread.run_sync(self.registry.start_upload, name, caller.subject)
+        count_safely(UPLOADS_STARTED.inc)
         return _response(202, headers=_upload_headers(name, status) | {"OCI-Chunk-Min-Length": CHUNK_MIN})
 
     async def upload_status(self, request: Request, name: str, session_id: str, caller: Caller) -> Response:
@@ -261,19 +293,24 @@ class RegistryApi:
     async def finish_upload(self, request: Request, name: str, session_id: str, caller: Caller) -> Response:
         digest = _query_digest(request, "digest")
         offset, length = _content_range(request)
-        info = await stream_body(
-            request, lambda chunks: self.registry.finish_upload(name, session_id, digest, chunks, offset, length,
-                                                                caller.subject), caller.subject)
+        with _upload_outcome():
+            info = await stream_body(
+                request, lambda chunks: self.registry.finish_upload(name, session_id, digest, chunks, offset, length,
+                                                                    caller.subject), caller.subject)
         return _created(f"/v2/{name}/blobs/{info.digest}", info.digest)
 
     async def cancel_upload(self, request: Request, name: str, session_id: str, caller: Caller) -> Response:
         await anyio.to_thread.run_sync(self.registry.cancel_upload, name, session_id, caller.subject)
+        count_safely(UPLOADS_FAILED.labels("cancelled").inc)
         return _response(204)
 
     # -- manifests ------------------------------------------------------------------------------------------------
     async def get_manifest(self, request: Request, name: str, reference: str, caller: Caller) -> Response:
         # In a thread: a manifest kept in a blob file is read from disk (the fast path answers the inline ones).
-        found = await anyio.to_thread.run_sync(self.registry.get_manifest, name, reference, _accept(request))
+        # A GET (not a HEAD) is a pull: with RegistryConfig.pull_events it writes its event, in this thread.
+        found = await anyio.to_thread.run_sync(partial(
+            self.registry.get_manifest, name, reference, _accept(request), actor=caller.subject,
+            pull=request.method == "GET"))
         headers = {"Docker-Content-Digest": str(found.digest), "ETag": f'"{found.digest}"',
                    API_VERSION[0]: API_VERSION[1]}
         if request.method == "HEAD":
@@ -288,6 +325,9 @@ class RegistryApi:
             raise ManifestTooLarge(int(request.headers.get("content-length") or limit + 1), limit) from None
         result = await anyio.to_thread.run_sync(
             self.registry.put_manifest, name, reference, body, request.headers.get("content-type"), caller.subject)
+        count_safely(MANIFESTS_WRITTEN.inc)
+        if ":" not in reference:  # a tag (a digest always has its algorithm before a colon)
+            count_safely(TAGS_WRITTEN.inc)
         headers = {"Location": f"/v2/{name}/manifests/{result.digest}", "Docker-Content-Digest": str(result.digest)}
         if result.subject is not None:
             headers["OCI-Subject"] = str(result.subject)
@@ -315,11 +355,41 @@ class RegistryApi:
             headers["Link"] = f'</v2/_catalog?{page}last={quote(after)}>; rel="next"'
         return _response(200, _json({"repositories": names}), "application/json", headers)
 
+    async def events(self, request: Request, _: str, __: str, caller: Caller) -> Response:
+        """Berth's event feed: CloudEvents after a seq, oldest first, only those the caller may see (Auth.visible,
+        as the catalog; project-level events: Auth.may_view_project). A page looks at no more than n + FEED_SCAN
+        events; `last` is the seq to ask after next (also when every event looked at was hidden)."""
+        after = _seq(request.query_params.get("after"))
+        n = _page_size(request)
+        if n == 0:
+            raise errors.ProtocolError(400, "PAGINATION_NUMBER_INVALID", "n must be at least 1")
+        limit = min(n, EVENTS_PAGE_MAX) if n is not None else EVENTS_PAGE
+        found, last, more = await anyio.to_thread.run_sync(
+            self.registry.outbox.page, after, limit, self.auth.visible_event(caller))
+        source = self.auth.base_url(request)
+        headers = {}
+        if more:
+            headers["Link"] = f'</v2/_events?after={last}&n={limit}>; rel="next"'
+        body = {"events": [cloudevent(event, source) for event in found], "last": last}
+        return _response(200, _json(body), "application/json", headers)
+
     async def referrers(self, request: Request, name: str, reference: str, caller: Caller) -> Response:
         artifact_type = request.query_params.get("artifactType")
         found = self.registry.list_referrers(name, Digest.parse(reference), artifact_type)
         headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else {}
         return _response(200, referrers_index(found), OCI_INDEX, headers)
+
+
+@contextlib.contextmanager
+def _upload_outcome() -> Iterator[None]:
+    """Count the end of an upload that stores a blob: finished, or failed (refused: bad digest or size, body cut
+    off, no space). An upload the client gave up on in the middle is not seen here; it expires."""
+    try:
+        yield
+    except Exception:
+        count_safely(UPLOADS_FAILED.labels("refused").inc)
+        raise
+    count_safely(UPLOADS_FINISHED.inc)
 
 
 UPLOAD_REAP_INTERVAL = 15 * 60.0  # seconds between passes over idle upload sessions (their TTL is a day)
@@ -336,6 +406,9 @@ async def _reap_uploads(registry: Registry) -> None:
         except Exception:  # a failed pass is retried next time; it must never stop the server
             log.exception("reaping idle upload sessions failed")
             continue
+        count_safely(GC_PASSES.labels("uploads").inc)
+        if removed:  # idle sessions (and partial files left without one)
+            count_safely(partial(UPLOADS_FAILED.labels("expired").inc, removed))
         if removed:
             log.info("reaped %d idle upload session(s)", removed)
 
@@ -359,6 +432,7 @@ ROUTES: dict[tuple[str, str], Handler] = {
     ("manifest", "DELETE"): RegistryApi.delete_manifest,
     ("tags", "GET"): RegistryApi.list_tags,
     ("catalog", "GET"): RegistryApi.catalog,
+    ("events", "GET"): RegistryApi.events,
     ("referrers", "GET"): RegistryApi.referrers,
 }
 
@@ -367,6 +441,8 @@ def _route(path: str) -> tuple[str, str, str]:
     """(kind, name, argument) for the path after /v2/; kind "" if no endpoint matches."""
     if path == "_catalog":
         return "catalog", "", ""
+    if path == "_events":  # before repository names: `_events` is no valid name, so nothing is shadowed
+        return "events", "", ""
     parts = path.split("/")
     n = len(parts)
     if n >= 4 and parts[-3] == "blobs" and parts[-2] == "uploads":
@@ -392,6 +468,8 @@ def error_response(request: Request, exc: BaseException) -> Response:
             note(request.scope, "refusal", message)
         if status == 507:
             log.error("storage full on %s %s: %s", request.method, request.url.path, exc)
+        elif errors.read_only(exc):
+            log.error("storage read-only on %s %s: %s", request.method, request.url.path, exc)
     headers = dict(exc.headers) if isinstance(exc, errors.ProtocolError) else {}
     headers[API_VERSION[0]] = API_VERSION[1]
     detail = getattr(exc, "detail", None)
@@ -414,8 +492,8 @@ def challenge_scope(kind: str, method: str, name: str, mount_from: str | None = 
     """The scope a 401 challenge names (clients ask the token endpoint for exactly that). A cross-repository mount
     also needs pull on the `from` repository: name it too (space-separated, RFC 6750 section 3), or the client's
     token never carries it and the mount falls back to an upload."""
-    if kind == "catalog":
-        return "registry:catalog:*"
+    if kind in ("catalog", "events"):
+        return f"registry:{kind}:*"
     action = ACTIONS[(kind, method)]
     # Clients ask for what a challenge names; "view" is ours alone, so ask for pull (which admits view).
     scope = f"repository:{name}:{ {'push': 'pull,push', 'view': 'pull'}.get(action, action) }"
@@ -432,13 +510,14 @@ def challenge_scope(kind: str, method: str, name: str, mount_from: str | None = 
 def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
                service: str = "berth", public_url: str | None = None,
                forwarded_header: str | None = None, token_lifetime: int = TOKEN_LIFETIME,
-               access_log: bool = False) -> ASGIApp:
+               access_log: bool = False, metrics: str | None = None, metrics_public: bool = False) -> ASGIApp:
     """The ASGI app. Pass a Registry, or a callable that opens one when the app starts (after a server forked its
     workers: py-lmdb refuses an environment inherited across fork). `policy` is a built-in policy name or
     `module:callable` (see registry_core/policy.py). `public_url` is how clients reach the registry (the token
     realm names it; default: the request's own Host when it is a plain host:port); `forwarded_header` names the
     header a trusted proxy puts the client's address in (unset: the peer's address counts); `access_log` writes a
-    line per request (adapters/http/accesslog.py)."""
+    line per request (adapters/http/accesslog.py). `metrics`: None (not counted), "port" (counted, /metrics served
+    here) or "listen" (counted, served elsewhere); see metrics.py."""
     holder: dict[str, RegistryApi] = {}
     opened_here: list[Registry] = []
 
@@ -488,7 +567,8 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
                 raise errors.ProtocolError(404, "NOT_FOUND", f"no endpoint at {request.url.path}")
             # An upload session may outlive the token that opened it: its owner may go on with an expired one.
             grace = current.registry.store.config.upload_ttl if kind == "upload" and method in ("PATCH", "PUT") else 0
-            if kind != "catalog":
+            registry_wide = kind in ("catalog", "events")  # filtered by what the caller may view, not required
+            if not registry_wide:
                 name = str(RepositoryName.parse(name))
             try:
                 caller = current.auth.caller(request, grace)
@@ -501,7 +581,7 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
                     not current.registry.upload_grace(name, argument, caller.subject):
                 raise Unauthorized("the access token has expired, and the grace its owner has for an upload covers "
                                    "only the owner's own session while it makes progress", None, "invalid_token")
-            if kind != "catalog":
+            if not registry_wide:
                 current.auth.require(caller, name, ACTIONS[(kind, method)])
             return await handler(current, request, name, argument, caller)
         except Unauthorized as exc:
@@ -516,8 +596,20 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
     app = Starlette(routes=[Route("/v2/", base, methods=["GET", "HEAD"]),
                             Route("/v2/{path:path}", dispatch, methods=methods),
                             Route("/token", token, methods=["GET", "POST"])], lifespan=lifespan)
-    fast = ManifestFastPath(CloseAfterUnreadBody(app), api)
-    return AccessLog(fast, forwarded_header) if access_log else fast
+    def opened() -> tuple[BlobStore, bool]:
+        current = api()
+        return current.registry.store, not current.auth.login or current.auth.tokens is not None
+
+    observed = Observed(ManifestFastPath(CloseAfterUnreadBody(app), api), endpoint_kind, Readiness(opened),
+                        lambda: api().registry.store, expose=metrics, public=metrics_public)
+    return AccessLog(observed, forwarded_header) if access_log else observed
+
+
+def endpoint_kind(path: str) -> str:
+    """The endpoint a request path is for, as a metric label: one of ROUTES' kinds, base, token or other."""
+    if path.startswith("/v2/"):
+        return _route(path[4:])[0] or ("base" if path == "/v2/" else "other")
+    return "token" if path == "/token" else "other"
 
 
 class ManifestFastPath:
@@ -551,6 +643,8 @@ class ManifestFastPath:
             elif key == b"accept":
                 accept.append(value.decode("latin-1"))
         api = self.api()
+        if api.registry.config.pull_events and scope["method"] == "GET":
+            return None  # a pull writes its event: in the full app's worker thread, not on the event loop
         try:
             repo = str(RepositoryName.parse(name[4:]))
             caller = api.auth.caller_from(authorization)
@@ -572,11 +666,13 @@ def app_from_env() -> ASGIApp:
     settings = Settings.load(env=os.environ)
     configure_logs(settings.log.format, settings.log.level, settings.access_log)
     store, server = settings.store, settings.server
+    pull_events = os.environ.get("BERTH_PULL_EVENTS", "") not in ("", "0")  # set by `berth serve --pull-events`
 
     def open_registry() -> Registry:
         return Registry(BlobStore(store.data, config=store.store_config()),
-                        RegistryConfig(max_manifest=store.max_manifest))
+                        RegistryConfig(max_manifest=store.max_manifest, pull_events=pull_events))
 
     return create_app(open_registry, policy=server.policy, service=server.service,
                       public_url=server.public_url or None, forwarded_header=server.forwarded_header or None,
-                      token_lifetime=settings.limits.token_lifetime, access_log=settings.access_log)
+                      token_lifetime=settings.limits.token_lifetime, access_log=settings.access_log,
+                      metrics=os.environ.get(EXPOSE_ENV) or None, metrics_public=bool(os.environ.get(PUBLIC_ENV)))

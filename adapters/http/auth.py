@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 
 from registry_core.accounts import Accounts, Identity
 from registry_core.errors import Denied
+from registry_core.events import Event
 from registry_core.logins import LoginThrottle
 from registry_core.policy import ACTIONS, Policy, Resource, refusal, requires_login
 from registry_core.projects import Projects
@@ -31,6 +32,7 @@ from registry_core.tokens import TOKEN_LIFETIME, Claims, InvalidToken, Scope, To
 
 from . import errors
 from .accesslog import client_address, note
+from .metrics import TOKEN_REFUSALS, TOKENS_ISSUED, count_safely
 from .streaming import BodyTooLarge, read_body
 
 CACHE_BYTES = 4 << 20  # bytes of verified tokens remembered per process (ECDSA verification is the hot path's
@@ -187,6 +189,25 @@ class Auth:
             return "view" in self.policy.grant(identity, Resource("repository", name), frozenset({"view"}))
         return check
 
+    def visible_event(self, caller: Caller) -> Callable[[Event], bool]:
+        """Which events the feed shows the caller: one about a repository if the catalog would list that
+        repository (`visible`, asked now: current grants and trash); one about a project only (trashed, restored,
+        purged, a project-level grant changed) if the policy grants `view` on Resource("project", id)."""
+        identity = self.identity(caller)
+        repositories = self.visible(caller)
+        projects: dict[str, bool] = {}  # a page asks about few projects, many times
+
+        def check(event: Event) -> bool:
+            if event.repository is not None:
+                return repositories(event.repository)
+            if event.project is None:
+                return False
+            if event.project not in projects:
+                projects[event.project] = "view" in self.policy.grant(
+                    identity, Resource("project", event.project), frozenset({"view"}))
+            return projects[event.project]
+        return check
+
     def challenge(self, request: Request, exc: Unauthorized) -> Response:
         realm = f"{self.base_url(request)}/token"
         value = f'Bearer realm="{realm}",service="{self.tokens.service if self.tokens else "berth"}"'
@@ -216,6 +237,18 @@ class Auth:
 
     # -- the token endpoint ---------------------------------------------------------------------------------------
     async def token_endpoint(self, request: Request) -> Response:
+        said = ["anonymous"]
+        answer = await self._token_endpoint(request, said)
+        if answer.status_code == 200:
+            count_safely(TOKENS_ISSUED.labels(said[0]).inc)
+        else:
+            reason = said[0] if said[0] == "too_many_scopes" else _REFUSALS.get(answer.status_code, "bad_request")
+            count_safely(TOKEN_REFUSALS.labels(reason).inc)
+        return answer
+
+    async def _token_endpoint(self, request: Request, said: list[str]) -> Response:
+        """The token endpoint; `said[0]` is left saying how the caller logged in (or too_many_scopes), for the
+        metrics."""
         if self.tokens is None:
             return JSONResponse({"errors": [{"code": "UNSUPPORTED", "message": "this registry needs no login"}]}, 404)
         source = self.source(request)
@@ -236,6 +269,8 @@ class Auth:
             grant_type = field("grant_type")
             scopes = [s for s in field("scope").split(" ") if s]
             offline = field("access_type") == "offline"
+            if grant_type in ("password", "refresh_token"):
+                said[0] = grant_type
             if grant_type == "password":
                 identity, why = self.accounts.login(field("password"))
                 failed = identity is None
@@ -250,6 +285,7 @@ class Auth:
             offline = request.query_params.get("offline_token", "").lower() == "true"
             header = request.headers.get("authorization")
             if header is not None:
+                said[0] = "password"
                 password = _basic_password(header)
                 identity, why = self.accounts.login(password) if password is not None else (
                     None, "malformed Authorization header: expected Basic credentials")
@@ -264,6 +300,7 @@ class Auth:
             note(request.scope, "refusal", f"login refused: {why}")
             return _error(401, "UNAUTHORIZED", f"invalid credentials: {why}")
         if len(scopes) > SCOPES_MAX:
+            said[0] = "too_many_scopes"
             return _error(400, "UNSUPPORTED", f"a token request may ask for at most {SCOPES_MAX} scopes, "
                                               f"got {len(scopes)}")
 
@@ -294,6 +331,12 @@ class Auth:
         record = self.accounts.token(token_id)
         identity = self.accounts.identity_for(record) if record is not None else None
         return identity if identity is not None and identity.user == subject else None
+
+
+# A refused token request's metric reason, by its status: 401 bad credentials, 429 throttled (too many failed
+# logins from the address), 404 no login under this policy, 413 a form too large; 400 says the request was malformed
+# or asked for too many scopes (told apart where it is answered).
+_REFUSALS = {401: "bad_credentials", 429: "throttled", 404: "no_login", 413: "too_large", 400: "bad_request"}
 
 
 def _basic_password(header: str) -> str | None:

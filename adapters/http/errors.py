@@ -81,6 +81,8 @@ def lookup(exc: BaseException) -> tuple[int, str] | None:
         return exc.status, exc.code
     if no_space(exc):
         return 507, "UNKNOWN"  # RFC 4918 11.5 Insufficient Storage; the distribution-spec has no code of its own
+    if read_only(exc):
+        return 503, "UNAVAILABLE"  # the storage went read-only (an operator's mount, a failing disk): /readyz says so
     for cls in type(exc).__mro__:
         if cls in ERRORS:
             return ERRORS[cls]
@@ -94,9 +96,22 @@ def no_space(exc: BaseException) -> bool:
     return type(exc).__module__ == "lmdb" and "No space left" in str(exc)
 
 
+READ_ONLY_MESSAGE = ("the registry's storage is read-only: nothing of this request was stored; try again once an "
+                     "operator has made it writable")
+
+
+def read_only(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+        return True
+    return type(exc).__module__ == "lmdb" and "Read-only file system" in str(exc)
+
+
 def message(exc: BaseException) -> str:
-    """What the client is told: the exception's own message, or for a full disk one without file paths."""
-    return NO_SPACE_MESSAGE if no_space(exc) else str(exc)
+    """What the client is told: the exception's own message, or for a full or read-only disk one without file
+    paths."""
+    if no_space(exc):
+        return NO_SPACE_MESSAGE
+    return READ_ONLY_MESSAGE if read_only(exc) else str(exc)
 
 
 def body(code: str, message: str, detail: Any = None) -> bytes:
