@@ -489,7 +489,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     count = workers(settings)
     _say(f"berth: serving http://{where}/{public} (the registry API at /v2/) from {os.environ['BERTH_DATA']}, "
          f"{count} worker(s); policy {policy}: {POLICIES.get(policy, 'a policy of your own')}")
-    os.environ["BERTH_PULL_EVENTS"] = "1" if args.pull_events else ""
     from adapters.exposure import prepare_serving  # sets PROMETHEUS_MULTIPROC_DIR before the app imports
 
     metrics = prepare_serving(data, where, enabled=settings.metrics.enabled or settings.metrics.public,
@@ -514,6 +513,7 @@ def serve_settings(args: argparse.Namespace) -> Settings:
     """flag > environment > file (--config, else $BERTH_CONFIG) > default."""
     flags = {"--listen": args.listen, "--workers": args.workers, "--policy": args.policy,
              "--max-manifest": args.max_manifest, "--access-log": args.access_log or None,
+             "--pull-events": args.pull_events or None,
              "--public-url": args.public_url, "--forwarded-header": args.forwarded_header, "--data": args.data,
              "--log-format": args.log_format, "--log-level": args.log_level, "--metrics": args.metrics or None,
              "--metrics-public": args.metrics_public or None, "--metrics-listen": args.metrics_listen}

@@ -54,6 +54,7 @@ class ServerSettings:
     service: str = _key("berth", "BERTH_SERVICE")  # the token `service` (aud) clients ask for; Docker's own realm
     #                                                names it like this
     access_log: bool = _key(False, "BERTH_ACCESS_LOG", "--access-log")  # off: a line per request costs CPU
+    pull_events: bool = _key(False, "BERTH_PULL_EVENTS", "--pull-events")  # off: it makes every pull a write
 
 
 @dataclass(frozen=True, slots=True)

@@ -666,11 +666,11 @@ def app_from_env() -> ASGIApp:
     settings = Settings.load(env=os.environ)
     configure_logs(settings.log.format, settings.log.level, settings.access_log)
     store, server = settings.store, settings.server
-    pull_events = os.environ.get("BERTH_PULL_EVENTS", "") not in ("", "0")  # set by `berth serve --pull-events`
 
     def open_registry() -> Registry:
         return Registry(BlobStore(store.data, config=store.store_config()),
-                        RegistryConfig(max_manifest=store.max_manifest, pull_events=pull_events))
+                        RegistryConfig(max_manifest=store.max_manifest,
+                                                                   pull_events=server.pull_events))
 
     return create_app(open_registry, policy=server.policy, service=server.service,
                       public_url=server.public_url or None, forwarded_header=server.forwarded_header or None,
