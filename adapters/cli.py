@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import os
 import socket
@@ -21,15 +22,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from adapters.logs import granian_config
+from adapters.settings import CONFIG_ENV, Settings, SettingsError, parse_listen, policy_problem, render, workers
 from cas import BlobStore, CasError, Digest, check
 from cas.gc import utc
 from registry_core.accounts import Accounts, PersonalToken, User
 from registry_core.errors import RegistryError
 from registry_core.events import EVENT_TYPES
-from registry_core.manifests import DEFAULT_MAX_MANIFEST
-from registry_core.policy import BUILT_IN, load_policy
+from registry_core.policy import load_policy
 from registry_core.projects import IGNORED, INHERITED, LEVELS, LOCAL, OWNER, Projects
-from registry_core.registry import Registry
+from registry_core.registry import Registry, RegistryConfig
 from registry_core.webhooks import CLOUDEVENTS, FORMATS, Webhooks
 
 DEFAULT_DATA = "./berth-data"
@@ -67,19 +69,19 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def _listen(text: str) -> tuple[str, int]:
-    """HOST:PORT (an IPv6 host in brackets) -> (host without brackets, port)."""
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"HOST:PORT, e.g. 127.0.0.1:5000 or [::1]:5000, not {text!r}")
-    return host.strip("[]"), int(port)
+def _listen(text: str) -> str:
+    """HOST:PORT (an IPv6 host in brackets): a mistake in the flag is a usage error (the settings check it too)."""
+    try:
+        parse_listen(text, "")
+    except SettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc).lstrip(": ")) from None
+    return text
 
 
 def _policy(text: str) -> str:
-    """A built-in policy's name or module:callable (whether that imports is known once a registry is open)."""
-    if text not in BUILT_IN and ":" not in text:
-        raise argparse.ArgumentTypeError(f"{' or '.join(BUILT_IN)}, or module:callable for a policy of your own; "
-                                         f"not {text!r}")
+    problem = policy_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 
@@ -117,8 +119,14 @@ def existing_data(path: str) -> str:
     return full
 
 
+def _store(args: argparse.Namespace) -> BlobStore:
+    """The data directory's store, with the settings' grace, lease and upload lifetime (a `gc` pass uses its grace)."""
+    settings: Settings = args.settings
+    return BlobStore(args.data, config=settings.store.store_config())
+
+
 def _registry(args: argparse.Namespace) -> Registry:
-    return Registry.open(args.data)
+    return Registry(_store(args), RegistryConfig(max_manifest=args.settings.store.max_manifest))
 
 
 # -- users ------------------------------------------------------------------------------------------------------------
@@ -437,7 +445,7 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
 
 
 def cmd_fsck(args: argparse.Namespace) -> int:
-    with BlobStore(args.data) as store:
+    with _store(args) as store:
         report = check(store, repair=args.repair)
     for line in report.lines():
         print(line)
@@ -449,7 +457,7 @@ def _mib(size: int) -> str:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    with BlobStore(args.data) as store:
+    with _store(args) as store:
         now, lease = store.clock(), store.config.lease
         if args.explain:
             for why in [store.gc.explain(Digest.parse(text)) for text in args.explain]:  # all parsed, then shown
@@ -544,45 +552,72 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from granian import Granian
     from granian.constants import Interfaces
 
-    host, port = args.listen
+    settings = serve_settings(args)
+    host, port = parse_listen(settings.server.listen)
     where = _address(host, port)
+    data, policy = settings.store.data, settings.server.policy
     refuse_busy_port(host, port)  # before the data directory is created: a busy port leaves no trace
-    if args.metrics_listen:
-        refuse_busy_port(*args.metrics_listen)
+    metrics_listen = parse_listen(settings.metrics.listen) if settings.metrics.listen else None
+    if metrics_listen:
+        refuse_busy_port(*metrics_listen)
     # Create (or check) the data directory once, before the workers fork: each opens it again for itself.
-    with Registry.open(args.data) as registry:
+    with Registry.open(data) as registry:
         try:
-            load_policy(args.policy, registry)  # a bad --policy fails here, not in every worker
+            load_policy(policy, registry)  # a bad --policy fails here, not in every worker
         except (ImportError, AttributeError) as exc:
-            raise Failure(f"--policy {args.policy}: {exc}") from None
-        if args.policy == "project":
-            first_start(registry, args.data, where)
-    os.environ["BERTH_POLICY"] = args.policy
-    os.environ["BERTH_DATA"] = os.path.abspath(args.data)
-    os.environ["BERTH_MAX_MANIFEST"] = str(args.max_manifest)
-    os.environ["BERTH_PULL_EVENTS"] = "1" if args.pull_events else ""
-    if args.public_url:
-        os.environ["BERTH_PUBLIC_URL"] = args.public_url
-    if args.forwarded_header:
-        os.environ["BERTH_FORWARDED_HEADER"] = args.forwarded_header
-    public = f" (clients reach it as {args.public_url})" if args.public_url else ""
+            raise Failure(f"--policy {policy}: {exc}") from None
+        if policy == "project":
+            first_start(registry, data, where)
+    # The workers read every setting from the environment (adapters/http/app.py app_from_env), resolved here once.
+    os.environ.update(dataclasses.replace(settings, store=dataclasses.replace(
+        settings.store, data=os.path.abspath(data))).environment())
+    os.environ.pop(CONFIG_ENV, None)  # resolved above: a worker must not read the file again over flags
+    public = f" (clients reach it as {settings.server.public_url})" if settings.server.public_url else ""
+    count = workers(settings)
     _say(f"berth: serving http://{where}/{public} (the registry API at /v2/) from {os.environ['BERTH_DATA']}, "
-         f"{args.workers} worker(s); policy {args.policy}: {POLICIES.get(args.policy, 'a policy of your own')}")
+         f"{count} worker(s); policy {policy}: {POLICIES.get(policy, 'a policy of your own')}")
     from adapters.exposure import prepare_serving  # sets PROMETHEUS_MULTIPROC_DIR before the app imports
 
-    metrics = prepare_serving(args.data, where, enabled=args.metrics or args.metrics_public, public=args.metrics_public,
-                              metrics_listen=args.metrics_listen)
+    metrics = prepare_serving(data, where, enabled=settings.metrics.enabled or settings.metrics.public,
+                              public=settings.metrics.public, metrics_listen=metrics_listen)
     if metrics:
         _say(f"berth: {metrics}; health at /healthz and /readyz")
     _lean_memory()
     # granian: the lowest CPU per request and per uploaded GiB measured here (see README, "Why granian").
-    # Never task_impl=rust: it breaks anyio.to_thread (PERF-NOTES).
+    # Never task_impl=rust: it breaks anyio.to_thread (PERF-NOTES). Its own access log stays off: ours
+    # (adapters/http/accesslog.py) knows the account and the refusal, and keeps query strings out.
     server = Granian("adapters.http:app_from_env", factory=True, interface=Interfaces.ASGI, address=host, port=port,
-                     workers=args.workers, log_access=args.access_log, backlog=2048)
+                     workers=count, log_access=False, log_dictconfig=granian_config(settings.log.format),
+                     backlog=2048)
     try:
         server.serve()
     except RuntimeError as exc:  # the port was taken between the probe and granian's bind
         raise Failure(f"cannot serve on {where}: {str(exc).splitlines()[0]}") from None
+    return 0
+
+
+def serve_settings(args: argparse.Namespace) -> Settings:
+    """flag > environment > file (--config, else $BERTH_CONFIG) > default."""
+    flags = {"--listen": args.listen, "--workers": args.workers, "--policy": args.policy,
+             "--max-manifest": args.max_manifest, "--access-log": args.access_log or None,
+             "--pull-events": args.pull_events or None,
+             "--public-url": args.public_url, "--forwarded-header": args.forwarded_header, "--data": args.data,
+             "--log-format": args.log_format, "--log-level": args.log_level, "--metrics": args.metrics or None,
+             "--metrics-public": args.metrics_public or None, "--metrics-listen": args.metrics_listen}
+    try:
+        return Settings.load(args.config, os.environ, flags)
+    except SettingsError as exc:
+        raise Failure(str(exc)) from None
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    try:
+        settings = Settings.load(args.file, os.environ)
+        sources = settings.sources(args.file, os.environ)
+    except SettingsError as exc:
+        raise Failure(str(exc)) from None
+    print(render(settings, sources), end="")
+    _say(f"{args.file}: valid; the effective settings above (flags given to `berth serve` override them)")
     return 0
 
 
@@ -614,9 +649,13 @@ def build_parser() -> argparse.ArgumentParser:
         """A leaf command; `data`: "existing" (needs --data to be a data directory), "create" (serve) or "none"."""
         p = group.add_parser(name, help=text, description=text)
         if data != "none":
-            p.add_argument("--data", default=os.environ.get("BERTH_DATA", DEFAULT_DATA),
-                           help="data directory, relative to the working directory (default: $BERTH_DATA or "
-                                "%(default)s)" + ("; created on first start" if data == "create" else ""))
+            # None when not given: the settings fill it in (main(): $BERTH_DATA, the file, the default)
+            p.add_argument("--data", default=None,
+                           help="data directory, relative to the working directory (default: $BERTH_DATA, the "
+                                f"settings file's [store] data, or {DEFAULT_DATA})"
+                                + ("; created on first start" if data == "create" else ""))
+            p.add_argument("--config", default=None, metavar="FILE",
+                           help="a TOML settings file (default: $BERTH_CONFIG; see berth.example.toml)")
         p.set_defaults(run=run, data_must_exist=data == "existing")
         return p
 
@@ -626,18 +665,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(sub, "serve", cmd_serve, "run the registry (OCI Distribution v1.1) on the data directory",
                 data="create")
-    p.add_argument("--listen", type=_listen, default="127.0.0.1:5000", metavar="HOST:PORT",
-                   help="where to listen (default: %(default)s)")
-    p.add_argument("--workers", type=_positive, default=os.cpu_count() or 1,
-                   help="server processes (default: one per core)")
-    p.add_argument("--policy", type=_policy, default="project",
+    # Every default below is None: not given, so the settings decide (adapters/settings.py: flag > environment >
+    # file > default); the defaults named in the help come from there.
+    p.add_argument("--listen", type=_listen, default=None, metavar="HOST:PORT",
+                   help="where to listen (default: 127.0.0.1:5000)")
+    p.add_argument("--workers", type=_positive, default=None, help="server processes (default: one per core)")
+    p.add_argument("--policy", type=_policy, default=None,
                    help="who may do what: 'project' (projects, grants, tokens; the default), 'open' (everything "
                         "allowed, no login: local development only) or module:callable")
-    p.add_argument("--max-manifest", type=_positive, default=DEFAULT_MAX_MANIFEST, metavar="BYTES",
-                   help="largest manifest accepted (default: %(default)s; the spec requires at least 4 MiB)")
+    p.add_argument("--max-manifest", type=_positive, default=None, metavar="BYTES",
+                   help="largest manifest accepted (default: 4 MiB; the spec requires at least 4 MiB)")
     p.add_argument("--pull-events", action="store_true", help="record an event for every manifest pull (GET) in "
                    "the event feed (off by default: it makes every pull a write)")
-    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--access-log", action="store_true", help="log every request, one line each")
+    p.add_argument("--log-format", choices=("plain", "json"), default=None,
+                   help="the form of the access and application logs (default: plain)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error", "critical"), default=None,
+                   help="the least important application log line written (default: info)")
     p.add_argument("--metrics", action="store_true", help="count requests, uploads, tokens... for Prometheus: GET "
                    "/metrics on this port, for loopback clients only (see --metrics-public, --metrics-listen)")
     p.add_argument("--metrics-public", action="store_true",
@@ -645,12 +689,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-listen", type=_listen, default=None, metavar="HOST:PORT",
                    help="serve /metrics on a port of its own instead, to every client that reaches it (implies "
                         "--metrics)")
-    p.add_argument("--public-url", default=os.environ.get("BERTH_PUBLIC_URL"), metavar="URL",
+    p.add_argument("--public-url", default=None, metavar="URL",
                    help="how clients reach the registry, e.g. https://registry.example.org (behind a TLS proxy); "
                         "the token realm names it (default: the request's Host)")
-    p.add_argument("--forwarded-header", default=os.environ.get("BERTH_FORWARDED_HEADER"), metavar="NAME",
+    p.add_argument("--forwarded-header", default=None, metavar="NAME",
                    help="a header a trusted proxy sets to the client's address, e.g. X-Forwarded-For (its last "
                         "hop counts); unset: the peer's address (never trust it without such a proxy)")
+
+    config = group("config", "the settings file: check")
+    command(config, "check", cmd_config_check, "validate a TOML settings file and print the effective settings "
+                                                "(the file over the defaults, the environment over the file)",
+            data="none").add_argument("file")
 
     users = group("user", "accounts: add, list, certify, uncertify, admin, unadmin, remove")
     p = command(users, "add", cmd_user_add, "add an account (it logs in with a token: `berth token create`)")
@@ -726,6 +775,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench(argv[1:])
     try:
         args = build_parser().parse_args(argv)  # a usage error exits here, with status 2
+        if hasattr(args, "data"):  # a command on the data directory: its [store] settings (grace, lease...) too
+            args.settings = Settings.load(args.config, os.environ, {"--data": args.data})
+            args.data = args.settings.store.data
         if args.data_must_exist:
             args.data = existing_data(args.data)
         return int(args.run(args))

@@ -17,7 +17,10 @@ Wire formats:
     are lower-case a-z/0-9 only (spec.md "Attribute Naming Convention"), hence `berthseq`.
   - `compat_envelope`: the classic registry notification envelope (distribution/distribution notifications/event.go
     `Envelope`, `Event`, `RequestRecord`, `ActorRecord`, `SourceRecord`; docs "notifications.md"), sent with media
-    type application/vnd.docker.distribution.events.v1+json, actions push / pull / mount / delete.
+    type application/vnd.docker.distribution.events.v1+json, actions push / pull / mount / delete. That is the 2.x
+    format registry webhook receivers parse; Distribution 3 renamed its media type ...events.v2+json and added
+    target.references, which Berth does not send. Target: the Descriptor's mediaType, size, digest (urls left out)
+    + length (= size), repository, fromRepository (a mount), url, tag.
 """
 
 from __future__ import annotations

@@ -63,8 +63,9 @@ class Claims:
 
 
 class TokenService:
-    def __init__(self, data: str | os.PathLike[str], service: str) -> None:
+    def __init__(self, data: str | os.PathLike[str], service: str, lifetime: int = TOKEN_LIFETIME) -> None:
         self.service = service
+        self.lifetime = lifetime  # seconds an access token lives (the operator's [limits] token_lifetime)
         self._key = _load_or_create_key(Path(data) / "keys" / "token-es256.pem")
         public = self._key.public_key().public_bytes(serialization.Encoding.DER,
                                                      serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -73,11 +74,11 @@ class TokenService:
 
     def issue(self, subject: str, access: list[Scope], token_id: str | None, now: float) -> tuple[str, int]:
         claims = {"iss": ISSUER, "sub": subject, "aud": self.service, "iat": int(now), "nbf": int(now) - 1,
-                  "exp": int(now) + TOKEN_LIFETIME, "jti": secrets.token_hex(12),
+                  "exp": int(now) + self.lifetime, "jti": secrets.token_hex(12),
                   "access": [s.to_claim() for s in access]}
         if token_id:
             claims["pat"] = token_id
-        return jwt.encode(claims, self._key, "ES256", headers={"kid": self.kid}), TOKEN_LIFETIME
+        return jwt.encode(claims, self._key, "ES256", headers={"kid": self.kid}), self.lifetime
 
     def issue_refresh(self, subject: str, token_id: str, now: float) -> str:
         claims = {"iss": ISSUER, "sub": subject, "aud": f"{self.service}#refresh", "iat": int(now),

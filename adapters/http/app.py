@@ -37,19 +37,22 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from adapters.logs import configure as configure_logs
+from adapters.settings import Settings
 from cas import BlobReader, BlobStore, Digest, InvalidRange, OffsetMismatch, UploadStatus
 from registry_core.errors import ManifestTooLarge
 from registry_core.events import cloudevent
-from registry_core.manifests import DEFAULT_MAX_MANIFEST, OCI_INDEX
+from registry_core.manifests import OCI_INDEX
 from registry_core.names import RepositoryName
 from registry_core.policy import load_policy
 from registry_core.referrers import referrers_index
 from registry_core.registry import Registry, RegistryConfig
-from registry_core.tokens import LEEWAY
+from registry_core.tokens import LEEWAY, TOKEN_LIFETIME
 
 from ..delivery import deliver_events
 from ..exposure import EXPOSE_ENV, PUBLIC_ENV
 from . import errors
+from .accesslog import AccessLog, note
 from .auth import Auth, Caller, Unauthorized
 from .health import Readiness
 from .metrics import (
@@ -212,7 +215,8 @@ class RegistryApi:
 
     # -- end-1 ----------------------------------------------------------------------------------------------------
     async def base(self, request: Request) -> Response:
-        self.auth.caller(request)  # with login: any valid token (Unauthorized otherwise)
+        # with login: any valid token (Unauthorized otherwise)
+        note(request.scope, "account", self.auth.caller(request).subject)
         return _response(200, b"{}", "application/json")
 
     # -- blobs ----------------------------------------------------------------------------------------------------
@@ -461,6 +465,8 @@ def error_response(request: Request, exc: BaseException) -> Response:
         status, code, message = 500, "UNKNOWN", "internal error (logged on the server)"
     else:
         (status, code), message = found, errors.message(exc)
+        if status in (401, 403, 429):  # refused: the reason goes on the access log line
+            note(request.scope, "refusal", message)
         if status == 507:
             log.error("storage full on %s %s: %s", request.method, request.url.path, exc)
         elif errors.read_only(exc):
@@ -504,14 +510,15 @@ def challenge_scope(kind: str, method: str, name: str, mount_from: str | None = 
 
 def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
                service: str = "berth", public_url: str | None = None,
-               forwarded_header: str | None = None, metrics: str | None = None,
-               metrics_public: bool = False) -> Observed:
+               forwarded_header: str | None = None, token_lifetime: int = TOKEN_LIFETIME,
+               access_log: bool = False, metrics: str | None = None, metrics_public: bool = False) -> ASGIApp:
     """The ASGI app. Pass a Registry, or a callable that opens one when the app starts (after a server forked its
     workers: py-lmdb refuses an environment inherited across fork). `policy` is a built-in policy name or
     `module:callable` (see registry_core/policy.py). `public_url` is how clients reach the registry (the token
     realm names it; default: the request's own Host when it is a plain host:port); `forwarded_header` names the
-    header a trusted proxy puts the client's address in (unset: the peer's address counts). `metrics`: None (not
-    counted), "port" (counted, /metrics served here) or "listen" (counted, served elsewhere); see metrics.py."""
+    header a trusted proxy puts the client's address in (unset: the peer's address counts); `access_log` writes a
+    line per request (adapters/http/accesslog.py). `metrics`: None (not counted), "port" (counted, /metrics served
+    here) or "listen" (counted, served elsewhere); see metrics.py."""
     holder: dict[str, RegistryApi] = {}
     opened_here: list[Registry] = []
 
@@ -523,7 +530,7 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
                 reg = registry()
                 opened_here.append(reg)
             holder["api"] = RegistryApi(reg, Auth(reg, load_policy(policy, reg), service, public_url,
-                                                  forwarded_header))
+                                                  forwarded_header, token_lifetime))
         return holder["api"]
 
     @contextlib.asynccontextmanager
@@ -545,6 +552,7 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
         try:
             return await api().base(request)
         except Unauthorized as exc:
+            note(request.scope, "refusal", str(exc))
             return api().auth.challenge(request, exc)
 
     async def token(request: Request) -> Response:
@@ -571,6 +579,7 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
                 exc.scope = challenge_scope(kind, method, name, request.query_params.get("from")
                                             if "mount" in request.query_params else None)
                 raise
+            note(request.scope, "account", caller.subject)
             if grace and caller.claims is not None and time.time() > caller.claims.expires + LEEWAY and \
                     not current.registry.upload_grace(name, argument, caller.subject):
                 raise Unauthorized("the access token has expired, and the grace its owner has for an upload covers "
@@ -579,6 +588,7 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
                 current.auth.require(caller, name, ACTIONS[(kind, method)])
             return await handler(current, request, name, argument, caller)
         except Unauthorized as exc:
+            note(request.scope, "refusal", str(exc))
             return current.auth.challenge(request, exc)
         except ClientDisconnect:
             return Response(status_code=499)
@@ -593,8 +603,9 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
         current = api()
         return current.registry.store, not current.auth.login or current.auth.tokens is not None
 
-    return Observed(ManifestFastPath(CloseAfterUnreadBody(app), api), endpoint_kind, Readiness(opened),
-                    lambda: api().registry.store, expose=metrics, public=metrics_public)
+    observed = Observed(ManifestFastPath(CloseAfterUnreadBody(app), api), endpoint_kind, Readiness(opened),
+                        lambda: api().registry.store, expose=metrics, public=metrics_public)
+    return AccessLog(observed, forwarded_header) if access_log else observed
 
 
 def endpoint_kind(path: str) -> str:
@@ -641,6 +652,7 @@ class ManifestFastPath:
             repo = str(RepositoryName.parse(name[4:]))
             caller = api.auth.caller_from(authorization)
             api.auth.require(caller, repo, "pull")
+            note(scope, "account", caller.subject)
             found = api.registry.get_manifest(repo, reference, _media_types(accept), read_files=False)
         except Exception:  # the full app answers it, with the right error
             return None
@@ -650,15 +662,20 @@ class ManifestFastPath:
                 (b"docker-distribution-api-version", b"registry/2.0")], found.body
 
 
-def app_from_env() -> Observed:
-    """The factory `berth serve` gives the ASGI server: settings come from the environment (BERTH_*), so that every
-    worker process opens its own Registry after the fork."""
-    data = os.environ.get("BERTH_DATA", "./berth-data")
-    max_manifest = int(os.environ.get("BERTH_MAX_MANIFEST", DEFAULT_MAX_MANIFEST))
-    pull_events = os.environ.get("BERTH_PULL_EVENTS", "") not in ("", "0")
-    return create_app(lambda: Registry.open(data, RegistryConfig(max_manifest=max_manifest,
-                                                                 pull_events=pull_events)),
-                      policy=os.environ.get("BERTH_POLICY", "open"), service=os.environ.get("BERTH_SERVICE", "berth"),
-                      public_url=os.environ.get("BERTH_PUBLIC_URL") or None,
-                      forwarded_header=os.environ.get("BERTH_FORWARDED_HEADER") or None,
+def app_from_env() -> ASGIApp:
+    """The factory `berth serve` gives the ASGI server: settings come from the environment (BERTH_*, set by `berth
+    serve` from its flags and file: adapters/settings.py), so that every worker process opens its own Registry
+    after the fork. The worker's logs are configured here, once."""
+    settings = Settings.load(env=os.environ)
+    configure_logs(settings.log.format, settings.log.level, settings.access_log)
+    store, server = settings.store, settings.server
+
+    def open_registry() -> Registry:
+        return Registry(BlobStore(store.data, config=store.store_config()),
+                        RegistryConfig(max_manifest=store.max_manifest,
+                                                                   pull_events=server.pull_events))
+
+    return create_app(open_registry, policy=server.policy, service=server.service,
+                      public_url=server.public_url or None, forwarded_header=server.forwarded_header or None,
+                      token_lifetime=settings.limits.token_lifetime, access_log=settings.access_log,
                       metrics=os.environ.get(EXPOSE_ENV) or None, metrics_public=bool(os.environ.get(PUBLIC_ENV)))

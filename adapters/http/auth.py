@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
 import re
 import time
 from collections import OrderedDict
@@ -29,13 +28,12 @@ from registry_core.logins import LoginThrottle
 from registry_core.policy import ACTIONS, Policy, Resource, refusal, requires_login
 from registry_core.projects import Projects
 from registry_core.registry import Registry
-from registry_core.tokens import Claims, InvalidToken, Scope, TokenService
+from registry_core.tokens import TOKEN_LIFETIME, Claims, InvalidToken, Scope, TokenService
 
 from . import errors
+from .accesslog import client_address, note
 from .metrics import TOKEN_REFUSALS, TOKENS_ISSUED, count_safely
 from .streaming import BodyTooLarge, read_body
-
-log = logging.getLogger("berth.auth")
 
 CACHE_BYTES = 4 << 20  # bytes of verified tokens remembered per process (ECDSA verification is the hot path's
 #                        largest cost; a token Berth issues is ~0.5-2 KiB, so this holds thousands)
@@ -61,13 +59,13 @@ class Caller:
 
 class Auth:
     def __init__(self, registry: Registry, policy: Policy, service: str = "berth", public_url: str | None = None,
-                 forwarded_header: str | None = None) -> None:
+                 forwarded_header: str | None = None, token_lifetime: int = TOKEN_LIFETIME) -> None:
         self.registry = registry
         self.policy = policy
         self.login = requires_login(policy)
         self.accounts = Accounts(registry.store)
         self.projects = Projects(registry.store)
-        self.tokens = TokenService(registry.store.root, service) if self.login else None
+        self.tokens = TokenService(registry.store.root, service, token_lifetime) if self.login else None
         self.public_url = public_url.rstrip("/") if public_url else None
         self.forwarded_header = forwarded_header.lower() if forwarded_header else None
         self.throttle = LoginThrottle(registry.store)
@@ -147,8 +145,7 @@ class Auth:
         if claims is not None and claims.token_id is not None:
             record = self.accounts.token(claims.token_id)
             problem = self.accounts.inactive_reason(record)
-            if problem is not None:
-                log.info("refused %s on %s for %s: %s", action, name, claims.subject or "anonymous", problem)
+            if problem is not None:  # the reason reaches the access log through the error (app.py dispatch)
                 return Unauthorized(problem, scope, "invalid_token")
             identity = self.accounts.identity_for(record) if record is not None else None
         resource = Resource("repository", name)
@@ -156,7 +153,6 @@ class Auth:
             return Unauthorized(f"this access token does not carry {action} on {name}: ask the token endpoint for "
                                 f"{scope}", scope, "insufficient_scope")
         reason = refusal(self.policy, identity, resource, action)
-        log.info("refused %s on %s for %s: %s", action, name, identity.user if identity else "anonymous", reason)
         if identity is None:
             return Unauthorized(reason, scope, "insufficient_scope")
         return Denied(reason)
@@ -237,14 +233,7 @@ class Auth:
         return f"{request.url.scheme}://{host}"
 
     def source(self, request: Request) -> str:
-        """The client's address: the last hop of the configured proxy header (a trusted proxy appends the address
-        it saw), else the peer's address."""
-        if self.forwarded_header:
-            value = request.headers.get(self.forwarded_header, "")
-            hop = value.rsplit(",", 1)[-1].strip()
-            if hop:
-                return hop[:64]
-        return request.client.host if request.client else "?"
+        return client_address(request.scope, self.forwarded_header)
 
     # -- the token endpoint ---------------------------------------------------------------------------------------
     async def token_endpoint(self, request: Request) -> Response:
@@ -304,11 +293,11 @@ class Auth:
         if failed:  # a correct token never gets here: the throttle slows guessing, never a valid user
             wait = self.throttle.wait(source)
             if wait:
-                log.info("login refused from %s (throttled): %s", source, why)
+                note(request.scope, "refusal", f"login refused (throttled): {why}")
                 return _error(429, "TOOMANYREQUESTS", f"too many failed logins from this address: wait {wait:.0f} s",
                               {"Retry-After": str(int(wait + 0.999))})
             await anyio.to_thread.run_sync(self.throttle.failed, source)
-            log.info("login refused from %s: %s", source, why)
+            note(request.scope, "refusal", f"login refused: {why}")
             return _error(401, "UNAUTHORIZED", f"invalid credentials: {why}")
         if len(scopes) > SCOPES_MAX:
             said[0] = "too_many_scopes"
@@ -322,6 +311,8 @@ class Auth:
                 continue
             granted = self.policy.grant(identity, Resource(scope.type, scope.name), scope.actions & ACTIONS)
             access.append(Scope(scope.type, scope.name, granted))
+        if identity is not None:
+            note(request.scope, "account", identity.user)
         now = time.time()
         token, lifetime = self.tokens.issue(identity.user if identity else "", access,
                                             identity.token_id if identity else None, now)

@@ -86,7 +86,7 @@ def test_an_answer_before_the_body_is_read_closes_the_connection(http: httpx.Cli
     location = http.post("/v2/syn1/unread/blobs/uploads/").headers["Location"]
     r = http.patch(location, content=b"x" * 1000, headers={"Content-Range": "0-999"})
     assert r.status_code == 202 and "connection" not in r.headers  # read to the end: the connection stays open
-    body = os.urandom(4 << 20)  # far more than is read before the offset check refuses it
+    body = os.urandom(32 << 20)  # far more than is read before the offset check refuses it (16 chunks queued)
     r = http.patch(location, content=body, headers={"Content-Range": f"5000-{5000 + len(body) - 1}"})
     assert r.status_code == 416 and r.headers["connection"] == "close"
     assert http.get(location).headers["Range"] == "0-999"  # the next request goes out on a new connection

@@ -1,0 +1,167 @@
+"""The access log as an operator reads it: a real `berth serve --access-log --log-format json` under the project
+policy, a push and a pull with a personal access token, then the real log file: one JSON line per request with the
+account and the refusal reason, and no secret anywhere in it."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from adapters.http.accesslog import AccessLog, note
+from adapters.logs import Formatter
+from registry_core.accounts import Accounts
+from registry_core.projects import Projects
+from registry_core.registry import Registry
+from tests.serving import start_server
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+FIELDS = {"time", "kind", "client", "method", "path", "status", "bytes_in", "bytes_out", "duration_ms", "account",
+          "refusal"}
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def access_lines(text: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return [line for line in lines if line["kind"] == "access"]
+
+
+def test_a_push_and_a_pull_are_logged_one_json_line_each_without_a_secret(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = start_server(data, "--log-format", "json", "--forwarded-header", "X-Real-Client", policy="project")
+    try:
+        with Registry.open(data) as registry:
+            accounts, projects = Accounts(registry.store), Projects(registry.store)
+            accounts.add_user("alice", certified=True)
+            accounts.add_user("mallory", certified=True)
+            secret = accounts.create_token("alice", ["view", "download", "modify"])[1]
+            other = accounts.create_token("mallory", ["view", "download", "modify"])[1]
+            project = projects.create("main", "alice").id
+        repo = f"{project}/app"
+        basic = "Basic " + base64.b64encode(f"alice:{secret}".encode()).decode()
+        sent = []  # (method, path, status) of every request, in order
+
+        def call(client: httpx.Client, method: str, url: str, **kw: Any) -> httpx.Response:
+            r = client.request(method, url, **kw)
+            sent.append((method, r.request.url.path, r.status_code))
+            return r
+
+        with httpx.Client(base_url=server.url, timeout=30, headers={"X-Real-Client": "203.0.113.7"}) as anon:
+            r = call(anon, "GET", "/token", params={"service": "berth", "scope": f"repository:{repo}:pull,push"},
+                     headers={"Authorization": basic})
+            token = r.json()["token"]
+            denied = call(anon, "GET", "/token", params={"service": "berth", "password": "hunter2-in-a-query"},
+                          auth=("alice", "berth_0000000000000000_" + "B" * 43))  # a wrong one: refused
+            assert denied.status_code == 401
+            mallory = call(anon, "GET", "/token", params={"service": "berth", "scope": f"repository:{repo}:push"},
+                           auth=("mallory", other)).json()["token"]
+        bearer = {"Authorization": f"Bearer {token}", "X-Real-Client": "203.0.113.7"}
+        with httpx.Client(base_url=server.url, timeout=30, headers=bearer) as alice:
+            config = json.dumps({"n": 1}).encode()
+            layer = b"layer bytes " * 1000
+            for blob in (config, layer):
+                assert call(alice, "POST", f"/v2/{repo}/blobs/uploads/", params={"digest": sha(blob)},
+                            content=blob).status_code == 201
+            manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha(config), "size": len(config)},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha(layer),
+                            "size": len(layer)}]}).encode()
+            assert call(alice, "PUT", f"/v2/{repo}/manifests/v1", content=manifest,
+                        headers={"Content-Type": OCI_MANIFEST}).status_code == 201
+            assert call(alice, "GET", f"/v2/{repo}/manifests/v1?password=hunter2-in-a-query",
+                        headers={"Accept": OCI_MANIFEST}).content == manifest  # the fast path
+            assert call(alice, "GET", f"/v2/{repo}/blobs/{sha(layer)}").content == layer
+        with httpx.Client(base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {mallory}"}) as m:
+            assert call(m, "POST", f"/v2/{repo}/blobs/uploads/").status_code in (401, 403)
+    finally:
+        server.stop()
+
+    log = server.log_text()
+    lines = access_lines(log)
+    probes, lines = lines[:-len(sent)], lines[-len(sent):]
+    assert all(line["path"] == "/v2/" and line["refusal"] for line in probes)  # start_server's readiness probes
+    assert [(line["method"], line["path"], line["status"]) for line in lines] == sent  # one line per request
+    assert all(set(line) == FIELDS for line in lines)
+    assert {line["client"] for line in lines[:-1]} == {"203.0.113.7"}  # the trusted header's last hop
+    assert lines[-1]["client"] == "127.0.0.1"  # no header: the peer
+    by = {(line["method"], line["path"]): line for line in lines}
+    assert lines[0]["account"] == "alice" and lines[0]["refusal"] is None
+    assert lines[1]["account"] == "-" and lines[1]["refusal"].startswith("login refused")
+    put = by[("PUT", f"/v2/{repo}/manifests/v1")]
+    assert put["account"] == "alice" and put["bytes_in"] == len(manifest) and put["status"] == 201
+    pulled = by[("GET", f"/v2/{repo}/manifests/v1")]
+    assert pulled["account"] == "alice" and pulled["bytes_out"] == len(manifest)
+    assert by[("GET", f"/v2/{repo}/blobs/{sha(layer)}")]["bytes_out"] == len(layer)
+    assert [line["bytes_in"] for line in lines if line["method"] == "POST"] == [len(config), len(layer), 0]
+    assert lines[-1]["account"] == "mallory" and lines[-1]["refusal"], lines[-1]
+    assert all(line["duration_ms"] > 0 for line in lines)
+    for leaked in (secret, secret.split("_", 2)[2], other.split("_", 2)[2], token, token.split(".")[2], mallory,
+                   basic, basic.split(" ")[1], "hunter2", "B" * 43, "password="):
+        assert leaked not in log, leaked
+
+
+# -- in process: the middleware and the formatter ---------------------------------------------------------------------
+async def _run(app: Any, scope: dict[str, Any], body: bytes = b"") -> None:
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop() if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        pass
+
+    await app(scope, receive, send)
+
+
+async def _echo(scope: Any, receive: Any, send: Any) -> None:
+    body = (await receive())["body"]
+    note(scope, "account", "alice")
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _captured(form: str) -> tuple[io.StringIO, logging.Handler]:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(Formatter(form))
+    logger = logging.getLogger("berth.access")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return out, handler
+
+
+@given(path=st.text(min_size=1, max_size=60).map(lambda t: "/v2/" + t))
+def test_a_plain_line_is_one_line_whatever_the_path(path: str) -> None:
+    out, handler = _captured("plain")
+    try:
+        asyncio.run(_run(AccessLog(_echo), {"type": "http", "method": "GET", "path": path, "headers": [],
+                                             "client": ("10.0.0.1", 5)}, b"abc"))
+    finally:
+        logging.getLogger("berth.access").removeHandler(handler)
+    text = out.getvalue()
+    assert text.count("\n") == 1 and text.endswith("\n") and " 10.0.0.1 alice " in text
+    assert " 200 in=3 out=3 " in text
+
+
+@pytest.mark.parametrize("form", ["plain", "json"])
+def test_application_lines_take_the_same_form(form: str) -> None:
+    record = logging.LogRecord("berth.http", logging.ERROR, __file__, 1, "storage full on %s", ("/v2/x\ny",), None)
+    line = Formatter(form).format(record)
+    assert "\n" not in line
+    if form == "json":
+        assert json.loads(line)["message"] == "storage full on /v2/x\ny" and json.loads(line)["level"] == "error"
+    else:
+        assert line.endswith("error berth.http: storage full on /v2/x\\ny")
