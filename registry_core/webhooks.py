@@ -43,7 +43,7 @@ COMPAT = "compat"  # the classic Distribution notification envelope {"events": [
 FORMATS = (CLOUDEVENTS, COMPAT)
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-SCAN_BATCH = 256  # events read per look for the next one an endpoint wants (the rest of a filtered run is skipped)
+SCAN_BATCH = 32  # events read per look for the next one an endpoint wants (a run it filters out is skipped)
 
 
 class WebhookError(ValueError):
