@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import io
 import json
 import logging
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from adapters.http.accesslog import AccessLog, note
-from adapters.logs import Formatter
+from adapters.logs import AccessLines, Formatter
 from registry_core.accounts import Accounts
 from registry_core.projects import Projects
 from registry_core.registry import Registry
@@ -133,27 +134,66 @@ async def _echo(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def _captured(form: str) -> tuple[io.StringIO, logging.Handler]:
-    out = io.StringIO()
-    handler = logging.StreamHandler(out)
-    handler.setFormatter(Formatter(form))
-    logger = logging.getLogger("berth.access")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    return out, handler
-
-
-@given(path=st.text(min_size=1, max_size=60).map(lambda t: "/v2/" + t))
-def test_a_plain_line_is_one_line_whatever_the_path(path: str) -> None:
-    out, handler = _captured("plain")
+@given(path=st.text(min_size=1, max_size=60).map(lambda t: "/v2/" + t),
+       refusal=st.none() | st.text(max_size=20), form=st.sampled_from(["plain", "json"]))
+def test_a_line_is_one_line_whatever_the_path(path: str, refusal: str | None, form: str) -> None:
+    read, write = os.pipe()
     try:
-        asyncio.run(_run(AccessLog(_echo), {"type": "http", "method": "GET", "path": path, "headers": [],
-                                             "client": ("10.0.0.1", 5)}, b"abc"))
+        lines = AccessLines(write, form)
+
+        async def refused(scope: Any, receive: Any, send: Any) -> None:
+            note(scope, "refusal", refusal)
+            await _echo(scope, receive, send)
+
+        asyncio.run(_run(AccessLog(refused, lines=lines), {"type": "http", "method": "POST", "path": path,
+                                                            "headers": [], "client": ("10.0.0.1", 5)}, b"abc"))
+        lines.flush()  # asyncio.run's loop ended before the batch's timer: written here
+        text = os.read(read, 1 << 16).decode()
     finally:
-        logging.getLogger("berth.access").removeHandler(handler)
-    text = out.getvalue()
-    assert text.count("\n") == 1 and text.endswith("\n") and " 10.0.0.1 alice " in text
-    assert " 200 in=3 out=3 " in text
+        os.close(read)
+        os.close(write)
+    assert text.count("\n") == 1 and text.endswith("\n")
+    if form == "plain":
+        assert " 10.0.0.1 alice " in text and " 200 in=3 out=3 " in text
+        assert ("refused=" in text) == bool(refusal)
+    else:
+        line = json.loads(text)
+        assert set(line) == FIELDS and line["path"] == path and line["refusal"] == refusal
+        assert (line["client"], line["account"], line["status"], line["bytes_in"], line["bytes_out"]) == \
+            ("10.0.0.1", "alice", 200, 3, 3)
+
+
+def test_lines_go_in_batches_of_whole_lines_and_a_write_that_fails_is_counted(tmp_path: Path) -> None:
+    read, write = os.pipe()
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.extend(iter(lambda: os.read(read, 1 << 16), b"")))
+    reader.start()
+    lines = AccessLines(write, "json")
+    long = "/v2/" + "p" * 1000  # several lines to a PIPE_BUF piece, and pieces cut between lines
+
+    async def requests() -> None:
+        for i in range(AccessLines.BATCH - 1):
+            lines.add((1.5e9 + i, 0.001, "127.0.0.1", "GET", long, 200, 0, i, "-", None))
+        assert len(lines.pending) == AccessLines.BATCH - 1  # held for the timer
+        lines.add((1.5e9, 0.001, "127.0.0.1", "GET", long, 200, 0, 0, "-", None))  # the batch is full: written
+        assert not lines.pending
+        lines.add((1.5e9, 0.001, "127.0.0.1", "GET", long, 200, 0, 7, "-", None))
+        await asyncio.sleep(AccessLines.FLUSH_S * 2)  # the timer writes it
+        assert not lines.pending
+
+    asyncio.run(requests())
+    os.close(write)
+    reader.join(10)
+    os.close(read)
+    text = b"".join(got).decode()
+    assert [json.loads(line)["bytes_out"] for line in text.splitlines()] == [*range(AccessLines.BATCH - 1), 0, 7]
+    lines.pending.append((1.5e9, 0.001, "127.0.0.1", "GET", "/v2/", 200, 0, 0, "-", None))
+    lines.flush()  # to a closed descriptor: lost, and counted
+    assert lines.dropped == 1 and not lines.pending
+    lines.fd = os.open(tmp_path / "log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    lines.flush()
+    os.close(lines.fd)
+    assert "1 access lines could not be written" in (tmp_path / "log").read_text() and lines.dropped == 0
 
 
 @pytest.mark.parametrize("form", ["plain", "json"])
