@@ -88,7 +88,9 @@ class AccessLines:
 
     A line waits at most FLUSH_S (a timer on the event loop), and never more than BATCH lines wait: the list is
     written when it holds that many, so it is bounded. A batch that cannot be written (a full disk, a closed pipe)
-    is dropped and counted, and the next batch that can be written says how many lines were lost."""
+    is dropped and counted, and the next batch that can be written says how many lines were lost. The price: a
+    worker killed with -9 loses its last FLUSH_S of lines, and a file shared by workers holds each worker's lines
+    in order but not all of them (a line's time says when it happened)."""
 
     FLUSH_S = 0.1
     BATCH = 256  # ~64 KiB of JSON lines: one write(2) per 256 requests instead of one each
