@@ -130,7 +130,7 @@ class AccessLines:
         if not pending and not self.dropped:
             return
         try:
-            text = "".join(map(self.format, pending))
+            text = "".join(self._formatted(pending))
             if self.dropped:
                 text += self._app_line(f"{self.dropped} access lines could not be written and were dropped")
             data = text.encode("utf-8", "backslashreplace")
@@ -143,15 +143,24 @@ class AccessLines:
             self.dropped += len(pending)
 
     def format(self, line: Access) -> str:
-        """One line. The lines of a hot manifest differ only in their time and duration, so the rest of a line is
-        formatted once and kept (~1 us a line instead of ~5, measured)."""
-        parts = self._parts.get(line[2:])
-        if parts is None:
-            if len(self._parts) >= 1024:  # paths name repositories: unbounded, so cleared, not grown
-                self._parts.clear()
-            parts = self._parts[line[2:]] = self._split(line)
-        # ms as an exact number of thousandths: the shortest repr of n/1000 is n's digits (0.017, not 0.0170000001)
-        return f"{self._head}{_utc(line[0])}{parts[0]}{round(line[1] * 1e6) / 1000}{parts[1]}"
+        return self._formatted([line])[0]
+
+    def _formatted(self, pending: list[Access]) -> list[str]:
+        """A batch's lines. The lines of a hot manifest differ only in their time and duration, so the rest of a line
+        is formatted once and kept, and the time once per millisecond: ~0.9 us a line instead of ~5 (measured)."""
+        out, parts_of, head, split, last, stamp = [], self._parts, self._head, self._split, -1, ""
+        if len(parts_of) >= 1024:  # paths name repositories: unbounded, so cleared, not grown
+            parts_of.clear()
+        for line in pending:
+            parts = parts_of.get(line[2:])
+            if parts is None:
+                parts = parts_of[line[2:]] = split(line)
+            ms = int(line[0] * 1000)
+            if ms != last:
+                last, stamp = ms, _utc(line[0])
+            # ms as an exact number of thousandths: the shortest repr of n/1000 is n's digits (0.017, not 0.01700001)
+            out.append(f"{head}{stamp}{parts[0]}{round(line[1] * 1e6) / 1000}{parts[1]}")
+        return out
 
     def _split(self, line: Access) -> tuple[str, str]:
         """What goes between a line's time and its duration, and what follows its duration."""
