@@ -36,6 +36,19 @@ class Server:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def wait_for_log(self, text: str, timeout: float = 5.0) -> str:
+        """The log once it holds `text`: access lines are written in batches (within 0.1 s, adapters/logs.py), so
+        a test reading them right after its request waits for the line it needs, and then for one more flush
+        interval of every worker (the other worker's earlier lines)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if text in self.log_text():
+                time.sleep(0.3)
+                return self.log_text()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} did not appear in the server's log within {timeout} s")
+            time.sleep(0.05)
+
     def kill(self) -> None:
         """SIGKILL the server and its workers at once (a crash, not a shutdown)."""
         os.killpg(self.process.pid, signal.SIGKILL)

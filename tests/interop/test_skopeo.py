@@ -58,7 +58,8 @@ def test_copy_between_repositories_mounts_the_layers(server: Server, skopeo: Run
     source, target = f"docker://{server.host}/syn123/from", f"docker://{server.host}/syn456/to"
     skopeo("copy", "--dest-tls-verify=false", f"oci:{tmp_path / 'img'}:v1", f"{source}:v1")  # primes the cache
     skopeo("copy", "--src-tls-verify=false", "--dest-tls-verify=false", f"{source}:v1", f"{target}:v1")
-    lines = [line for line in server.log_text().splitlines() if "/v2/syn456/to/blobs/uploads/" in line]
+    log = server.wait_for_log('"PUT /v2/syn456/to/manifests/v1"')
+    lines = [line for line in log.splitlines() if "/v2/syn456/to/blobs/uploads/" in line]
     mounted = [line for line in lines if '"POST ' in line and '" 201 ' in line]  # 201 on POST: only a mount
     uploaded = [line for line in lines if '"PATCH ' in line]
     # Both layers mounted, the config uploaded (c/image never mounts a config). c/image mounts only what its blob-info
