@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from adapters.logs import granian_config
+from adapters.maintenance import gc_lock
 from adapters.settings import CONFIG_ENV, Settings, SettingsError, parse_listen, policy_problem, render, workers
 from cas import BlobStore, CasError, Digest, check
 from cas.gc import utc
@@ -468,7 +469,11 @@ def cmd_gc(args: argparse.Namespace) -> int:
                 for holder in why.holders:
                     print(f"  held by {holder}")
             return 0
-        report = store.gc.run(dry_run=args.dry_run)
+        if args.dry_run:
+            report = store.gc.run(dry_run=True)
+        else:
+            with gc_lock(store.root, wait=True):  # never beside the server's own scheduled pass
+                report = store.gc.run()
     verb = "would delete" if report.dry_run else "deleted"
     for digest, size in report.collected:
         print(f"{verb} {digest} ({size} bytes)")
@@ -600,7 +605,7 @@ def serve_settings(args: argparse.Namespace) -> Settings:
     """flag > environment > file (--config, else $BERTH_CONFIG) > default."""
     flags = {"--listen": args.listen, "--workers": args.workers, "--policy": args.policy,
              "--max-manifest": args.max_manifest, "--access-log": args.access_log or None,
-             "--pull-events": args.pull_events or None,
+             "--pull-events": args.pull_events or None, "--gc-interval": args.gc_interval,
              "--public-url": args.public_url, "--forwarded-header": args.forwarded_header, "--data": args.data,
              "--log-format": args.log_format, "--log-level": args.log_level, "--metrics": args.metrics or None,
              "--metrics-public": args.metrics_public or None, "--metrics-listen": args.metrics_listen}
@@ -675,6 +680,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "allowed, no login: local development only) or module:callable")
     p.add_argument("--max-manifest", type=_positive, default=None, metavar="BYTES",
                    help="largest manifest accepted (default: 4 MiB; the spec requires at least 4 MiB)")
+    p.add_argument("--gc-interval", type=float, default=None, metavar="SECONDS",
+                   help="seconds between the server's own collection passes (default: 3600; 0: only `berth gc`)")
     p.add_argument("--pull-events", action="store_true", help="record an event for every manifest pull (GET) in "
                    "the event feed (off by default: it makes every pull a write)")
     p.add_argument("--access-log", action="store_true", help="log every request, one line each")

@@ -65,6 +65,9 @@ class StoreSettings:
     grace: float = _key(_STORE.grace, "BERTH_STORE_GRACE", low=0, high=365 * DAY)  # cas StoreConfig: 24 h
     lease: float = _key(_STORE.lease, "BERTH_STORE_LEASE", low=0, high=365 * DAY)  # cas StoreConfig: 1 h
     upload_ttl: float = _key(_STORE.upload_ttl, "BERTH_UPLOAD_TTL", low=60, high=365 * DAY)  # cas StoreConfig: 24 h
+    gc_interval: float = _key(3600.0, "BERTH_GC_INTERVAL", "--gc-interval", low=0, high=365 * DAY)  # seconds
+    #                      between the server's collection passes (0: only `berth gc`); hourly frees space within an
+    #                      hour of the 24 h grace, and a pass over a quiet store costs milliseconds
 
     def store_config(self) -> StoreConfig:
         return StoreConfig(grace=self.grace, lease=self.lease, upload_ttl=self.upload_ttl)

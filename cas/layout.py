@@ -13,6 +13,7 @@ Directory
       */.creating-<name>                a file between creation and lock (cas/files.py); debris after a minute
       trash/<alg>-<hex>                 files GC took out of blobs/ and has yet to unlink (debris after a crash)
       quarantine/<name>                 files fsck moved aside (corrupt or stray); never read, never deleted by Berth
+      gc.lock                           flock()ed by whoever runs a collection pass (the server's schedule, berth gc)
 
 A blob file exists under blobs/ only after its bytes were verified against its name, fsynced and renamed into
 place; the rename and the index commit happen while the LMDB writer lock is held, so a file that is under blobs/

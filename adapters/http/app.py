@@ -52,12 +52,12 @@ from registry_core.tokens import LEEWAY, TOKEN_LIFETIME
 
 from ..delivery import deliver_events
 from ..exposure import EXPOSE_ENV, PUBLIC_ENV
+from ..maintenance import collect_garbage, reap_uploads
 from . import errors
 from .accesslog import AccessLog, note
 from .auth import Auth, Caller, Unauthorized
 from .health import Readiness
 from .metrics import (
-    GC_PASSES,
     MANIFESTS_WRITTEN,
     TAGS_WRITTEN,
     UPLOADS_FAILED,
@@ -394,27 +394,6 @@ def _upload_outcome() -> Iterator[None]:
     count_safely(UPLOADS_FINISHED.inc)
 
 
-UPLOAD_REAP_INTERVAL = 15 * 60.0  # seconds between passes over idle upload sessions (their TTL is a day)
-
-
-async def _reap_uploads(registry: Registry) -> None:
-    """Expire idle upload sessions while serving (not only in `berth gc`): an abandoned session's partial file
-    goes once it has been idle for the store's upload TTL. Every worker runs this; sessions are locked one by one,
-    so passes in two processes skip each other's work."""
-    while True:
-        await asyncio.sleep(UPLOAD_REAP_INTERVAL)
-        try:
-            removed = await anyio.to_thread.run_sync(registry.store.uploads.expire)
-        except Exception:  # a failed pass is retried next time; it must never stop the server
-            log.exception("reaping idle upload sessions failed")
-            continue
-        count_safely(GC_PASSES.labels("uploads").inc)
-        if removed:  # idle sessions (and partial files left without one)
-            count_safely(partial(UPLOADS_FAILED.labels("expired").inc, removed))
-        if removed:
-            log.info("reaped %d idle upload session(s)", removed)
-
-
 def _read(reader: BlobReader) -> Iterator[bytes]:
     with reader:
         yield from reader
@@ -512,7 +491,8 @@ def challenge_scope(kind: str, method: str, name: str, mount_from: str | None = 
 def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
                service: str = "berth", public_url: str | None = None,
                forwarded_header: str | None = None, token_lifetime: int = TOKEN_LIFETIME,
-               access_log: bool = False, metrics: str | None = None, metrics_public: bool = False) -> ASGIApp:
+               access_log: bool = False, metrics: str | None = None, metrics_public: bool = False,
+               gc_interval: float = 0.0) -> ASGIApp:
     """The ASGI app. Pass a Registry, or a callable that opens one when the app starts (after a server forked its
     workers: py-lmdb refuses an environment inherited across fork). `policy` is a built-in policy name or
     `module:callable` (see registry_core/policy.py). `public_url` is how clients reach the registry (the token
@@ -537,12 +517,13 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         current = api()
-        reaper = asyncio.ensure_future(_reap_uploads(current.registry))
+        reaper = asyncio.ensure_future(reap_uploads(current.registry))
+        collector = asyncio.ensure_future(collect_garbage(current.registry, gc_interval))
         delivery = asyncio.ensure_future(deliver_events(current.registry, public_url))  # webhooks (adapters/delivery)
         try:
             yield
         finally:
-            for task in (reaper, delivery):
+            for task in (reaper, collector, delivery):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -701,4 +682,5 @@ def app_from_env() -> ASGIApp:
     return create_app(open_registry, policy=server.policy, service=server.service,
                       public_url=server.public_url or None, forwarded_header=server.forwarded_header or None,
                       token_lifetime=settings.limits.token_lifetime, access_log=settings.access_log,
-                      metrics=os.environ.get(EXPOSE_ENV) or None, metrics_public=bool(os.environ.get(PUBLIC_ENV)))
+                      metrics=os.environ.get(EXPOSE_ENV) or None, metrics_public=bool(os.environ.get(PUBLIC_ENV)),
+                      gc_interval=store.gc_interval)

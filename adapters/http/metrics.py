@@ -77,7 +77,8 @@ TOKENS_ISSUED = Counter("berth_tokens_issued", "Access tokens issued by the toke
                         "in (anonymous, password, refresh_token)", ["login"])
 TOKEN_REFUSALS = Counter("berth_token_refusals", "Token requests refused, by reason (bad_credentials, throttled, "
                          "too_many_scopes, bad_request, too_large, no_login)", ["reason"])
-GC_PASSES = Counter("berth_gc_passes", "Collection passes run by the server (the upload reaper: `uploads`)",
+GC_PASSES = Counter("berth_gc_passes", "Collection passes run by the server (`blobs`: the scheduled GC; `uploads`: "
+                    "the upload reaper)",
                     ["collector"])
 GC_BLOBS = Counter("berth_gc_blobs_collected", "Blobs deleted by collection passes run by the server")
 GC_BYTES = Counter("berth_gc_bytes_collected", "Bytes freed by collection passes run by the server")
@@ -91,6 +92,7 @@ for _reason in ("bad_credentials", "throttled", "too_many_scopes", "bad_request"
 for _login in ("anonymous", "password", "refresh_token"):
     TOKENS_ISSUED.labels(_login)
 GC_PASSES.labels("uploads")
+GC_PASSES.labels("blobs")
 
 FLUSH_S = 1.0  # how long a worker's request counts may wait before they reach the shared values
 _BOUNDS = (*LATENCY_BUCKETS, float("inf"))

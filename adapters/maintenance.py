@@ -1,0 +1,92 @@
+"""The server's own housekeeping, on a schedule, in every worker: idle upload sessions reaped, and unreferenced
+blobs collected once their grace period is over (the online GC of DESIGN: it never stops the world).
+
+A collection pass runs in one process at a time per data directory: the first worker to take the flock of
+`DATA/gc.lock` runs it, the others skip their turn (and `berth gc` waits for the lock, so a pass by hand never runs
+beside the server's). cas's collector is safe beside pushes: a blob is doomed in the same write transaction that
+checks it is still unreferenced and past its grace and lease, and a publish of the same digest undoes that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+import anyio.to_thread
+
+from cas import BlobStore, GcReport
+from registry_core.registry import Registry
+
+log = logging.getLogger("berth.maintenance")
+
+UPLOAD_REAP_INTERVAL = 15 * 60.0  # seconds between passes over idle upload sessions (their TTL is a day)
+GC_LOCK = "gc.lock"  # in the data directory (cas/layout.py lists it)
+
+
+@contextmanager
+def gc_lock(root: Path, wait: bool) -> Iterator[bool]:
+    """Hold the data directory's collection lock: True if taken (always, when `wait`), False if another process
+    holds it and `wait` is False."""
+    fd = os.open(root / GC_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def collect_once(store: BlobStore) -> GcReport | None:
+    """One collection pass if no other process is running one (None: skipped)."""
+    with gc_lock(store.root, wait=False) as taken:
+        return store.gc.run() if taken else None
+
+
+async def collect_garbage(registry: Registry, interval: float) -> None:
+    """A collection pass every `interval` seconds (0: never; `berth gc` by hand only)."""
+    from .http.metrics import GC_BLOBS, GC_BYTES, GC_PASSES, count_safely  # not at import: the CLI uses gc_lock
+
+    if interval <= 0:
+        return
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            report = await anyio.to_thread.run_sync(collect_once, registry.store)
+        except Exception:  # a failed pass is retried next time; it must never stop the server
+            log.exception("collection pass failed")
+            continue
+        if report is None:
+            continue
+        count_safely(GC_PASSES.labels("blobs").inc)
+        count_safely(partial(GC_BLOBS.inc, len(report.collected)))
+        count_safely(partial(GC_BYTES.inc, report.bytes_freed))
+        if report.collected:
+            log.info("collected %d blob(s), %d bytes", len(report.collected), report.bytes_freed)
+
+
+async def reap_uploads(registry: Registry) -> None:
+    """Expire idle upload sessions while serving (not only in `berth gc`): an abandoned session's partial file
+    goes once it has been idle for the store's upload TTL. Every worker runs this; sessions are locked one by one,
+    so passes in two processes skip each other's work."""
+    from .http.metrics import GC_PASSES, UPLOADS_FAILED, count_safely
+
+    while True:
+        await asyncio.sleep(UPLOAD_REAP_INTERVAL)
+        try:
+            removed = await anyio.to_thread.run_sync(registry.store.uploads.expire)
+        except Exception:  # a failed pass is retried next time; it must never stop the server
+            log.exception("reaping idle upload sessions failed")
+            continue
+        count_safely(GC_PASSES.labels("uploads").inc)
+        if removed:  # idle sessions (and partial files left without one)
+            count_safely(partial(UPLOADS_FAILED.labels("expired").inc, removed))
+            log.info("reaped %d idle upload session(s)", removed)
