@@ -30,8 +30,8 @@ import time
 import uuid
 
 import anyio.to_thread
-import httpx
 
+from adapters.hookclient import HookClient, ProtocolError
 from registry_core.events import CLOUDEVENTS_MEDIA_TYPE, COMPAT_MEDIA_TYPE, cloudevent, compat_envelope
 from registry_core.registry import Registry
 from registry_core.webhooks import COMPAT, Endpoint, RetryPolicy, Webhooks, Work
@@ -89,24 +89,25 @@ class Delivery:
     async def run(self) -> None:
         """Until cancelled: take free endpoints, deliver to each in a task of its own."""
         tasks: dict[str, asyncio.Task[None]] = {}
-        async with httpx.AsyncClient(follow_redirects=False, headers={"User-Agent": USER_AGENT}) as client:
-            try:
-                while True:
-                    try:
-                        for endpoint in await anyio.to_thread.run_sync(self.webhooks.endpoints):
-                            running = tasks.get(endpoint.name)
-                            if (running is None or running.done()) and await self._renew(endpoint.name, force=True):
-                                tasks[endpoint.name] = asyncio.create_task(self._deliver(client, endpoint.name))
-                    except Exception:  # the index said no (a full disk...): look again later, never stop serving
-                        log.exception("webhook delivery: looking for endpoints failed")
-                    await asyncio.sleep(self.poll)
-            finally:
-                for task in tasks.values():
-                    task.cancel()
-                await asyncio.gather(*tasks.values(), return_exceptions=True)
-                held = [name for name, task in tasks.items() if name in self._leased_until]
-                with contextlib.suppress(Exception):  # an unreleased lease only expires later
-                    await anyio.to_thread.run_sync(self._release, held)
+        client = HookClient(USER_AGENT)
+        try:
+            while True:
+                try:
+                    for endpoint in await anyio.to_thread.run_sync(self.webhooks.endpoints):
+                        running = tasks.get(endpoint.name)
+                        if (running is None or running.done()) and await self._renew(endpoint.name, force=True):
+                            tasks[endpoint.name] = asyncio.create_task(self._deliver(client, endpoint.name))
+                except Exception:  # the index said no (a full disk...): look again later, never stop serving
+                    log.exception("webhook delivery: looking for endpoints failed")
+                await asyncio.sleep(self.poll)
+        finally:
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+            held = [name for name, task in tasks.items() if name in self._leased_until]
+            with contextlib.suppress(Exception):  # an unreleased lease only expires later
+                await anyio.to_thread.run_sync(self._release, held)
+            await client.close()
 
     def _release(self, names: list[str]) -> None:
         for name in names:
@@ -124,7 +125,7 @@ class Delivery:
         self._leased_until.pop(name, None)
         return False
 
-    async def _deliver(self, client: httpx.AsyncClient, name: str) -> None:
+    async def _deliver(self, client: HookClient, name: str) -> None:
         progress = _Progress()
         try:
             while await self._step(client, name, progress):
@@ -155,7 +156,7 @@ class Delivery:
             return await self._flush(name, progress)
         return True
 
-    async def _step(self, client: httpx.AsyncClient, name: str, progress: _Progress) -> bool:
+    async def _step(self, client: HookClient, name: str, progress: _Progress) -> bool:
         """One step of an endpoint's delivery; False when this task should stop (lease lost, endpoint removed)."""
         if not await self._renew(name):
             return False
@@ -222,7 +223,7 @@ class Delivery:
         assert len(events) == 1
         return json.dumps(cloudevent(events[0], self.source)).encode(), CLOUDEVENTS_MEDIA_TYPE
 
-    async def _post(self, client: httpx.AsyncClient, endpoint: Endpoint, works: list[Work]) -> str | None:
+    async def _post(self, client: HookClient, endpoint: Endpoint, works: list[Work]) -> str | None:
         """POST the events: None on a 2xx answer, else what went wrong (never the request's headers: the
         Authorization value must not reach a log)."""
         body, media_type = self.body(endpoint, works)
@@ -234,11 +235,10 @@ class Delivery:
         try:
             # A total deadline, not httpx's per-read one: a receiver trickling its answer still fails in time.
             async with asyncio.timeout(self.policy.timeout):
-                async with client.stream("POST", endpoint.url, content=body, headers=headers) as answer:
-                    status = answer.status_code  # the answer's body is never read: the status is the verdict
+                status = await client.post(endpoint.url, body, headers)
         except TimeoutError:
             return f"no answer within {self.policy.timeout:g} s"
-        except httpx.HTTPError as exc:
+        except (OSError, asyncio.IncompleteReadError, ProtocolError) as exc:
             return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if 200 <= status < 300:
             return None
