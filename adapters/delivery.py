@@ -32,7 +32,13 @@ import uuid
 import anyio.to_thread
 
 from adapters.hookclient import HookClient, ProtocolError
-from registry_core.events import CLOUDEVENTS_MEDIA_TYPE, COMPAT_MEDIA_TYPE, cloudevent, compat_envelope
+from registry_core.events import (
+    CLOUDEVENTS_BATCH_MEDIA_TYPE,
+    CLOUDEVENTS_MEDIA_TYPE,
+    COMPAT_MEDIA_TYPE,
+    cloudevent,
+    compat_envelope,
+)
 from registry_core.registry import Registry
 from registry_core.webhooks import COMPAT, Endpoint, RetryPolicy, Webhooks, Work
 
@@ -181,8 +187,10 @@ class Delivery:
                 assert first.event is not None
                 return await anyio.to_thread.run_sync(self.webhooks.delivered, name, self.holder, first.event, True)
             return await self._failed(name, progress, first, error)
-        # compat carries {"events": [...]}: the batch in one POST. CloudEvents structured mode: one event per POST.
-        groups = [list(batch.works)] if first.endpoint.format == COMPAT else [[work] for work in batch.works]
+        # compat carries {"events": [...]}, CloudEvents' batched mode [...]: the batch in one POST. CloudEvents
+        # structured mode (the default): one event per POST.
+        together = first.endpoint.format == COMPAT or first.endpoint.batch
+        groups = [list(batch.works)] if together else [[work] for work in batch.works]
         for group in groups:
             if not await self._renew(name):  # a long batch to a slow receiver outlives half a lease
                 return False
@@ -220,6 +228,9 @@ class Delivery:
             envelope = compat_envelope(events, source_addr=self.host, instance_id=self.instance,
                                        url_base=self.public_url)
             return json.dumps(envelope).encode(), COMPAT_MEDIA_TYPE
+        if endpoint.batch:
+            return (json.dumps([cloudevent(event, self.source) for event in events]).encode(),
+                    CLOUDEVENTS_BATCH_MEDIA_TYPE)
         assert len(events) == 1
         return json.dumps(cloudevent(events[0], self.source)).encode(), CLOUDEVENTS_MEDIA_TYPE
 

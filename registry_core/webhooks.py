@@ -74,6 +74,7 @@ class Endpoint:
     events: tuple[str, ...] = ()  # event types sent; empty: every type
     format: str = CLOUDEVENTS
     created: float = 0.0
+    batch: bool = False  # cloudevents: several events per POST, JSON batch mode (application/cloudevents-batch+json)
 
     def wants(self, event: Event) -> bool:
         if self.events and event.type not in self.events:
@@ -87,7 +88,8 @@ class Endpoint:
         if self.authorization is not None:
             first, space, _ = self.authorization.partition(" ")
             scheme = f"{first} ***" if space and len(first) <= 16 else "***"
-        return {"name": self.name, "url": self.url, "format": self.format, "events": list(self.events) or "all",
+        return {"name": self.name, "url": self.url, "format": self.format + ("-batch" if self.batch else ""),
+                "events": list(self.events) or "all",
                 "authorization": scheme, "secret": "set" if self.secret else None}
 
 
@@ -155,7 +157,7 @@ class Webhooks:
 
     # -- configuration --------------------------------------------------------------------------------------------
     def add(self, name: str, url: str, *, authorization: str | None = None, secret: str | None = None,
-            events: tuple[str, ...] = (), format: str = CLOUDEVENTS) -> Endpoint:
+            events: tuple[str, ...] = (), format: str = CLOUDEVENTS, batch: bool = False) -> Endpoint:
         """A new endpoint. It receives the events committed from now on (the feed serves the ones before)."""
         if not _NAME.fullmatch(name):
             raise WebhookError(f"invalid webhook name {name[:70]!r}: 1..64 of a-z 0-9 . _ -, starting with a "
@@ -165,10 +167,12 @@ class Webhooks:
             raise WebhookError(f"unknown event type(s) {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}")
         if format not in FORMATS:
             raise WebhookError(f"format is {' or '.join(FORMATS)}, not {format!r}")
+        if batch and format != CLOUDEVENTS:
+            raise WebhookError("--batch is for the cloudevents format (compat envelopes carry several events anyway)")
         if authorization is not None and (not authorization.strip() or any(c in authorization for c in "\r\n")):
             raise WebhookError("an Authorization value is one non-empty line")
         endpoint = Endpoint(name, check_url(url), authorization, secret or None, tuple(dict.fromkeys(events)),
-                            format, self._store.clock())
+                            format, self._store.clock(), batch)
         # Read before the write: an event committed in between is simply the endpoint's first (or not); no loss.
         cursor = self._outbox.last_seq()
 
