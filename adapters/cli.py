@@ -389,7 +389,7 @@ def cmd_webhook_replay(args: argparse.Namespace) -> int:
 
 
 def _webhook_parser(group: argparse._SubParsersAction[_Parser], command: Callable[..., _Parser]) -> None:
-    p = command(group, "add", cmd_webhook_add, "send events to URL from now on (a POST per event, at least once)")
+    p = command(group, "add", cmd_webhook_add, "send events to URL from now on (POSTs, at least once)")
     p.add_argument("name")
     p.add_argument("url")
     p.add_argument("--secret", default=None, help="sign each body: header Berth-Signature: sha256=<hex HMAC-SHA256 "
