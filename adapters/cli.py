@@ -336,7 +336,7 @@ def cmd_webhook_add(args: argparse.Namespace) -> int:
     events = tuple(t.strip() for t in args.events.split(",") if t.strip()) if args.events else ()
     with _registry(args) as registry:
         endpoint = _webhooks(registry).add(args.name, args.url, authorization=args.authorization, secret=args.secret,
-                                           events=events, format=args.format)
+                                           events=events, format=args.format, batch=args.batch)
     _say(f"added webhook {endpoint.name}: {endpoint.format} POSTs to {endpoint.url} of "
          f"{', '.join(endpoint.events) if endpoint.events else 'every event'} committed from now on; a running "
          "`berth serve` starts delivering within a second")
@@ -354,7 +354,7 @@ def cmd_webhook_list(args: argparse.Namespace) -> int:
         progress = f"delivered-through={state.cursor if state else 0}\tdead={dead}"
         if state and state.attempts:
             progress += f"\tretrying seq {state.current} (try {state.attempts + 1}: {state.last_error})"
-        print(f"{endpoint.name}\t{endpoint.url}\t{endpoint.format}\t"
+        print(f"{endpoint.name}\t{endpoint.url}\t{shown['format']}\t"
               f"events={','.join(endpoint.events) if endpoint.events else 'all'}\t{progress}"
               + "".join(f"\t{extra}" for extra in extras))
     _say(f"{len(rows)} webhook(s)")
@@ -390,7 +390,7 @@ def cmd_webhook_replay(args: argparse.Namespace) -> int:
 
 
 def _webhook_parser(group: argparse._SubParsersAction[_Parser], command: Callable[..., _Parser]) -> None:
-    p = command(group, "add", cmd_webhook_add, "send events to URL from now on (a POST per event, at least once)")
+    p = command(group, "add", cmd_webhook_add, "send events to URL from now on (POSTs, at least once)")
     p.add_argument("name")
     p.add_argument("url")
     p.add_argument("--secret", default=None, help="sign each body: header Berth-Signature: sha256=<hex HMAC-SHA256 "
@@ -402,6 +402,9 @@ def _webhook_parser(group: argparse._SubParsersAction[_Parser], command: Callabl
     p.add_argument("--format", choices=FORMATS, default=CLOUDEVENTS,
                    help="cloudevents (CloudEvents 1.0 JSON, the default) or compat (the Distribution notification "
                         "envelope, for an existing listener)")
+    p.add_argument("--batch", action="store_true",
+                   help="cloudevents: up to 100 events per POST in CloudEvents' JSON batch mode "
+                        "(application/cloudevents-batch+json) instead of one")
     command(group, "list", cmd_webhook_list, "every webhook: name, URL, format, events, progress (never secrets)")
     command(group, "remove", cmd_webhook_remove, "stop sending to a webhook and forget it").add_argument("name")
     command(group, "dead", cmd_webhook_dead, "events given up after the retry limit").add_argument("name", nargs="?")

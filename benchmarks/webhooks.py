@@ -1,19 +1,21 @@
 """What webhooks cost the write path: pushes with no endpoint versus two (one live, one dead), in alternating rounds.
 Not a test: run it by hand, alone (never two benchmarks at once).
 
-    .venv/bin/python -m benchmarks.webhooks [--rounds 3] [--puts 1000] [--images 40]
+    .venv/bin/python -m benchmarks.webhooks [--rounds 3] [--puts 1000] [--images 40] [--batch]
 
 Each round starts a fresh `berth serve --policy open` per set-up. "two endpoints" adds, with `berth webhook add`, a
 live endpoint (a loopback HTTP server in this process answering 204) and a dead one (a loopback port nobody listens
 on), so every push is delivered once and retried against the dead one. Cases are berth bench's own
 (benchmarks/harness/cases.py): sequential manifest PUTs over one keep-alive connection, and images pushed by 8
-parallel skopeo processes. Issue 15's budget: at most 10 % slower with the endpoints.
+parallel skopeo processes. Issue 15's budget: at most 10 % slower with the endpoints. `--batch` adds the live
+endpoint with `--batch` (CloudEvents' batched mode: many events per POST instead of one).
 """
 
 from __future__ import annotations
 
 import argparse
 import http.server
+import json
 import os
 import statistics
 import subprocess
@@ -31,8 +33,8 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
     received = 0
 
     def do_POST(self) -> None:  # noqa: N802 (the standard library's name)
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        _Receiver.received += 1
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        _Receiver.received += len(json.loads(body)) if body.startswith(b"[") else 1
         self.send_response(204)
         self.end_headers()
 
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--puts", type=int, default=1000)
     parser.add_argument("--images", type=int, default=40)
+    parser.add_argument("--batch", action="store_true", help="the live endpoint in CloudEvents' batched mode")
     args = parser.parse_args(argv)
     receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     if name == "two endpoints":
                         assert target.data is not None
-                        _webhook(target.data, "live", live)
+                        _webhook(target.data, "live", live, *(["--batch"] if args.batch else []))
                         _webhook(target.data, "dead", dead)
                     os.sync()
                     measured = manifest_puts(target, ctx) | many_parallel(target, ctx)

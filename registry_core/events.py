@@ -38,6 +38,7 @@ TABLES = ("events", "event_counters")  # events: u64 big-endian seq -> JSON reco
 
 COMPAT_MEDIA_TYPE = "application/vnd.docker.distribution.events.v1+json"  # distribution notifications/event.go
 CLOUDEVENTS_MEDIA_TYPE = "application/cloudevents+json"  # json-format.md, structured content mode
+CLOUDEVENTS_BATCH_MEDIA_TYPE = "application/cloudevents-batch+json"  # json-format.md "Batched Content Mode": [...]
 
 MANIFEST_PUSHED = "org.berth.manifest.pushed"
 MANIFEST_DELETED = "org.berth.manifest.deleted"

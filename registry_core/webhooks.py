@@ -74,6 +74,7 @@ class Endpoint:
     events: tuple[str, ...] = ()  # event types sent; empty: every type
     format: str = CLOUDEVENTS
     created: float = 0.0
+    batch: bool = False  # cloudevents: several events per POST, JSON batch mode (application/cloudevents-batch+json)
 
     def wants(self, event: Event) -> bool:
         if self.events and event.type not in self.events:
@@ -87,7 +88,8 @@ class Endpoint:
         if self.authorization is not None:
             first, space, _ = self.authorization.partition(" ")
             scheme = f"{first} ***" if space and len(first) <= 16 else "***"
-        return {"name": self.name, "url": self.url, "format": self.format, "events": list(self.events) or "all",
+        return {"name": self.name, "url": self.url, "format": self.format + ("-batch" if self.batch else ""),
+                "events": list(self.events) or "all",
                 "authorization": scheme, "secret": "set" if self.secret else None}
 
 
@@ -122,6 +124,14 @@ class Work:
     replayed: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Several steps at once (`Webhooks.next_batch`): send `works` in order; once all of them are acknowledged, the
+    cursor may move to `through` (the last event looked at, wanted or not). No works and `through` None: caught up."""
+    works: tuple[Work, ...]
+    through: int | None
+
+
 def _dead_key(name: str, seq: int) -> bytes:
     return name.encode() + b"\0" + struct.pack(">Q", seq)
 
@@ -147,7 +157,7 @@ class Webhooks:
 
     # -- configuration --------------------------------------------------------------------------------------------
     def add(self, name: str, url: str, *, authorization: str | None = None, secret: str | None = None,
-            events: tuple[str, ...] = (), format: str = CLOUDEVENTS) -> Endpoint:
+            events: tuple[str, ...] = (), format: str = CLOUDEVENTS, batch: bool = False) -> Endpoint:
         """A new endpoint. It receives the events committed from now on (the feed serves the ones before)."""
         if not _NAME.fullmatch(name):
             raise WebhookError(f"invalid webhook name {name[:70]!r}: 1..64 of a-z 0-9 . _ -, starting with a "
@@ -157,10 +167,12 @@ class Webhooks:
             raise WebhookError(f"unknown event type(s) {', '.join(unknown)}; known: {', '.join(EVENT_TYPES)}")
         if format not in FORMATS:
             raise WebhookError(f"format is {' or '.join(FORMATS)}, not {format!r}")
+        if batch and format != CLOUDEVENTS:
+            raise WebhookError("--batch is for the cloudevents format (compat envelopes carry several events anyway)")
         if authorization is not None and (not authorization.strip() or any(c in authorization for c in "\r\n")):
             raise WebhookError("an Authorization value is one non-empty line")
         endpoint = Endpoint(name, check_url(url), authorization, secret or None, tuple(dict.fromkeys(events)),
-                            format, self._store.clock())
+                            format, self._store.clock(), batch)
         # Read before the write: an event committed in between is simply the endpoint's first (or not); no loss.
         cursor = self._outbox.last_seq()
 
@@ -288,6 +300,50 @@ class Webhooks:
             if endpoint.wants(event):
                 return self._work(endpoint, state, event)
         return Work(endpoint, None, 0, 0.0, skip_to=events[-1].seq if events else None)
+
+    def next_batch(self, name: str, holder: str, after: int, limit: int) -> Batch | None:
+        """Up to `limit` next steps in one read, as a deliverer that keeps its progress in memory (`after`: the seq
+        it got to, beyond the stored cursor) and records it now and then with `acknowledge`. A replayed dead letter
+        or an event being retried comes alone, so failures are counted per event exactly as with `next_work`. None
+        when `holder` no longer holds the lease."""
+        with self._store.index.read() as txn:
+            endpoint = self.endpoint(name, txn)
+            state = self.state(name, txn)
+            if endpoint is None or state is None or not self._held(txn, name, holder):
+                return None
+            for _, raw in txn.scan(self._dead, name.encode() + b"\0"):
+                letter = DeadLetter(**json.loads(raw))
+                if not letter.replay:
+                    continue
+                found = self._outbox.after(letter.seq - 1, 1, txn)
+                if found and found[0].seq == letter.seq:
+                    return Batch((self._work(endpoint, state, found[0], replayed=True),), None)
+            events = self._outbox.after(max(state.cursor, after), max(limit, SCAN_BATCH), txn)
+        works: list[Work] = []
+        through = None
+        for event in events:
+            if endpoint.wants(event):
+                works.append(self._work(endpoint, state, event))
+                if works[0].attempts or len(works) >= limit:
+                    return Batch((works[0],), None) if works[0].attempts else Batch(tuple(works), event.seq)
+            through = event.seq
+        return Batch(tuple(works), through)
+
+    def acknowledge(self, name: str, holder: str, through: int) -> bool:
+        """Move the cursor to `through`: every event up to it was acknowledged by the endpoint or not wanted by it.
+        False: the lease was lost, nothing changed (whoever holds it now sends those events again: at least once)."""
+        def work(txn: WriteTransaction) -> bool:
+            state = self.state(name, txn)
+            if state is None or not self._held(txn, name, holder):
+                return False
+            if through > state.cursor:
+                if state.current and state.current <= through:  # the event being retried went through
+                    state = DeliveryState(cursor=through)
+                else:
+                    state = replace(state, cursor=through)
+                txn.put(self._state, name.encode(), json.dumps(asdict(state)).encode())
+            return True
+        return self._store.index.transact(work)
 
     @staticmethod
     def _work(endpoint: Endpoint, state: DeliveryState, event: Event, replayed: bool = False) -> Work:

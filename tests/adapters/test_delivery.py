@@ -54,10 +54,12 @@ def short_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 class Received:
     headers: dict[str, str]
     body: bytes
-    doc: dict[str, Any]
+    doc: Any  # a CloudEvent, a compat envelope {"events": [...]} or a CloudEvents batch [...]
 
     @property
     def id(self) -> str:
+        if isinstance(self.doc, list):
+            return str(self.doc[0]["id"])
         return str(self.doc["events"][0]["id"] if "events" in self.doc else self.doc["id"])
 
 
@@ -198,6 +200,29 @@ def test_every_event_arrives_in_order_through_failures(served: Server, receivers
     by_id: dict[str, bytes] = {}
     for got in flaky.accepted:  # a duplicate is the same event: same id, same body
         assert by_id.setdefault(got.id, got.body) == got.body
+
+
+def test_cloudevents_batches_arrive_whole_signed_and_in_order(served: Server,
+                                                              receivers: Callable[..., Receiver]) -> None:
+    batched = receivers()
+    ok(berth(served, "webhook", "add", "b", batched.url, "--batch", "--secret", SECRET, "--events", PUSHED))
+    assert "cloudevents-batch" in ok(berth(served, "webhook", "list"))
+    for tag in ("v1", "v2", "v3", "v4"):
+        push(served, "syn4/app", tag)
+
+    def tags() -> list[str]:
+        return [event["data"]["tag"] for got in batched.accepted for event in got.doc]
+    wait_for(lambda: len(tags()) >= 4, 10, f"4 events in batches, got {tags()}")
+    assert tags() == ["v1", "v2", "v3", "v4"]
+    seqs = [event["berthseq"] for got in batched.accepted for event in got.doc]
+    assert seqs == sorted(seqs) and len({e["id"] for got in batched.accepted for e in got.doc}) == 4
+    for got in batched.accepted:
+        assert got.headers["content-type"] == "application/cloudevents-batch+json"
+        expected_sig = "sha256=" + hmac.new(SECRET.encode(), got.body, hashlib.sha256).hexdigest()
+        assert hmac.compare_digest(got.headers["berth-signature"], expected_sig)
+        assert all(event["specversion"] == "1.0" and event["type"] == PUSHED for event in got.doc)
+    refused = berth(served, "webhook", "add", "c", batched.url, "--batch", "--format", "compat")
+    assert refused.returncode == 1 and "--batch is for the cloudevents format" in refused.stderr
 
 
 def test_a_dead_endpoint_beside_a_live_one_then_dead_letters_and_replay(

@@ -27,8 +27,12 @@ def append(store: BlobStore, outbox: Outbox, kind: str, repo: str) -> None:
                       time=store.clock())
 
 
-def drive(hooks: Webhooks, clock: FakeClock, outcome: Callable[[int], bool], draws: list[float]) -> list[int]:
-    """Deliver to endpoint "e" until caught up, as adapters/delivery.py does; the seq of every try, in order."""
+def drive(hooks: Webhooks, clock: FakeClock, outcome: Callable[[int], bool], draws: list[float],
+          batch: int = 0) -> list[int]:
+    """Deliver to endpoint "e" until caught up, one step at a time (`batch` 0) or as adapters/delivery.py does, up
+    to `batch` events per look with the cursor kept in memory and recorded now and then; the seq of every try."""
+    if batch:
+        return drive_batched(hooks, clock, outcome, draws, batch)
     tries: list[int] = []
     assert hooks.acquire("e", "h", 60.0)
     while True:
@@ -52,13 +56,50 @@ def drive(hooks: Webhooks, clock: FakeClock, outcome: Callable[[int], bool], dra
             assert 0 <= state.next_try - clock.now <= min(POLICY.cap, POLICY.base * 2 ** (state.attempts - 1))
 
 
+def drive_batched(hooks: Webhooks, clock: FakeClock, outcome: Callable[[int], bool], draws: list[float],
+                  batch: int) -> list[int]:
+    tries: list[int] = []
+    cursor = looks = 0
+    assert hooks.acquire("e", "h", 60.0)
+    while True:
+        looks += 1
+        if looks % 3 == 0:  # recorded now and then, not after every event
+            assert hooks.acknowledge("e", "h", cursor)
+        found = hooks.next_batch("e", "h", cursor, batch)
+        assert found is not None
+        if not found.works:
+            if found.through is None:
+                assert hooks.acknowledge("e", "h", cursor)
+                return tries
+            cursor = max(cursor, found.through)
+            continue
+        clock.now = max(clock.now, found.works[0].not_before)
+        for work in found.works:
+            assert work.event is not None
+            tries.append(work.event.seq)
+            if outcome(work.event.seq):
+                if work.replayed:
+                    assert hooks.delivered("e", "h", work.event, True)
+                else:
+                    cursor = max(cursor, work.event.seq)
+                continue
+            assert hooks.acknowledge("e", "h", cursor)  # what went through before the failure
+            state = hooks.failed("e", "h", work.event, work.replayed, "HTTP 500", POLICY,
+                                 draws[len(tries) % len(draws)])
+            assert state is not None
+            cursor = max(cursor, state.cursor)
+            break
+        else:
+            cursor = max(cursor, found.through or 0)
+
+
 @settings(max_examples=40, deadline=None)
 @given(kinds=st.lists(st.tuples(st.sampled_from(TYPES), st.sampled_from(("syn1/a", "syn1/b"))), max_size=12),
        wanted=st.sets(st.sampled_from(TYPES)), fmt=st.sampled_from(FORMATS),
        outcomes=st.lists(st.booleans(), min_size=1, max_size=20),
-       draws=st.lists(st.floats(0, 0.999), min_size=1, max_size=5))
+       draws=st.lists(st.floats(0, 0.999), min_size=1, max_size=5), batch=st.sampled_from((0, 1, 3, 100)))
 def test_delivery_follows_the_model(kinds: list[tuple[str, str]], wanted: set[str], fmt: str, outcomes: list[bool],
-                                    draws: list[float]) -> None:
+                                    draws: list[float], batch: int) -> None:
     clock = FakeClock()
     with tempfile.TemporaryDirectory() as root, BlobStore(root, clock=clock) as store:
         outbox = Outbox(store)
@@ -86,7 +127,7 @@ def test_delivery_follows_the_model(kinds: list[tuple[str, str]], wanted: set[st
                     dead.append(event.seq)
 
         plan = iter(outcomes * (len(expected_tries) + 1))
-        assert drive(hooks, clock, lambda _: next(plan), draws) == expected_tries
+        assert drive(hooks, clock, lambda _: next(plan), draws, batch) == expected_tries
         assert [letter.seq for letter in hooks.dead("e")] == dead
         assert all(letter.attempts == POLICY.limit for letter in hooks.dead("e"))
         state = hooks.state("e")
@@ -94,7 +135,7 @@ def test_delivery_follows_the_model(kinds: list[tuple[str, str]], wanted: set[st
 
         # replay: the dead letters are sent again, in order, and leave the list when acknowledged
         assert hooks.replay("e") == len(dead)
-        assert drive(hooks, clock, lambda _: True, draws) == dead
+        assert drive(hooks, clock, lambda _: True, draws, batch) == dead
         assert hooks.dead("e") == []
 
 
