@@ -83,8 +83,8 @@ def test_a_kept_connection_is_reused_and_a_closed_one_replaced(base: str) -> Non
         for _ in range(5):
             assert await client.post(f"{base}/204/empty", b"{}", {}) == 204
         assert len(_Handler.connections) == 1  # keep-alive
-        for _, writer in client._idle.values():  # as if the endpoint closed it while idle
-            writer.transport.abort()
+        for connection in client._idle.values():  # as if the endpoint closed it while idle
+            connection.writer.transport.abort()
         assert await client.post(f"{base}/200/length", b"{}", {}) == 200
         await client.close()
     asyncio.run(run())
