@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from benchmarks.harness import procfs
 from benchmarks.harness.targets import _wait as wait_until_answering
 from benchmarks.servers import BIG, seed, upload, wrk
 from tests.serving import ROOT, free_port
@@ -31,7 +32,7 @@ SETUPS = {"off": [], "metrics": ["--metrics"], "log": ["--access-log", "--log-fo
 
 
 @contextmanager
-def serve(data: Path, extra: list[str]) -> Iterator[str]:
+def serve(data: Path, extra: list[str]) -> Iterator[tuple[str, int]]:
     port = free_port()
     log = (data.parent / f"{data.name}.log").open("ab")
     process = subprocess.Popen([sys.executable, "-m", "adapters.cli", "serve", "--data", str(data), "--listen",
@@ -40,7 +41,7 @@ def serve(data: Path, extra: list[str]) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_answering(url, process, None)
-        yield url
+        yield url, process.pid
     finally:
         process.terminate()
         process.wait(30)
@@ -52,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
     args = parser.parse_args(argv)
-    figures: dict[str, dict[str, list[float]]] = {name: {"req/s": [], "p99 ms": [], "upload MiB/s": []}
-                                                   for name in SETUPS}
+    figures: dict[str, dict[str, list[float]]] = {name: {"req/s": [], "p99 ms": [], "server µs/GET": [],
+                                                          "upload MiB/s": []} for name in SETUPS}
     blob = os.urandom(BIG)
     digest = "sha256:" + hashlib.sha256(blob).hexdigest()
     with tempfile.TemporaryDirectory() as work:
@@ -61,17 +62,22 @@ def main(argv: list[str] | None = None) -> int:
             for name, extra in SETUPS.items():
                 data = Path(work) / f"{name}-{round_}"
                 os.sync()
-                with serve(data, extra) as url:
+                with serve(data, extra) as (url, pid):
                     seed(url)
+                    cpu = procfs.cpu_seconds(procfs.tree(pid))
                     rate, p99 = wrk(url, args.seconds)
+                    # CPU per request is steadier than req/s on a shared machine: wrk's own share varies
+                    per_get = (procfs.cpu_seconds(procfs.tree(pid)) - cpu) / (rate * args.seconds) * 1e6
                     speed = upload(url, blob, digest)
+                figures[name]["server µs/GET"].append(per_get)
                 figures[name]["req/s"].append(rate)
                 figures[name]["p99 ms"].append(p99)
                 figures[name]["upload MiB/s"].append(speed)
-                print(f"round {round_ + 1} {name:7}: {rate:8.0f} req/s  p99 {p99:6.2f} ms  upload {speed:6.0f} MiB/s",
+                print(f"round {round_ + 1} {name:7}: {rate:8.0f} req/s  p99 {p99:6.2f} ms  {per_get:5.1f} µs/GET  "
+                      f"upload {speed:6.0f} MiB/s",
                       flush=True)
     print(f"\n{'metric':14}" + "".join(f"{name:>10}" for name in SETUPS) + "  (ratio to off)")
-    for metric in ("req/s", "p99 ms", "upload MiB/s"):
+    for metric in ("req/s", "p99 ms", "server µs/GET", "upload MiB/s"):
         off = statistics.median(figures["off"][metric])
         cells = [statistics.median(figures[name][metric]) for name in SETUPS]
         print(f"{metric:14}" + "".join(f"{c:10.1f}" for c in cells) + "  " +
