@@ -114,13 +114,11 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class Work:
-    """What an endpoint's deliverer does next: send `event` (not before `not_before`), or, with no event, move the
-    cursor to `skip_to` (events it does not want); nothing at all when both are None."""
+    """One event an endpoint's deliverer sends next (not before `not_before`)."""
     endpoint: Endpoint
-    event: Event | None
+    event: Event
     attempts: int  # failed tries of this event so far
     not_before: float
-    skip_to: int | None = None
     replayed: bool = False
 
 
@@ -280,31 +278,10 @@ class Webhooks:
         return raw is not None and json.loads(raw)["holder"] == holder
 
     # -- delivery -------------------------------------------------------------------------------------------------
-    def next_work(self, name: str, holder: str) -> Work | None:
-        """The endpoint's next step, or None when `holder` no longer holds its lease (the endpoint was removed, or
-        re-added and taken by another holder, or the lease ran out)."""
-        with self._store.index.read() as txn:
-            endpoint = self.endpoint(name, txn)
-            state = self.state(name, txn)
-            if endpoint is None or state is None or not self._held(txn, name, holder):
-                return None
-            for _, raw in txn.scan(self._dead, name.encode() + b"\0"):
-                letter = DeadLetter(**json.loads(raw))
-                if not letter.replay:
-                    continue
-                found = self._outbox.after(letter.seq - 1, 1, txn)
-                if found and found[0].seq == letter.seq:
-                    return self._work(endpoint, state, found[0], replayed=True)
-            events = self._outbox.after(state.cursor, SCAN_BATCH, txn)
-        for event in events:
-            if endpoint.wants(event):
-                return self._work(endpoint, state, event)
-        return Work(endpoint, None, 0, 0.0, skip_to=events[-1].seq if events else None)
-
     def next_batch(self, name: str, holder: str, after: int, limit: int) -> Batch | None:
         """Up to `limit` next steps in one read, as a deliverer that keeps its progress in memory (`after`: the seq
         it got to, beyond the stored cursor) and records it now and then with `acknowledge`. A replayed dead letter
-        or an event being retried comes alone, so failures are counted per event exactly as with `next_work`. None
+        or an event being retried comes alone, so failures are counted per event. None
         when `holder` no longer holds the lease."""
         with self._store.index.read() as txn:
             endpoint = self.endpoint(name, txn)
@@ -350,17 +327,6 @@ class Webhooks:
         if state.current == event.seq:
             return Work(endpoint, event, state.attempts, state.next_try, replayed=replayed)
         return Work(endpoint, event, 0, 0.0, replayed=replayed)
-
-    def skip(self, name: str, holder: str, through: int) -> bool:
-        """Move the cursor past events the endpoint does not want. False: the lease was lost, nothing changed."""
-        def work(txn: WriteTransaction) -> bool:
-            state = self.state(name, txn)
-            if state is None or not self._held(txn, name, holder):
-                return False
-            if through > state.cursor:
-                txn.put(self._state, name.encode(), json.dumps(asdict(replace(state, cursor=through))).encode())
-            return True
-        return self._store.index.transact(work)
 
     def delivered(self, name: str, holder: str, event: Event, replayed: bool) -> bool:
         """The endpoint acknowledged `event` (a 2xx answer). False: the lease was lost, nothing changed (whoever
