@@ -52,12 +52,13 @@ def sha(data: bytes) -> str:
 
 
 @contextmanager
-def serve(checkout: Path, data: Path, policy: str) -> Iterator[tuple[str, int]]:
+def serve(checkout: Path, data: Path, policy: str, *extra: str) -> Iterator[tuple[str, int]]:
+    """`berth serve` of `checkout` on a free loopback port, two workers: (its URL, its pid)."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(checkout))
     process = subprocess.Popen([sys.executable, "-m", "adapters.cli", "serve", "--data", str(data), "--listen",
-                                f"127.0.0.1:{port}", "--workers", "2", "--policy", policy], cwd=checkout, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                                f"127.0.0.1:{port}", "--workers", "2", "--policy", policy, *extra], cwd=checkout,
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_answering(url, process, None)

@@ -15,37 +15,17 @@ import argparse
 import hashlib
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
+from benchmarks.attacks import serve
 from benchmarks.harness import procfs
-from benchmarks.harness.targets import _wait as wait_until_answering
 from benchmarks.servers import BIG, seed, upload, wrk
-from tests.serving import ROOT, free_port
+from tests.serving import ROOT
 
 SETUPS = {"off": [], "metrics": ["--metrics"], "log": ["--access-log", "--log-format", "json"],
           "on": ["--metrics", "--access-log", "--log-format", "json"]}
-
-
-@contextmanager
-def serve(data: Path, extra: list[str]) -> Iterator[tuple[str, int]]:
-    port = free_port()
-    log = (data.parent / f"{data.name}.log").open("ab")
-    process = subprocess.Popen([sys.executable, "-m", "adapters.cli", "serve", "--data", str(data), "--listen",
-                                f"127.0.0.1:{port}", "--workers", "2", "--policy", "open", *extra], cwd=ROOT,
-                               env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_answering(url, process, None)
-        yield url, process.pid
-    finally:
-        process.terminate()
-        process.wait(30)
-        log.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, extra in SETUPS.items():
                 data = Path(work) / f"{name}-{round_}"
                 os.sync()
-                with serve(data, extra) as (url, pid):
+                with serve(ROOT, data, "open", *extra) as (url, pid):
                     seed(url)
                     cpu = procfs.cpu_seconds(procfs.tree(pid))
                     rate, p99 = wrk(url, args.seconds)
