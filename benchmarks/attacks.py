@@ -52,13 +52,15 @@ def sha(data: bytes) -> str:
 
 
 @contextmanager
-def serve(checkout: Path, data: Path, policy: str, *extra: str) -> Iterator[tuple[str, int]]:
-    """`berth serve` of `checkout` on a free loopback port, two workers: (its URL, its pid)."""
+def serve(checkout: Path, data: Path, policy: str, *extra: str, log: Path | None = None) -> Iterator[tuple[str, int]]:
+    """`berth serve` of `checkout` on a free loopback port, two workers: (its URL, its pid). Its output goes to `log`
+    (a file, as an operator runs it: the access log's cost includes its writes) or nowhere."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(checkout))
+    out = log.open("ab") if log is not None else subprocess.DEVNULL
     process = subprocess.Popen([sys.executable, "-m", "adapters.cli", "serve", "--data", str(data), "--listen",
                                 f"127.0.0.1:{port}", "--workers", "2", "--policy", policy, *extra], cwd=checkout,
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                               env=env, stdout=out, stderr=out, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_answering(url, process, None)
@@ -70,6 +72,8 @@ def serve(checkout: Path, data: Path, policy: str, *extra: str) -> Iterator[tupl
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, 9)
             process.wait()
+        if not isinstance(out, int):  # a file of ours, not DEVNULL
+            out.close()
 
 
 def pss_mib(pid: int) -> float:

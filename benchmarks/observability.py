@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, extra in SETUPS.items():
                 data = Path(work) / f"{name}-{round_}"
                 os.sync()
-                with serve(ROOT, data, "open", *extra) as (url, pid):
+                with serve(ROOT, data, "open", *extra, log=data.parent / f"{data.name}.log") as (url, pid):
                     seed(url)
                     cpu = procfs.cpu_seconds(procfs.tree(pid))
                     rate, p99 = wrk(url, args.seconds)
