@@ -24,11 +24,9 @@ import contextlib
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
-from time import perf_counter
 from typing import Any
 from urllib.parse import quote
 
@@ -54,8 +52,10 @@ from ..delivery import deliver_events
 from ..exposure import EXPOSE_ENV, PUBLIC_ENV
 from ..maintenance import collect_garbage, reap_uploads
 from . import errors
+from . import headers as wire  # the request's headers and query, parsed
 from .accesslog import AccessLog, note
 from .auth import Auth, Caller, Unauthorized
+from .fastpath import ManifestFastPath
 from .health import Readiness
 from .metrics import (
     MANIFESTS_WRITTEN,
@@ -73,6 +73,9 @@ log = logging.getLogger("berth.http")
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")  # Docker registry v2 API; clients probe /v2/ for it
 CHUNK_MIN = str(1 << 20)  # OCI-Chunk-Min-Length: advisory; 1 MiB chunks keep the per-request cost negligible
 READ_CHUNK = 1 << 20  # PERF-NOTES: 1 MiB reads serve 4-6x faster than Starlette's 64 KiB default
+
+EVENTS_PAGE = 100  # events per feed page when the client gives no `n`
+EVENTS_PAGE_MAX = 1000  # the most one feed page holds (a larger n is cut to it, as the catalog does)
 
 Handler = Callable[["RegistryApi", Request, str, str, Caller], Awaitable[Response]]
 
@@ -113,102 +116,6 @@ def _upload_headers(name: str, status: UploadStatus) -> dict[str, str]:
             "Docker-Upload-UUID": status.id}
 
 
-# Numbers in headers and queries: ASCII digits only (str.isdigit also takes '²' and other Unicode digits, which
-# int() then refuses), at most 19 of them (2**63 > 10**18: every size and offset fits; longer strings never reach
-# int(), whose cost grows with the length).
-_NUMBER = re.compile(r"[0-9]{1,19}")
-_SPAN = re.compile(r"(?:bytes[= ])?([0-9]{1,19})-([0-9]{1,19})(?:/(?:[0-9]{1,19}|\*))?")
-
-
-def _number(text: str | None) -> int | None:
-    return int(text) if text is not None and _NUMBER.fullmatch(text) else None
-
-
-def _content_range(request: Request) -> tuple[int | None, int | None]:
-    """(offset, length) from Content-Range `<start>-<end>` (also `bytes <start>-<end>[/size]` and `bytes=`), and
-    Content-Length. None where the client said nothing."""
-    length = _number(request.headers.get("content-length"))
-    text = request.headers.get("content-range")
-    if text is None:
-        return None, length
-    match = _SPAN.fullmatch(text.strip()) if len(text) <= 80 else None
-    if match is None or int(match[2]) < int(match[1]):
-        raise errors.ProtocolError(416, "BLOB_UPLOAD_INVALID", f"malformed Content-Range {text[:60]!r}: expected "
-                                   "<start>-<end> in bytes, end >= start")
-    start, end = match.groups()
-    offset, span = int(start), int(end) - int(start) + 1
-    if length is not None and length != span:
-        raise errors.ProtocolError(400, "SIZE_INVALID",
-                                   f"Content-Range covers {span} bytes but Content-Length is {length}")
-    return offset, span
-
-
-def _byte_range(header: str, size: int) -> tuple[int, int] | None:
-    """A single `bytes=` range as (offset, length); None to serve the whole blob (RFC 9110 lets a server ignore a
-    Range it does not support, such as several ranges). InvalidRange when unsatisfiable."""
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec or len(spec) > 60:
-        return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash or not (first == "" or _NUMBER.fullmatch(first)) or not (last == "" or _NUMBER.fullmatch(last)):
-        return None
-    if first == "":
-        if last == "" or int(last) == 0 or size == 0:  # RFC 9110 14.1.2: no suffix of an empty blob is satisfiable
-            raise InvalidRange(f"range {header!r} asks for no bytes")
-        n = min(int(last), size)
-        return size - n, n
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or end < start:
-        raise InvalidRange(f"range {header!r} is outside a blob of {size} bytes")
-    return start, end - start + 1
-
-
-def _accept(request: Request) -> list[str]:
-    return _media_types(request.headers.getlist("accept"))
-
-
-def _media_types(lines: list[str]) -> list[str]:
-    # c/image sends one Accept line per media type: merge every line, drop parameters (q=...).
-    types = []
-    for line in lines:
-        for item in line.split(","):
-            media = item.split(";", 1)[0].strip().lower()
-            if media:
-                types.append(media)
-    return types
-
-
-def _page_size(request: Request) -> int | None:
-    n = request.query_params.get("n")
-    if n is None:
-        return None
-    if not _NUMBER.fullmatch(n) or len(n) > 9:
-        raise errors.ProtocolError(400, "PAGINATION_NUMBER_INVALID", f"n must be a non-negative integer, got {n!r}")
-    return int(n)
-
-
-EVENTS_PAGE = 100  # events per feed page when the client gives no `n`
-EVENTS_PAGE_MAX = 1000  # the most one feed page holds (a larger n is cut to it, as the catalog does)
-
-
-def _seq(text: str | None) -> int:
-    """The feed's `after`: a non-negative integer, 0 when absent."""
-    if text is None:
-        return 0
-    if not _NUMBER.fullmatch(text):
-        raise errors.ProtocolError(400, "PAGINATION_NUMBER_INVALID",
-                                   f"after must be a non-negative integer (an event's seq), got {text[:40]!r}")
-    return int(text)
-
-
-def _query_digest(request: Request, param: str) -> Digest:
-    text = request.query_params.get(param)
-    if text is None:
-        raise errors.ProtocolError(400, "DIGEST_INVALID", f"the {param} query parameter is required")
-    return Digest.parse(text)
-
-
 class RegistryApi:
     def __init__(self, registry: Registry, auth: Auth) -> None:
         self.registry = registry
@@ -230,7 +137,7 @@ class RegistryApi:
             return Response(b"", 200, headers | {"Content-Length": str(info.size)}, "application/octet-stream")
         wanted = request.headers.get("range")
         try:
-            span = _byte_range(wanted, info.size) if wanted else None
+            span = wire.byte_range(wanted, info.size) if wanted else None
         except InvalidRange as exc:
             raise errors.ProtocolError(416, "BLOB_UNKNOWN", str(exc), headers={
                 "Content-Range": f"bytes */{info.size}"}) from None
@@ -264,8 +171,8 @@ class RegistryApi:
                 return _created(f"/v2/{name}/blobs/{info.digest}", info.digest)
             # Not readable in `from` (or no `from`): an ordinary upload session instead (spec: 202).
         elif "digest" in query:
-            digest = _query_digest(request, "digest")
-            _, length = _content_range(request)
+            digest = wire.query_digest(request, "digest")
+            _, length = wire.content_range(request)
             count_safely(UPLOADS_STARTED.inc)
             with _upload_outcome():
                 info = await stream_body(request, partial(self.registry.ingest_blob, name, digest=digest,
@@ -280,7 +187,7 @@ class RegistryApi:
         return _response(204, headers=_upload_headers(name, status))
 
     async def patch_upload(self, request: Request, name: str, session_id: str, caller: Caller) -> Response:
-        offset, length = _content_range(request)
+        offset, length = wire.content_range(request)
         try:
             status = await stream_body(
                 request, lambda chunks: self.registry.append_upload(name, session_id, chunks, offset, length,
@@ -293,8 +200,8 @@ class RegistryApi:
         return _response(202, headers=_upload_headers(name, status))
 
     async def finish_upload(self, request: Request, name: str, session_id: str, caller: Caller) -> Response:
-        digest = _query_digest(request, "digest")
-        offset, length = _content_range(request)
+        digest = wire.query_digest(request, "digest")
+        offset, length = wire.content_range(request)
         with _upload_outcome():
             info = await stream_body(
                 request, lambda chunks: self.registry.finish_upload(name, session_id, digest, chunks, offset, length,
@@ -311,7 +218,7 @@ class RegistryApi:
         # In a thread: a manifest kept in a blob file is read from disk (the fast path answers the inline ones).
         # A GET (not a HEAD) is a pull: with RegistryConfig.pull_events it writes its event, in this thread.
         found = await anyio.to_thread.run_sync(partial(
-            self.registry.get_manifest, name, reference, _accept(request), actor=caller.subject,
+            self.registry.get_manifest, name, reference, wire.accept(request), actor=caller.subject,
             pull=request.method == "GET"))
         headers = {"Docker-Content-Digest": str(found.digest), "ETag": f'"{found.digest}"',
                    API_VERSION[0]: API_VERSION[1]}
@@ -341,7 +248,7 @@ class RegistryApi:
 
     # -- listings -------------------------------------------------------------------------------------------------
     async def list_tags(self, request: Request, name: str, _: str, caller: Caller) -> Response:
-        n, last = _page_size(request), request.query_params.get("last")
+        n, last = wire.page_size(request), request.query_params.get("last")
         tags, more = self.registry.list_tags(name, n, last)
         headers = {}
         if more and tags:
@@ -349,7 +256,7 @@ class RegistryApi:
         return _response(200, _json({"name": name, "tags": tags}), "application/json", headers)
 
     async def catalog(self, request: Request, _: str, __: str, caller: Caller) -> Response:
-        n, last = _page_size(request), request.query_params.get("last")
+        n, last = wire.page_size(request), request.query_params.get("last")
         names, after = await anyio.to_thread.run_sync(self.registry.catalog, n, last, self.auth.visible(caller))
         headers = {}
         if after is not None:  # more may follow (a page cut short by hidden names is followed the same way)
@@ -361,8 +268,8 @@ class RegistryApi:
         """Berth's event feed: CloudEvents after a seq, oldest first, only those the caller may see (Auth.visible,
         as the catalog; project-level events: Auth.may_view_project). A page looks at no more than n + FEED_SCAN
         events; `last` is the seq to ask after next (also when every event looked at was hidden)."""
-        after = _seq(request.query_params.get("after"))
-        n = _page_size(request)
+        after = wire.seq(request.query_params.get("after"))
+        n = wire.page_size(request)
         if n == 0:
             raise errors.ProtocolError(400, "PAGINATION_NUMBER_INVALID", "n must be at least 1")
         limit = min(n, EVENTS_PAGE_MAX) if n is not None else EVENTS_PAGE
@@ -598,72 +505,6 @@ def endpoint_kind(path: str) -> str:
     if path.startswith("/v2/"):
         return _route(path[4:])[0] or ("base" if path == "/v2/" else "other")
     return "token" if path == "/token" else "other"
-
-
-class ManifestFastPath:
-    """The hottest route, manifest GET/HEAD, answered in bare ASGI before Starlette (PERF-NOTES: routing and the
-    Request/Response objects cost 20-70 % of such a request). The same checks in the same order as `dispatch`;
-    anything other than a plain success (an error, a challenge) falls through to the full app, which answers it.
-    It is the outermost layer, so its answers are counted (`observed`) and logged (`logged`) here, each with one
-    call and no wrapper around `send`."""
-
-    _KEYS = {"GET": ("manifest", "GET", 200), "HEAD": ("manifest", "HEAD", 200)}  # metric labels of its answers
-
-    def __init__(self, app: ASGIApp, api: Callable[[], RegistryApi], observed: Observed | None = None,
-                 logged: AccessLog | None = None) -> None:
-        self.app = app
-        self.api = api
-        self.observed = observed
-        self.logged = logged
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
-            started = perf_counter()
-            answer = self.answer(scope)
-            if answer is not None:
-                headers, body, account = answer
-                if scope["method"] != "GET":
-                    body = b""
-                await send({"type": "http.response.start", "status": 200, "headers": headers})
-                await send({"type": "http.response.body", "body": body})
-                if self.observed is not None or self.logged is not None:
-                    seconds = perf_counter() - started
-                    try:
-                        if self.observed is not None:
-                            self.observed.count(self._KEYS[scope["method"]], len(body), 0, seconds)
-                        if self.logged is not None:
-                            self.logged.answered(scope, 200, len(body), seconds, account)
-                    except Exception:  # the answer is sent; what is not counted is said once here
-                        log.warning("a manifest answer could not be counted or logged", exc_info=True)
-                return
-        await self.app(scope, receive, send)
-
-    def answer(self, scope: Any) -> tuple[list[tuple[bytes, bytes]], bytes, str] | None:
-        """The headers, the body and the caller's account of a manifest answered here; None: the full app answers."""
-        path: str = scope["path"]
-        name, marker, reference = path.rpartition("/manifests/")
-        if not marker or not name.startswith("/v2/") or "/" in reference:
-            return None
-        authorization, accept = "", []
-        for key, value in scope["headers"]:
-            if key == b"authorization":
-                authorization = value.decode("latin-1")
-            elif key == b"accept":
-                accept.append(value.decode("latin-1"))
-        api = self.api()
-        if api.registry.config.pull_events and scope["method"] == "GET":
-            return None  # a pull writes its event: in the full app's worker thread, not on the event loop
-        try:
-            repo = str(RepositoryName.parse(name[4:]))
-            caller = api.auth.caller_from(authorization)
-            api.auth.require(caller, repo, "pull")
-            found = api.registry.get_manifest(repo, reference, _media_types(accept), read_files=False)
-        except Exception:  # the full app answers it, with the right error
-            return None
-        digest = str(found.digest).encode()
-        return [(b"content-type", found.media_type.encode()), (b"content-length", str(len(found.body)).encode()),
-                (b"docker-content-digest", digest), (b"etag", b'"' + digest + b'"'),
-                (b"docker-distribution-api-version", b"registry/2.0")], found.body, caller.subject or "-"
 
 
 def app_from_env() -> ASGIApp:

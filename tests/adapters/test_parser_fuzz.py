@@ -10,8 +10,9 @@ from hypothesis import strategies as st
 from starlette.requests import Request
 
 from adapters.http import errors
-from adapters.http.app import _accept, _byte_range, _content_range, _page_size, _query_digest, _route, challenge_scope
+from adapters.http.app import _route, challenge_scope
 from adapters.http.auth import _basic_password
+from adapters.http.headers import accept, byte_range, content_range, page_size, query_digest
 from cas import InvalidDigest, InvalidRange
 from registry_core.names import InvalidName, InvalidReference, RepositoryName, parse_reference
 from registry_core.tokens import Scope
@@ -30,10 +31,10 @@ def request(headers: dict[str, str], query: str = "") -> Request:
 
 @FUZZ
 @given(st.one_of(TEXT, NUMBERISH), st.one_of(st.none(), TEXT, NUMBERISH))
-def test_content_range(value: str, length: str | None) -> None:
+def testcontent_range(value: str, length: str | None) -> None:
     headers = {"content-range": value} | ({"content-length": length} if length is not None else {})
     try:
-        offset, span = _content_range(request(headers))
+        offset, span = content_range(request(headers))
     except errors.ProtocolError as exc:
         assert exc.status in (400, 416)
         return
@@ -42,9 +43,9 @@ def test_content_range(value: str, length: str | None) -> None:
 
 @FUZZ
 @given(st.one_of(TEXT, NUMBERISH), st.integers(0, 1 << 40))
-def test_byte_range(value: str, size: int) -> None:
+def testbyte_range(value: str, size: int) -> None:
     try:
-        span = _byte_range(value, size)
+        span = byte_range(value, size)
     except InvalidRange:
         return
     if span is not None:
@@ -59,20 +60,20 @@ def test_page_size_and_digest_queries(value: str) -> None:
 
     query = f"n={quote(value)}&digest={quote(value)}"
     try:
-        n = _page_size(request({}, query))
+        n = page_size(request({}, query))
         assert n is None or n >= 0
     except errors.ProtocolError as exc:
         assert exc.code == "PAGINATION_NUMBER_INVALID"
     with contextlib.suppress(errors.ProtocolError, InvalidDigest):
-        _query_digest(request({}, query), "digest")
+        query_digest(request({}, query), "digest")
 
 
 @FUZZ
 @given(st.lists(TEXT, max_size=4))
-def test_accept(lines: list[str]) -> None:
+def testaccept(lines: list[str]) -> None:
     req = Request({"type": "http", "method": "GET", "path": "/", "query_string": b"",
                    "headers": [(b"accept", line.encode("latin-1", "replace")) for line in lines]})
-    assert all(item == item.strip().lower() and item for item in _accept(req))
+    assert all(item == item.strip().lower() and item for item in accept(req))
 
 
 @FUZZ
