@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -14,6 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def sha(data: bytes) -> str:
+    """The sha256 digest string of `data`, as a registry names it."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import logging
 import os
@@ -24,15 +23,12 @@ from adapters.logs import AccessLines, Formatter
 from registry_core.accounts import Accounts
 from registry_core.projects import Projects
 from registry_core.registry import Registry
-from tests.serving import start_server
+from tests.serving import sha, start_server
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 FIELDS = {"time", "kind", "client", "method", "path", "status", "bytes_in", "bytes_out", "duration_ms", "account",
           "refusal"}
 
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def access_lines(text: str) -> list[dict[str, Any]]:

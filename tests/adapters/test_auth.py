@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -18,13 +17,10 @@ from registry_core.accounts import Accounts
 from registry_core.projects import Projects
 from registry_core.registry import Registry
 from registry_core.tokens import Claims, Scope, TokenService
-from tests.serving import Server, start_server
+from tests.serving import Server, sha, start_server
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @dataclass

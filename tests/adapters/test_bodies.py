@@ -6,7 +6,6 @@ at the end."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import socket
@@ -21,13 +20,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from adapters.http.streaming import BodyLimits, BodyPace
-from tests.serving import Server, start_server
+from tests.serving import Server, sha, start_server
 
 MiB = 1 << 20
 
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def serve(tmp: Path, **limits: str) -> Iterator[Server]:

@@ -3,7 +3,6 @@ half-done is visible, and fsck finds the store consistent."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -15,13 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serving import ROOT, start_server
+from tests.serving import ROOT, sha, start_server
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def pusher(url: str, worker: int, acknowledged: list[tuple[str, bytes, bytes]], stop: threading.Event) -> None:

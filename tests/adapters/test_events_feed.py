@@ -3,7 +3,6 @@ parameters, what each caller may see, and the events real pushes (skopeo --all o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,14 +19,11 @@ from registry_core.accounts import Accounts
 from registry_core.projects import Projects
 from registry_core.registry import Registry
 from tests.interop.images import write_layout
-from tests.serving import Server, start_server
+from tests.serving import Server, sha, start_server
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @dataclass

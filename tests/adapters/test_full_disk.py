@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 from collections.abc import Iterator
@@ -11,13 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serving import Server, start_server
+from tests.serving import Server, sha, start_server
 
 SIZE_MIB = 48
 
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ none costs memory in proportion to what it names."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -12,13 +11,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.serving import Server
+from tests.serving import Server, sha
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -12,11 +11,7 @@ import httpx
 
 from adapters.maintenance import collect_once, gc_lock
 from cas import BlobStore, StoreConfig
-from tests.serving import start_server
-
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+from tests.serving import sha, start_server
 
 
 def test_the_server_collects_unreferenced_blobs_on_its_schedule(tmp_path: Path) -> None:
