@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from adapters.logs import granian_config
-from adapters.maintenance import gc_lock
 from adapters.settings import CONFIG_ENV, Settings, SettingsError, parse_listen, policy_problem, render, workers
 from cas import BlobStore, CasError, Digest, check
 from cas.gc import utc
@@ -123,7 +122,7 @@ def existing_data(path: str) -> str:
 def _store(args: argparse.Namespace) -> BlobStore:
     """The data directory's store, with the settings' grace, lease and upload lifetime (a `gc` pass uses its grace)."""
     settings: Settings = args.settings
-    return BlobStore(args.data, config=settings.store.store_config())
+    return BlobStore.on_disk(args.data, config=settings.store.store_config())
 
 
 def _registry(args: argparse.Namespace) -> Registry:
@@ -422,7 +421,8 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
     if args.dir is not None and not os.path.isdir(args.dir):
         raise Failure(f"no directory {os.path.abspath(args.dir)} (--dir)")
     within = os.path.abspath(args.dir) if args.dir is not None else None
-    with tempfile.TemporaryDirectory(prefix="berth-selfcheck-", dir=within) as scratch, BlobStore(scratch) as store:
+    with (tempfile.TemporaryDirectory(prefix="berth-selfcheck-", dir=within) as scratch,
+          BlobStore.on_disk(scratch) as store):
         _say(f"selfcheck in {scratch} (a temporary store, removed afterwards)")
         data = os.urandom(size)
         started = time.perf_counter()
@@ -475,7 +475,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
         if args.dry_run:
             report = store.gc.run(dry_run=True)
         else:
-            with gc_lock(store.root, wait=True):  # never beside the server's own scheduled pass
+            with store.gc.exclusive(wait=True):  # never beside the server's own scheduled pass
                 report = store.gc.run()
     verb = "would delete" if report.dry_run else "deleted"
     for digest, size in report.collected:

@@ -51,7 +51,7 @@ def prepare_serving(data: str, listen: str, *, enabled: bool, public: bool,
 
     def store() -> BlobStore:  # opened at the first scrape, by this process's listener thread
         if not opened:
-            opened.append(BlobStore(os.path.abspath(data)))
+            opened.append(BlobStore.on_disk(os.path.abspath(data)))
         return opened[0]
 
     start_http_server(port, host, registry=SweepingRegistry(exposition_registry(store)))

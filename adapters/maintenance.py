@@ -10,13 +10,8 @@ checks it is still unreferenced and past its grace and lease, and a publish of t
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import partial
-from pathlib import Path
 
 import anyio.to_thread
 
@@ -26,34 +21,15 @@ from registry_core.registry import Registry
 log = logging.getLogger("berth.maintenance")
 
 UPLOAD_REAP_INTERVAL = 15 * 60.0  # seconds between passes over idle upload sessions (their TTL is a day)
-GC_LOCK = "gc.lock"  # in the data directory (cas/layout.py lists it)
-
-
-@contextmanager
-def gc_lock(root: Path, wait: bool) -> Iterator[bool]:
-    """Hold the data directory's collection lock: True if taken (always, when `wait`), False if another process
-    holds it and `wait` is False."""
-    fd = os.open(root / GC_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
 def collect_once(store: BlobStore) -> GcReport | None:
     """One collection pass if no other process is running one (None: skipped)."""
-    with gc_lock(store.root, wait=False) as taken:
+    with store.gc.exclusive(wait=False) as taken:
         return store.gc.run() if taken else None
 
 
 async def collect_garbage(registry: Registry, interval: float) -> None:
     """A collection pass every `interval` seconds (0: never; `berth gc` by hand only)."""
-    from .http.metrics import GC_BLOBS, GC_BYTES, GC_PASSES, count_safely  # not at import: the CLI uses gc_lock
+    from .http.metrics import GC_BLOBS, GC_BYTES, GC_PASSES, count_safely  # not at import: the CLI imports this module
 
     if interval <= 0:
         return

@@ -43,7 +43,7 @@ def test_gc_100k_unreferenced_blobs(benchmark: Any, figures: Any) -> None:
         if "store" in state:
             state["store"].close()
             shutil.rmtree(work / "data")
-        store = BlobStore(work / "data", config=StoreConfig(grace=60.0), clock=lambda: now[0])
+        store = BlobStore.on_disk(work / "data", config=StoreConfig(grace=60.0), clock=lambda: now[0])
         seed_unreferenced(store, count, now[0] - 120.0)
         os.sync()
         state["store"] = store

@@ -1,13 +1,14 @@
 """cas: Berth's content-addressed blob store. Usable on its own: it imports nothing else of Berth's.
 
     from cas import BlobStore
-    with BlobStore("/var/lib/berth") as store:
+    with BlobStore.on_disk("/var/lib/berth") as store:       # LMDB + files; or BlobStore.in_memory()
         info = store.ingest(open("layer.tar.gz", "rb"))
         # Join a write transaction: reference atomically with your own writes. `transact` re-runs `work` if the
         # index map had to grow; `with store.index.write() as txn:` is the same without the retry.
         store.index.transact(lambda txn: store.refs.take(txn, "my-holder", info.digest))
 """
 
+from .blobs import BlobBytes, Staged
 from .digest import ALGORITHMS, DEFAULT_ALGORITHM, Digest, new_hasher
 from .errors import (
     BlobUnknown,
@@ -19,6 +20,7 @@ from .errors import (
     InvalidHolder,
     OffsetMismatch,
     SizeMismatch,
+    UndeclaredTable,
     UnsupportedDigest,
     UploadBusy,
     UploadUnknown,
@@ -26,14 +28,18 @@ from .errors import (
 from .fsck import FsckReport, check
 from .gc import GcReport, Retention
 from .index import Index, Table, Transaction, WriteTransaction
+from .lmdb_index import LmdbIndex
+from .local_blobs import LocalBlobs
+from .memory_blobs import MemoryBlobs
+from .memory_index import MemoryIndex
 from .reader import BlobReader, InvalidRange
 from .store import BlobInfo, BlobStore, StoreConfig
 from .uploads import UploadStatus
 
 __all__ = [
-    "ALGORITHMS", "DEFAULT_ALGORITHM", "BlobInfo", "BlobReader", "BlobStore", "BlobUnknown", "CasError", "Digest",
-    "DigestMismatch", "FsckReport", "GcReport", "IncompatibleStore", "Index", "IndexFull", "InvalidDigest",
-    "InvalidHolder", "InvalidRange", "OffsetMismatch", "Retention", "SizeMismatch", "StoreConfig", "Table",
-    "Transaction", "UnsupportedDigest", "UploadBusy", "UploadStatus", "UploadUnknown", "WriteTransaction", "check",
-    "new_hasher",
+    "ALGORITHMS", "DEFAULT_ALGORITHM", "BlobBytes", "BlobInfo", "BlobReader", "BlobStore", "BlobUnknown", "CasError",
+    "Digest", "DigestMismatch", "FsckReport", "GcReport", "IncompatibleStore", "Index", "IndexFull", "InvalidDigest",
+    "InvalidHolder", "InvalidRange", "LmdbIndex", "LocalBlobs", "MemoryBlobs", "MemoryIndex", "OffsetMismatch",
+    "Retention", "SizeMismatch", "Staged", "StoreConfig", "Table", "Transaction", "UndeclaredTable",
+    "UnsupportedDigest", "UploadBusy", "UploadStatus", "UploadUnknown", "WriteTransaction", "check", "new_hasher",
 ]

@@ -87,3 +87,10 @@ class IncompatibleStore(CasError):
 
 class IndexFull(CasError):
     """A write transaction filled the index map. The map was grown; run the transaction again."""
+
+
+class UndeclaredTable(CasError, KeyError):
+    """A table was opened that no layer declared (Index.declare): a misspelt name, or a missing declaration."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])

@@ -1,4 +1,4 @@
-"""fsck: re-hash every blob file and cross-check the index against the files.
+"""fsck: re-hash every stored blob and cross-check the index against the bytes (cas/blobs.py: files or memory).
 
 Damage (what must never happen, reported loudly):
     missing      a record says the blob is stored; its file (or inline bytes) is gone or shorter than recorded
@@ -8,33 +8,30 @@ Damage (what must never happen, reported loudly):
     dangling     `refs` edges naming a digest with no record
 Debris (what a crash leaves and GC reclaims; reported, not damage):
     unindexed    a correct blob file without a record
-    doomed       records already deleted by GC whose files are still to be unlinked
-    temp         files under tmp/ and trash/
+    doomed       records GC claimed (state DELETING) whose collection a pass has yet to finish
+    temp         staging and retired copies (files under tmp/ and trash/)
 
 Repair (only when asked) never drops referenced data silently: a corrupt file is moved to quarantine/ and its
 record marked MISSING (never served; holders kept; the next ingest of the right bytes heals it); a missing file is
 marked MISSING the same way; an unindexed correct file is adopted (indexed, unreferenced, so GC decides after its
 grace); refcounts are recomputed from the edges; dangling edges get a MISSING record so re-pushing the blob heals
-them. A stray file is moved to quarantine/.
+them. A stray file is moved to quarantine/. The moves happen outside any index transaction (a write function may be
+replayed), before the one transaction that records them: a crash in between leaves records that the next fsck
+reports as missing and repairs the same way.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .digest import Digest, new_hasher
+from .digest import Digest
 from .index import WriteTransaction
 from .layout import STATE_INLINE, STATE_MISSING, STATE_PRESENT, BlobRecord, queue_key
 
 if TYPE_CHECKING:
     from .store import BlobStore
-
-_CHUNK = 1 << 20
 
 
 @dataclass(slots=True)
@@ -69,23 +66,12 @@ class FsckReport:
         return out
 
 
-def _hash_path(path: str, algorithm: str) -> tuple[str, int]:
-    hasher = new_hasher(algorithm)
-    size = 0
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(_CHUNK):
-            hasher.update(chunk)
-            size += len(chunk)
-    return hasher.hexdigest(), size
-
-
 def check(store: BlobStore, repair: bool = False, workers: int = 2) -> FsckReport:
-    from .gc import iter_blob_files
-
     report = FsckReport()
     t = store.tables
+    blobs = store.blobs
     files: dict[Digest, str] = {}
-    for digest, path in iter_blob_files(store.root):
+    for digest, path in blobs.stored():
         if digest is None:
             report.stray.append(path)
         else:
@@ -93,7 +79,7 @@ def check(store: BlobStore, repair: bool = False, workers: int = 2) -> FsckRepor
 
     # Hash in threads: hashlib releases the GIL, so two cores re-hash at once.
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        hashed = dict(zip(files, pool.map(lambda d: _hash_path(files[d], d.algorithm), files), strict=True))
+        hashed = dict(zip(files, pool.map(lambda d: blobs.hash(files[d], d.algorithm), files), strict=True))
     report.checked += len(hashed)
     report.bytes_hashed += sum(size for _, size in hashed.values())
 
@@ -113,7 +99,7 @@ def check(store: BlobStore, repair: bool = False, workers: int = 2) -> FsckRepor
                 report.checked += 1
                 report.bytes_hashed += len(data or b"")
     report.doomed = len(doomed)
-    report.temp = sum(1 for sub in ("tmp", "trash") for _ in (store.root / sub).iterdir())
+    report.temp = blobs.debris()
 
     corrupt: set[Digest] = set()
     for digest, (hexdigest, size) in hashed.items():
@@ -147,8 +133,20 @@ def _repair(store: BlobStore, report: FsckReport, files: dict[Digest, str],
             hashed: dict[Digest, tuple[str, int]], corrupt: set[Digest], missing: list[Digest],
             drift: list[Digest], dangling: list[Digest], edges: dict[Digest, int], doomed: set[Digest]) -> None:
     t = store.tables
-    quarantine = store.root / "quarantine"
     now = store.clock()
+    # Moved aside first, outside the transaction (it may be replayed); recorded in it second.
+    for path in report.stray:
+        target = store.blobs.quarantine(path, "stray")
+        report.repaired.append(f"moved stray {path} to {target}")
+    quarantined: dict[Digest, str] = {}
+    with store.index.read() as txn:
+        bad_inline = {d: txn.get(t.inline, d.key) for d in corrupt if d not in files}
+    for digest in corrupt:
+        data = bad_inline.get(digest)
+        if digest in files:
+            quarantined[digest] = store.blobs.quarantine(files[digest], digest.algorithm)
+        elif data is not None:
+            quarantined[digest] = store.blobs.quarantine_bytes(data, f"{digest.algorithm}-{digest.hex}")
 
     def set_record(txn: WriteTransaction, digest: Digest, state: int, size: int) -> None:
         raw = txn.get(t.blobs, digest.key)
@@ -161,41 +159,34 @@ def _repair(store: BlobStore, report: FsckReport, files: dict[Digest, str],
         txn.put(t.blobs, digest.key, BlobRecord(state, size, count, zero_since,
                                                 old.lease_until if old else 0.0).pack())
 
-    def work(txn: WriteTransaction) -> None:
-        for path in report.stray:
-            target = quarantine / f"stray-{int(time.time())}-{os.path.basename(path)}"
-            shutil.move(path, target)
-            report.repaired.append(f"moved stray {path} to {target}")
+    def work(txn: WriteTransaction) -> list[str]:
+        repaired = []  # a replay starts again: report what the committed run did
         for digest in corrupt:
-            target = quarantine / f"{digest.algorithm}-{digest.hex}-{int(time.time())}"
-            bad_inline = txn.get(t.inline, digest.key) if digest not in files else None
-            if bad_inline is not None:
-                target.write_bytes(bad_inline)
+            if digest not in files:
                 txn.delete(t.inline, digest.key)
-            else:
-                os.replace(files[digest], target)
             raw = txn.get(t.blobs, digest.key)
             size = BlobRecord.unpack(raw).size if raw is not None else 0
             if raw is not None or edges.get(digest):
                 set_record(txn, digest, STATE_MISSING, size)
-            report.repaired.append(f"quarantined corrupt {digest} to {target}; record marked missing")
+            repaired.append(f"quarantined corrupt {digest} to {quarantined.get(digest)}; record marked missing")
         for digest in missing:
             raw = txn.get(t.blobs, digest.key)
             if raw is not None:
                 set_record(txn, digest, STATE_MISSING, BlobRecord.unpack(raw).size)
-                report.repaired.append(f"marked {digest} missing (re-pushing the blob heals it)")
+                repaired.append(f"marked {digest} missing (re-pushing the blob heals it)")
         for digest in map(Digest.parse, report.unindexed):
             set_record(txn, digest, STATE_PRESENT, hashed[digest][1])
-            report.repaired.append(f"adopted unindexed {digest} (unreferenced: GC decides after grace)")
+            repaired.append(f"adopted unindexed {digest} (unreferenced: GC decides after grace)")
         for digest in drift:
             raw = txn.get(t.blobs, digest.key)
             if raw is not None:
                 old = BlobRecord.unpack(raw)
                 set_record(txn, digest, old.state, old.size)
-                report.repaired.append(f"recounted references of {digest}: {edges.get(digest, 0)}")
+                repaired.append(f"recounted references of {digest}: {edges.get(digest, 0)}")
         for digest in dangling:
             if txn.get(t.blobs, digest.key) is None:
                 set_record(txn, digest, STATE_MISSING, 0)
-                report.repaired.append(f"recorded {digest} as missing for its {edges[digest]} holder(s)")
+                repaired.append(f"recorded {digest} as missing for its {edges[digest]} holder(s)")
+        return repaired
 
-    store.index.transact(work)
+    report.repaired.extend(store.index.transact(work))

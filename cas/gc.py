@@ -1,4 +1,4 @@
-"""Garbage collection without stopping the world.
+"""Garbage collection without stopping the world, and without a lock shared with publishing.
 
 A blob whose last reference was dropped (or that nobody ever referenced) has a `gcqueue` entry keyed by the time it
 became unreferenced. A pass walks the queue in time order up to `now - grace` and, in short write transactions of
@@ -6,44 +6,72 @@ BATCH entries (reads and writes go on between them):
 
 1. drops stale entries (the blob was referenced again, re-queued later, or is gone);
 2. keeps entries whose blob holds a lease (a stat or dedup hit asked for it recently);
-3. otherwise deletes the blob's record and marks it `doomed`: from that commit on, nobody can see or reference it.
+3. otherwise claims the blob: an inline blob's record and bytes are deleted there and then (they live in the
+   index); a file's record goes to state DELETING, listed in `doomed`. From that commit on nobody can see or
+   reference the blob, and its bytes are the collector's business.
 
-Then it moves doomed files into trash/, again under the LMDB writer lock, which `BlobStore.publish` holds while it
-renames a new copy into place: a publish of the same digest cancels the doom, so GC can never take a fresh file.
-A rename holds the lock ~5x shorter than an unlink on a filesystem that discards freed blocks synchronously; the
-unlinks themselves run outside the lock, on UNLINK_THREADS threads (they overlap well), while the next batch is
-renamed. A crash after a rename and before its commit leaves a doomed entry whose file is gone (the next pass
-finishes it) and files in trash/ (never referenced by anything: the next pass unlinks them).
+Then, per batch of claimed blobs, outside any transaction (a write function may be replayed; a rename may not):
+   retire   move the bytes out of service, reversibly (cas/blobs.py; files: a rename into trash/)
+   decide   one write transaction: a record still DELETING is deleted (with its `doomed` entry) -> purge;
+            a record a publish turned back into PRESENT keeps its bytes -> restore; anything else -> purge
+   purge / restore   delete the retired copy, or put it back (a link into blobs/ unless a copy is there already)
 
-Last, debris: temp files of crashed ingests, idle upload sessions, and blob files with no record (a crash between
-rename-into-place and commit).
+Publishing (BlobStore.publish) is the other side: it moves its bytes into place first, commits the record second
+(absent, MISSING or DELETING -> PRESENT), and then, if it was that commit that made the blob stored, calls
+`blobs.ensure`, which puts the bytes back if they are not in place (from the retired copy, or from its own staging,
+still held).
+
+Why no bytes of a stored blob are ever lost. Take a publish P of digest D that made D's record PRESENT at commit
+time c, and any collector step on D. A collector purges only a copy it retired itself, and only after its decide
+transaction saw D's record not PRESENT; its retire precedes its decide. If that decide came after c, it saw
+PRESENT (or a later, legitimate claim of D by a later pass) and restores. If it came before c, its retire came
+before c too, hence before P's `ensure`, which runs after c: ensure finds D's bytes missing and puts them back from
+the retired copy or from P's own staging, which P holds until ensure returns. A retire after ensure belongs to a
+decide after c: restore. So once publish returns, D's bytes are in place, or are being restored by a collector
+that will restore them, or D was claimed again by a pass that began after c (unreferenced past its grace: a
+legitimate collection). Readers: a retired-then-restored file is missing from blobs/ for a moment while its record
+is PRESENT; BlobBytes.open then reads the retired copy. tests/cas/test_gc_protocol.py runs every interleaving of
+the steps of one publish and one collection.
+
+The same three steps remove debris, with the same argument: a blob file without a record (a crash between a
+publish's rename and its commit, or a publish in flight: the protocol overrules the sweep) or beside an INLINE
+record. Recovery from a crash mid-pass: `doomed` lists the claims not yet decided, and retired copies left behind
+are decided again (restored if their record is PRESENT, purged otherwise) at the start of the next pass.
+
+Last, debris of staging: files of crashed ingests, idle upload sessions and staging without a session.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
+import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING
 
 from . import crashpoints
-from .digest import ALGORITHMS, Digest
-from .files import remove_debris
+from .digest import Digest
 from .index import Transaction, WriteTransaction
-from .layout import STATE_INLINE, STORED_STATES, BlobRecord, blob_path, queue_key, queue_key_time
+from .layout import (
+    STATE_DELETING,
+    STATE_INLINE,
+    STATE_PRESENT,
+    STORED_STATES,
+    BlobRecord,
+    queue_key,
+    queue_key_time,
+)
 
 if TYPE_CHECKING:
     from .store import BlobStore
 
-# Entries per write transaction: ~1000 puts commit in a few ms (PERF-NOTES: ~23 k puts/s in batches), and 1000
-# renames take ~35 ms here: short enough that a manifest PUT waiting for the writer lock barely notices.
+# Entries per write transaction: ~1000 puts commit in a few ms (measured ~23 k puts/s in batches); the renames of
+# a batch run between two transactions, holding no lock a manifest PUT waits for.
 BATCH = 1000
 # Measured on ext4 with online discard: one thread unlinks at ~170 us/file, eight at ~64 us/file.
-UNLINK_THREADS = 8
+PURGE_THREADS = 8
 
 
 @dataclass(slots=True)
@@ -82,6 +110,13 @@ class Collector:
     def __init__(self, store: BlobStore) -> None:
         self._store = store
         self._t = store.tables
+        self._blobs = store.blobs
+        self._one_pass = threading.Lock()  # one pass at a time in this process; exclusive() across processes
+
+    def exclusive(self, wait: bool) -> AbstractContextManager[bool]:
+        """The store's collection lock, shared by every process that opens it: True if taken (always, when
+        `wait`), False if another pass holds it. Hold it around run() when several processes may collect."""
+        return self._blobs.exclusive("gc", wait)
 
     def run(self, dry_run: bool = False, sweep_orphans: bool = True) -> GcReport:
         report = GcReport(dry_run=dry_run, grace=self._store.config.grace)
@@ -89,22 +124,74 @@ class Collector:
         cutoff = now - self._store.config.grace
         if dry_run:
             with self._store.index.read() as txn:
-                self._doom(txn, report, now, cutoff, start=b"", limit=None, writer=None)
+                self._claim(txn, report, now, cutoff, start=b"", limit=None, writer=None)
                 self._count_waiting(txn, report, cutoff)
             return report
-        start: bytes | None = b""
-        while start is not None:
-            def batch(txn: WriteTransaction, start: bytes = start) -> bytes | None:
-                return self._doom(txn, report, now, cutoff, start=start, limit=BATCH, writer=txn)
-            start = self._store.index.transact(batch)
-        self._discard_doomed()
-        report.expired_uploads = self._store.uploads.expire()
-        report.debris_files += self._sweep_temp()
-        if sweep_orphans:
-            report.debris_files += self._sweep_orphans()
+        with self._one_pass, ThreadPoolExecutor(PURGE_THREADS, thread_name_prefix="berth-gc") as pool:
+            self._recover(pool)
+            start: bytes | None = b""
+            while start is not None:
+                claimed: list[Digest] = []
+
+                def batch(txn: WriteTransaction, start: bytes = start, claimed: list[Digest] = claimed,
+                          mark: int = len(report.collected)) -> bytes | None:
+                    claimed.clear()  # a replayed transaction claims again from scratch
+                    del report.collected[mark:]
+                    return self._claim(txn, report, now, cutoff, start=start, limit=BATCH, writer=txn,
+                                       claimed=claimed)
+                start = self._store.index.transact(batch)
+                crashpoints.reached("gc.after_claim")
+                self._settle(claimed, pool, retire=True)
+            report.expired_uploads = self._store.uploads.expire()
+            if sweep_orphans:
+                report.debris_files += self._sweep_orphans(pool)
         with self._store.index.read() as txn:
             self._count_waiting(txn, report, cutoff)
         return report
+
+    def _settle(self, digests: list[Digest], pool: ThreadPoolExecutor, retire: bool) -> int:
+        """Retire (if asked), decide and purge or restore: the protocol of the module docstring. Returns how
+        many copies were purged."""
+        if not digests:
+            return 0
+        if retire:
+            for digest in digests:
+                self._blobs.retire(digest)
+            crashpoints.reached("gc.after_trash")
+        t = self._t
+
+        def decide(txn: WriteTransaction) -> list[bool]:
+            keep = []
+            for digest in digests:
+                raw = txn.get(t.blobs, digest.key)
+                state = BlobRecord.unpack(raw).state if raw is not None else None
+                if state == STATE_DELETING:
+                    txn.delete(t.blobs, digest.key)
+                txn.delete(t.doomed, digest.key)
+                keep.append(state == STATE_PRESENT)
+            return keep
+
+        keep = self._store.index.transact(decide)
+        crashpoints.reached("gc.after_decide")
+        purges = []
+        for digest, kept in zip(digests, keep, strict=True):
+            if kept:
+                self._blobs.restore(digest)
+            else:
+                purges.append(pool.submit(self._blobs.purge, digest))
+        for purge in purges:
+            purge.result()  # surface anything but "already gone"
+        return len(purges)
+
+    def _recover(self, pool: ThreadPoolExecutor) -> None:
+        """Finish what a crashed pass left: claims not yet decided, retired copies not yet purged or restored."""
+        with self._store.index.read() as txn:
+            doomed = [Digest.parse(key.decode("ascii")) for key in txn.keys(self._t.doomed)]
+        for at in range(0, len(doomed), BATCH):
+            self._settle(doomed[at:at + BATCH], pool, retire=True)
+        leftover = list(self._blobs.retired())
+        for at in range(0, len(leftover), BATCH):
+            self._settle(leftover[at:at + BATCH], pool, retire=False)
 
     def _count_waiting(self, txn: Transaction, report: GcReport, cutoff: float) -> None:
         """The queue entries younger than `cutoff` (the part a pass does not reach) that stand for a blob nobody
@@ -124,8 +211,9 @@ class Collector:
             report.first_due = due if report.first_due is None else min(report.first_due, due)
             report.last_due = due if report.last_due is None else max(report.last_due, due)
 
-    def _doom(self, txn: Transaction, report: GcReport, now: float, cutoff: float, start: bytes,
-              limit: int | None, writer: WriteTransaction | None) -> bytes | None:
+    def _claim(self, txn: Transaction, report: GcReport, now: float, cutoff: float, start: bytes,
+               limit: int | None, writer: WriteTransaction | None,
+               claimed: list[Digest] | None = None) -> bytes | None:
         """Process queue entries from `start`; return where to continue, or None when the queue is done.
         With `writer` (the same transaction as `txn`), act; without, only report (dry run)."""
         t = self._t
@@ -139,7 +227,8 @@ class Collector:
             digest_key = key[8:]
             raw = txn.get(t.blobs, digest_key)
             record = BlobRecord.unpack(raw) if raw is not None else None
-            if record is None or record.refcount > 0 or queue_key(record.zero_since, digest_key) != key:
+            if (record is None or record.refcount > 0 or record.state == STATE_DELETING
+                    or queue_key(record.zero_since, digest_key) != key):
                 report.stale_entries += 1
                 if writer is not None:
                     writer.delete(t.gcqueue, key)
@@ -147,64 +236,34 @@ class Collector:
             if record.lease_until > now:
                 report.leased += 1
                 continue
-            report.collected.append((Digest.parse(digest_key.decode("ascii")), record.size))
+            digest = Digest.parse(digest_key.decode("ascii"))
+            report.collected.append((digest, record.size))
             if writer is not None:
-                writer.delete(t.blobs, digest_key)
                 writer.delete(t.gcqueue, key)
                 if record.state == STATE_INLINE:
-                    writer.delete(t.inline, digest_key)  # gone with the commit: no file to unlink
-                else:
+                    writer.delete(t.blobs, digest_key)
+                    writer.delete(t.inline, digest_key)  # gone with the commit: no bytes elsewhere
+                else:  # PRESENT or MISSING: claimed; the bytes (if any) are settled outside the transaction
+                    writer.put(t.blobs, digest_key, BlobRecord(STATE_DELETING, record.size, 0, record.zero_since,
+                                                               record.lease_until).pack())
                     writer.put(t.doomed, digest_key, b"")
+                    if claimed is not None:
+                        claimed.append(digest)
         return None
 
-    def _discard_doomed(self) -> None:
-        blobs, trash = f"{self._store.root}/blobs", f"{self._store.root}/trash"
-
-        def batch(txn: WriteTransaction) -> tuple[int, list[str]]:
-            keys = [key for key, _ in islice(txn.scan(self._t.doomed), BATCH)]
-            moved = []
-            for key in keys:
-                algorithm, hexdigest = key.decode("ascii").split(":", 1)  # plain strings: pathlib was 20 % here
-                target = f"{trash}/{algorithm}-{hexdigest}"
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(f"{blobs}/{algorithm}/{hexdigest[:2]}/{hexdigest}", target)
-                    moved.append(target)
-                crashpoints.reached("gc.after_trash")
-                txn.delete(self._t.doomed, key)
-            return len(keys), moved
-
-        with ThreadPoolExecutor(UNLINK_THREADS, thread_name_prefix="berth-gc") as pool:
-            unlinks = [pool.submit(_unlink_quietly, entry.path) for entry in os.scandir(trash)]  # a crashed pass's
-            processed = BATCH
-            while processed == BATCH:
-                processed, moved = self._store.index.transact(batch)
-                unlinks.extend(pool.submit(_unlink_quietly, path) for path in moved)
-            for unlink in unlinks:
-                unlink.result()  # surface anything but "already gone"
-
-    def _sweep_temp(self) -> int:
-        return sum(remove_debris(path) for path in (self._store.root / "tmp").iterdir())
-
-    def _sweep_orphans(self) -> int:
-        """Blob files without a record. Checked and removed under the writer lock (see module docstring)."""
+    def _sweep_orphans(self, pool: ThreadPoolExecutor) -> int:
+        """Blob bytes with no record, or beside an INLINE record: settled by the same protocol as a claim, which
+        a publish in flight overrules (module docstring)."""
         candidates = []
         with self._store.index.read() as txn:
-            for digest, _path in iter_blob_files(self._store.root):
-                if digest is not None and txn.get(self._t.blobs, digest.key) is None:
+            for digest, _location in self._blobs.stored():
+                if digest is None:
+                    continue  # a stray name: fsck reports it
+                raw = txn.get(self._t.blobs, digest.key)
+                if raw is None or BlobRecord.unpack(raw).state == STATE_INLINE:
                     candidates.append(digest)
-        if not candidates:
-            return 0
-
-        def remove(txn: WriteTransaction) -> int:
-            removed = 0
-            for digest in candidates:
-                if txn.get(self._t.blobs, digest.key) is None:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(blob_path(self._store.root, digest))
-                        removed += 1
-            return removed
-
-        return self._store.index.transact(remove)
+        return sum(self._settle(candidates[at:at + BATCH], pool, retire=True)
+                   for at in range(0, len(candidates), BATCH))
 
     def explain(self, digest: Digest | str) -> Retention:
         digest = digest if isinstance(digest, Digest) else Digest.parse(digest)
@@ -233,36 +292,3 @@ class Collector:
 def utc(moment: float) -> str:
     """A time as people read it in a report: `2026-11-22 14:03:12 UTC`."""
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(moment))
-
-
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def iter_blob_files(root: os.PathLike[str] | str) -> Iterator[tuple[Digest | None, str]]:
-    """Every file under blobs/, with its digest if its path is a well-formed blob path (else None)."""
-    base = os.path.join(root, "blobs")
-    for algorithm in sorted(os.listdir(base)):
-        alg_dir = os.path.join(base, algorithm)
-        if not os.path.isdir(alg_dir):
-            yield None, alg_dir
-            continue
-        for prefix in sorted(os.listdir(alg_dir)):
-            pre_dir = os.path.join(alg_dir, prefix)
-            if not os.path.isdir(pre_dir):
-                yield None, pre_dir
-                continue
-            for name in sorted(os.listdir(pre_dir)):
-                path = os.path.join(pre_dir, name)
-                yield _digest_of(algorithm, prefix, name), path
-
-
-def _digest_of(algorithm: str, prefix: str, name: str) -> Digest | None:
-    if algorithm not in ALGORITHMS or name[:2] != prefix:
-        return None
-    try:
-        return Digest.parse(f"{algorithm}:{name}")
-    except ValueError:
-        return None
-

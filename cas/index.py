@@ -1,309 +1,132 @@
-"""The metadata index: one LMDB environment with named tables, shared by threads and processes.
+"""The metadata index: named tables of byte keys and values, read in snapshots and written in serializable
+transactions. This module is the interface; `cas/lmdb_index.py` (the embedded default, LMDB) and
+`cas/memory_index.py` (in process, for tests and embedding) stand behind it, and a PostgreSQL index can later.
 
-Upper layers (registry_core) declare their own tables here and join the same write transactions, which is how
-"store a manifest + reference its blobs" becomes one atomic commit. They see only the small Transaction interface
-below (get, put, delete, scan), so a different index (PostgreSQL, say) can stand behind it later.
+The guarantees every implementation gives, and that cas and the layers above rely on:
 
-Map size. LMDB needs its maximum size up front and may only be resized while no transaction is open in the
-process (mdb_env_set_mapsize). We reserve a large map once (address space only: without writemap the file grows as
-pages are written), grow it by doubling before a write when it is over half full, and after MapFullError in
-`Index.transact`. A process-wide gate (shared for transactions, exclusive for a resize) enforces the "no open
-transaction" rule for threads; other processes adopt a bigger map on MapResizedError (set_mapsize(0)).
+- Snapshot reads. A read transaction (and a scan generator opened in it, for as long as it is iterated) sees the
+  index as of one commit: never half of a write transaction, never a commit made after it began.
+- Serializable writes. Write transactions behave as if run one at a time (LMDB: one writer; memory: one lock); a
+  write transaction reads its own writes, and commits all of them or none.
+- Replays. A write function given to `transact` may run more than once (LMDB re-runs it after growing a full map;
+  an optimistic database re-runs it after a conflict). It must have no side effect outside the transaction: no file
+  renamed or written, no message sent, no in-process state changed that a second run would change again. What must
+  happen once the transaction is durable goes in `after_commit`.
+- after_commit. Actions registered with `WriteTransaction.after_commit` run once, in order, after the commit
+  returned (not if the transaction aborts or is replayed: a replay registers them again on a fresh transaction).
+- Durability. A commit that returned survives a crash of the process (and, for the LMDB index, of the machine).
+- Declared tables. Every table is declared once, at start-up, by the layer that owns it (`declare`); `table(name)`
+  of an undeclared name raises UndeclaredTable, so a misspelt name fails at once instead of creating a table.
+
+Keys are compared as bytes (scan order is byte order). Values are bytes.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from itertools import takewhile
-from pathlib import Path
-from typing import Any, TypeVar, cast
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any, TypeVar
 
-import lmdb
-
-from .errors import IncompatibleStore, IndexFull
-from .layout import FORMAT_VERSION
+from .errors import UndeclaredTable
 
 T = TypeVar("T")
 
-# 64 GiB of address space: far beyond what the metadata of millions of blobs needs, and free until used.
-DEFAULT_MAP_SIZE = 64 << 30
-# Readers: every worker × concurrent requests; LMDB's default of 126 is too small for a busy server.
-MAX_READERS = 1024
-MAX_TABLES = 64
-
-
-class _Gate:
-    """Many transactions or one resize, per process. Entering and leaving take a plain lock and nothing else (they
-    are on every read); the condition is only waited on, and only notified, while a resize is pending."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self._active = 0
-        self._waiting = 0  # threads waiting in enter() or exclusive()
-        self._resizing = False
-
-    def enter(self) -> None:
-        with self._lock:
-            while self._resizing:
-                self._wait()
-            self._active += 1
-
-    def leave(self) -> None:
-        with self._lock:
-            self._active -= 1
-            if self._active == 0 and self._waiting:
-                self._cond.notify_all()
-
-    def _wait(self) -> None:
-        self._waiting += 1
-        try:
-            self._cond.wait()
-        finally:
-            self._waiting -= 1
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._lock:
-            while self._resizing or self._active:
-                self._wait()
-            self._resizing = True
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._resizing = False
-                self._cond.notify_all()
-
 
 class Table:
-    """A named table (LMDB sub-database). Obtain with Index.table(name)."""
+    """A declared table, as returned by Index.table(name). `handle` belongs to the index implementation."""
 
-    __slots__ = ("name", "_db")
+    __slots__ = ("name", "handle")
 
-    def __init__(self, name: str, db: Any) -> None:
+    def __init__(self, name: str, handle: Any) -> None:
         self.name = name
-        self._db = db
+        self.handle = handle
 
     def __repr__(self) -> str:
         return f"Table({self.name!r})"
 
 
-class Transaction:
-    """A read (or, as WriteTransaction, read-write) view of the index. Valid only inside its `with` block."""
+class Transaction(ABC):
+    """A read view of the index (a snapshot). Valid only inside its `with` block."""
 
-    __slots__ = ("_txn",)
+    __slots__ = ()
 
-    def __init__(self, txn: lmdb.Transaction) -> None:
-        self._txn = txn
-
+    @abstractmethod
     def get(self, table: Table, key: bytes) -> bytes | None:
-        value = self._txn.get(key, db=table._db)
-        return None if value is None else bytes(value)
+        """The value stored under `key`, or None."""
 
+    @abstractmethod
     def count(self, table: Table) -> int:
-        """How many keys the table holds (LMDB keeps the count: O(1))."""
-        entries: int = self._txn.stat(table._db)["entries"]
-        return entries
+        """How many keys the table holds."""
 
+    @abstractmethod
     def scan(self, table: Table, prefix: bytes = b"", start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        """Keys in byte order, from `start` (or `prefix`) on, while they begin with `prefix`."""
-        with self._txn.cursor(db=table._db) as cursor:
-            first = start if start is not None and start > prefix else prefix
-            if not cursor.set_range(first):
-                return
-            for key, value in cursor:
-                if not bytes(key).startswith(prefix):
-                    return
-                yield bytes(key), bytes(value)
+        """Keys and values in byte order, from `start` (or `prefix`) on, while the keys begin with `prefix`."""
 
+    @abstractmethod
     def keys(self, table: Table, prefix: bytes = b"", start: bytes | None = None) -> Iterator[bytes]:
-        """The keys `scan` would give, without reading the values. The walk runs in C (py-lmdb's iterator, bounded
-        by the first key past the prefix): listings of thousands of keys pay no Python call per key."""
-        cursor = self._txn.cursor(db=table._db)  # closed with the transaction
-        first = start if start is not None and start > prefix else prefix
-        if not cursor.set_range(first):
-            return iter(())
-        # bytes, not memoryviews: this index never opens transactions with buffers=True.
-        keys = cast(Iterator[bytes], cursor.iternext(keys=True, values=False))
-        bound = _past(prefix)
-        return keys if bound is None else takewhile(bound.__gt__, keys)
-
-
-def _past(prefix: bytes) -> bytes | None:
-    """The smallest key greater than every key that starts with `prefix` (None: no such key, all keys qualify)."""
-    stripped = prefix.rstrip(b"\xff")
-    return stripped[:-1] + bytes([stripped[-1] + 1]) if stripped else None
+        """The keys `scan` would give, without the values."""
 
 
 class WriteTransaction(Transaction):
-    __slots__ = ("_after_commit",)
+    """A read-write transaction: reads its own writes; commits all of them or none."""
 
-    def __init__(self, txn: lmdb.Transaction) -> None:
-        super().__init__(txn)
-        self._after_commit: list[Callable[[], None]] = []
+    __slots__ = ()
 
+    @abstractmethod
     def put(self, table: Table, key: bytes, value: bytes) -> None:
-        self._txn.put(key, value, db=table._db)
+        """Store `value` under `key`, replacing any value."""
 
+    @abstractmethod
     def delete(self, table: Table, key: bytes) -> bool:
-        deleted: bool = self._txn.delete(key, db=table._db)
-        return deleted
+        """Remove `key`; True if it was there."""
 
+    @abstractmethod
     def after_commit(self, action: Callable[[], None]) -> None:
         """Run `action` once the transaction has committed (not if it aborts)."""
-        self._after_commit.append(action)
 
 
-class _Reading:
-    __slots__ = ("_index", "_txn")
+class Index(ABC):
+    """Named tables in snapshot-read, serializable-write transactions (see the module docstring)."""
 
-    def __init__(self, index: Index) -> None:
-        self._index = index
+    @abstractmethod
+    def declare(self, names: Iterable[str]) -> None:
+        """Declare tables (idempotent): each layer declares all of its tables once, at start-up."""
 
-    def __enter__(self) -> Transaction:
-        gate = self._index._gate
-        gate.enter()
-        try:
-            self._txn = self._index._begin(write=False)
-        except BaseException:
-            gate.leave()
-            raise
-        return Transaction(self._txn)
-
-    def __exit__(self, *_: object) -> None:
-        try:
-            self._txn.abort()
-        finally:
-            self._index._gate.leave()
-
-
-class Index:
-    def __init__(self, path: Path, *, map_size: int = DEFAULT_MAP_SIZE, durable: bool = True) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        # sync=True (the default): a commit is durable when it returns. metasync may be relaxed without risking
-        # corruption (LMDB then may lose the last commit on power loss), which we do not want either.
-        self._env = lmdb.open(
-            str(path), map_size=map_size, max_dbs=MAX_TABLES, max_readers=MAX_READERS,
-            readahead=False, lock=True, sync=durable, metasync=durable, writemap=False,
-        )
-        self._env.reader_check()  # free reader slots left by crashed processes
-        self._gate = _Gate()
-        self._tables: dict[str, Table] = {}
-        self._ensure_format()
-
-    # -- tables -----------------------------------------------------------------------------------------------
+    @abstractmethod
     def table(self, name: str) -> Table:
-        """The named table, created on first use. Call at start-up, not inside a transaction."""
-        found = self._tables.get(name)
-        if found is None:
-            self._gate.enter()
-            try:
-                found = Table(name, self._env.open_db(name.encode(), create=True))
-            finally:
-                self._gate.leave()
-            self._tables[name] = found
-        return found
+        """A declared table; UndeclaredTable otherwise. Call at start-up, not inside a transaction."""
 
-    def _ensure_format(self) -> None:
-        meta = self.table("meta")
-        with self.write() as txn:
-            stored = txn.get(meta, b"format")
-            if stored is None:
-                txn.put(meta, b"format", str(FORMAT_VERSION).encode())
-            elif stored != str(FORMAT_VERSION).encode():
-                raise IncompatibleStore(
-                    f"data directory has format version {stored.decode(errors='replace')}, "
-                    f"this Berth reads version {FORMAT_VERSION}")
+    @abstractmethod
+    def read(self) -> AbstractContextManager[Transaction]:
+        """A read transaction (a snapshot) for a `with` block."""
 
-    # -- transactions -------------------------------------------------------------------------------------------
-    def read(self) -> _Reading:
-        """A read transaction for a `with` block. A class, not a generator context manager: reads are on every
-        request's path, and this costs a third as much."""
-        return _Reading(self)
+    @abstractmethod
+    def write(self) -> AbstractContextManager[WriteTransaction]:
+        """One write transaction for a `with` block: commits when the block ends normally, aborts if it raises.
+        The block is not replayed; an implementation that cannot commit it raises (LMDB: IndexFull). Prefer
+        `transact`."""
 
-    @contextmanager
-    def write(self) -> Iterator[WriteTransaction]:
-        """One write transaction: commits when the block ends normally, aborts if it raises.
-
-        A block cannot be replayed: if it fills the map, the map is grown and IndexFull is raised for the caller
-        to retry. Prefer `transact(work)`, which retries by itself; the map is grown ahead of writes anyway, so
-        only a single transaction writing more than the free half of the map ever sees this.
-        """
-        self._grow_if_needed()
-        self._gate.enter()
-        try:
-            txn = self._begin(write=True)
-            wrapped = WriteTransaction(txn)
-            try:
-                yield wrapped
-                txn.commit()
-            except lmdb.MapFullError:
-                txn.abort()
-                full = True
-            except BaseException:
-                txn.abort()
-                raise
-            else:
-                full = False
-        finally:
-            self._gate.leave()
-        if full:
-            self._grow(factor=2)
-            raise IndexFull("the index map was full and has been grown; retry the transaction")
-        for action in wrapped._after_commit:
-            action()
-
+    @abstractmethod
     def transact(self, work: Callable[[WriteTransaction], T]) -> T:
-        """Run `work` in a write transaction, growing the map and retrying if it filled up."""
-        while True:
-            try:
-                with self.write() as txn:
-                    return work(txn)
-            except IndexFull:
-                continue
-
-    def _begin(self, write: bool) -> lmdb.Transaction:
-        try:
-            return self._env.begin(write=write)
-        except lmdb.MapResizedError:
-            # Another process grew the map. Adopting the new size needs this process to have no open
-            # transaction; our caller holds the gate shared, so step out, adopt under exclusion, step back in.
-            self._gate.leave()
-            try:
-                with self._gate.exclusive():
-                    self._env.set_mapsize(0)
-            finally:
-                self._gate.enter()
-            return self._env.begin(write=write)
-
-    def _grow_if_needed(self) -> None:
-        info = self._env.info()
-        used = (info["last_pgno"] + 1) * self._env.stat()["psize"]
-        if used * 2 > info["map_size"]:
-            self._grow(factor=2)
-
-    def _grow(self, factor: int) -> None:
-        with self._gate.exclusive():
-            self._env.set_mapsize(self._env.info()["map_size"] * factor)
+        """Run `work` in a write transaction and commit; `work` may be run more than once (see the module
+        docstring), so it has no side effects outside the transaction."""
 
     def entries(self, table: Table) -> int:
-        """How many keys `table` holds: LMDB keeps the count, so this is O(1) (for gauges read at every scrape)."""
+        """How many keys `table` holds (for gauges read at every scrape)."""
         with self.read() as txn:
             return txn.count(table)
 
-    def used_bytes(self) -> int:
-        """Bytes of the map in use (the pages written so far), without a transaction."""
-        info = self._env.info()
-        used: int = (info["last_pgno"] + 1) * self._env.stat()["psize"]
-        return used
+    def space(self) -> tuple[int, int] | None:
+        """(bytes used, bytes the index may grow to) when the implementation has such a bound, else None."""
+        return None
 
-    @property
-    def map_size(self) -> int:
-        size: int = self._env.info()["map_size"]
-        return size
-
+    @abstractmethod
     def close(self) -> None:
-        self._env.close()
+        """Release the index; no transaction may be open."""
+
+
+def undeclared(name: str, declared: Iterable[str]) -> UndeclaredTable:
+    known = ", ".join(sorted(declared))
+    return UndeclaredTable(f"table {name!r} was not declared (declared: {known}); a layer declares its tables "
+                           "with Index.declare at start-up")

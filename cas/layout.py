@@ -1,7 +1,18 @@
 """The on-disk format of a Berth data directory: the one place it is written down.
 
-Format version 1. The version is stored in the index (`meta` table, key `format`) when a directory is created;
-opening a directory written by another version raises IncompatibleStore rather than guessing.
+Format version 2. The version is stored in the index (`meta` table, key `format`) when a store is created;
+opening one written by another version raises IncompatibleStore rather than guessing, except that a version 1
+directory is migrated when opened (below). The index and the bytes are two interfaces (cas/index.py, cas/blobs.py);
+this file describes the embedded default (LMDB + files, `BlobStore.on_disk`). The in-memory store
+(`BlobStore.in_memory`) keeps the same tables and records, and the bytes in a dict.
+
+Changes
+-------
+    1 -> 2  Upload records carry their progress (`offset`) and last activity (`updated`); format 1 read them from
+            the partial file's size and mtime. Blob records gain state DELETING (a collector's claim, cas/gc.py);
+            `doomed` lists the records in that state instead of records already deleted. Migration on open: each
+            upload record gets its partial file's size and mtime; a format-1 `doomed` entry (its record already
+            gone) is finished by the next collection pass as a DELETING one whose record vanished.
 
 Directory
 ---------
@@ -16,8 +27,10 @@ Directory
       gc.lock                           flock()ed by whoever runs a collection pass (the server's schedule, berth gc)
 
 A blob file exists under blobs/ only after its bytes were verified against its name, fsynced and renamed into
-place; the rename and the index commit happen while the LMDB writer lock is held, so a file that is under blobs/
-but has no index record while one holds that lock is debris from a crash (GC removes it).
+place. The rename happens before the index commit that records the blob, outside any transaction: a file under
+blobs/ without a record is a publish in flight or a crash's debris, and GC removes it only by the retire/decide/
+purge protocol of cas/gc.py, which a publish in flight overrules. trash/ holds retired files: a reader that misses
+a file in blobs/ for a stored record reads the trash/ copy.
 
 Index tables (LMDB named databases; all keys and values are bytes)
 ------------------------------------------------------------------
@@ -28,9 +41,10 @@ Index tables (LMDB named databases; all keys and values are bytes)
     refs      digest key + b"\\0" + holder -> b""        who holds a reference on a digest
     held      holder + b"\\0" + digest key -> b""        the same edges, by holder
     gcqueue   u64 big-endian (zero_since in µs) + digest key -> b""   blobs whose refcount reached zero
-    doomed    digest key -> b""                         records already removed, files still to unlink
-    uploads   session id (ASCII) -> JSON UploadRecord (fixed at creation; progress is the partial file's size,
-              idle time its mtime: see cas/uploads.py)
+    doomed    digest key -> b""                         records in state DELETING (a collection in progress)
+    uploads   session id (ASCII) -> JSON UploadRecord {algorithm, created, meta, offset, updated}: the running
+              hash's algorithm, creation time, the caller's metadata, bytes accepted so far, last activity
+              (see cas/uploads.py; the partial file may be longer than `offset` after a crash: cut back on resume)
 
 A *digest key* is the canonical digest string in ASCII (`sha256:<64 hex>`). A *holder* is an opaque UTF-8 name
 chosen by the layer above (e.g. `manifest:syn1/app@sha256:…`), without NUL, at most MAX_HOLDER_BYTES long.
@@ -45,6 +59,9 @@ Invariants
   bytes is a dedup hit).
 - state MISSING marks a record whose file was lost or quarantined while holders still named it: it is never
   served, and the next ingest of the same bytes heals it with the references intact.
+- state DELETING marks an unreferenced record a collector claimed (cas/gc.py): not served, not referenceable; a
+  publish of the same bytes turns it back into PRESENT, and the collector then restores the file instead of
+  deleting it.
 """
 
 from __future__ import annotations
@@ -56,7 +73,7 @@ from pathlib import Path
 
 from .digest import Digest
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 TABLES = ("meta", "blobs", "inline", "refs", "held", "gcqueue", "doomed", "uploads")
 
@@ -66,6 +83,7 @@ MAX_HOLDER_BYTES = 511 - 136 - 1
 STATE_PRESENT = 1
 STATE_MISSING = 2
 STATE_INLINE = 3
+STATE_DELETING = 4
 STORED_STATES = (STATE_PRESENT, STATE_INLINE)
 
 _BLOB = struct.Struct("<BQQdd")
@@ -92,6 +110,8 @@ class UploadRecord:
     algorithm: str  # the running hash's algorithm (finishing with another re-hashes the file once)
     created: float
     meta: dict[str, str] = field(default_factory=dict)  # opaque to cas: owner, repository, …
+    offset: int = 0  # bytes accepted so far (format 2)
+    updated: float = 0.0  # last activity, by the store's clock (format 2)
 
     def pack(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -102,6 +122,7 @@ class UploadRecord:
 
 
 def blob_path(root: Path, digest: Digest) -> Path:
+    """The file of a published blob in a local data directory (cas/local_blobs.py)."""
     return root / "blobs" / digest.algorithm / digest.hex[:2] / digest.hex
 
 

@@ -1,24 +1,37 @@
-"""BlobStore: the content-addressed store over one data directory (LMDB index + immutable blob files)."""
+"""BlobStore: the content-addressed store, over a metadata index (cas/index.py) and a keeper of bytes
+(cas/blobs.py). `BlobStore.on_disk(path)` is the embedded default (LMDB + files in one data directory);
+`BlobStore.in_memory()` keeps both halves in this process.
+"""
 
 from __future__ import annotations
 
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
 from . import crashpoints
+from .blobs import BlobBytes, Staged
 from .digest import DEFAULT_ALGORITHM, Digest, Hasher, new_hasher
-from .errors import BlobUnknown, DigestMismatch, SizeMismatch
-from .files import LockedFile, ensure_dir, fsync_dir
-from .index import DEFAULT_MAP_SIZE, Index, Table, Transaction, WriteTransaction
-from .layout import STATE_INLINE, STATE_PRESENT, STORED_STATES, BlobRecord, blob_path, queue_key
+from .errors import BlobUnknown, DigestMismatch, IncompatibleStore, SizeMismatch
+from .index import Index, Table, Transaction, WriteTransaction
+from .layout import (
+    FORMAT_VERSION,
+    STATE_DELETING,
+    STATE_INLINE,
+    STATE_PRESENT,
+    STORED_STATES,
+    TABLES,
+    BlobRecord,
+    UploadRecord,
+    queue_key,
+)
+from .lmdb_index import DEFAULT_MAP_SIZE
 from .reader import BlobReader
-from .writer import HashingWriter
 
-READ_CHUNK = 1 << 20  # 1 MiB: PERF-NOTES measured 64 KiB reads at a quarter of the speed of 1 MiB ones
+READ_CHUNK = 1 << 20  # 1 MiB: 64 KiB reads measured at a quarter of the speed of 1 MiB ones
 
 Clock = Callable[[], float]
 
@@ -40,7 +53,7 @@ class StoreConfig:
 class BlobInfo:
     digest: Digest
     size: int
-    inline: bool = False  # stored inside the index (no file: path() raises, open() and read_bytes() work)
+    inline: bool = False  # stored inside the index (no local file: local_path() is None; open() works)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,28 +69,82 @@ class Tables:
 
 
 class BlobStore:
-    """Open with BlobStore(path). Safe to share between threads; several processes may open the same path."""
+    """A store over `index` and `blobs`. Safe to share between threads; several processes may open the same data
+    directory (`BlobStore.on_disk`)."""
 
-    def __init__(self, root: str | os.PathLike[str], *, config: StoreConfig | None = None,
-                 clock: Clock = time.time, map_size: int = DEFAULT_MAP_SIZE) -> None:
+    def __init__(self, index: Index, blobs: BlobBytes, config: StoreConfig | None = None,
+                 clock: Clock = time.time) -> None:
         from .gc import Collector
         from .refs import References
         from .uploads import Uploads
 
-        self.root = Path(root)
+        self.index = index
+        self.blobs = blobs
         self.config = config or StoreConfig()
         self.clock = clock
-        for sub in ("blobs", "uploads", "tmp", "trash", "quarantine"):
-            ensure_dir(self.root / sub)
-        self.index = Index(self.root / "index", map_size=map_size)
-        self.tables = Tables(*(self.index.table(name) for name in
-                               ("meta", "blobs", "inline", "refs", "held", "gcqueue", "doomed", "uploads")))
+        index.declare(TABLES)
+        self.tables = Tables(*(index.table(name) for name in TABLES))
+        self.index.transact(self._ensure_format)
         self.refs = References(self)
         self.uploads = Uploads(self)
         self.gc = Collector(self)
 
+    @classmethod
+    def on_disk(cls, path: str | os.PathLike[str], *, config: StoreConfig | None = None, clock: Clock = time.time,
+             map_size: int = DEFAULT_MAP_SIZE) -> BlobStore:
+        """The embedded default over a data directory (created if new): LMDB index + blob files."""
+        from .lmdb_index import LmdbIndex
+        from .local_blobs import LocalBlobs
+
+        blobs = LocalBlobs(path)
+        index = LmdbIndex(Path(path) / "index", map_size=map_size)
+        try:
+            return cls(index, blobs, config, clock)
+        except BaseException:
+            index.close()
+            raise
+
+    @classmethod
+    def in_memory(cls, *, config: StoreConfig | None = None, clock: Clock = time.time) -> BlobStore:
+        """A complete store in this process's memory (index and bytes): gone when the process ends."""
+        from .memory_blobs import MemoryBlobs
+        from .memory_index import MemoryIndex
+
+        return cls(MemoryIndex(), MemoryBlobs(), config, clock)
+
+    @property
+    def root(self) -> Path | None:
+        """The data directory of a store over local files (None otherwise). Not for serving blobs: see
+        local_path()."""
+        root: Path | None = getattr(self.blobs, "root", None)
+        return root
+
+    def _ensure_format(self, txn: WriteTransaction) -> None:
+        meta = self.tables.meta
+        stored = txn.get(meta, b"format")
+        if stored == str(FORMAT_VERSION).encode():
+            return
+        if stored == b"1":
+            self._migrate_from_1(txn)
+        elif stored is not None:
+            raise IncompatibleStore(
+                f"the store has format version {stored.decode(errors='replace')}, this Berth reads version "
+                f"{FORMAT_VERSION} (and migrates version 1); see cas/layout.py")
+        txn.put(meta, b"format", str(FORMAT_VERSION).encode())
+
+    def _migrate_from_1(self, txn: WriteTransaction) -> None:
+        """Format 1 kept an upload's progress in its partial file's size and mtime: copy them into the records
+        (a read of the files, no change to them: this may run twice). `doomed` needs nothing (cas/layout.py)."""
+        progress = getattr(self.blobs, "upload_progress", None)
+        for key, raw in list(txn.scan(self.tables.uploads)):
+            record = UploadRecord.unpack(raw)
+            found = progress(key.decode()) if progress is not None else None
+            size, mtime = found if found is not None else (0, record.created)
+            txn.put(self.tables.uploads, key, replace(record, offset=size, updated=mtime).pack())
+
     def close(self) -> None:
         self.index.close()
+        self.blobs.close()
 
     def __enter__(self) -> BlobStore:
         return self
@@ -102,14 +169,12 @@ class BlobStore:
             raw = txn.get(self.tables.blobs, digest.key)
         return raw is not None and BlobRecord.unpack(raw).state in STORED_STATES
 
-    def path(self, digest: Digest | str) -> Path:
-        """The blob's file, for sendfile. Raises BlobUnknown (also for an inline blob, which has no file: check
-        BlobInfo.inline). The file is immutable; it may be unlinked by GC once nothing references it, and an open
-        descriptor stays valid when that happens."""
-        info = self.stat(digest)
-        if info.inline:
-            raise BlobUnknown(f"{info.digest} is stored inline (read it with open() or read_bytes())")
-        return blob_path(self.root, info.digest)
+    def local_path(self, digest: Digest) -> Path | None:
+        """Optional capability, for sendfile: the local file of a blob already stat()ed as stored and not inline,
+        without touching the index again; None if the bytes are not in local files (then stream `open()`). The
+        file is immutable; GC may remove it once nothing references it (an open descriptor stays valid), so a
+        caller that fails to open it falls back to `open()`."""
+        return self.blobs.local_path(digest)
 
     def open(self, digest: Digest | str, offset: int = 0, length: int | None = None) -> BlobReader:
         """A reader over [offset, offset+length) of a blob (to its end if length is None)."""
@@ -120,11 +185,7 @@ class BlobStore:
             if data is None:
                 raise BlobUnknown(str(info.digest))  # collected since the stat
             return BlobReader(data, info.size, offset, length)
-        try:
-            fd = os.open(blob_path(self.root, info.digest), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise BlobUnknown(str(info.digest)) from None
-        return BlobReader(fd, info.size, offset, length)
+        return self.blobs.open(info.digest, info.size, offset, length)
 
     def info(self, txn: Transaction, digest: Digest) -> BlobInfo:
         """What stat() says, inside the caller's transaction and without renewing a lease (for checks that are
@@ -173,9 +234,9 @@ class BlobStore:
         hasher = new_hasher(algorithm)
         if expected is not None and self._lease_if_present(expected):
             return self._ingest_known(source, expected, hasher, size)
-        temp = LockedFile.create(self.root / "tmp")
+        staged = self.blobs.stage()
         try:
-            writer = HashingWriter(temp.fd, hasher, expected_size=size)
+            writer = staged.writer(hasher, 0, expected_size=size)
             try:
                 for chunk in _chunks(source):
                     writer.write(chunk)
@@ -187,11 +248,11 @@ class BlobStore:
             _verify(expected, actual, size, writer.size)
             if self._lease_if_present(actual):  # dedup hit on content we could not name in advance
                 return BlobInfo(actual, writer.size)
-            os.fsync(temp.fd)
+            staged.sync()
             crashpoints.reached("ingest.before_publish")
-            return self.publish(actual, writer.size, temp)
+            return self.publish(actual, writer.size, staged)
         finally:
-            temp.remove()
+            staged.discard()
 
     def _ingest_known(self, source: Iterable[bytes] | BinaryIO | bytes, expected: Digest, hasher: Hasher,
                       size: int | None) -> BlobInfo:
@@ -216,21 +277,22 @@ class BlobStore:
             return False
         return True
 
-    def publish(self, digest: Digest, size: int, source: LockedFile,
+    def publish(self, digest: Digest, size: int, staged: Staged,
                 also: Callable[[WriteTransaction], None] | None = None) -> BlobInfo:
-        """Make a verified, fsynced file the blob `digest` (internal to cas; uploads use it too).
+        """Make verified, synced staged bytes the blob `digest` (internal to cas; uploads use it too). `also` runs
+        in the same transaction (the upload session's record is deleted there; the layer above links the blob).
 
-        The rename into place and the index commit happen under the LMDB writer lock, which GC also holds while it
-        unlinks: so a concurrent GC of the same digest can never delete the file we just put there, and a file
-        that is in blobs/ without a record while one holds the lock is a crash's debris. `also` runs in the same
-        transaction (the upload session's record is deleted there).
+        The bytes move first, outside any transaction (a write function may be replayed); the record commits
+        second. A collector racing the same digest is overruled by the state of the record, and `ensure` puts the
+        bytes back if it had already taken them: the protocol and its argument are in cas/gc.py.
         """
-        final = blob_path(self.root, digest)
-        ensure_dir(final.parent)
+        self.blobs.publish(staged, digest)
+        crashpoints.reached("publish.after_rename")
         now = self.clock()
         tables = self.tables
 
-        def commit(txn: WriteTransaction) -> None:
+        def commit(txn: WriteTransaction) -> bool:
+            """True if this publish made the record say "stored" (then its bytes must be there)."""
             raw = txn.get(tables.blobs, digest.key)
             record = BlobRecord.unpack(raw) if raw is not None else None
             if also is not None:
@@ -238,22 +300,15 @@ class BlobStore:
             if record is not None and record.state in STORED_STATES:
                 if record.refcount == 0:  # dedup hit: a client will reference this soon
                     txn.put(tables.blobs, digest.key, _replace_lease(record, now + self.config.lease))
-                return
-            txn.delete(tables.doomed, digest.key)  # a pending unlink of an older copy is cancelled
-            os.replace(source.path, final)
-            fsync_dir(final.parent)
-            crashpoints.reached("publish.after_rename")
-            if record is not None:  # a MISSING record healed by the same bytes: its holders are intact
-                healed = BlobRecord(STATE_PRESENT, size, record.refcount, record.zero_since, record.lease_until)
-                txn.put(tables.blobs, digest.key, healed.pack())
-            else:
-                txn.put(tables.blobs, digest.key, BlobRecord(STATE_PRESENT, size, 0, now, 0.0).pack())
-                txn.put(tables.gcqueue, queue_key(now, digest.key), b"")
+                return False  # (an INLINE record: the file just published is debris for GC's orphan sweep)
+            txn.put(tables.blobs, digest.key, _claimed(txn, tables, digest.key, record, STATE_PRESENT, size, now))
+            return True
 
-        self.index.transact(commit)
+        claimed = self.index.transact(commit)
         crashpoints.reached("publish.after_commit")
+        if claimed:
+            self.blobs.ensure(staged, digest)
         return BlobInfo(digest, size)
-
 
     def ingest_inline(self, txn: WriteTransaction, data: bytes, algorithm: str = DEFAULT_ALGORITHM) -> BlobInfo:
         """Store a small blob (a manifest, an index) inside the index, in the caller's write transaction.
@@ -268,13 +323,8 @@ class BlobStore:
         if record is not None and record.state in STORED_STATES:
             return BlobInfo(digest, record.size, record.state == STATE_INLINE)
         txn.put(self.tables.inline, digest.key, data)
-        if record is not None:
-            healed = BlobRecord(STATE_INLINE, len(data), record.refcount, record.zero_since, record.lease_until)
-            txn.put(self.tables.blobs, digest.key, healed.pack())
-        else:
-            now = self.clock()
-            txn.put(self.tables.blobs, digest.key, BlobRecord(STATE_INLINE, len(data), 0, now, 0.0).pack())
-            txn.put(self.tables.gcqueue, queue_key(now, digest.key), b"")
+        txn.put(self.tables.blobs, digest.key, _claimed(txn, self.tables, digest.key, record, STATE_INLINE, len(data),
+                                                        self.clock()))
         return BlobInfo(digest, len(data), True)
 
 
@@ -283,6 +333,17 @@ def _verify(expected: Digest | None, actual: Digest, size: int | None, actual_si
         raise SizeMismatch(size, actual_size)
     if expected is not None and expected != actual:
         raise DigestMismatch(str(expected), str(actual))
+
+
+def _claimed(txn: WriteTransaction, tables: Tables, key: bytes, record: BlobRecord | None, state: int, size: int,
+             now: float) -> bytes:
+    """The record of a blob just stored: new (queued for GC from now), a MISSING one healed with its holders
+    intact, or a DELETING one taken back from a collector (queued again from now: the collector dropped its queue
+    entry when it claimed it)."""
+    if record is None or record.state == STATE_DELETING:
+        txn.put(tables.gcqueue, queue_key(now, key), b"")
+        return BlobRecord(state, size, 0, now, 0.0).pack()
+    return BlobRecord(state, size, record.refcount, record.zero_since, record.lease_until).pack()
 
 
 def _replace_lease(record: BlobRecord, lease_until: float) -> bytes:

@@ -1,40 +1,37 @@
-"""Resumable upload sessions: a record in the index plus a partial file under uploads/.
+"""Resumable upload sessions: a record in the index plus staged bytes (cas/blobs.py: a partial file under
+uploads/ for the local store).
 
-The partial file is the session's progress; the record holds only what is fixed at creation (running-hash
-algorithm, creation time, the caller's metadata). Rules that keep a session consistent across crashes, restarts and
-several processes:
-- Only the holder of the partial file's flock() writes to it; a second writer gets UploadBusy, never interleaves.
-- The session's offset is the partial file's size, read under that lock. A chunk is accepted only at that offset
-  (OffsetMismatch otherwise). A chunk that fails in this process (the client hung up, a declared length was not
-  met) is cut off again, so the offset does not move; a process killed mid-chunk leaves an in-order prefix of what
-  the client sent, which is where the client resumes (the OCI status request reports it, as Distribution does).
-- Idle time is the partial file's mtime, set from the store's clock after every accepted chunk.
-- No index commit per chunk: a durable LMDB commit fsyncs through the filesystem journal and, on ext4's ordered
-  mode, waits on the upload's own dirty pages. Measured: 571 MiB/s with a commit per 8 MiB chunk, 706 without.
+The record holds what is fixed at creation (running-hash algorithm, creation time, the caller's metadata) and the
+session's progress: `offset`, the bytes accepted so far, and `updated`, its last activity by the store's clock.
+Rules that keep a session consistent across crashes, restarts and several processes:
+- Only the holder of the staged bytes (a flock()ed file, a locked buffer) writes to them; a second writer gets
+  UploadBusy, never interleaves.
+- A chunk is accepted only at the record's offset (OffsetMismatch otherwise), and accepted when the record with the
+  new offset commits (one index write per chunk). A chunk that fails in this process (the client hung up, a
+  declared length was not met) is cut off again; a process killed mid-chunk leaves bytes past the record's offset,
+  which the next writer cuts off: the client resumes where the record says (the OCI status request reports it).
+  After a power loss the staged bytes may be shorter than the record says (chunks are not fsynced one by one):
+  then they are the truth, and the client is told that offset.
 - The running hash lives in this process's memory, keyed by session and offset. A request that lands on another
-  process, or after a restart, re-hashes the partial file once; finishing with the same algorithm never re-reads.
-- Chunks are not fsynced one by one: a kill -9 keeps the page cache; after a power loss the file holds what
-  survived, and the client is told that offset.
+  process, or after a restart, re-hashes the staged bytes once; finishing with the same algorithm never re-reads.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from . import crashpoints
+from .blobs import Staged
 from .digest import DEFAULT_ALGORITHM, Digest, Hasher, new_hasher
 from .errors import DigestMismatch, OffsetMismatch, SizeMismatch, UploadBusy, UploadUnknown
-from .files import LockedFile, remove_debris
 from .index import WriteTransaction
 from .layout import UploadRecord
-from .writer import HashingWriter
 
 if TYPE_CHECKING:
     from .store import BlobInfo, BlobStore
@@ -58,16 +55,18 @@ class _Session:
 
     id: str
     record: UploadRecord
-    partial: LockedFile
-    offset: int
-    updated: float
+    staged: Staged
+
+    @property
+    def offset(self) -> int:
+        return self.record.offset
 
 
 class Uploads:
     def __init__(self, store: BlobStore) -> None:
         self._store = store
         self._table = store.tables.uploads
-        self._dir = store.root / "uploads"
+        self._blobs = store.blobs
         self._hashers: OrderedDict[str, tuple[int, Hasher]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -78,34 +77,29 @@ class Uploads:
         new_hasher(algorithm)  # validate now, not at the first chunk
         session_id = uuid.uuid4().hex
         now = self._store.clock()
-        record = UploadRecord(algorithm, now, dict(meta or {}))
-        # The file is created and locked first, the record committed second: a crash in between leaves an unlocked
-        # file with no record, which expire() removes. expire() reads the record only once it holds the lock, so a
-        # file whose record is being committed is either locked (skipped) or already has its record.
-        partial = LockedFile.create(self._dir, session_id)
+        record = UploadRecord(algorithm, now, dict(meta or {}), 0, now)
+        # The staging is created and held first, the record committed second: a crash in between leaves staging
+        # nobody holds and no record names, which expire() removes; it looks for the record only once it holds
+        # the staging, so staging whose record is being committed is either held (skipped) or has its record.
+        staged = self._blobs.create_upload(session_id)
         try:
-            os.utime(partial.fd, (now, now))
             with self._store.index.write() as txn:
                 txn.put(self._table, session_id.encode(), record.pack())
         except BaseException:
-            partial.remove()
+            staged.discard()
             raise
-        partial.close()
+        staged.release()
         return UploadStatus(session_id, 0, now, now, dict(record.meta))
 
     def exists(self, session_id: str) -> bool:
-        """Whether the session is open (its record exists): one index read, no file system access."""
+        """Whether the session is open (its record exists): one index read."""
         with self._store.index.read() as txn:
             return _plausible_id(session_id) and txn.get(self._table, session_id.encode()) is not None
 
     def status(self, session_id: str) -> UploadStatus:
-        """Where the session is. While a chunk is being written this is the bytes received so far."""
+        """Where the session is: the bytes accepted so far (a chunk being written counts once it is accepted)."""
         record = self._record(session_id)
-        try:
-            st = os.stat(self._dir / session_id)
-        except FileNotFoundError:
-            raise UploadUnknown(session_id) from None
-        return UploadStatus(session_id, st.st_size, record.created, st.st_mtime, dict(record.meta))
+        return UploadStatus(session_id, record.offset, record.created, record.updated, dict(record.meta))
 
     def append(self, session_id: str, chunks: Iterable[bytes], offset: int | None = None,
                length: int | None = None) -> UploadStatus:
@@ -113,8 +107,11 @@ class Uploads:
         With `length`, the chunk must be exactly that long (a Content-Range promise); else SizeMismatch and the
         session stays where it was."""
         with self._locked(session_id) as session:
-            session = self._write(session, chunks, offset, length)
-            return _status(session)
+            advanced = self._write(session, chunks, offset, length)
+            if advanced is not session:
+                self._commit_progress(advanced)
+                crashpoints.reached("upload.after_progress")
+            return _status(advanced)
 
     def cancel(self, session_id: str) -> None:
         with self._locked(session_id) as session:
@@ -136,12 +133,12 @@ class Uploads:
             if expected.algorithm == session.record.algorithm and cached is not None:
                 actual = Digest(expected.algorithm, cached.hexdigest())
             else:
-                rehashed = _hash_file(session.partial.fd, session.offset, expected.algorithm)
+                rehashed = _hash_staged(session.staged, session.offset, expected.algorithm)
                 actual = Digest(expected.algorithm, rehashed.hexdigest())
             if actual != expected:
                 self._discard(session)
                 raise DigestMismatch(str(expected), str(actual))
-            os.fsync(session.partial.fd)
+            session.staged.sync()
             crashpoints.reached("upload.before_publish")
 
             def end_session(txn: WriteTransaction) -> None:
@@ -149,8 +146,9 @@ class Uploads:
                 if also is not None:
                     also(txn)
 
-            info = self._store.publish(expected, session.offset, session.partial, also=end_session)
-            session.partial.remove()  # a dedup hit left the partial file in place; otherwise it was renamed away
+            info = self._store.publish(expected, session.offset, session.staged, also=end_session)
+            session.staged.discard()  # a publish moved the bytes away, or found them stored already: drop ours
+            self._forget(session.id)
             return info
 
     def expire(self) -> int:
@@ -165,18 +163,13 @@ class Uploads:
                 if self.status(session_id).updated + ttl > self._store.clock():
                     continue
                 with self._locked(session_id) as session:
-                    if session.updated + ttl > self._store.clock():
+                    if session.record.updated + ttl > self._store.clock():
                         continue  # written to since we looked
                     self._discard(session)
                     removed += 1
             except (UploadBusy, UploadUnknown):
                 continue
-        for path in self._dir.iterdir():
-            with self._store.index.read() as txn:
-                has_record = txn.get(self._table, path.name.encode()) is not None
-            if not has_record and remove_debris(path):
-                removed += 1
-        return removed
+        return removed + self._blobs.sweep_staged(self.exists)
 
     # -- internals ------------------------------------------------------------------------------------------------
     def _record(self, session_id: str) -> UploadRecord:
@@ -188,34 +181,52 @@ class Uploads:
 
     @contextmanager
     def _locked(self, session_id: str) -> Iterator[_Session]:
-        self._record(session_id)  # UploadUnknown before touching the file system
-        try:
-            partial = LockedFile.try_open(self._dir / session_id)
-        except BlockingIOError:
-            raise UploadBusy(session_id) from None
-        if partial is None:
-            # A record without its file: a crash between rename-into-place and commit in finish(), or a file
+        self._record(session_id)  # UploadUnknown before touching the bytes
+        staged = self._blobs.resume_upload(session_id)
+        if staged is None:
+            # A record without its bytes: a crash between publishing and committing in finish(), or a file
             # removed by hand. The session cannot continue; forget it.
             with self._store.index.write() as txn:
                 txn.delete(self._table, session_id.encode())
             raise UploadUnknown(session_id)
         try:
-            record = self._record(session_id)  # re-read under the lock: it may have been finished meanwhile
-            st = os.fstat(partial.fd)
-            yield _Session(session_id, record, partial, st.st_size, st.st_mtime)
+            record = self._record(session_id)  # re-read while holding the bytes: it may have been finished meanwhile
+            yield _Session(session_id, record, staged)
         finally:
-            partial.close()
+            staged.release()
+
+    def _commit_progress(self, session: _Session) -> None:
+        def work(txn: WriteTransaction) -> None:
+            key = session.id.encode()
+            if txn.get(self._table, key) is None:
+                raise UploadUnknown(session.id)  # discarded by hand meanwhile (the bytes' holder would be us)
+            txn.put(self._table, key, session.record.pack())
+        self._store.index.transact(work)
 
     def _write(self, session: _Session, chunks: Iterable[bytes], offset: int | None,
                length: int | None) -> _Session:
+        """Write the chunks after the session's bytes; the advanced session (not yet committed), or `session`
+        itself if nothing was written."""
         if offset is not None and offset != session.offset:
             raise OffsetMismatch(session.id, session.offset, offset)
-        hasher = self._take_hasher(session.id, session.offset)
+        staged = session.staged
+        start = session.offset
+        held = staged.size()  # (format 1 read this size as the offset: the same one fstat)
+        if held < start:
+            # A power loss took bytes the record had accepted (chunks are not fsynced): the staged bytes are the
+            # truth. The client learns the offset from the refusal (or, without an offset, just goes on).
+            self._forget(session.id)
+            start = held
+            session = _Session(session.id, replace(session.record, offset=held), staged)
+            self._commit_progress(session)
+            if offset is not None and offset != start:
+                raise OffsetMismatch(session.id, start, offset)
+        elif held > start:
+            staged.truncate(start)  # a writer killed mid-chunk, before its progress committed
+        hasher = self._take_hasher(session.id, start)
         if hasher is None:
-            hasher = _hash_file(session.partial.fd, session.offset, session.record.algorithm)
-        fd = session.partial.fd
-        os.lseek(fd, session.offset, os.SEEK_SET)
-        writer = HashingWriter(fd, hasher, expected_size=length)
+            hasher = _hash_staged(staged, start, session.record.algorithm)
+        writer = staged.writer(hasher, start, expected_size=length)
         try:
             for chunk in chunks:
                 writer.write(chunk)
@@ -224,25 +235,22 @@ class Uploads:
                 raise SizeMismatch(length, writer.size)
         except BaseException:
             writer.abort()
-            # All or nothing while we live: cut the failed chunk off and put the idle clock back. The hasher saw
-            # part of the chunk and is dropped; the next request re-hashes.
-            os.ftruncate(fd, session.offset)
-            os.utime(fd, (session.updated, session.updated))
+            # All or nothing while we live: cut the failed chunk off. The hasher saw part of the chunk and is
+            # dropped; the next request re-hashes.
+            staged.truncate(start)
             raise
         if writer.size == 0:
-            self._keep_hasher(session.id, session.offset, hasher)
+            self._keep_hasher(session.id, start, hasher)
             return session
         crashpoints.reached("upload.after_chunk")
-        now = self._store.clock()
-        os.utime(fd, (now, now))
-        advanced = _Session(session.id, session.record, session.partial, session.offset + writer.size, now)
-        self._keep_hasher(session.id, advanced.offset, hasher)
-        return advanced
+        record = replace(session.record, offset=start + writer.size, updated=self._store.clock())
+        self._keep_hasher(session.id, record.offset, hasher)
+        return _Session(session.id, record, staged)
 
     def _discard(self, session: _Session) -> None:
         with self._store.index.write() as txn:
             txn.delete(self._table, session.id.encode())
-        session.partial.remove()
+        session.staged.discard()
         self._forget(session.id)
 
     def _take_hasher(self, session_id: str, offset: int) -> Hasher | None:
@@ -263,11 +271,11 @@ class Uploads:
             self._hashers.pop(session_id, None)
 
 
-def _hash_file(fd: int, length: int, algorithm: str) -> Hasher:
+def _hash_staged(staged: Staged, length: int, algorithm: str) -> Hasher:
     hasher = new_hasher(algorithm)
     position = 0
     while position < length:
-        data = os.pread(fd, min(_REHASH_CHUNK, length - position), position)
+        data = staged.read(position, min(_REHASH_CHUNK, length - position))
         if not data:
             break
         hasher.update(data)
@@ -280,5 +288,5 @@ def _plausible_id(session_id: str) -> bool:
 
 
 def _status(session: _Session) -> UploadStatus:
-    return UploadStatus(session.id, session.offset, session.record.created, session.updated,
+    return UploadStatus(session.id, session.offset, session.record.created, session.record.updated,
                         dict(session.record.meta))

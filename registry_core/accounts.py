@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 
 from cas import BlobStore, Table, Transaction, WriteTransaction
 
+from . import schema
+
 TOKEN_SCOPES = ("view", "download", "modify")
 PUBLIC = "public"  # in grants, everyone (anonymous callers too): never the name of an account
 _USER = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -70,6 +72,7 @@ class Identity:
 class Accounts:
     def __init__(self, store: BlobStore) -> None:
         self._store = store
+        schema.declare(store.index)
         self._users: Table = store.index.table("users")
         self._pats: Table = store.index.table("pats")
         self._by_user: Table = store.index.table("pats_by_user")

@@ -34,7 +34,9 @@ from typing import Any
 
 from cas import BlobStore, Transaction, WriteTransaction
 
-TABLES = ("events", "event_counters")  # events: u64 big-endian seq -> JSON record; counters: b"seq" -> decimal
+from . import schema
+
+TABLES = schema.EVENT_TABLES  # events: u64 big-endian seq -> JSON record; counters: b"seq" -> decimal
 
 COMPAT_MEDIA_TYPE = "application/vnd.docker.distribution.events.v1+json"  # distribution notifications/event.go
 CLOUDEVENTS_MEDIA_TYPE = "application/cloudevents+json"  # json-format.md, structured content mode
@@ -97,6 +99,7 @@ class Event:
 class Outbox:
     def __init__(self, store: BlobStore) -> None:
         self._store = store
+        schema.declare(store.index)
         self._events = store.index.table(TABLES[0])
         self._counters = store.index.table(TABLES[1])
 

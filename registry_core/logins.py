@@ -24,18 +24,21 @@ from collections.abc import Callable
 
 from cas import BlobStore, Table, WriteTransaction
 
+from . import schema
+
 FAILURE_WINDOW = 60.0  # seconds over which failed logins from one source are counted
 FAILURE_LIMIT = 5  # failures allowed in the window (GitLab and Harbor lock after 5-10 failed logins)
 PRUNE_BATCH = 32  # stale entries removed per recorded failure: pruning costs a bounded amount per write
 SOURCE_MAX = 256  # bytes of a source key (an IPv6 address is at most 45 characters)
 
-TABLE = "login_failures"
+TABLE = schema.LOGIN_TABLES[0]
 
 
 class LoginThrottle:
     def __init__(self, store: BlobStore, clock: Callable[[], float] | None = None) -> None:
         self._store = store
         self._clock = clock or store.clock
+        schema.declare(store.index)
         self._table: Table = store.index.table(TABLE)
 
     def _recent(self, raw: bytes | None, now: float) -> list[float]:

@@ -25,6 +25,7 @@ from typing import Any
 from cas import BlobStore, Table, Transaction, WriteTransaction
 
 from . import events as ev
+from . import schema
 from .accounts import PUBLIC, Accounts
 from .names import RepositoryName, parse_project_id
 
@@ -80,6 +81,7 @@ def _target(text: str) -> str:
 class Projects:
     def __init__(self, store: BlobStore) -> None:
         self._store = store
+        schema.declare(store.index)
         self._projects: Table = store.index.table("projects")
         self._grants: Table = store.index.table("grants")
         self._trashed: Table = store.index.table("trashed")

@@ -44,7 +44,7 @@ from .events import Outbox
 from .manifests import DEFAULT_MAX_MANIFEST, InvalidManifest, Manifest, accepts, parse
 from .names import InvalidReference, RepositoryName, parse_reference
 from .referrers import ReferrerIndex
-from .schema import TABLES, ManifestRecord, holder, holder_prefix, key
+from .schema import TABLES, ManifestRecord, declare, holder, holder_prefix, key
 from .tags import TagIndex
 
 CATALOG_PAGE = 1000  # catalog entries per page when the client gives no `n` (Distribution: 100)
@@ -93,6 +93,7 @@ class Registry:
     def __init__(self, store: BlobStore, config: RegistryConfig | None = None) -> None:
         self.store = store
         self.config = config or RegistryConfig()
+        declare(store.index)
         tables = {name: store.index.table(name) for name in TABLES}
         self._t = _Tables(tables["repos"], tables["links"], tables["manifests"], tables["uploading"])
         self.tags = TagIndex(tables["tags"], tables["tagged"], tables["history"])
@@ -101,7 +102,7 @@ class Registry:
 
     @classmethod
     def open(cls, root: str | os.PathLike[str], config: RegistryConfig | None = None) -> Registry:
-        return cls(BlobStore(root), config)
+        return cls(BlobStore.on_disk(root), config)
 
     def close(self) -> None:
         self.store.close()

@@ -10,9 +10,11 @@ Tables (beside cas's own, see cas/layout.py; `\\0` separates fields: names, tags
     referrers  repo \\0 subject digest \\0 digest -> JSON descriptor    manifests whose `subject` is that digest
     uploading  actor \\0 session id -> b""                          open upload sessions by owner (the per-account cap;
                an entry whose cas session expired is dropped when next counted)
-Beside them, events.py's outbox (events, event_counters: events.TABLES), opened by Registry as `registry.outbox`.
-And webhooks.py's endpoints and their delivery (webhooks, webhook_state, webhook_leases, webhook_dead:
-webhooks.TABLES; keys and values written down there), opened by `Webhooks(store)`.
+Beside them, events.py's outbox (events, event_counters: EVENT_TABLES), opened by Registry as `registry.outbox`;
+webhooks.py's endpoints and their delivery (WEBHOOK_TABLES; keys and values written down there), opened by
+`Webhooks(store)`; accounts.py's users and tokens, projects.py's projects, grants, trash and counters, and logins.py's
+throttle (ACCOUNT_TABLES, PROJECT_TABLES, LOGIN_TABLES). ALL_TABLES is every table of the registry: `declare(index)`
+declares them (cas refuses a table nobody declared), and every class that opens one calls it first.
 (`repo` is the full repository name, `digest` its canonical string, all UTF-8/ASCII.)
 
 References in cas: a manifest in a repository is the holder `m:<repo>@<alg>:<hex, at most 64>` (sha512 hex is cut to
@@ -29,9 +31,20 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
-from cas import Digest
+from cas import Digest, Index
 
 TABLES = ("repos", "links", "manifests", "tags", "tagged", "history", "referrers", "uploading")
+EVENT_TABLES = ("events", "event_counters")
+WEBHOOK_TABLES = ("webhooks", "webhook_state", "webhook_leases", "webhook_dead")
+ACCOUNT_TABLES = ("users", "pats", "pats_by_user")
+PROJECT_TABLES = ("projects", "grants", "trashed", "counters")
+LOGIN_TABLES = ("login_failures",)
+ALL_TABLES = TABLES + EVENT_TABLES + WEBHOOK_TABLES + ACCOUNT_TABLES + PROJECT_TABLES + LOGIN_TABLES
+
+
+def declare(index: Index) -> None:
+    """Declare every table of the registry in the store's index (idempotent; at start-up)."""
+    index.declare(ALL_TABLES)
 SEP = b"\0"
 
 

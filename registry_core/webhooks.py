@@ -34,9 +34,10 @@ from urllib.parse import urlsplit
 from cas import BlobStore
 from cas.index import Table, Transaction, WriteTransaction
 
+from . import schema
 from .events import EVENT_TYPES, Event, Outbox, compat_envelope
 
-TABLES = ("webhooks", "webhook_state", "webhook_leases", "webhook_dead")
+TABLES = schema.WEBHOOK_TABLES
 
 CLOUDEVENTS = "cloudevents"  # CloudEvents 1.0 structured mode: one event per POST, application/cloudevents+json
 COMPAT = "compat"  # the classic Distribution notification envelope {"events": [...]}
@@ -148,6 +149,7 @@ class Webhooks:
     def __init__(self, store: BlobStore, outbox: Outbox | None = None) -> None:
         self._store = store
         self._outbox = outbox or Outbox(store)
+        schema.declare(store.index)
         self._endpoints: Table = store.index.table("webhooks")
         self._state: Table = store.index.table("webhook_state")
         self._leases: Table = store.index.table("webhook_leases")

@@ -33,7 +33,7 @@ def make_store(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., BlobS
 
     def make(**config: float) -> BlobStore:
         settings = {"grace": 100.0, "lease": 30.0, "upload_ttl": 500.0} | config
-        store = BlobStore(tmp_path / "data", config=StoreConfig(**settings), clock=clock)
+        store = BlobStore.on_disk(tmp_path / "data", config=StoreConfig(**settings), clock=clock)
         opened.append(store)
         return store
 

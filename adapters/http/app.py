@@ -27,6 +27,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -38,7 +39,7 @@ from starlette.routing import Route
 
 from adapters.logs import configure as configure_logs
 from adapters.settings import Settings
-from cas import BlobReader, BlobStore, Digest, InvalidRange, OffsetMismatch, UploadStatus
+from cas import BlobInfo, BlobReader, BlobStore, Digest, InvalidRange, OffsetMismatch, UploadStatus
 from registry_core.errors import ManifestTooLarge
 from registry_core.events import cloudevent
 from registry_core.manifests import OCI_INDEX
@@ -128,22 +129,41 @@ class RegistryApi:
         return _response(200, b"{}", "application/json")
 
     # -- blobs ----------------------------------------------------------------------------------------------------
+    def _blob_file(self, info: BlobInfo) -> tuple[Path, os.stat_result] | None:
+        """The blob's local file and its stat, for sendfile (the stat is handed to FileResponse, which would make
+        it again), when the store keeps the blob in a local file; None: stream it from `open_blob`."""
+        local = None if info.inline else self.registry.store.local_path(info.digest)
+        if local is None:
+            return None
+        try:
+            return local, os.stat(local)
+        except FileNotFoundError:  # moved aside by a collector that a publish overruled: open_blob reads that copy
+            return None
+
+    def _locate_blob(self, name: str, digest: Digest,
+                     whole: bool) -> tuple[BlobInfo, tuple[Path, os.stat_result] | None]:
+        """One stat of the blob (one index read) and, for a GET of the whole blob, its local file."""
+        info = self.registry.stat_blob(name, digest)
+        return info, (self._blob_file(info) if whole else None)
+
     async def get_blob(self, request: Request, name: str, reference: str, caller: Caller) -> Response:
         digest = Digest.parse(reference)
-        info = await anyio.to_thread.run_sync(self.registry.stat_blob, name, digest)
+        wanted = request.headers.get("range")
+        info, file = await anyio.to_thread.run_sync(
+            self._locate_blob, name, digest, request.method != "HEAD" and not wanted)
         headers = {"Docker-Content-Digest": str(info.digest), "Accept-Ranges": "bytes",
                    API_VERSION[0]: API_VERSION[1]}
         if request.method == "HEAD":
             return Response(b"", 200, headers | {"Content-Length": str(info.size)}, "application/octet-stream")
-        wanted = request.headers.get("range")
         try:
             span = wire.byte_range(wanted, info.size) if wanted else None
         except InvalidRange as exc:
             raise errors.ProtocolError(416, "BLOB_UNKNOWN", str(exc), headers={
                 "Content-Range": f"bytes */{info.size}"}) from None
-        if span is None and not info.inline:
-            return _BlobFile(self.registry.store.path(info.digest), headers=headers,
-                             media_type="application/octet-stream")
+        if span is None and wanted:  # a Range we ignore (RFC 9110 allows it): the whole blob, as without one
+            file = await anyio.to_thread.run_sync(self._blob_file, info)
+        if span is None and file is not None:
+            return _BlobFile(file[0], headers=headers, media_type="application/octet-stream", stat_result=file[1])
         offset, length = span if span is not None else (0, info.size)
         reader = await anyio.to_thread.run_sync(self.registry.open_blob, name, digest, offset, length)
         status = 206 if span is not None else 200
@@ -516,7 +536,7 @@ def app_from_env() -> ASGIApp:
     store, server = settings.store, settings.server
 
     def open_registry() -> Registry:
-        return Registry(BlobStore(store.data, config=store.store_config()),
+        return Registry(BlobStore.on_disk(store.data, config=store.store_config()),
                         RegistryConfig(max_manifest=store.max_manifest,
                                                                    pull_events=server.pull_events))
 

@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from urllib.parse import parse_qs
 
 import anyio.to_thread
@@ -65,7 +66,7 @@ class Auth:
         self.login = requires_login(policy)
         self.accounts = Accounts(registry.store)
         self.projects = Projects(registry.store)
-        self.tokens = TokenService(registry.store.root, service, token_lifetime) if self.login else None
+        self.tokens = TokenService(_key_directory(registry), service, token_lifetime) if self.login else None
         self.public_url = public_url.rstrip("/") if public_url else None
         self.forwarded_header = forwarded_header.lower() if forwarded_header else None
         self.throttle = LoginThrottle(registry.store)
@@ -352,3 +353,11 @@ def _basic_password(header: str) -> str | None:
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
     return Response(errors.body(code, message), status, headers, "application/json")
+
+
+def _key_directory(registry: Registry) -> Path:
+    # The signing key is kept beside the store's files (seam-core moves it into registry_core, off any path).
+    root = registry.store.root
+    if root is None:
+        raise ValueError("login needs a store over a data directory (the signing key is kept there)")
+    return root

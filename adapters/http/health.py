@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import time
 from collections.abc import Callable
 
@@ -60,11 +59,8 @@ class Readiness:
             log.warning("readiness: the index refuses a write: %s", exc)
             return "store-read-only" if "read-only" in str(exc).lower() or "permission" in str(exc).lower() else (
                 _REASONS.get(getattr(exc, "errno", None) or 0, "index-unwritable"))
-        probe = store.root / "tmp" / f".health-{os.getpid()}"
         try:
-            with open(probe, "wb") as f:
-                f.write(b"ok")
-            os.unlink(probe)
+            store.blobs.check_writable()
         except OSError as exc:
             log.warning("readiness: the data directory refuses a file: %s", exc.strerror)
             return _REASONS.get(exc.errno or 0, "store-unwritable")

@@ -148,7 +148,7 @@ class StoreCollector(Collector):
                 self._walked = (now + max(self.MIN_AGE, self.REUSE * took), found)
             walked = self._walked[1]
             open_uploads = store.index.entries(store.tables.uploads)
-            used, mapped = store.index.used_bytes(), store.index.map_size
+            space = store.index.space()
         except Exception:  # a store that cannot be read shows as missing gauges (and /readyz says why)
             log.warning("store metrics could not be read", exc_info=True)
             return
@@ -167,8 +167,10 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily("berth_gc_waiting_bytes", "Bytes of the blobs nobody references",
                                 value=walked["waiting_bytes"])
         yield GaugeMetricFamily("berth_uploads_open", "Upload sessions open", value=open_uploads)
-        yield GaugeMetricFamily("berth_index_used_bytes", "Bytes of the index map in use", value=used)
-        yield GaugeMetricFamily("berth_index_map_bytes", "Size of the index map (grown as needed)", value=mapped)
+        if space is not None:  # an index with a bound on its size (LMDB's map)
+            yield GaugeMetricFamily("berth_index_used_bytes", "Bytes of the index map in use", value=space[0])
+            yield GaugeMetricFamily("berth_index_map_bytes", "Size of the index map (grown as needed)",
+                                    value=space[1])
 
 
 def exposition_registry(store: Callable[[], BlobStore]) -> CollectorRegistry:

@@ -189,7 +189,7 @@ def test_projects_grants_and_the_trash(home: Path) -> None:
 
 
 def test_gc_says_what_waits_and_until_when(home: Path) -> None:
-    with BlobStore(home / "data") as store:
+    with BlobStore.on_disk(home / "data") as store:
         digest = store.ingest(b"unreferenced").digest
     run = admin(home, "gc", "--dry-run")
     assert run.stdout == ""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from adapters.maintenance import collect_once, gc_lock
+from adapters.maintenance import collect_once
 from cas import BlobStore, StoreConfig
 from tests.serving import sha, start_server
 
@@ -37,14 +37,14 @@ def test_the_server_collects_unreferenced_blobs_on_its_schedule(tmp_path: Path) 
 
 
 def test_one_collection_pass_at_a_time(tmp_path: Path) -> None:
-    with BlobStore(tmp_path / "data", config=StoreConfig(grace=0, lease=0)) as store:
-        with gc_lock(store.root, wait=False) as taken:
+    with BlobStore.on_disk(tmp_path / "data", config=StoreConfig(grace=0, lease=0)) as store:
+        with store.gc.exclusive(wait=False) as taken:
             assert taken
             assert collect_once(store) is None  # another holder: this pass skips its turn
             waited = threading.Event()
 
             def by_hand() -> None:  # `berth gc` waits for the lock instead
-                with gc_lock(store.root, wait=True):
+                with store.gc.exclusive(wait=True):
                     waited.set()
 
             thread = threading.Thread(target=by_hand)

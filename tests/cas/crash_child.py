@@ -23,7 +23,7 @@ def blob(seed: int, size: int = 3 << 20) -> bytes:
 
 def main() -> None:
     scenario, data = sys.argv[1], sys.argv[2]
-    store = BlobStore(data, config=CONFIG)
+    store = BlobStore.on_disk(data, config=CONFIG)
     if scenario == "ingest":  # ingest blob(seed)
         store.ingest(blob(int(sys.argv[3])))
     elif scenario == "upload":  # append two chunks to a fresh session, then finish

@@ -56,7 +56,7 @@ def test_threads_ingest_same_and_different_content(store: BlobStore) -> None:
 
 
 def _process_worker(data: str, seeds: list[int]) -> None:
-    with BlobStore(data) as store:
+    with BlobStore.on_disk(data) as store:
         for seed in seeds:
             content = payload(seed, 200_000 + seed * 1000)
             store.ingest(content)
@@ -69,7 +69,7 @@ def _process_worker(data: str, seeds: list[int]) -> None:
 
 def test_two_processes_ingest_and_reference_at_once(tmp_path: Path) -> None:
     data = str(tmp_path / "data")
-    BlobStore(data).close()
+    BlobStore.on_disk(data).close()
     ctx = multiprocessing.get_context("spawn")
     workers = [ctx.Process(target=_process_worker, args=(data, list(range(0, 30)))),
                ctx.Process(target=_process_worker, args=(data, list(range(15, 45))))]
@@ -78,7 +78,7 @@ def test_two_processes_ingest_and_reference_at_once(tmp_path: Path) -> None:
     for w in workers:
         w.join(120)
         assert w.exitcode == 0
-    with BlobStore(data) as store:
+    with BlobStore.on_disk(data) as store:
         for seed in range(45):
             content = payload(seed, 200_000 + seed * 1000)
             assert store.read_bytes(Digest.of(content)) == content
@@ -91,7 +91,7 @@ def test_two_processes_ingest_and_reference_at_once(tmp_path: Path) -> None:
 def test_gc_racing_ingest_of_the_same_content_never_loses_a_file(tmp_path: Path) -> None:
     """grace = lease = 0: every pass may collect the blob the other threads keep re-ingesting. Whatever the
     interleaving, a record must never point at a missing file (the publish/unlink race is closed by the lock)."""
-    store = BlobStore(tmp_path / "data", config=StoreConfig(grace=0.0, lease=0.0))
+    store = BlobStore.on_disk(tmp_path / "data", config=StoreConfig(grace=0.0, lease=0.0))
     contents = [payload(seed, 50_000) for seed in range(4)]
     stop = threading.Event()
     collected: list[int] = []

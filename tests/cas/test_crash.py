@@ -51,7 +51,7 @@ def assert_clean_after_gc(data: Path) -> None:
     real name leaves a `.creating-` file that is debris only after CREATING_MIN_AGE. Such a file may remain after
     the first pass and must go in a pass once it is old enough (the floor is lowered here instead of waiting).
     """
-    with BlobStore(data, config=CLEANUP) as store:
+    with BlobStore.on_disk(data, config=CLEANUP) as store:
         before = check(store)
         assert not before.damaged, before.lines()
         store.gc.run()
@@ -69,7 +69,7 @@ def assert_clean_after_gc(data: Path) -> None:
 def test_kill_during_ingest_before_publish(tmp_path: Path) -> None:
     data = tmp_path / "data"
     run_child(data, "ingest", "1", crashpoint="ingest.before_publish")
-    with BlobStore(data) as store, pytest.raises(BlobUnknown):
+    with BlobStore.on_disk(data) as store, pytest.raises(BlobUnknown):
         store.stat(Digest.of(blob(1)))
     assert len(list((data / "tmp").iterdir())) == 1  # the fsynced temp file is debris
     assert_clean_after_gc(data)
@@ -79,7 +79,7 @@ def test_kill_after_rename_before_commit_leaves_an_invisible_orphan(tmp_path: Pa
     data = tmp_path / "data"
     run_child(data, "ingest", "2", crashpoint="publish.after_rename")
     digest = Digest.of(blob(2))
-    with BlobStore(data) as store:
+    with BlobStore.on_disk(data) as store:
         with pytest.raises(BlobUnknown):
             store.stat(digest)
         report = check(store)
@@ -90,21 +90,24 @@ def test_kill_after_rename_before_commit_leaves_an_invisible_orphan(tmp_path: Pa
 def test_kill_right_after_commit_keeps_the_blob(tmp_path: Path) -> None:
     data = tmp_path / "data"
     run_child(data, "ingest", "3", crashpoint="publish.after_commit")
-    with BlobStore(data) as store:
+    with BlobStore.on_disk(data) as store:
         assert store.read_bytes(Digest.of(blob(3))) == blob(3)
         assert not check(store).damaged
 
 
-def test_kill_after_a_chunk_then_resume_where_the_status_says(tmp_path: Path) -> None:
+@pytest.mark.parametrize("crashpoint", ["upload.after_chunk", "upload.after_progress"])
+def test_kill_after_a_chunk_then_resume_where_the_status_says(tmp_path: Path, crashpoint: str) -> None:
     data = tmp_path / "data"
-    done = run_child(data, "upload", "4", crashpoint="upload.after_chunk")
+    done = run_child(data, "upload", "4", crashpoint=crashpoint)
     session_id = done.stdout.split()[0]
     content = blob(4)
     half = len(content) // 2
-    with BlobStore(data) as store:
-        # The first chunk's bytes are in the partial file: that is the session's progress, whatever else died.
-        assert store.uploads.status(session_id).offset == half
-        info = store.uploads.finish(session_id, Digest.of(content), [content[half:]], offset=half)
+    with BlobStore.on_disk(data) as store:
+        # A chunk is accepted when the record with its offset commits: killed before that, the session is where it
+        # was (the bytes written past it are cut off when it resumes); killed after, it is past the chunk.
+        accepted = half if crashpoint == "upload.after_progress" else 0
+        assert store.uploads.status(session_id).offset == accepted
+        info = store.uploads.finish(session_id, Digest.of(content), [content[accepted:]], offset=accepted)
         assert store.read_bytes(info.digest) == content  # the running hash was rebuilt from the file
     assert_clean_after_gc(data)
 
@@ -114,11 +117,11 @@ def test_kill_during_finish(tmp_path: Path, crashpoint: str) -> None:
     data = tmp_path / "data"
     content = blob(5)
     digest = Digest.of(content)
-    with BlobStore(data) as store:
+    with BlobStore.on_disk(data) as store:
         session = store.uploads.create()
         store.uploads.append(session.id, [content], offset=0)
     run_child(data, "finish", session.id, str(digest), crashpoint=crashpoint)
-    with BlobStore(data) as store:
+    with BlobStore.on_disk(data) as store:
         if crashpoint == "publish.after_commit":
             assert store.read_bytes(digest) == content
             with pytest.raises(KeyError):
@@ -142,11 +145,11 @@ def test_kill_during_finish(tmp_path: Path, crashpoint: str) -> None:
 @pytest.mark.parametrize("inside", [True, False])
 def test_kill_during_a_reference_transaction_is_all_or_nothing(tmp_path: Path, inside: bool) -> None:
     data = tmp_path / "data"
-    with BlobStore(data) as store:
+    with BlobStore.on_disk(data) as store:
         digests = [str(store.ingest(blob(seed, 1000)).digest) for seed in range(10, 15)]
     env = {"DIE_INSIDE_TXN": "1"} if inside else {}
     run_child(data, "references", "manifest:x", *digests, extra_env=env, expect_kill=inside)
-    with BlobStore(data, config=CLEANUP) as store:
+    with BlobStore.on_disk(data, config=CLEANUP) as store:
         with store.index.read() as txn:
             held = sorted(str(d) for d in store.refs.held_by(txn, "manifest:x"))
         assert held == ([] if inside else sorted(digests))
@@ -155,17 +158,21 @@ def test_kill_during_a_reference_transaction_is_all_or_nothing(tmp_path: Path, i
         assert collected == (set(digests) if inside else set())
 
 
-def test_kill_during_gc_between_trash_and_commit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("crashpoint", ["gc.after_claim", "gc.after_trash", "gc.after_decide"])
+def test_kill_during_gc_between_its_steps(tmp_path: Path, crashpoint: str) -> None:
     data = tmp_path / "data"
-    with BlobStore(data) as store:
+    with BlobStore.on_disk(data) as store:
         digests = [store.ingest(blob(seed, 2000)).digest for seed in range(20, 26)]
-    run_child(data, "gc", crashpoint="gc.after_trash")
-    with BlobStore(data) as store:
-        for digest in digests:  # phase one committed: every record is gone, whatever happened to the files
+    run_child(data, "gc", crashpoint=crashpoint)
+    with BlobStore.on_disk(data) as store:
+        for digest in digests:  # the claim committed: no record is served, whatever happened to the files
             with pytest.raises(BlobUnknown):
                 store.stat(digest)
         report = check(store)
-        assert report.doomed == len(digests) and report.temp == 1 and not report.damaged  # one file in trash/
+        # claimed: DELETING records in `doomed` until the decision; files retired into trash/ until purged
+        doomed = 0 if crashpoint == "gc.after_decide" else len(digests)
+        retired = 0 if crashpoint == "gc.after_claim" else len(digests)
+        assert (report.doomed, report.temp, report.damaged) == (doomed, retired, False)
     assert_clean_after_gc(data)
     assert list((data / "blobs" / "sha256").glob("*/*")) == []
 
@@ -194,13 +201,13 @@ def test_kill_at_random_moments_under_churn(tmp_path: Path) -> None:
                 held.setdefault(entry["holder"], set()).update(entry["digests"])
             elif entry["op"] == "drop_all":
                 held.pop(entry["holder"], None)
-        with BlobStore(data) as store:
+        with BlobStore.on_disk(data) as store:
             for digests in held.values():
                 for text in digests:
                     assert Digest.of(store.read_bytes(text), Digest.parse(text).algorithm) == Digest.parse(text)
         # Cleaning up must not touch referenced blobs either: check again after the GC in assert_clean_after_gc.
         assert_clean_after_gc(data)
-        with BlobStore(data) as store:
+        with BlobStore.on_disk(data) as store:
             for digests in held.values():
                 for text in digests:
                     assert store.stat(text).size >= 0

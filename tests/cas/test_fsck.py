@@ -18,7 +18,7 @@ def test_corrupt_file_is_found_quarantined_and_healed_by_a_repush(store: BlobSto
     info = store.ingest(data)
     with store.index.write() as txn:
         store.refs.take(txn, "m", info.digest)
-    path = store.path(info.digest)
+    path = store.local_path(info.digest)
     os.chmod(path, 0o644)
     with open(path, "r+b") as f:
         f.seek(100)
@@ -38,7 +38,7 @@ def test_corrupt_file_is_found_quarantined_and_healed_by_a_repush(store: BlobSto
 
 def test_missing_file_is_marked_missing(store: BlobStore) -> None:
     info = store.ingest(b"abc")
-    os.unlink(store.path(info.digest))
+    os.unlink(store.local_path(info.digest))
     report = check(store)
     assert report.missing == [str(info.digest)]
     check(store, repair=True)

@@ -379,7 +379,7 @@ class BlobStoreMachine(RuleBasedStateMachine):
         self.store = self._open()
 
     def _open(self) -> BlobStore:
-        return BlobStore(self.root, config=CONFIG, clock=lambda: self.model.now)
+        return BlobStore.on_disk(self.root, config=CONFIG, clock=lambda: self.model.now)
 
     def teardown(self) -> None:
         self.store.close()
@@ -464,7 +464,7 @@ class BlobStoreMachine(RuleBasedStateMachine):
         elif how == "read_bytes":
             self.agree(lambda: model.read(digest), lambda: store.read_bytes(digest))
         elif how == "path":
-            self.agree(lambda: model.read(digest), lambda: store.path(digest).read_bytes())
+            self.agree(lambda: model.read(digest), lambda: store.local_path(digest).read_bytes())
         else:
             assert store.contains(digest) == (digest in model.blobs)  # and renews nothing (invariants)
 

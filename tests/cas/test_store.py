@@ -39,8 +39,8 @@ def test_ingest_round_trip(store: BlobStore, algorithm: str, size: int) -> None:
     info = store.ingest(chunks(data, 256 << 10), algorithm=algorithm)
     assert info.digest == Digest.of(data, algorithm) and info.size == size
     assert store.read_bytes(info.digest) == data
-    assert store.path(info.digest).read_bytes() == data
-    assert store.path(info.digest) == store.root / "blobs" / algorithm / info.digest.hex[:2] / info.digest.hex
+    assert store.local_path(info.digest).read_bytes() == data
+    assert store.local_path(info.digest) == store.root / "blobs" / algorithm / info.digest.hex[:2] / info.digest.hex
 
 
 def test_sources_bytes_file_and_iterable_agree(store: BlobStore) -> None:
@@ -78,7 +78,7 @@ def test_a_failing_source_leaves_nothing_behind(store: BlobStore) -> None:
 def test_dedup_never_writes_the_second_copy(store: BlobStore) -> None:
     data = os.urandom(3 << 20)
     first = store.ingest(data)
-    path = store.path(first.digest)
+    path = store.local_path(first.digest)
     before = os.stat(path)
     assert store.ingest(data) == first  # digest not known in advance: written to tmp, never to the final place
     assert store.ingest(chunks(data, 1 << 20), first.digest) == first  # known: only hashed
@@ -142,7 +142,7 @@ def _reference_all(store: BlobStore, txn: WriteTransaction, digests: list[Digest
 
 
 def test_map_grows_instead_of_failing(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path / "data", map_size=256 << 10)
+    store = BlobStore.on_disk(tmp_path / "data", map_size=256 << 10)
     digests = [store.ingest(os.urandom(16)).digest for _ in range(2000)]
     grown = store.index.map_size
     assert grown > 256 << 10  # grown ahead of writes
@@ -150,14 +150,14 @@ def test_map_grows_instead_of_failing(tmp_path: Path) -> None:
     store.index.transact(lambda txn: _reference_all(store, txn, digests, "first"))
     assert store.index.map_size > grown
     store.close()
-    with BlobStore(tmp_path / "data", map_size=256 << 10) as again:
+    with BlobStore.on_disk(tmp_path / "data", map_size=256 << 10) as again:
         with again.index.read() as txn:
             assert len(list(again.refs.held_by(txn, "first" + "x" * 300))) == 2000
         assert not check(again).damaged
 
 
 def test_a_with_block_that_fills_the_map_grows_it_and_asks_for_a_retry(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path / "data", map_size=256 << 10)
+    store = BlobStore.on_disk(tmp_path / "data", map_size=256 << 10)
     digests = [store.ingest(os.urandom(16)).digest for _ in range(500)]
     size = store.index.map_size
     with pytest.raises(IndexFull), store.index.write() as txn:  # a with-block cannot be replayed
@@ -173,10 +173,10 @@ def test_a_with_block_that_fills_the_map_grows_it_and_asks_for_a_retry(tmp_path:
 
 def test_a_process_adopts_a_map_another_process_grew(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    store = BlobStore(data, map_size=256 << 10)
+    store = BlobStore.on_disk(data, map_size=256 << 10)
     first = store.ingest(b"before")
     script = ("import os, sys; from cas import BlobStore\n"
-              "s = BlobStore(sys.argv[1], map_size=256 << 10)\n"
+              "s = BlobStore.on_disk(sys.argv[1], map_size=256 << 10)\n"
               "[s.ingest(os.urandom(32)) for _ in range(3000)]\n"
               "print(s.index.map_size)")
     out = subprocess.run([sys.executable, "-c", script, str(data)], env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -190,12 +190,12 @@ def test_a_process_adopts_a_map_another_process_grew(tmp_path: Path) -> None:
 
 def test_format_version_is_checked(tmp_path: Path) -> None:
     from cas import IncompatibleStore
-    store = BlobStore(tmp_path / "data")
+    store = BlobStore.on_disk(tmp_path / "data")
     with store.index.write() as txn:
         txn.put(store.tables.meta, b"format", b"99")
     store.close()
     with pytest.raises(IncompatibleStore):
-        BlobStore(tmp_path / "data")
+        BlobStore.on_disk(tmp_path / "data")
 
 
 def test_cas_imports_nothing_of_berth_or_any_web_framework() -> None:
@@ -210,13 +210,13 @@ def test_cas_imports_nothing_of_berth_or_any_web_framework() -> None:
 
 def test_pipeline_workers_survive_a_fork(tmp_path: Path) -> None:
     """A server may fork workers after the parent used the engine; the child must not wait on the parent's threads."""
-    store = BlobStore(tmp_path / "data")
+    store = BlobStore.on_disk(tmp_path / "data")
     store.ingest(os.urandom(3 << 20))  # the parent's pipeline workers now exist (idle, in the pool)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through its exit code
         code = 1
         try:
-            child = BlobStore(tmp_path / "child")  # LMDB environments are opened after a fork, never inherited
+            child = BlobStore.on_disk(tmp_path / "child")  # LMDB environments are opened after a fork, never inherited
             data = os.urandom(3 << 20)
             code = 0 if child.ingest(data).digest == Digest.of(data) else 2
         finally:

@@ -107,9 +107,10 @@ def test_a_tail_lost_to_power_failure_resets_the_session_to_what_survived(store:
     session = store.uploads.create()
     store.uploads.append(session.id, [b"a" * 1000])
     os.truncate(store.root / "uploads" / session.id, 600)  # as if the page cache never reached the disk
-    assert store.uploads.status(session.id).offset == 600
-    with pytest.raises(OffsetMismatch):
+    assert store.uploads.status(session.id).offset == 1000  # the record's word, until the session is next written
+    with pytest.raises(OffsetMismatch) as refused:
         store.uploads.append(session.id, [b"b"], offset=1000)
+    assert refused.value.expected == 600 and store.uploads.status(session.id).offset == 600
     store.uploads.append(session.id, [b"a" * 400], offset=600)
     assert store.uploads.finish(session.id, Digest.of(b"a" * 1000)).size == 1000
 

@@ -20,7 +20,7 @@ def _create(registry: Registry, names: list[str]) -> None:
 
 
 def test_work_per_page_is_bounded_by_the_page() -> None:
-    with tempfile.TemporaryDirectory() as root, Registry(BlobStore(root)) as registry:
+    with tempfile.TemporaryDirectory() as root, Registry(BlobStore.on_disk(root)) as registry:
         _create(registry, [f"syn1/r{i:05d}" for i in range(50_000)])
         asked: list[str] = []
 
@@ -44,7 +44,7 @@ def test_following_the_markers_lists_exactly_the_visible_names(repos: set[str], 
     def visible(name: str) -> bool:
         return modulus == 0 or len(name) % modulus == 0
 
-    with tempfile.TemporaryDirectory() as root, Registry(BlobStore(root)) as registry:
+    with tempfile.TemporaryDirectory() as root, Registry(BlobStore.on_disk(root)) as registry:
         _create(registry, sorted(repos))
         listed: list[str] = []
         after: str | None = None

@@ -32,7 +32,7 @@ def test_the_table_holds_only_recent_sources(failures: list[tuple[int, float]]) 
     """Model: the set of sources with a failure inside the window. The table holds at least those (a failure is
     never forgotten early) and is swept of the rest by later failures."""
     now = [0.0]
-    with tempfile.TemporaryDirectory() as root, BlobStore(root) as store:
+    with tempfile.TemporaryDirectory() as root, BlobStore.on_disk(root) as store:
         check(LoginThrottle(store, clock=lambda: now[0]), failures, now)
 
 

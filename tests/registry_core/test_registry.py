@@ -118,7 +118,7 @@ def test_unknown_repository(registry: Registry) -> None:
        n=st.integers(1, 30))
 def test_tag_pages_concatenate_to_the_sorted_list(tmp_path_factory: pytest.TempPathFactory, tags: set[str],
                                                   n: int) -> None:
-    with Registry(BlobStore(tmp_path_factory.mktemp("tags"))) as registry:
+    with Registry(BlobStore.on_disk(tmp_path_factory.mktemp("tags"))) as registry:
         body = manifest(blob(registry, "syn1/a", b"{}"))
         for tag in tags:
             registry.put_manifest("syn1/a", tag, body, None)
@@ -133,7 +133,7 @@ def test_tag_pages_concatenate_to_the_sorted_list(tmp_path_factory: pytest.TempP
 
 
 def test_open_upload_sessions_are_capped_per_account(tmp_path_factory: pytest.TempPathFactory) -> None:
-    with Registry(BlobStore(tmp_path_factory.mktemp("cap"))) as registry:
+    with Registry(BlobStore.on_disk(tmp_path_factory.mktemp("cap"))) as registry:
         sessions = [registry.start_upload("syn1/app", "alice") for _ in range(UPLOADS_PER_ACCOUNT)]
         with pytest.raises(TooManyUploads, match="alice already has 256 open upload sessions"):
             registry.start_upload("syn1/app", "alice")
@@ -150,7 +150,7 @@ def test_open_upload_sessions_are_capped_per_account(tmp_path_factory: pytest.Te
 
 def test_upload_grace_only_for_the_owner_and_only_while_progressing(tmp_path_factory: pytest.TempPathFactory,
                                                                      clock: FakeClock) -> None:
-    with Registry(BlobStore(tmp_path_factory.mktemp("grace"), clock=clock)) as registry:
+    with Registry(BlobStore.on_disk(tmp_path_factory.mktemp("grace"), clock=clock)) as registry:
         session = registry.start_upload("syn1/app", "alice")
         registry.append_upload("syn1/app", session.id, [b"x" * 100], 0, actor="alice")
         assert registry.upload_grace("syn1/app", session.id, "alice")

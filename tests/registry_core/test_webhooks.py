@@ -79,7 +79,7 @@ def drive_batched(hooks: Webhooks, clock: FakeClock, outcome: Callable[[int], bo
 def test_delivery_follows_the_model(kinds: list[tuple[str, str]], wanted: set[str], fmt: str, outcomes: list[bool],
                                     draws: list[float], batch: int) -> None:
     clock = FakeClock()
-    with tempfile.TemporaryDirectory() as root, BlobStore(root, clock=clock) as store:
+    with tempfile.TemporaryDirectory() as root, BlobStore.on_disk(root, clock=clock) as store:
         outbox = Outbox(store)
         append(store, outbox, ev.MANIFEST_PUSHED, "syn1/a")  # before the endpoint: never sent to it
         hooks = Webhooks(store, outbox)

@@ -1,0 +1,175 @@
+"""The bytes of blobs: the second half of the store's seam (the first is the index, cas/index.py).
+
+A BlobBytes keeps bytes by digest and knows nothing of records, references or time: BlobStore decides, in the
+index, what is stored; BlobBytes only holds bytes and moves them when told. `cas/local_blobs.py` keeps them in files
+of a data directory (the embedded default), `cas/memory_blobs.py` in this process's memory.
+
+Life of a blob's bytes:
+    stage()/create_upload() -> Staged   written while hashed (Staged.writer), held by one writer at a time
+    publish(staged, digest)             the staged bytes become the blob's; durable when it returns
+    ensure(staged, digest)              after the record's commit: the bytes are under the digest (see below)
+    open(digest, ...) / local_path()    read a range; a local file for sendfile, when there is one
+    retire / restore / purge            the collector's three steps (cas/gc.py has the protocol and its proof)
+    quarantine                          move damaged bytes aside, never to be served or deleted by Berth
+
+Nothing here runs inside an index write transaction: those may be replayed, and a rename may not (cas/index.py).
+So the order of a byte move and a record change is the protocol's business, written down in cas/gc.py: a publish
+moves the bytes first and commits the record second, then calls `ensure`; a collector commits a state first,
+moves the bytes second, and decides their fate in a second commit.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Protocol
+
+from .digest import Digest, Hasher
+from .reader import BlobReader
+
+
+class ChunkWriter(Protocol):
+    """Writes chunks while hashing them (cas/writer.py's HashingWriter for files)."""
+
+    size: int
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> None: ...
+
+    def finish(self, fsync: bool = True) -> str:
+        """Wait until every chunk is written and hashed (durable with `fsync`); the hex digest."""
+        ...
+
+    def abort(self) -> None: ...
+
+
+class Staged(ABC):
+    """Bytes being written: an ingest's, or an upload session's between and during its requests. Held by one
+    writer at a time (a file under flock, a buffer under a lock) from stage/create/resume until release/discard."""
+
+    name: str
+
+    @abstractmethod
+    def size(self) -> int:
+        """How many bytes are staged (for an upload, possibly more than its record's offset after a crash)."""
+
+    @abstractmethod
+    def writer(self, hasher: Hasher, offset: int, expected_size: int | None = None) -> ChunkWriter:
+        """A writer that writes from `offset` on while feeding `hasher` (bytes past what it writes are left: a
+        caller resuming after a crash truncates first)."""
+
+    @abstractmethod
+    def truncate(self, size: int) -> None: ...
+
+    @abstractmethod
+    def read(self, offset: int, length: int) -> bytes:
+        """Up to `length` bytes from `offset` (fewer at the end): to re-hash what an earlier process wrote."""
+
+    @abstractmethod
+    def sync(self) -> None:
+        """Make the staged bytes durable (before publishing them)."""
+
+    @abstractmethod
+    def release(self) -> None:
+        """Let go of the bytes and keep them (an upload session between two requests)."""
+
+    @abstractmethod
+    def discard(self) -> None:
+        """Remove the bytes (if still staged: a publish may have taken them) and let go."""
+
+
+class BlobBytes(ABC):
+    # -- staging ------------------------------------------------------------------------------------------------
+    @abstractmethod
+    def stage(self) -> Staged:
+        """Fresh anonymous staging for an ingest."""
+
+    @abstractmethod
+    def create_upload(self, session_id: str) -> Staged:
+        """Fresh staging named for an upload session, held by the caller."""
+
+    @abstractmethod
+    def resume_upload(self, session_id: str) -> Staged | None:
+        """The session's staged bytes, held by the caller; None if there are none; UploadBusy if held."""
+
+    @abstractmethod
+    def sweep_staged(self, has_session: Callable[[str], bool]) -> int:
+        """Remove staging nobody holds: an ingest's a crash left, and an upload's whose session is gone. Returns
+        how many were removed."""
+
+    # -- publishing ---------------------------------------------------------------------------------------------
+    @abstractmethod
+    def publish(self, staged: Staged, digest: Digest) -> None:
+        """Make the (synced, verified) staged bytes the blob `digest`, durably. Idempotent per digest: the bytes
+        of a digest are the same whoever publishes them."""
+
+    @abstractmethod
+    def ensure(self, staged: Staged, digest: Digest) -> None:
+        """Called after the record that says "stored" committed, with the staging still held: if a collector
+        retired or purged the bytes between `publish` and that commit, put them back (cas/gc.py)."""
+
+    # -- reading ------------------------------------------------------------------------------------------------
+    @abstractmethod
+    def open(self, digest: Digest, size: int, offset: int = 0, length: int | None = None) -> BlobReader:
+        """A reader over a range of a stored blob of `size` bytes; BlobUnknown if its bytes are not here (a reader
+        racing a collector's retire-and-restore is served from the retired copy)."""
+
+    def local_path(self, digest: Digest) -> Path | None:
+        """Optional capability: a local file holding the blob, for sendfile (opening it may still fail if the blob
+        is collected meanwhile: fall back to `open`). None when the bytes are not in local files."""
+        return None
+
+    @abstractmethod
+    def contains(self, digest: Digest) -> bool:
+        """Whether the blob's bytes are here (published and not retired)."""
+
+    # -- collecting ---------------------------------------------------------------------------------------------
+    @abstractmethod
+    def retire(self, digest: Digest) -> bool:
+        """Take the bytes out of service, reversibly (a file moves to trash/). False if they were not here."""
+
+    @abstractmethod
+    def restore(self, digest: Digest) -> None:
+        """Undo `retire`: put the retired copy back unless the blob is here already; drop the retired copy."""
+
+    @abstractmethod
+    def purge(self, digest: Digest) -> None:
+        """Delete the retired copy for good (nothing if there is none)."""
+
+    @abstractmethod
+    def retired(self) -> Iterator[Digest]:
+        """Digests with a retired copy (a collection pass that crashed before its last step)."""
+
+    @abstractmethod
+    def stored(self) -> Iterator[tuple[Digest | None, str]]:
+        """Every stored entry with its digest, or None for an entry whose name is not a blob's (stray); the
+        string names the entry's location for reports, `hash` and `quarantine`."""
+
+    @abstractmethod
+    def hash(self, location: str, algorithm: str) -> tuple[str, int]:
+        """Re-hash a stored entry: (hex digest, size)."""
+
+    @abstractmethod
+    def quarantine(self, location: str, label: str) -> str:
+        """Move a stored entry aside (never served, never deleted); where it went."""
+
+    @abstractmethod
+    def quarantine_bytes(self, data: bytes, label: str) -> str:
+        """Keep bytes found damaged elsewhere (an inline blob's) aside; where they went."""
+
+    def debris(self) -> int:
+        """How many leftovers (staging, retired copies) are waiting for a collection pass."""
+        return 0
+
+    @abstractmethod
+    def exclusive(self, name: str, wait: bool) -> AbstractContextManager[bool]:
+        """Hold a named lock shared with every process that opens the same bytes: True if taken (always, when
+        `wait`), False if held elsewhere. A collection pass holds "gc"."""
+
+    @abstractmethod
+    def check_writable(self) -> None:
+        """Raise OSError if new bytes cannot be stored right now (readiness probes)."""
+
+    def close(self) -> None:  # noqa: B027 - most keepers of bytes hold nothing to release
+        """Release what the keeper holds open."""
