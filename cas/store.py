@@ -102,18 +102,19 @@ class BlobStore:
             raw = txn.get(self.tables.blobs, digest.key)
         return raw is not None and BlobRecord.unpack(raw).state in STORED_STATES
 
-    def path(self, digest: Digest | str) -> Path:
+    def path(self, blob: Digest | str | BlobInfo) -> Path:
         """The blob's file, for sendfile. Raises BlobUnknown (also for an inline blob, which has no file: check
         BlobInfo.inline). The file is immutable; it may be unlinked by GC once nothing references it, and an open
-        descriptor stays valid when that happens."""
-        info = self.stat(digest)
+        descriptor stays valid when that happens. Given the BlobInfo of a stat() just made, it is not stat'ed again."""
+        info = blob if isinstance(blob, BlobInfo) else self.stat(blob)
         if info.inline:
             raise BlobUnknown(f"{info.digest} is stored inline (read it with open() or read_bytes())")
         return blob_path(self.root, info.digest)
 
-    def open(self, digest: Digest | str, offset: int = 0, length: int | None = None) -> BlobReader:
-        """A reader over [offset, offset+length) of a blob (to its end if length is None)."""
-        info = self.stat(digest)
+    def open(self, blob: Digest | str | BlobInfo, offset: int = 0, length: int | None = None) -> BlobReader:
+        """A reader over [offset, offset+length) of a blob (to its end if length is None). Given the BlobInfo of a
+        stat() just made, it is not stat'ed again."""
+        info = blob if isinstance(blob, BlobInfo) else self.stat(blob)
         if info.inline:
             with self.index.read() as txn:
                 data = txn.get(self.tables.inline, info.digest.key)
@@ -160,7 +161,8 @@ class BlobStore:
 
     # -- writing --------------------------------------------------------------------------------------------------
     def ingest(self, source: Iterable[bytes] | BinaryIO | bytes, expected: Digest | str | None = None, *,
-               algorithm: str = DEFAULT_ALGORITHM, size: int | None = None) -> BlobInfo:
+               algorithm: str = DEFAULT_ALGORITHM, size: int | None = None,
+               also: Callable[[WriteTransaction], None] | None = None) -> BlobInfo:
         """Store bytes from an iterable of chunks, a binary file object or a bytes value.
 
         With `expected`, the bytes must hash to it (the algorithm is the expected digest's); with `size`, they must
@@ -172,7 +174,7 @@ class BlobStore:
             algorithm = expected.algorithm
         hasher = new_hasher(algorithm)
         if expected is not None and self._lease_if_present(expected):
-            return self._ingest_known(source, expected, hasher, size)
+            return self._ingest_known(source, expected, hasher, size, also)
         temp = LockedFile.create(self.root / "tmp")
         try:
             writer = HashingWriter(temp.fd, hasher, expected_size=size)
@@ -186,15 +188,17 @@ class BlobStore:
             actual = Digest(algorithm, hexdigest)
             _verify(expected, actual, size, writer.size)
             if self._lease_if_present(actual):  # dedup hit on content we could not name in advance
+                if also is not None:
+                    self.index.transact(also)
                 return BlobInfo(actual, writer.size)
             os.fsync(temp.fd)
             crashpoints.reached("ingest.before_publish")
-            return self.publish(actual, writer.size, temp)
+            return self.publish(actual, writer.size, temp, also=also)
         finally:
             temp.remove()
 
     def _ingest_known(self, source: Iterable[bytes] | BinaryIO | bytes, expected: Digest, hasher: Hasher,
-                      size: int | None) -> BlobInfo:
+                      size: int | None, also: Callable[[WriteTransaction], None] | None = None) -> BlobInfo:
         """Dedup with the digest named in advance: verify the bytes, write nothing.
 
         The lease taken before reading keeps GC away for at least lease/2; the stat after reading proves the blob
@@ -205,7 +209,18 @@ class BlobStore:
             hasher.update(chunk)
             total += len(chunk)
         _verify(expected, Digest(expected.algorithm, hasher.hexdigest()), size, total)
-        self.stat(expected)
+        if also is None:
+            self.stat(expected)
+            return BlobInfo(expected, total)
+        lease = self.config.lease
+
+        def confirm(txn: WriteTransaction) -> None:  # stat()'s check and lease, and `also`, in one commit
+            record = self._record(txn, expected)
+            if record.refcount == 0 and record.lease_until < self.clock() + lease / 2:
+                txn.put(self.tables.blobs, expected.key, _replace_lease(record, self.clock() + lease))
+            also(txn)
+
+        self.index.transact(confirm)
         return BlobInfo(expected, total)
 
     def _lease_if_present(self, digest: Digest) -> bool:
@@ -255,14 +270,16 @@ class BlobStore:
         return BlobInfo(digest, size)
 
 
-    def ingest_inline(self, txn: WriteTransaction, data: bytes, algorithm: str = DEFAULT_ALGORITHM) -> BlobInfo:
+    def ingest_inline(self, txn: WriteTransaction, data: bytes, algorithm: str = DEFAULT_ALGORITHM, *,
+                      digest: Digest | None = None) -> BlobInfo:
         """Store a small blob (a manifest, an index) inside the index, in the caller's write transaction.
 
         No file, no fsync beyond the caller's commit: the bytes become visible, and durable, with the caller's other
         writes (a manifest PUT is one commit). Served, referenced, leased and collected like any blob. Content
         already stored (either way) is not stored again; a MISSING record is healed with its holders intact.
+        `digest`: the bytes' digest when the caller has computed it already (they are then not hashed again).
         """
-        digest = Digest.of(data, algorithm)
+        digest = digest if digest is not None else Digest.of(data, algorithm)
         raw = txn.get(self.tables.blobs, digest.key)
         record = BlobRecord.unpack(raw) if raw is not None else None
         if record is not None and record.state in STORED_STATES:

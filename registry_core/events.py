@@ -34,7 +34,9 @@ from typing import Any
 
 from cas import BlobStore, Transaction, WriteTransaction
 
-TABLES = ("events", "event_counters")  # events: u64 big-endian seq -> JSON record; counters: b"seq" -> decimal
+from .schema import EVENT_TABLES
+
+TABLES = EVENT_TABLES  # events: u64 big-endian seq -> JSON record; counters: b"seq" -> decimal
 
 COMPAT_MEDIA_TYPE = "application/vnd.docker.distribution.events.v1+json"  # distribution notifications/event.go
 CLOUDEVENTS_MEDIA_TYPE = "application/cloudevents+json"  # json-format.md, structured content mode

@@ -8,13 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cas import BlobStore, WriteTransaction
+from registry_core.names import RepositoryName
 from registry_core.registry import CATALOG_SCAN, Registry
 
 
 def _create(registry: Registry, names: list[str]) -> None:
     def work(txn: WriteTransaction) -> None:
         for name in names:
-            registry._ensure_repo(txn, name)
+            registry._ensure_repo(txn, RepositoryName.parse(name))
 
     registry.store.index.transact(work)
 
