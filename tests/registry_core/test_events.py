@@ -19,8 +19,8 @@ from registry_core.accounts import Accounts
 from registry_core.errors import ManifestBlobUnknown, ManifestUnknown
 from registry_core.events import COMPAT_MEDIA_TYPE, EVENT_TYPES, Event, cloudevent, compat_envelope
 from registry_core.manifests import OCI_INDEX, OCI_MANIFEST
-from registry_core.projects import Projects
-from registry_core.registry import Registry, RegistryConfig
+from registry_core.projects import ProjectError, Projects
+from registry_core.registry import Purged, Registry, RegistryConfig
 from tests.conftest import FakeClock
 from tests.registry_core.values import digest_of, name_of, ref_of
 
@@ -175,10 +175,12 @@ def test_mount_pull_purge_and_the_project_lifecycle(make_store: Callable[..., Bl
     projects.revoke(pid, "ann", actor="owner")
     projects.trash(f"{pid}/b", actor="owner")
     projects.restore(f"{pid}/b", actor="owner")
+    with pytest.raises(ProjectError, match="not in the trash"):
+        registry.purge(pid, actor="root")
     projects.trash(pid, actor="owner")
-    for repo in registry.repositories(f"{pid}/"):  # as `berth purge` does
-        registry.purge_repository(name_of(repo), actor="root")
-    projects.forget(pid, actor="root")
+    with pytest.raises(ProjectError, match="no repository"):
+        registry.purge(f"{pid}/never-pushed", actor="root")
+    assert registry.purge(pid, actor="root") == Purged(pid, 2, 1)  # as `berth purge` does: one call
     found = events(registry, start)
     assert kinds(found) == [
         "repository.created", "blob.mounted", "manifest.pushed", "tag.created", "manifest.pulled",
