@@ -127,8 +127,8 @@ async def _call(app: Any, method: str, path: str, headers: list[tuple[bytes, byt
     return start["status"], {k.decode().lower(): v.decode() for k, v in start["headers"]}, body
 
 
-ACCEPTS = [[], [], [], [OCI_MANIFEST], [OCI_INDEX], [DOCKER_MANIFEST], ["application/*"], [f"{OCI_MANIFEST}, {OCI_INDEX}"],
-           [OCI_MANIFEST, OCI_INDEX], ["text/html"], [f"{OCI_INDEX};q=0.5"]]
+ACCEPTS = [[], [], [], [OCI_MANIFEST], [OCI_INDEX], [DOCKER_MANIFEST], ["application/*"],
+           [f"{OCI_MANIFEST}, {OCI_INDEX}"], [OCI_MANIFEST, OCI_INDEX], ["text/html"], [f"{OCI_INDEX};q=0.5"]]
 
 
 # Weighted towards requests that succeed (listed several times), so that both ways of answering are exercised often.

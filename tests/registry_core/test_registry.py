@@ -23,7 +23,7 @@ from registry_core.errors import (
 from registry_core.manifests import OCI_INDEX, OCI_MANIFEST, InvalidManifest
 from registry_core.registry import UPLOAD_GRACE_IDLE, UPLOADS_PER_ACCOUNT, BlobInUse, Registry
 from registry_core.tokens import LEEWAY
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, StoreFactory
 from tests.registry_core.values import digest_of, name_of, ref_of
 
 
@@ -127,9 +127,9 @@ def test_unknown_repository(registry: Registry) -> None:
 @settings(max_examples=30, deadline=None)
 @given(tags=st.sets(st.from_regex(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,20}", fullmatch=True), min_size=1, max_size=25),
        n=st.integers(1, 30))
-def test_tag_pages_concatenate_to_the_sorted_list(tmp_path_factory: pytest.TempPathFactory, tags: set[str],
-                                                  n: int) -> None:
-    with Registry(BlobStore(tmp_path_factory.mktemp("tags"))) as registry:
+def test_tag_pages_concatenate_to_the_sorted_list(tmp_path_factory: pytest.TempPathFactory,
+                                                  store_factory: StoreFactory, tags: set[str], n: int) -> None:
+    with Registry(store_factory(tmp_path_factory.mktemp("tags"))) as registry:
         body = manifest(blob(registry, "syn1/a", b"{}"))
         for tag in tags:
             registry.put_manifest(name_of("syn1/a"), ref_of(tag), body, None)
@@ -143,8 +143,9 @@ def test_tag_pages_concatenate_to_the_sorted_list(tmp_path_factory: pytest.TempP
         assert registry.list_tags(name_of("syn1/a"))[0] == pages
 
 
-def test_open_upload_sessions_are_capped_per_account(tmp_path_factory: pytest.TempPathFactory) -> None:
-    with Registry(BlobStore(tmp_path_factory.mktemp("cap"))) as registry:
+def test_open_upload_sessions_are_capped_per_account(tmp_path_factory: pytest.TempPathFactory,
+                                                     store_factory: StoreFactory) -> None:
+    with Registry(store_factory(tmp_path_factory.mktemp("cap"))) as registry:
         sessions = [registry.start_upload(name_of("syn1/app"), "alice") for _ in range(UPLOADS_PER_ACCOUNT)]
         with pytest.raises(TooManyUploads, match="alice already has 256 open upload sessions"):
             registry.start_upload(name_of("syn1/app"), "alice")
@@ -160,8 +161,8 @@ def test_open_upload_sessions_are_capped_per_account(tmp_path_factory: pytest.Te
 
 
 def test_an_expired_token_continues_only_its_owners_session_while_it_progresses(
-        tmp_path_factory: pytest.TempPathFactory, clock: FakeClock) -> None:
-    with Registry(BlobStore(tmp_path_factory.mktemp("grace"), clock=clock)) as registry:
+        tmp_path_factory: pytest.TempPathFactory, store_factory: StoreFactory, clock: FakeClock) -> None:
+    with Registry(store_factory(tmp_path_factory.mktemp("grace"), clock=clock)) as registry:
         app, other = name_of("syn1/app"), name_of("syn1/other")
         session = registry.start_upload(app, "alice")
         registry.append_upload(app, session.id, [b"x" * 100], 0, actor="alice")
