@@ -289,10 +289,9 @@ def cmd_grants(args: argparse.Namespace) -> int:
 
 
 def cmd_trash(args: argparse.Namespace) -> int:
+    target = args.target  # a valid target is its own canonical text; trash() refuses any other
     with _registry(args) as registry:
-        projects = Projects(registry.store)
-        target = projects.check_target(args.target)
-        if not projects.trash(target):
+        if not Projects(registry.store).trash(target):
             _say(f"{target} was already in the trash")
             return 0
     _say(f"{target} is in the trash: every operation on it is refused (whatever tokens were issued) and its name "
@@ -301,10 +300,9 @@ def cmd_trash(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
+    target = args.target  # as in cmd_trash
     with _registry(args) as registry:
-        projects = Projects(registry.store)
-        target = projects.check_target(args.target)
-        if not projects.restore(target):
+        if not Projects(registry.store).restore(target):
             raise Failure(f"{target} is not in the trash")
     _say(f"restored {target}: it answers as before")
     return 0
@@ -312,17 +310,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 def cmd_purge(args: argparse.Namespace) -> int:
     with _registry(args) as registry:
-        projects = Projects(registry.store)
-        target = projects.check_target(args.target)
-        if "/" in target and not registry.exists(target):
-            raise Failure(f"no repository {target}")
-        if not projects.is_trashed(target):
-            raise Failure(f"{target} is not in the trash: `berth trash {target}` first")
-        repos = [target] if "/" in target else registry.repositories(f"{target}/")
-        dropped = sum(registry.purge_repository(repo) for repo in repos)
-        projects.forget(target)
-    _say(f"purged {target}: {len(repos)} repositor(ies), {dropped} manifest(s); `berth gc` reclaims the space once "
-         "the blobs' grace period is over")
+        purged = registry.purge(args.target)
+    _say(f"purged {purged.target}: {purged.repositories} repositor(ies), {purged.manifests} manifest(s); `berth gc` "
+         "reclaims the space once the blobs' grace period is over")
     return 0
 
 

@@ -75,7 +75,7 @@ class StoreSettings:
 
 @dataclass(frozen=True, slots=True)
 class LimitsSettings:
-    # adapters/http/streaming.py BodyLimits (tests/adapters/test_settings.py keeps these equal to its defaults):
+    # registry_core/bodies.py BodyLimits (tests/adapters/test_settings.py keeps these equal to its defaults):
     body_grace: float = _key(20.0, "BERTH_BODY_GRACE", low=0.001, high=3600)  # Apache mod_reqtimeout body=20
     body_min_rate: float = _key(500.0, "BERTH_BODY_MIN_RATE", low=0.001, high=1e12)  # mod_reqtimeout MinRate=500
     body_idle: float = _key(60.0, "BERTH_BODY_IDLE", low=0.001, high=3600)  # nginx client_body_timeout 60 s

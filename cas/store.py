@@ -176,9 +176,10 @@ class BlobStore:
         caller that fails to open it falls back to `open()`."""
         return self.blobs.local_path(digest)
 
-    def open(self, digest: Digest | str, offset: int = 0, length: int | None = None) -> BlobReader:
-        """A reader over [offset, offset+length) of a blob (to its end if length is None)."""
-        info = self.stat(digest)
+    def open(self, blob: Digest | str | BlobInfo, offset: int = 0, length: int | None = None) -> BlobReader:
+        """A reader over [offset, offset+length) of a blob (to its end if length is None). Given the BlobInfo of a
+        stat() just made, it is not stat'ed again."""
+        info = blob if isinstance(blob, BlobInfo) else self.stat(blob)
         if info.inline:
             with self.index.read() as txn:
                 data = txn.get(self.tables.inline, info.digest.key)
@@ -221,7 +222,8 @@ class BlobStore:
 
     # -- writing --------------------------------------------------------------------------------------------------
     def ingest(self, source: Iterable[bytes] | BinaryIO | bytes, expected: Digest | str | None = None, *,
-               algorithm: str = DEFAULT_ALGORITHM, size: int | None = None) -> BlobInfo:
+               algorithm: str = DEFAULT_ALGORITHM, size: int | None = None,
+               also: Callable[[WriteTransaction], None] | None = None) -> BlobInfo:
         """Store bytes from an iterable of chunks, a binary file object or a bytes value.
 
         With `expected`, the bytes must hash to it (the algorithm is the expected digest's); with `size`, they must
@@ -233,7 +235,7 @@ class BlobStore:
             algorithm = expected.algorithm
         hasher = new_hasher(algorithm)
         if expected is not None and self._lease_if_present(expected):
-            return self._ingest_known(source, expected, hasher, size)
+            return self._ingest_known(source, expected, hasher, size, also)
         staged = self.blobs.stage()
         try:
             writer = staged.writer(hasher, 0, expected_size=size)
@@ -247,15 +249,17 @@ class BlobStore:
             actual = Digest(algorithm, hexdigest)
             _verify(expected, actual, size, writer.size)
             if self._lease_if_present(actual):  # dedup hit on content we could not name in advance
+                if also is not None:
+                    self.index.transact(also)
                 return BlobInfo(actual, writer.size)
             staged.sync()
             crashpoints.reached("ingest.before_publish")
-            return self.publish(actual, writer.size, staged)
+            return self.publish(actual, writer.size, staged, also=also)
         finally:
             staged.discard()
 
     def _ingest_known(self, source: Iterable[bytes] | BinaryIO | bytes, expected: Digest, hasher: Hasher,
-                      size: int | None) -> BlobInfo:
+                      size: int | None, also: Callable[[WriteTransaction], None] | None = None) -> BlobInfo:
         """Dedup with the digest named in advance: verify the bytes, write nothing.
 
         The lease taken before reading keeps GC away for at least lease/2; the stat after reading proves the blob
@@ -266,7 +270,18 @@ class BlobStore:
             hasher.update(chunk)
             total += len(chunk)
         _verify(expected, Digest(expected.algorithm, hasher.hexdigest()), size, total)
-        self.stat(expected)
+        if also is None:
+            self.stat(expected)
+            return BlobInfo(expected, total)
+        lease = self.config.lease
+
+        def confirm(txn: WriteTransaction) -> None:  # stat()'s check and lease, and `also`, in one commit
+            record = self._record(txn, expected)
+            if record.refcount == 0 and record.lease_until < self.clock() + lease / 2:
+                txn.put(self.tables.blobs, expected.key, _replace_lease(record, self.clock() + lease))
+            also(txn)
+
+        self.index.transact(confirm)
         return BlobInfo(expected, total)
 
     def _lease_if_present(self, digest: Digest) -> bool:
@@ -310,14 +325,16 @@ class BlobStore:
             self.blobs.ensure(staged, digest)
         return BlobInfo(digest, size)
 
-    def ingest_inline(self, txn: WriteTransaction, data: bytes, algorithm: str = DEFAULT_ALGORITHM) -> BlobInfo:
+    def ingest_inline(self, txn: WriteTransaction, data: bytes, algorithm: str = DEFAULT_ALGORITHM, *,
+                      digest: Digest | None = None) -> BlobInfo:
         """Store a small blob (a manifest, an index) inside the index, in the caller's write transaction.
 
         No file, no fsync beyond the caller's commit: the bytes become visible, and durable, with the caller's other
         writes (a manifest PUT is one commit). Served, referenced, leased and collected like any blob. Content
         already stored (either way) is not stored again; a MISSING record is healed with its holders intact.
+        `digest`: the bytes' digest when the caller has computed it already (they are then not hashed again).
         """
-        digest = Digest.of(data, algorithm)
+        digest = digest if digest is not None else Digest.of(data, algorithm)
         raw = txn.get(self.tables.blobs, digest.key)
         record = BlobRecord.unpack(raw) if raw is not None else None
         if record is not None and record.state in STORED_STATES:

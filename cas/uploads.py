@@ -49,6 +49,9 @@ class UploadStatus:
     meta: dict[str, str]
 
 
+Check = Callable[[UploadStatus], None]  # the layer above's rule on a session, asked under its lock
+
+
 @dataclass(frozen=True, slots=True)
 class _Session:
     """A session as seen by the holder of its lock."""
@@ -71,9 +74,11 @@ class Uploads:
         self._lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
-    def create(self, algorithm: str = DEFAULT_ALGORITHM, meta: dict[str, str] | None = None) -> UploadStatus:
+    def create(self, algorithm: str = DEFAULT_ALGORITHM, meta: dict[str, str] | None = None,
+               also: Callable[[WriteTransaction, str], None] | None = None) -> UploadStatus:
         """Open a session. `algorithm` is the running hash's (a finish with another digest re-hashes once);
-        `meta` is kept with the session for the layer above (owner, repository)."""
+        `meta` is kept with the session for the layer above (owner, repository); `also(txn, session id)` runs in
+        the transaction that records the session (the layer above indexes it there: one commit)."""
         new_hasher(algorithm)  # validate now, not at the first chunk
         session_id = uuid.uuid4().hex
         now = self._store.clock()
@@ -85,6 +90,8 @@ class Uploads:
         try:
             with self._store.index.write() as txn:
                 txn.put(self._table, session_id.encode(), record.pack())
+                if also is not None:
+                    also(txn, session_id)
         except BaseException:
             staged.discard()
             raise
@@ -96,30 +103,35 @@ class Uploads:
         with self._store.index.read() as txn:
             return _plausible_id(session_id) and txn.get(self._table, session_id.encode()) is not None
 
-    def status(self, session_id: str) -> UploadStatus:
-        """Where the session is: the bytes accepted so far (a chunk being written counts once it is accepted)."""
+    def status(self, session_id: str, check: Check | None = None) -> UploadStatus:
+        """Where the session is: the bytes accepted so far (a chunk being written counts once it is accepted).
+        `check` (here and below) is the layer above's rule on the session (its owner): it sees the status and may
+        raise."""
         record = self._record(session_id)
-        return UploadStatus(session_id, record.offset, record.created, record.updated, dict(record.meta))
+        status = UploadStatus(session_id, record.offset, record.created, record.updated, dict(record.meta))
+        if check is not None:
+            check(status)
+        return status
 
     def append(self, session_id: str, chunks: Iterable[bytes], offset: int | None = None,
-               length: int | None = None) -> UploadStatus:
+               length: int | None = None, check: Check | None = None) -> UploadStatus:
         """Append bytes at `offset` (the session's current offset; None means "wherever it is").
         With `length`, the chunk must be exactly that long (a Content-Range promise); else SizeMismatch and the
         session stays where it was."""
-        with self._locked(session_id) as session:
+        with self._locked(session_id, check) as session:
             advanced = self._write(session, chunks, offset, length)
             if advanced is not session:
                 self._commit_progress(advanced)
                 crashpoints.reached("upload.after_progress")
             return _status(advanced)
 
-    def cancel(self, session_id: str) -> None:
-        with self._locked(session_id) as session:
+    def cancel(self, session_id: str, check: Check | None = None) -> None:
+        with self._locked(session_id, check) as session:
             self._discard(session)
 
     def finish(self, session_id: str, expected: Digest | str, chunks: Iterable[bytes] = (),
                offset: int | None = None, length: int | None = None,
-               also: Callable[[WriteTransaction], None] | None = None) -> BlobInfo:
+               also: Callable[[WriteTransaction], None] | None = None, check: Check | None = None) -> BlobInfo:
         """Append the last bytes (if any), verify the whole against `expected` and publish the blob.
         `also` runs in the publishing transaction (the layer above links the blob to a repository there).
 
@@ -127,7 +139,7 @@ class Uploads:
         """
         expected = expected if isinstance(expected, Digest) else Digest.parse(expected)
         new_hasher(expected.algorithm)
-        with self._locked(session_id) as session:
+        with self._locked(session_id, check) as session:
             session = self._write(session, chunks, offset, length)
             cached = self._take_hasher(session.id, session.offset)
             if expected.algorithm == session.record.algorithm and cached is not None:
@@ -180,7 +192,7 @@ class Uploads:
         return UploadRecord.unpack(raw)
 
     @contextmanager
-    def _locked(self, session_id: str) -> Iterator[_Session]:
+    def _locked(self, session_id: str, check: Check | None = None) -> Iterator[_Session]:
         self._record(session_id)  # UploadUnknown before touching the bytes
         staged = self._blobs.resume_upload(session_id)
         if staged is None:
@@ -191,7 +203,10 @@ class Uploads:
             raise UploadUnknown(session_id)
         try:
             record = self._record(session_id)  # re-read while holding the bytes: it may have been finished meanwhile
-            yield _Session(session_id, record, staged)
+            session = _Session(session_id, record, staged)
+            if check is not None:
+                check(_status(session))
+            yield session
         finally:
             staged.release()
 

@@ -22,9 +22,10 @@ import secrets
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
-from cas import BlobStore, Table, Transaction, WriteTransaction
+from cas import BlobStore, Transaction, WriteTransaction
 
 from . import schema
+from .schema import ACCOUNT_TABLES
 
 TOKEN_SCOPES = ("view", "download", "modify")
 PUBLIC = "public"  # in grants, everyone (anonymous callers too): never the name of an account
@@ -73,9 +74,7 @@ class Accounts:
     def __init__(self, store: BlobStore) -> None:
         self._store = store
         schema.declare(store.index)
-        self._users: Table = store.index.table("users")
-        self._pats: Table = store.index.table("pats")
-        self._by_user: Table = store.index.table("pats_by_user")
+        self._users, self._pats, self._by_user = (store.index.table(name) for name in ACCOUNT_TABLES)
 
     # -- users ----------------------------------------------------------------------------------------------------
     def add_user(self, name: str, certified: bool = False, admin: bool = False) -> User:

@@ -47,3 +47,38 @@ class Denied(RegistryError):
 
 class TooManyUploads(RegistryError):
     """An account already has as many open upload sessions as it may (TOOMANYREQUESTS)."""
+
+
+
+
+class Unauthorized(RegistryError):
+    """No valid token, or a token without the access the request needs: a new token or a login would help (401 with
+    a Bearer challenge naming `scope`, the Docker scope to ask for; `error` the RFC 6750 error code)."""
+
+    def __init__(self, message: str, scope: str | None, error: str | None = None) -> None:
+        super().__init__(message)
+        self.scope, self.error = scope, error
+
+
+class LoginRefused(RegistryError):
+    """Credentials that stand for no one (401): the message says why, to whoever holds them."""
+
+
+class LoginThrottled(RegistryError):
+    """Credentials refused, from a source that failed too often lately (429 with Retry-After: `wait` seconds)."""
+
+    def __init__(self, wait: float, why: str) -> None:
+        super().__init__(f"too many failed logins from this address: wait {wait:.0f} s")
+        self.wait, self.why = wait, why
+
+
+class TooManyScopes(RegistryError):
+    """A token request asking for more scopes than one token may carry (400)."""
+
+
+class TokenExpired(Unauthorized):
+    """An expired access token used where it is not (or no longer) accepted: continuing an upload session that is not
+    its owner's, or that made no progress lately (401 invalid_token: a new token helps)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, None, "invalid_token")

@@ -35,8 +35,9 @@ from typing import Any
 from cas import BlobStore, Transaction, WriteTransaction
 
 from . import schema
+from .schema import EVENT_TABLES
 
-TABLES = schema.EVENT_TABLES  # events: u64 big-endian seq -> JSON record; counters: b"seq" -> decimal
+TABLES = EVENT_TABLES  # events: u64 big-endian seq -> JSON record; counters: b"seq" -> decimal
 
 COMPAT_MEDIA_TYPE = "application/vnd.docker.distribution.events.v1+json"  # distribution notifications/event.go
 CLOUDEVENTS_MEDIA_TYPE = "application/cloudevents+json"  # json-format.md, structured content mode

@@ -25,13 +25,14 @@ from collections.abc import Callable
 from cas import BlobStore, Table, WriteTransaction
 
 from . import schema
+from .schema import LOGIN_TABLE
 
 FAILURE_WINDOW = 60.0  # seconds over which failed logins from one source are counted
 FAILURE_LIMIT = 5  # failures allowed in the window (GitLab and Harbor lock after 5-10 failed logins)
 PRUNE_BATCH = 32  # stale entries removed per recorded failure: pruning costs a bounded amount per write
 SOURCE_MAX = 256  # bytes of a source key (an IPv6 address is at most 45 characters)
 
-TABLE = schema.LOGIN_TABLES[0]
+TABLE = LOGIN_TABLE  # declared in schema.py
 
 
 class LoginThrottle:

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from cas import Digest, InvalidDigest
+from cas import DEFAULT_ALGORITHM, Digest, InvalidDigest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -109,7 +109,9 @@ class Manifest:
         return self.media_type in INDEX_TYPES
 
 
-def parse(body: bytes, content_type: str | None) -> Manifest:
+def parse(body: bytes, content_type: str | None, algorithm: str = DEFAULT_ALGORITHM) -> Manifest:
+    """The manifest in `body` (InvalidManifest otherwise); its digest in `algorithm` (the one it is stored under:
+    the body is hashed once)."""
     doc = decode(body)
     if not isinstance(doc, dict):
         raise InvalidManifest("manifest must be a JSON object")
@@ -147,7 +149,7 @@ def parse(body: bytes, content_type: str | None) -> Manifest:
             artifact_type = config.media_type
         if media_type == OCI_MANIFEST and config.media_type == EMPTY_CONFIG and doc.get("artifactType") is None:
             raise InvalidManifest("artifactType is required when the config is the empty descriptor")
-    return Manifest(media_type, Digest.of(body), len(body), blobs, children, subject, artifact_type,
+    return Manifest(media_type, Digest.of(body, algorithm), len(body), blobs, children, subject, artifact_type,
                     _annotations(doc.get("annotations"), "annotations"))
 
 

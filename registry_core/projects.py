@@ -28,6 +28,7 @@ from . import events as ev
 from . import schema
 from .accounts import PUBLIC, Accounts
 from .names import RepositoryName, parse_project_id
+from .schema import PROJECT_TABLES
 
 __all__ = ["IGNORED", "INHERITED", "LEVELS", "LOCAL", "OWNER", "PUBLIC", "Grant", "Project", "ProjectError", "Projects",
            "rank"]  # PUBLIC is accounts.py's, and still importable from here
@@ -82,10 +83,8 @@ class Projects:
     def __init__(self, store: BlobStore) -> None:
         self._store = store
         schema.declare(store.index)
-        self._projects: Table = store.index.table("projects")
-        self._grants: Table = store.index.table("grants")
-        self._trashed: Table = store.index.table("trashed")
-        self._counters: Table = store.index.table("counters")
+        self._projects, self._grants, self._trashed, self._counters = (store.index.table(name)
+                                                                       for name in PROJECT_TABLES)
         self._repos: Table = store.index.table("repos")  # schema.py: every repository ever written to
         self._accounts = Accounts(store)
         self._outbox = ev.Outbox(store)

@@ -11,8 +11,9 @@ manifest holder).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,19 +39,24 @@ from .errors import (
     NameUnknown,
     NotAcceptable,
     RegistryError,
+    TokenExpired,
     TooManyUploads,
 )
 from .events import Outbox
 from .manifests import DEFAULT_MAX_MANIFEST, InvalidManifest, Manifest, accepts, parse
 from .names import InvalidReference, RepositoryName, parse_reference
+from .projects import ProjectError, Projects
 from .referrers import ReferrerIndex
 from .schema import TABLES, ManifestRecord, declare, holder, holder_prefix, key
 from .tags import TagIndex
+from .tokens import LEEWAY
 
 CATALOG_PAGE = 1000  # catalog entries per page when the client gives no `n` (Distribution: 100)
 PAGE_MAX = 10_000  # the most entries one page may ask for
 UPLOADS_PER_ACCOUNT = 256  # open upload sessions per actor: docker pushes 3-5 layers at once, skopeo 6 per image
 UPLOAD_GRACE_IDLE = 600.0  # seconds a session may idle and still be continued by its owner with an expired token
+UPLOAD_GRACE_REFUSAL = ("the access token has expired, and the grace its owner has for an upload covers only the "
+                        "owner's own session while it makes progress")
 CATALOG_SCAN = 1000  # hidden names a catalog page may pass over before it answers (with a Link to go on)
 
 
@@ -79,6 +85,13 @@ class StoredManifest:
 class PutResult:
     digest: Digest
     subject: Digest | None
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    target: str
+    repositories: int
+    manifests: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,10 +149,10 @@ class Registry:
                     return names, name
         return names, None
 
-    def purge_repository(self, repo: str, *, actor: str | None = None) -> int:
+    def purge_repository(self, name: RepositoryName, *, actor: str | None = None) -> int:
         """Drop every manifest, tag, link and referrer edge of the repository, and the repository itself (its name
         becomes free). cas collects what nothing else holds. Returns how many manifests were dropped."""
-        repo = _name(repo)
+        repo = name.text
         prefix = key(repo, b"")
 
         def work(txn: WriteTransaction) -> int:
@@ -151,94 +164,102 @@ class Registry:
                 for k, _ in list(txn.scan(table, prefix=prefix)):
                     txn.delete(table, k)
             if txn.delete(self._t.repos, repo.encode()):
-                self._event(txn, ev.REPOSITORY_PURGED, repo, repo, actor, {"manifests": len(manifests)})
+                self._event(txn, ev.REPOSITORY_PURGED, name, repo, actor, {"manifests": len(manifests)})
             return len(manifests)
 
         return self.store.index.transact(work)
+
+    def purge(self, target: str, *, actor: str | None = None) -> Purged:
+        """Purge a project or repository in the trash (`syn123` or `syn123/app`): drop every repository of it
+        (purge_repository), then its grants and trash mark, and for a project the project itself (projects.py
+        `forget`). Refused (ProjectError) for a target not in the trash, an unknown project, or a repository nothing
+        was pushed to. Each repository is one transaction and the trash mark goes last: a purge cut short is still
+        in the trash, and purging it again finishes it."""
+        projects = Projects(self.store)
+        target = projects.check_target(target)
+        repos = [RepositoryName.parse(target)] if "/" in target else \
+            [RepositoryName.parse(name) for name in self.repositories(f"{target}/")]
+        if "/" in target and not self.exists(repos[0]):
+            raise ProjectError(f"no repository {target}")
+        if not projects.is_trashed(target):
+            raise ProjectError(f"{target} is not in the trash: `berth trash {target}` first")
+        dropped = sum(self.purge_repository(repo, actor=actor) for repo in repos)
+        projects.forget(target, actor=actor)
+        return Purged(target, len(repos), dropped)
 
     def repositories(self, prefix: str = "") -> list[str]:
         with self.store.index.read() as txn:
             return [k.decode() for k, _ in txn.scan(self._t.repos, prefix=prefix.encode())]
 
-    def exists(self, repo: str) -> bool:
+    def exists(self, name: RepositoryName) -> bool:
         with self.store.index.read() as txn:
-            return txn.get(self._t.repos, _name(repo).encode()) is not None
+            return txn.get(self._t.repos, name.text.encode()) is not None
 
-    def _ensure_repo(self, txn: WriteTransaction, repo: str, actor: str | None = None) -> None:
-        if txn.get(self._t.repos, repo.encode()) is None:
-            txn.put(self._t.repos, repo.encode(), b'{"created":%.6f}' % self.store.clock())
-            self._event(txn, ev.REPOSITORY_CREATED, repo, repo, actor, {})
+    def _ensure_repo(self, txn: WriteTransaction, name: RepositoryName, actor: str | None = None) -> None:
+        if txn.get(self._t.repos, name.text.encode()) is None:
+            txn.put(self._t.repos, name.text.encode(), b'{"created":%.6f}' % self.store.clock())
+            self._event(txn, ev.REPOSITORY_CREATED, name, name.text, actor, {})
 
-    def _event(self, txn: WriteTransaction, type: str, repo: str, subject: str, actor: str | None,
+    def _event(self, txn: WriteTransaction, type: str, name: RepositoryName, subject: str, actor: str | None,
                data: dict[str, Any]) -> None:
         """The change's event, in the change's own transaction (events.py): it commits or rolls back with it."""
-        project = RepositoryName.parse(repo).project
+        repo, project = name.text, name.project
         self.outbox.append(txn, type, repository=repo, project=project, subject=subject, actor=actor,
                            data={"repository": repo, "project": project, **data}, time=self.store.clock())
 
-    def _require_repo(self, txn: Transaction, repo: str) -> None:
-        if txn.get(self._t.repos, repo.encode()) is None:
+    def _require_repo(self, txn: Transaction, repo: RepositoryName) -> None:
+        if txn.get(self._t.repos, repo.text.encode()) is None:
             raise NameUnknown(f"repository {repo} is not known to this registry")
 
     # -- blobs ----------------------------------------------------------------------------------------------------
-    def _reachable(self, txn: Transaction, repo: str, digest: Digest) -> bool:
-        if txn.get(self._t.links, key(repo, digest.key)) is not None:
+    def _reachable(self, txn: Transaction, repo: RepositoryName, digest: Digest) -> bool:
+        if txn.get(self._t.links, key(repo.text, digest.key)) is not None:
             return True
-        return next(self.store.refs.holders(txn, digest, holder_prefix(repo)), None) is not None
+        return next(self.store.refs.holders(txn, digest, holder_prefix(repo.text)), None) is not None
 
-    def stat_blob(self, repo: str, digest: Digest | str) -> BlobInfo:
+    def stat_blob(self, repo: RepositoryName, digest: Digest) -> BlobInfo:
         """The blob's size if it is readable in the repository (BlobUnknown otherwise). Renews its GC lease: a
-        client checking a blob before the manifest PUT that names it keeps it alive."""
-        repo, digest = _name(repo), _digest(digest)
+        client checking a blob before the manifest PUT that names it keeps it alive. A GET stats once: it reads
+        the blob with open_blob(info) (or the store's file for it) without another stat."""
         with self.store.index.read() as txn:
             if not self._reachable(txn, repo, digest):
                 raise BlobUnknown(f"blob {digest} is not in repository {repo}")
         return self.store.stat(digest)
 
-    def open_blob(self, repo: str, digest: Digest | str, offset: int = 0, length: int | None = None) -> BlobReader:
-        info = self.stat_blob(repo, digest)
-        return self.store.open(info.digest, offset, length)
+    def open_blob(self, info: BlobInfo, offset: int = 0, length: int | None = None) -> BlobReader:
+        """A reader over a blob that stat_blob found readable in the repository (`info` is its answer)."""
+        return self.store.open(info, offset, length)
 
-    def delete_blob(self, repo: str, digest: Digest | str) -> None:
+    def delete_blob(self, repo: RepositoryName, digest: Digest) -> None:
         """Unlink a blob from the repository (cas collects it once nothing holds it). Refused while a manifest in
         the repository references it: the blob would stay readable through that manifest."""
-        repo, digest = _name(repo), _digest(digest)
 
         def work(txn: WriteTransaction) -> None:
-            held = next(self.store.refs.holders(txn, digest, holder_prefix(repo)), None)
+            held = next(self.store.refs.holders(txn, digest, holder_prefix(repo.text)), None)
             if held is not None:
                 raise BlobInUse(f"blob {digest} is referenced by a manifest in {repo}; delete the manifest first")
-            if not txn.delete(self._t.links, key(repo, digest.key)):
+            if not txn.delete(self._t.links, key(repo.text, digest.key)):
                 raise BlobUnknown(f"blob {digest} is not in repository {repo}")
 
         self.store.index.transact(work)
 
-    def _link_blob(self, txn: WriteTransaction, repo: str, digest: Digest, actor: str | None = None) -> None:
+    def _link_blob(self, txn: WriteTransaction, repo: RepositoryName, digest: Digest,
+                   actor: str | None = None) -> None:
         self._ensure_repo(txn, repo, actor)
-        txn.put(self._t.links, key(repo, digest.key), b"")
+        txn.put(self._t.links, key(repo.text, digest.key), b"")
 
-    def ingest_blob(self, repo: str, source: Iterable[bytes] | bytes, digest: Digest | str,
+    def ingest_blob(self, repo: RepositoryName, source: Iterable[bytes] | bytes, digest: Digest,
                     size: int | None = None, *, actor: str | None = None) -> BlobInfo:
-        """A monolithic upload: the whole blob with its digest in one request."""
-        repo, digest = _name(repo), _digest(digest)
-        info = self.store.ingest(source, digest, size=size)
+        """A monolithic upload: the whole blob with its digest in one request, linked into the repository in the
+        commit that stores it (or, when it is stored already, that confirms it): one commit."""
+        return self.store.ingest(source, digest, size=size,
+                                 also=lambda txn: self._link_blob(txn, repo, digest, actor))
 
-        def work(txn: WriteTransaction) -> None:
-            self.store.info(txn, digest)  # still stored: the ingest's lease outlives this transaction
-            self._link_blob(txn, repo, digest, actor)
-
-        self.store.index.transact(work)
-        return info
-
-    def mount_blob(self, repo: str, digest: Digest | str, source: str, *,
+    def mount_blob(self, repo: RepositoryName, digest: Digest, source: RepositoryName, *,
                    actor: str | None = None) -> BlobInfo | None:
         """Cross-repository mount: link a blob readable in `source` into `repo`. None when it is not readable
-        there (or `source` is no valid name): the caller then opens an ordinary upload, as the spec says."""
-        repo, digest = _name(repo), _digest(digest)
-        try:
-            source = _name(source)
-        except ValueError:
-            return None
+        there: the caller then opens an ordinary upload, as the spec says (and so for a `from` that is no valid
+        name, which the edge never parses into a RepositoryName)."""
 
         def work(txn: WriteTransaction) -> BlobInfo | None:
             if not self._reachable(txn, source, digest):
@@ -251,37 +272,54 @@ class Registry:
             # distribution notifications/event.go: a mount is action "mount" with target.fromRepository
             self._event(txn, ev.BLOB_MOUNTED, repo, f"{repo}@{digest}", actor, {
                 "digest": str(digest), "size": info.size, "mediaType": "application/octet-stream",
-                "fromRepository": source})
+                "fromRepository": source.text})
             return info
 
         return self.store.index.transact(work)
 
     # -- uploads --------------------------------------------------------------------------------------------------
     # An upload session belongs to the repository and the actor that opened it: to anyone else it does not exist.
-    def start_upload(self, repo: str, actor: str | None = None, algorithm: str = DEFAULT_ALGORITHM) -> UploadStatus:
+    # That is checked once per request, by cas under the session's lock (`_session_rule`), together with the grace
+    # an expired access token gets there.
+    def start_upload(self, repo: RepositoryName, actor: str | None = None,
+                     algorithm: str = DEFAULT_ALGORITHM) -> UploadStatus:
         """Open an upload session; TooManyUploads when the actor has UPLOADS_PER_ACCOUNT open already. (Two
         processes opening sessions for one actor at the same instant may pass the count together: the cap is a
-        bound on abuse, not an exact quota.)"""
-        repo, owner = _name(repo), (actor or "").encode()
+        bound on abuse, not an exact quota.) The session and its place in the actor's count commit together."""
+        owner = (actor or "").encode()
         open_now = self._open_uploads(owner)
         if open_now >= UPLOADS_PER_ACCOUNT:
             raise TooManyUploads(f"{actor or 'anonymous callers'} already ha{'s' if actor else 've'} {open_now} open "
                                  f"upload sessions (at most {UPLOADS_PER_ACCOUNT}): finish or cancel some, or wait "
                                  "for idle ones to expire")
-        status = self.store.uploads.create(algorithm, {"repo": repo, "actor": actor or ""})
-        with self.store.index.write() as txn:
-            txn.put(self._t.uploading, key(owner, status.id), b"")
-        return status
+        return self.store.uploads.create(algorithm, {"repo": repo.text, "actor": actor or ""},
+                                         also=lambda txn, session_id: txn.put(self._t.uploading,
+                                                                              key(owner, session_id), b""))
 
-    def upload_grace(self, repo: str, session_id: str, actor: str | None) -> bool:
-        """Whether the owner of a session may go on with it although their access token expired: only their own
-        session, and only while it makes progress (a chunk within UPLOAD_GRACE_IDLE). A push of a large layer over
-        a slow link outlives a 5-minute token; an idle session does not keep an expired token alive."""
-        try:
-            status = self.upload_status(_name(repo), session_id, actor)
-        except UploadUnknown:
-            return False
-        return self.store.clock() - status.updated <= UPLOAD_GRACE_IDLE
+    @property
+    def upload_token_grace(self) -> float:
+        """How long after its expiry an access token is still looked at when it continues an upload session (PATCH,
+        the finishing PUT): the session's TTL, beyond which no session idles anyway. Whether it is accepted is the
+        session's rule (`_session_rule`): only its owner's, only while it makes progress."""
+        return self.store.config.upload_ttl
+
+    def _token_expired(self, token_expires: float | None) -> bool:
+        return token_expires is not None and self.store.clock() > token_expires + LEEWAY
+
+    def _session_rule(self, repo: RepositoryName, actor: str | None,
+                      expired: bool = False) -> Callable[[UploadStatus], None]:
+        """The rule cas asks under the session's lock: the session is the actor's, in this repository (else it
+        does not exist for them: UploadUnknown); and an access token that expired (`token_expires`, None for no
+        token) is accepted only by its owner's session while it makes progress (a chunk within UPLOAD_GRACE_IDLE):
+        a push of a large layer over a slow link outlives a 5-minute token, an idle session does not keep an
+        expired token alive (TokenExpired)."""
+
+        def rule(status: UploadStatus) -> None:
+            if status.meta.get("repo") != repo.text or status.meta.get("actor", "") != (actor or ""):
+                raise TokenExpired(UPLOAD_GRACE_REFUSAL) if expired else UploadUnknown(status.id)
+            if expired and self.store.clock() - status.updated > UPLOAD_GRACE_IDLE:
+                raise TokenExpired(UPLOAD_GRACE_REFUSAL)
+        return rule
 
     def _open_uploads(self, owner: bytes) -> int:
         """The actor's open sessions, dropping entries whose session cas has ended (expired, finished elsewhere)."""
@@ -298,47 +336,45 @@ class Registry:
     def _end_upload(self, txn: WriteTransaction, actor: str | None, session_id: str) -> None:
         txn.delete(self._t.uploading, key((actor or "").encode(), session_id))
 
-    def upload_status(self, repo: str, session_id: str, actor: str | None = None) -> UploadStatus:
-        status = self.store.uploads.status(session_id)
-        if status.meta.get("repo") != repo or status.meta.get("actor", "") != (actor or ""):
-            raise UploadUnknown(session_id)
-        return status
+    def upload_status(self, repo: RepositoryName, session_id: str, actor: str | None = None) -> UploadStatus:
+        return self.store.uploads.status(session_id, self._session_rule(repo, actor))
 
-    def append_upload(self, repo: str, session_id: str, chunks: Iterable[bytes], offset: int | None = None,
-                      length: int | None = None, actor: str | None = None) -> UploadStatus:
-        self.upload_status(repo, session_id, actor)
-        return self.store.uploads.append(session_id, chunks, offset, length)
+    def append_upload(self, repo: RepositoryName, session_id: str, chunks: Iterable[bytes],
+                      offset: int | None = None, length: int | None = None, actor: str | None = None, *,
+                      token_expires: float | None = None) -> UploadStatus:
+        expired = self._token_expired(token_expires)
+        with _unknown_to_expired(expired):
+            return self.store.uploads.append(session_id, chunks, offset, length,
+                                             check=self._session_rule(repo, actor, expired))
 
-    def cancel_upload(self, repo: str, session_id: str, actor: str | None = None) -> None:
-        self.upload_status(repo, session_id, actor)
-        self.store.uploads.cancel(session_id)
+    def cancel_upload(self, repo: RepositoryName, session_id: str, actor: str | None = None) -> None:
+        self.store.uploads.cancel(session_id, check=self._session_rule(repo, actor))
         self.store.index.transact(lambda txn: self._end_upload(txn, actor, session_id))
 
-    def finish_upload(self, repo: str, session_id: str, digest: Digest | str, chunks: Iterable[bytes] = (),
-                      offset: int | None = None, length: int | None = None, actor: str | None = None) -> BlobInfo:
-        digest = _digest(digest)
-        self.upload_status(repo, session_id, actor)
+    def finish_upload(self, repo: RepositoryName, session_id: str, digest: Digest, chunks: Iterable[bytes] = (),
+                      offset: int | None = None, length: int | None = None, actor: str | None = None, *,
+                      token_expires: float | None = None) -> BlobInfo:
         def also(txn: WriteTransaction) -> None:
             self._link_blob(txn, repo, digest, actor)
             self._end_upload(txn, actor, session_id)
 
-        return self.store.uploads.finish(session_id, digest, chunks, offset, length, also=also)
+        expired = self._token_expired(token_expires)
+        with _unknown_to_expired(expired):
+            return self.store.uploads.finish(session_id, digest, chunks, offset, length, also=also,
+                                             check=self._session_rule(repo, actor, expired))
 
     # -- manifests ------------------------------------------------------------------------------------------------
-    def put_manifest(self, repo: str, reference: str, body: bytes, content_type: str | None,
+    def put_manifest(self, repo: RepositoryName, ref: str | Digest, body: bytes, content_type: str | None,
                      actor: str | None = None) -> PutResult:
-        """Store a manifest byte for byte, by tag (sha256) or by digest (that digest's algorithm, verified)."""
-        repo = _name(repo)
+        """Store a manifest byte for byte, by tag (sha256) or by digest (that digest's algorithm, verified). `ref`
+        is a parsed reference (names.parse_reference). The body is hashed once, in the algorithm it is stored
+        under."""
         if len(body) > self.config.max_manifest:
             raise ManifestTooLarge(len(body), self.config.max_manifest)
-        ref = parse_reference(reference)
-        manifest = parse(body, content_type)
+        manifest = parse(body, content_type, ref.algorithm if isinstance(ref, Digest) else DEFAULT_ALGORITHM)
         digest = manifest.digest
-        if isinstance(ref, Digest):
-            if ref.algorithm != digest.algorithm:
-                digest = Digest.of(body, ref.algorithm)
-            if ref != digest:
-                raise DigestMismatch(str(ref), str(digest))
+        if isinstance(ref, Digest) and ref != digest:
+            raise DigestMismatch(str(ref), str(digest))
         tag = ref if isinstance(ref, str) else None
         now = self.store.clock()
         children = self._check_children(repo, manifest)
@@ -356,23 +392,23 @@ class Registry:
 
         def work(txn: WriteTransaction) -> None:
             self._ensure_repo(txn, repo, actor)
-            self.store.ingest_inline(txn, body, digest.algorithm)
-            h = holder(repo, digest)
+            self.store.ingest_inline(txn, body, digest=digest)
+            h = holder(repo.text, digest)
             self.store.refs.take(txn, h, digest)
             for child, what in children:
                 self._take_child(txn, repo, h, child, what)
-            mkey = key(repo, digest.key)
+            mkey = key(repo.text, digest.key)
             if txn.get(self._t.manifests, mkey) is None:
                 subject = str(manifest.subject.digest) if manifest.subject else None
                 record = ManifestRecord(manifest.media_type, len(body), now, subject, manifest.artifact_type)
                 txn.put(self._t.manifests, mkey, record.pack())
                 if manifest.subject is not None:
-                    self.referrers.add(txn, repo, manifest, digest)
+                    self.referrers.add(txn, repo.text, manifest, digest)
             # Distribution sends a push for every manifest PUT, also of a manifest already there: so does Berth.
             self._event(txn, ev.MANIFEST_PUSHED, repo, f"{repo}@{digest}", actor, pushed)
             if tag is not None:
-                previous = self.tags.get(txn, repo, tag)
-                if self.tags.move(txn, repo, tag, digest, now, actor):
+                previous = self.tags.get(txn, repo.text, tag)
+                if self.tags.move(txn, repo.text, tag, digest, now, actor):
                     moved = {"tag": tag, "digest": str(digest), "mediaType": manifest.media_type,
                              "size": len(body)}
                     if previous is None:
@@ -384,7 +420,7 @@ class Registry:
         self.store.index.transact(work)
         return PutResult(digest, manifest.subject.digest if manifest.subject else None)
 
-    def _check_children(self, repo: str, manifest: Manifest) -> list[tuple[Digest, str]]:
+    def _check_children(self, repo: RepositoryName, manifest: Manifest) -> list[tuple[Digest, str]]:
         """Check every child (readable in the repository, stored, of the size the manifest says) on a snapshot, so
         that a manifest naming thousands of blobs, or a refused one, holds no write lock while it is checked. Returns
         the distinct digests, sorted (neighbouring keys: the write transaction touches fewer pages)."""
@@ -402,7 +438,7 @@ class Registry:
                     raise InvalidManifest(f"{what} {child} is {info.size} bytes, the manifest says {size}")
         return sorted({child: what for (child, _), what in children.items()}.items())
 
-    def _take_child(self, txn: WriteTransaction, repo: str, h: str, child: Digest, what: str) -> None:
+    def _take_child(self, txn: WriteTransaction, repo: RepositoryName, h: str, child: Digest, what: str) -> None:
         """Reference a child checked by _check_children, re-checking inside the write what may have changed since
         that snapshot: the repository may have lost it (blob or manifest deleted, repository purged: one get, or one
         seek, as in _reachable), and GC may have collected it (refs.take refuses a blob no longer stored). Its size
@@ -414,30 +450,23 @@ class Registry:
         except BlobUnknown:
             raise ManifestBlobUnknown(str(child), what) from None
 
-    def get_manifest(self, repo: str, reference: str, accept: list[str] | None = None,
+    def get_manifest(self, repo: RepositoryName, ref: str | Digest, accept: list[str] | None = None,
                      read_files: bool = True, *, actor: str | None = None,
                      pull: bool = False) -> StoredManifest:
         """The manifest a tag points at, or a manifest by digest (also a child manifest that an index in the
-        repository references). NotAcceptable when `accept` excludes its media type. Manifests are kept inline in
-        the index; a digest that names a blob file (a manifest pushed as a blob, or a layer) is read only when
-        `read_files` (callers on an event loop pass False and get ManifestInFile, to ask again from a thread), and
-        only up to the manifest size limit: a layer's digest never reads the layer."""
-        repo = _name(repo)
-        try:
-            ref = parse_reference(reference)
-        except InvalidReference as exc:
-            # A reference that cannot name anything names nothing here: 404, as the distribution-spec
-            # conformance suite expects of GET/HEAD (a PUT of such a tag stays TAG_INVALID).
-            raise ManifestUnknown(f"no manifest {reference[:80]!r} in repository {repo}: {exc}") from None
+        repository references); `ref` from read_reference. NotAcceptable when `accept` excludes its media type.
+        Manifests are kept inline in the index; a digest that names a blob file (a manifest pushed as a blob, or a
+        layer) is read only when `read_files` (callers on an event loop pass False and get ManifestInFile, to ask
+        again from a thread), and only up to the manifest size limit: a layer's digest never reads the layer."""
         with self.store.index.read() as txn:
             if isinstance(ref, str):
-                digest = self.tags.get(txn, repo, ref)
+                digest = self.tags.get(txn, repo.text, ref)
                 if digest is None:
                     self._require_repo(txn, repo)
                     raise ManifestUnknown(f"tag {ref} is not in repository {repo}")
             else:
                 digest = ref
-            raw = txn.get(self._t.manifests, key(repo, digest.key))
+            raw = txn.get(self._t.manifests, key(repo.text, digest.key))
             if raw is None and not self._reachable(txn, repo, digest):
                 self._require_repo(txn, repo)
                 raise ManifestUnknown(f"manifest {digest} is not in repository {repo}")
@@ -459,20 +488,20 @@ class Registry:
         if accept and not accepts(accept, media_type):
             raise NotAcceptable(f"manifest {digest} is {media_type}, which the Accept header does not include")
         if pull and self.config.pull_events:
-            self._record_pull(repo, reference, digest, media_type, len(body), actor)
+            self._record_pull(repo, ref, digest, media_type, len(body), actor)
         return StoredManifest(digest, media_type, body)
 
-    def _record_pull(self, repo: str, reference: str, digest: Digest, media_type: str, size: int,
+    def _record_pull(self, repo: RepositoryName, ref: str | Digest, digest: Digest, media_type: str, size: int,
                      actor: str | None) -> None:
         """A pull event (only with RegistryConfig.pull_events): reads are read transactions, so this is a write of
         its own after the read, and a pull racing a delete may record a manifest that is gone a moment later."""
         data: dict[str, Any] = {"digest": str(digest), "mediaType": media_type, "size": size}
-        if reference != str(digest):
-            data["tag"] = reference
+        if isinstance(ref, str):
+            data["tag"] = ref
         self.store.index.transact(
             lambda txn: self._event(txn, ev.MANIFEST_PULLED, repo, f"{repo}@{digest}", actor, data))
 
-    def _manifest_file(self, repo: str, digest: Digest, size: int, read_files: bool) -> bytes:
+    def _manifest_file(self, repo: RepositoryName, digest: Digest, size: int, read_files: bool) -> bytes:
         """A manifest's bytes from a blob file (pushed as a blob first: rare), when its size says it may be one."""
         if size > self.config.max_manifest:
             raise ManifestUnknown(f"{digest} in repository {repo} is a blob of {size} bytes, not a manifest "
@@ -484,66 +513,79 @@ class Registry:
         except BlobUnknown:
             raise ManifestUnknown(f"manifest {digest} is not in repository {repo}") from None
 
-    def delete_manifest(self, repo: str, reference: str, actor: str | None = None) -> None:
+    def delete_manifest(self, name: RepositoryName, ref: str | Digest, actor: str | None = None) -> None:
         """By tag: remove the tag (the manifest stays). By digest: remove the manifest, its tags and its referrer
         edge, and drop its references (cas collects what nothing else holds)."""
-        repo, ref = _name(repo), parse_reference(reference)
+        repo = name.text
         now = self.store.clock()
 
         def untag(txn: WriteTransaction) -> None:
             assert isinstance(ref, str)
             old = self.tags.remove(txn, repo, ref, now, actor)
             if old is None:
-                self._require_repo(txn, repo)
+                self._require_repo(txn, name)
                 raise ManifestUnknown(f"tag {ref} is not in repository {repo}")
-            self._tag_deleted(txn, repo, ref, old, actor)
+            self._tag_deleted(txn, name, ref, old, actor)
 
         def delete(txn: WriteTransaction) -> None:
             assert isinstance(ref, Digest)
             mkey = key(repo, ref.key)
             raw = txn.get(self._t.manifests, mkey)
             if raw is None:
-                self._require_repo(txn, repo)
+                self._require_repo(txn, name)
                 raise ManifestUnknown(f"manifest {ref} is not in repository {repo}")
             record = ManifestRecord.unpack(raw)
             txn.delete(self._t.manifests, mkey)
             for tag in self.tags.of_manifest(txn, repo, ref):
                 self.tags.remove(txn, repo, tag, now, actor)
-                self._tag_deleted(txn, repo, tag, ref, actor)
+                self._tag_deleted(txn, name, tag, ref, actor)
             if record.subject is not None:
                 self.referrers.remove(txn, repo, Digest.parse(record.subject), ref)
             self.store.refs.drop_all(txn, holder(repo, ref))
-            self._event(txn, ev.MANIFEST_DELETED, repo, f"{repo}@{ref}", actor, {
+            self._event(txn, ev.MANIFEST_DELETED, name, f"{repo}@{ref}", actor, {
                 "digest": str(ref), "mediaType": record.media_type, "size": record.size})
 
         self.store.index.transact(untag if isinstance(ref, str) else delete)
 
-    def _tag_deleted(self, txn: WriteTransaction, repo: str, tag: str, digest: Digest, actor: str | None) -> None:
-        self._event(txn, ev.TAG_DELETED, repo, f"{repo}:{tag}", actor, {"tag": tag, "digest": str(digest)})
+    def _tag_deleted(self, txn: WriteTransaction, repo: RepositoryName, tag: str, digest: Digest,
+                     actor: str | None) -> None:
+        self._event(txn, ev.TAG_DELETED, repo, f"{repo.text}:{tag}", actor, {"tag": tag, "digest": str(digest)})
 
     # -- tags and referrers ---------------------------------------------------------------------------------------
-    def list_tags(self, repo: str, n: int | None = None, last: str | None = None) -> tuple[list[str], bool]:
-        repo = _name(repo)
+    def list_tags(self, repo: RepositoryName, n: int | None = None,
+                  last: str | None = None) -> tuple[list[str], bool]:
         with self.store.index.read() as txn:
             self._require_repo(txn, repo)
-            return self.tags.page(txn, repo, None if n is None else min(n, PAGE_MAX), last)
+            return self.tags.page(txn, repo.text, None if n is None else min(n, PAGE_MAX), last)
 
-    def tag_history(self, repo: str, tag: str) -> list[Any]:
-        repo = _name(repo)
+    def tag_history(self, repo: RepositoryName, tag: str) -> list[Any]:
         with self.store.index.read() as txn:
-            return self.tags.entries(txn, repo, tag)
+            return self.tags.entries(txn, repo.text, tag)
 
-    def list_referrers(self, repo: str, digest: Digest | str, artifact_type: str | None = None) -> list[Any]:
-        repo, digest = _name(repo), _digest(digest)
+    def list_referrers(self, repo: RepositoryName, digest: Digest, artifact_type: str | None = None) -> list[Any]:
         with self.store.index.read() as txn:
             self._require_repo(txn, repo)
-            return self.referrers.of(txn, repo, digest, artifact_type)
+            return self.referrers.of(txn, repo.text, digest, artifact_type)
 
 
-def _name(repo: str) -> str:
-    return str(RepositoryName.parse(repo))
+def read_reference(repo: RepositoryName, text: str) -> str | Digest:
+    """A manifest reference to read (GET/HEAD): a reference that cannot name anything names nothing here, so it is
+    ManifestUnknown (404), as the distribution-spec conformance suite expects (a PUT or DELETE of it parses with
+    names.parse_reference: TAG_INVALID / DIGEST_INVALID)."""
+    try:
+        return parse_reference(text)
+    except InvalidReference as exc:
+        raise ManifestUnknown(f"no manifest {text[:80]!r} in repository {repo}: {exc}") from None
 
 
-def _digest(value: Digest | str) -> Digest:
-    return value if isinstance(value, Digest) else Digest.parse(value)
+@contextlib.contextmanager
+def _unknown_to_expired(expired: bool) -> Iterator[None]:
+    """With an expired access token, a session that does not exist (for this caller) is no reason to tell them so:
+    the token is what they lack (401, and the client fetches a new one), as for a session not theirs."""
+    try:
+        yield
+    except UploadUnknown:
+        if expired:
+            raise TokenExpired(UPLOAD_GRACE_REFUSAL) from None
+        raise
 

@@ -1,7 +1,7 @@
 """Docker token authentication: the tokens the token endpoint issues and the registry verifies (PyJWT, ES256).
 
-The signing key is generated on first use and kept in the data directory (`keys/token-es256.pem`, mode 0600); its
-`kid` is the first 16 bytes of the SHA-256 of the public key (DER), base32. Access tokens live TOKEN_LIFETIME (Docker
+The signing key is generated on first use and kept in the index (keys.py); its `kid` is the first 16 bytes of the
+SHA-256 of the public key (DER), base32. Access tokens live TOKEN_LIFETIME (Docker
 Hub's and Distribution's examples use 5 minutes to an hour; short means a revoked grant stops working soon). A
 refresh token (asked for with offline_token=true / access_type=offline) is a JWT of its own audience naming the
 personal access token it came from: using it re-checks that token (revoked or expired: refused).
@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -63,10 +61,11 @@ class Claims:
 
 
 class TokenService:
-    def __init__(self, data: str | os.PathLike[str], service: str, lifetime: int = TOKEN_LIFETIME) -> None:
+    def __init__(self, key: ec.EllipticCurvePrivateKey, service: str, lifetime: int = TOKEN_LIFETIME) -> None:
+        """`key`: the registry's signing key (keys.signing_key(store))."""
         self.service = service
         self.lifetime = lifetime  # seconds an access token lives (the operator's [limits] token_lifetime)
-        self._key = _load_or_create_key(Path(data) / "keys" / "token-es256.pem")
+        self._key = key
         public = self._key.public_key().public_bytes(serialization.Encoding.DER,
                                                      serialization.PublicFormat.SubjectPublicKeyInfo)
         self.kid = base64.b32encode(hashlib.sha256(public).digest()[:15]).decode()
@@ -112,27 +111,3 @@ class TokenService:
         except jwt.PyJWTError as exc:
             raise InvalidToken(f"invalid refresh token: {exc}") from None
         return str(data["sub"]), str(data["pat"])
-
-
-def _load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    if not path.exists():
-        path.parent.mkdir(mode=0o700, exist_ok=True)
-        key = ec.generate_private_key(ec.SECP256R1())
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        temp = path.with_suffix(f".{os.getpid()}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(temp, path)  # first writer wins when several workers start at once
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(temp)
-    loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(loaded, ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{path} is not an EC private key")
-    return loaded

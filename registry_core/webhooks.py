@@ -32,12 +32,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cas import BlobStore
-from cas.index import Table, Transaction, WriteTransaction
+from cas.index import Transaction, WriteTransaction
 
 from . import schema
 from .events import EVENT_TYPES, Event, Outbox, compat_envelope
+from .schema import WEBHOOK_TABLES
 
-TABLES = schema.WEBHOOK_TABLES
+TABLES = WEBHOOK_TABLES  # schema.py declares them
 
 CLOUDEVENTS = "cloudevents"  # CloudEvents 1.0 structured mode: one event per POST, application/cloudevents+json
 COMPAT = "compat"  # the classic Distribution notification envelope {"events": [...]}
@@ -150,10 +151,7 @@ class Webhooks:
         self._store = store
         self._outbox = outbox or Outbox(store)
         schema.declare(store.index)
-        self._endpoints: Table = store.index.table("webhooks")
-        self._state: Table = store.index.table("webhook_state")
-        self._leases: Table = store.index.table("webhook_leases")
-        self._dead: Table = store.index.table("webhook_dead")
+        self._endpoints, self._state, self._leases, self._dead = (store.index.table(name) for name in TABLES)
 
     # -- configuration --------------------------------------------------------------------------------------------
     def add(self, name: str, url: str, *, authorization: str | None = None, secret: str | None = None,

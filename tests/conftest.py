@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,14 +27,29 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+StoreFactory = Callable[..., BlobStore]
+
+
+@pytest.fixture(scope="session")
+def store_factory() -> StoreFactory:
+    """How the registry_core and in-process HTTP tests make a store: the one place that picks which store they run
+    on (parametrize this fixture to run them over every store). `store_factory(root, config=..., clock=...)`: `root`
+    is where a store on disk keeps its files (a store without files ignores it). Session-scoped, so that property
+    tests can make a fresh store per example."""
+    def open_store(root: str | Path, *, config: StoreConfig | None = None,
+                   clock: Callable[[], float] = time.time) -> BlobStore:
+        return BlobStore.on_disk(root, config=config, clock=clock)
+    return open_store
+
+
 @pytest.fixture
-def make_store(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., BlobStore]]:
+def make_store(tmp_path: Path, clock: FakeClock, store_factory: StoreFactory) -> Iterator[Callable[..., BlobStore]]:
     """Open (or reopen) the store in tmp_path/data with a fake clock; everything opened is closed afterwards."""
     opened: list[BlobStore] = []
 
     def make(**config: float) -> BlobStore:
         settings = {"grace": 100.0, "lease": 30.0, "upload_ttl": 500.0} | config
-        store = BlobStore.on_disk(tmp_path / "data", config=StoreConfig(**settings), clock=clock)
+        store = store_factory(tmp_path / "data", config=StoreConfig(**settings), clock=clock)
         opened.append(store)
         return store
 

@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import os
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -40,14 +39,15 @@ from starlette.routing import Route
 from adapters.logs import configure as configure_logs
 from adapters.settings import Settings
 from cas import BlobInfo, BlobReader, BlobStore, Digest, InvalidRange, OffsetMismatch, UploadStatus
+from registry_core.access import Access
 from registry_core.errors import ManifestTooLarge
 from registry_core.events import cloudevent
 from registry_core.manifests import OCI_INDEX
-from registry_core.names import RepositoryName
+from registry_core.names import InvalidName, RepositoryName, parse_reference
 from registry_core.policy import load_policy
 from registry_core.referrers import referrers_index
-from registry_core.registry import Registry, RegistryConfig
-from registry_core.tokens import LEEWAY, TOKEN_LIFETIME
+from registry_core.registry import Registry, RegistryConfig, read_reference
+from registry_core.tokens import TOKEN_LIFETIME
 
 from ..delivery import deliver_events
 from ..exposure import EXPOSE_ENV, PUBLIC_ENV
@@ -78,7 +78,8 @@ READ_CHUNK = 1 << 20  # PERF-NOTES: 1 MiB reads serve 4-6x faster than Starlette
 EVENTS_PAGE = 100  # events per feed page when the client gives no `n`
 EVENTS_PAGE_MAX = 1000  # the most one feed page holds (a larger n is cut to it, as the catalog does)
 
-Handler = Callable[["RegistryApi", Request, str, str, Caller], Awaitable[Response]]
+Handler = Callable[["RegistryApi", Request, RepositoryName, str, Caller], Awaitable[Response]]
+REGISTRY_WIDE = RepositoryName("", None)  # the `repo` of the registry-wide endpoints (catalog, events): none
 
 
 class _BlobFile(FileResponse):
@@ -112,7 +113,7 @@ def _range_header(status: UploadStatus) -> str:
     return f"0-{max(status.offset - 1, 0)}"
 
 
-def _upload_headers(name: str, status: UploadStatus) -> dict[str, str]:
+def _upload_headers(name: RepositoryName, status: UploadStatus) -> dict[str, str]:
     return {"Location": f"/v2/{name}/blobs/uploads/{status.id}", "Range": _range_header(status),
             "Docker-Upload-UUID": status.id}
 
@@ -140,13 +141,14 @@ class RegistryApi:
         except FileNotFoundError:  # moved aside by a collector that a publish overruled: open_blob reads that copy
             return None
 
-    def _locate_blob(self, name: str, digest: Digest,
+    def _locate_blob(self, name: RepositoryName, digest: Digest,
                      whole: bool) -> tuple[BlobInfo, tuple[Path, os.stat_result] | None]:
-        """One stat of the blob (one index read) and, for a GET of the whole blob, its local file."""
+        """One stat of the blob (one index read) and, for a GET of the whole blob, its local file: the BlobInfo
+        found here is what the file or the reader is opened from."""
         info = self.registry.stat_blob(name, digest)
         return info, (self._blob_file(info) if whole else None)
 
-    async def get_blob(self, request: Request, name: str, reference: str, caller: Caller) -> Response:
+    async def get_blob(self, request: Request, name: RepositoryName, reference: str, caller: Caller) -> Response:
         digest = Digest.parse(reference)
         wanted = request.headers.get("range")
         info, file = await anyio.to_thread.run_sync(
@@ -165,26 +167,26 @@ class RegistryApi:
         if span is None and file is not None:
             return _BlobFile(file[0], headers=headers, media_type="application/octet-stream", stat_result=file[1])
         offset, length = span if span is not None else (0, info.size)
-        reader = await anyio.to_thread.run_sync(self.registry.open_blob, name, digest, offset, length)
+        reader = await anyio.to_thread.run_sync(self.registry.open_blob, info, offset, length)
         status = 206 if span is not None else 200
         if span is not None:
             headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{info.size}"
         headers["Content-Length"] = str(length)
         return StreamingResponse(_read(reader), status, headers, "application/octet-stream")
 
-    async def delete_blob(self, request: Request, name: str, reference: str, caller: Caller) -> Response:
+    async def delete_blob(self, request: Request, name: RepositoryName, reference: str, caller: Caller) -> Response:
         await anyio.to_thread.run_sync(self.registry.delete_blob, name, Digest.parse(reference))
         return _response(202)
 
     # -- uploads --------------------------------------------------------------------------------------------------
-    async def start_upload(self, request: Request, name: str, argument: str, caller: Caller) -> Response:
+    async def start_upload(self, request: Request, name: RepositoryName, argument: str, caller: Caller) -> Response:
         query = request.query_params
         mount = query.get("mount")
         if mount is not None:
             digest = Digest.parse(mount)
-            source = query.get("from")
+            source = _mount_source(query.get("from"))
             info = None
-            if source and self.auth.may(caller, source, "pull"):  # no pull on `from`: an ordinary upload
+            if source is not None and self.auth.may(caller, source, "pull"):  # no pull on `from`: an upload
                 info = await anyio.to_thread.run_sync(partial(self.registry.mount_blob, name, digest, source,
                                                               actor=caller.subject))
             if info is not None:
@@ -202,16 +204,19 @@ class RegistryApi:
         count_safely(UPLOADS_STARTED.inc)
         return _response(202, headers=_upload_headers(name, status) | {"OCI-Chunk-Min-Length": CHUNK_MIN})
 
-    async def upload_status(self, request: Request, name: str, session_id: str, caller: Caller) -> Response:
+    async def upload_status(self, request: Request, name: RepositoryName, session_id: str,
+                            caller: Caller) -> Response:
         status = await anyio.to_thread.run_sync(self.registry.upload_status, name, session_id, caller.subject)
         return _response(204, headers=_upload_headers(name, status))
 
-    async def patch_upload(self, request: Request, name: str, session_id: str, caller: Caller) -> Response:
+    async def patch_upload(self, request: Request, name: RepositoryName, session_id: str,
+                           caller: Caller) -> Response:
         offset, length = wire.content_range(request)
         try:
             status = await stream_body(
                 request, lambda chunks: self.registry.append_upload(name, session_id, chunks, offset, length,
-                                                                    caller.subject), caller.subject)
+                                                                    caller.subject, token_expires=caller.expires),
+                caller.subject)
         except OffsetMismatch as exc:
             # spec: 416 for a chunk out of order; the headers tell the client where the session really is.
             current = await anyio.to_thread.run_sync(self.registry.upload_status, name, session_id, caller.subject)
@@ -219,26 +224,30 @@ class RegistryApi:
                 _upload_headers(name, current)) from None
         return _response(202, headers=_upload_headers(name, status))
 
-    async def finish_upload(self, request: Request, name: str, session_id: str, caller: Caller) -> Response:
+    async def finish_upload(self, request: Request, name: RepositoryName, session_id: str,
+                            caller: Caller) -> Response:
         digest = wire.query_digest(request, "digest")
         offset, length = wire.content_range(request)
         with _upload_outcome():
             info = await stream_body(
                 request, lambda chunks: self.registry.finish_upload(name, session_id, digest, chunks, offset, length,
-                                                                    caller.subject), caller.subject)
+                                                                    caller.subject, token_expires=caller.expires),
+                caller.subject)
         return _created(f"/v2/{name}/blobs/{info.digest}", info.digest)
 
-    async def cancel_upload(self, request: Request, name: str, session_id: str, caller: Caller) -> Response:
+    async def cancel_upload(self, request: Request, name: RepositoryName, session_id: str,
+                            caller: Caller) -> Response:
         await anyio.to_thread.run_sync(self.registry.cancel_upload, name, session_id, caller.subject)
         count_safely(UPLOADS_FAILED.labels("cancelled").inc)
         return _response(204)
 
     # -- manifests ------------------------------------------------------------------------------------------------
-    async def get_manifest(self, request: Request, name: str, reference: str, caller: Caller) -> Response:
+    async def get_manifest(self, request: Request, name: RepositoryName, reference: str, caller: Caller) -> Response:
         # In a thread: a manifest kept in a blob file is read from disk (the fast path answers the inline ones).
         # A GET (not a HEAD) is a pull: with RegistryConfig.pull_events it writes its event, in this thread.
         found = await anyio.to_thread.run_sync(partial(
-            self.registry.get_manifest, name, reference, wire.accept(request), actor=caller.subject,
+            self.registry.get_manifest, name, read_reference(name, reference), wire.accept(request),
+            actor=caller.subject,
             pull=request.method == "GET"))
         headers = {"Docker-Content-Digest": str(found.digest), "ETag": f'"{found.digest}"',
                    API_VERSION[0]: API_VERSION[1]}
@@ -246,36 +255,39 @@ class RegistryApi:
             return Response(b"", 200, headers | {"Content-Length": str(len(found.body))}, found.media_type)
         return Response(found.body, 200, headers, found.media_type)
 
-    async def put_manifest(self, request: Request, name: str, reference: str, caller: Caller) -> Response:
+    async def put_manifest(self, request: Request, name: RepositoryName, reference: str, caller: Caller) -> Response:
         limit = self.registry.config.max_manifest
         try:
             body = await read_body(request, limit)
         except BodyTooLarge:
             raise ManifestTooLarge(int(request.headers.get("content-length") or limit + 1), limit) from None
+        ref = parse_reference(reference)
         result = await anyio.to_thread.run_sync(
-            self.registry.put_manifest, name, reference, body, request.headers.get("content-type"), caller.subject)
+            self.registry.put_manifest, name, ref, body, request.headers.get("content-type"), caller.subject)
         count_safely(MANIFESTS_WRITTEN.inc)
-        if ":" not in reference:  # a tag (a digest always has its algorithm before a colon)
+        if isinstance(ref, str):  # a tag
             count_safely(TAGS_WRITTEN.inc)
         headers = {"Location": f"/v2/{name}/manifests/{result.digest}", "Docker-Content-Digest": str(result.digest)}
         if result.subject is not None:
             headers["OCI-Subject"] = str(result.subject)
         return _response(201, headers=headers)
 
-    async def delete_manifest(self, request: Request, name: str, reference: str, caller: Caller) -> Response:
-        await anyio.to_thread.run_sync(self.registry.delete_manifest, name, reference, caller.subject)
+    async def delete_manifest(self, request: Request, name: RepositoryName, reference: str,
+                              caller: Caller) -> Response:
+        await anyio.to_thread.run_sync(self.registry.delete_manifest, name, parse_reference(reference),
+                                       caller.subject)
         return _response(202)
 
     # -- listings -------------------------------------------------------------------------------------------------
-    async def list_tags(self, request: Request, name: str, _: str, caller: Caller) -> Response:
+    async def list_tags(self, request: Request, name: RepositoryName, _: str, caller: Caller) -> Response:
         n, last = wire.page_size(request), request.query_params.get("last")
         tags, more = self.registry.list_tags(name, n, last)
         headers = {}
         if more and tags:
             headers["Link"] = f'</v2/{name}/tags/list?n={n}&last={quote(tags[-1])}>; rel="next"'
-        return _response(200, _json({"name": name, "tags": tags}), "application/json", headers)
+        return _response(200, _json({"name": name.text, "tags": tags}), "application/json", headers)
 
-    async def catalog(self, request: Request, _: str, __: str, caller: Caller) -> Response:
+    async def catalog(self, request: Request, _: RepositoryName, __: str, caller: Caller) -> Response:
         n, last = wire.page_size(request), request.query_params.get("last")
         names, after = await anyio.to_thread.run_sync(self.registry.catalog, n, last, self.auth.visible(caller))
         headers = {}
@@ -284,7 +296,7 @@ class RegistryApi:
             headers["Link"] = f'</v2/_catalog?{page}last={quote(after)}>; rel="next"'
         return _response(200, _json({"repositories": names}), "application/json", headers)
 
-    async def events(self, request: Request, _: str, __: str, caller: Caller) -> Response:
+    async def events(self, request: Request, _: RepositoryName, __: str, caller: Caller) -> Response:
         """Berth's event feed: CloudEvents after a seq, oldest first, only those the caller may see (Auth.visible,
         as the catalog; project-level events: Auth.may_view_project). A page looks at no more than n + FEED_SCAN
         events; `last` is the seq to ask after next (also when every event looked at was hidden)."""
@@ -302,11 +314,21 @@ class RegistryApi:
         body = {"events": [cloudevent(event, source) for event in found], "last": last}
         return _response(200, _json(body), "application/json", headers)
 
-    async def referrers(self, request: Request, name: str, reference: str, caller: Caller) -> Response:
+    async def referrers(self, request: Request, name: RepositoryName, reference: str, caller: Caller) -> Response:
         artifact_type = request.query_params.get("artifactType")
         found = self.registry.list_referrers(name, Digest.parse(reference), artifact_type)
         headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type else {}
         return _response(200, referrers_index(found), OCI_INDEX, headers)
+
+
+def _mount_source(text: str | None) -> RepositoryName | None:
+    """A mount's `from`; None when absent or no valid name (it mounts nothing: the upload falls back)."""
+    if not text:
+        return None
+    try:
+        return RepositoryName.parse(text)
+    except InvalidName:
+        return None
 
 
 @contextlib.contextmanager
@@ -405,13 +427,9 @@ def challenge_scope(kind: str, method: str, name: str, mount_from: str | None = 
     action = ACTIONS[(kind, method)]
     # Clients ask for what a challenge names; "view" is ours alone, so ask for pull (which admits view).
     scope = f"repository:{name}:{ {'push': 'pull,push', 'view': 'pull'}.get(action, action) }"
-    if mount_from:
-        try:
-            source = str(RepositoryName.parse(mount_from))
-        except ValueError:
-            return scope  # an invalid `from` mounts nothing: the upload falls back, no scope to ask for
-        if source != name:
-            scope += f" repository:{source}:pull"
+    source = _mount_source(mount_from)  # None: an invalid `from` mounts nothing, no scope to ask for
+    if source is not None and source.text != name:
+        scope += f" repository:{source}:pull"
     return scope
 
 
@@ -437,8 +455,8 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
             else:
                 reg = registry()
                 opened_here.append(reg)
-            holder["api"] = RegistryApi(reg, Auth(reg, load_policy(policy, reg), service, public_url,
-                                                  forwarded_header, token_lifetime))
+            access = Access(reg, load_policy(policy, reg), service, token_lifetime)
+            holder["api"] = RegistryApi(reg, Auth(access, public_url, forwarded_header))
         return holder["api"]
 
     @contextlib.asynccontextmanager
@@ -477,11 +495,12 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
                 if kind:
                     raise errors.ProtocolError(405, "UNSUPPORTED", f"{request.method} is not supported here")
                 raise errors.ProtocolError(404, "NOT_FOUND", f"no endpoint at {request.url.path}")
-            # An upload session may outlive the token that opened it: its owner may go on with an expired one.
-            grace = current.registry.store.config.upload_ttl if kind == "upload" and method in ("PATCH", "PUT") else 0
+            # An upload session may outlive the token that opened it: an expired token is looked at, and the session
+            # decides (Registry._session_rule, under its lock) whether it is its owner's and still in grace.
+            grace = current.registry.upload_token_grace if kind == "upload" and method in ("PATCH", "PUT") else 0
             registry_wide = kind in ("catalog", "events")  # filtered by what the caller may view, not required
-            if not registry_wide:
-                name = str(RepositoryName.parse(name))
+            repo = REGISTRY_WIDE if registry_wide else RepositoryName.parse(name)
+            name = repo.text
             try:
                 caller = current.auth.caller(request, grace)
             except Unauthorized as exc:  # say what the request needs, so the client asks for it
@@ -489,14 +508,10 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
                                             if "mount" in request.query_params else None)
                 raise
             note(request.scope, "account", caller.subject)
-            if grace and caller.claims is not None and time.time() > caller.claims.expires + LEEWAY and \
-                    not current.registry.upload_grace(name, argument, caller.subject):
-                raise Unauthorized("the access token has expired, and the grace its owner has for an upload covers "
-                                   "only the owner's own session while it makes progress", None, "invalid_token")
             if not registry_wide:
-                current.auth.require(caller, name, ACTIONS[(kind, method)])
-            return await handler(current, request, name, argument, caller)
-        except Unauthorized as exc:
+                current.auth.require(caller, repo, ACTIONS[(kind, method)])
+            return await handler(current, request, repo, argument, caller)
+        except Unauthorized as exc:  # also an expired token an upload session does not accept (TokenExpired)
             note(request.scope, "refusal", str(exc))
             return current.auth.challenge(request, exc)
         except ClientDisconnect:

@@ -10,6 +10,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from registry_core.names import RepositoryName
+from registry_core.registry import read_reference
 
 from . import headers as wire
 from .accesslog import AccessLog
@@ -76,10 +77,11 @@ class ManifestFastPath:
         if api.registry.config.pull_events and scope["method"] == "GET":
             return None  # a pull writes its event: in the full app's worker thread, not on the event loop
         try:
-            repo = str(RepositoryName.parse(name[4:]))
+            repo = RepositoryName.parse(name[4:])
             caller = api.auth.caller_from(authorization)
             api.auth.require(caller, repo, "pull")
-            found = api.registry.get_manifest(repo, reference, wire.media_types(accept), read_files=False)
+            found = api.registry.get_manifest(repo, read_reference(repo, reference), wire.media_types(accept),
+                                              read_files=False)
         except Exception:  # the full app answers it, with the right error
             return None
         digest = str(found.digest).encode()

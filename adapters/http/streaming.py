@@ -8,12 +8,12 @@ rest of the body is not read, and the answer closes the connection (CloseAfterUn
 ends early (the client hangs up, or breaks the rule below), the worker's iterator raises, so cas cuts the partial
 chunk off again and nothing of it becomes visible.
 
-The rule (`BodyLimits`, after Apache mod_reqtimeout's default `body=20,MinRate=500` and nginx's
-`client_body_timeout 60s`): a body gets `grace` seconds to get going, extended by 1 s per `min_rate` bytes received,
-and never more than `idle` seconds between two reads. Only the time the server spends waiting for the network counts:
-while the worker is behind (the queue full, or no thread free yet) the client is not charged for it. A body breaking
-the rule is cut off: 408 with an OCI error saying so (BLOB_UPLOAD_INVALID for uploads; MANIFEST_INVALID for a
-manifest, as Distribution answers a manifest body it could not read), and the connection closes.
+The rule and the per-client cap are registry_core's decisions (registry_core/bodies.py: BodyLimits, BodyPace,
+ClientBodies): this module measures the time each receive waits for the network (only that time counts: while the
+worker is behind, the queue full or no thread free yet, the client is not charged for it), asks BodyPace how long the
+next may wait, and answers a body that broke the rule 408 with BodyPace's reason and an OCI error (BLOB_UPLOAD_INVALID
+for uploads; MANIFEST_INVALID for a manifest, as Distribution answers a manifest body it could not read), closing the
+connection.
 
 Waiting for the network holds no thread. The timing runs on the event loop: one timer per body cancels a receive
 that waits past the rule (`_Stopwatch`). The worker thread starts only when the queue is full (QUEUE_CHUNKS chunks
@@ -24,8 +24,7 @@ at most `idle` seconds (less when its credit under the minimum rate runs out fir
 
 Threads and clients. The workers take their threads under their own limiter (`threads` per process), never anyio's
 default one (40 threads) that short operations use (a blob stat or open, a manifest PUT): uploads cannot starve them.
-One client (the caller's subject, or its address when anonymous) may have `per_client` bodies streaming at once per
-process; more answer 429 TOOMANYREQUESTS with Retry-After, before any of their body is read.
+A client over ClientBodies' cap is answered 429 TOOMANYREQUESTS with Retry-After, before any of its body is read.
 
 Every limit can be overridden from the environment when the server starts (BERTH_BODY_GRACE, BERTH_BODY_MIN_RATE,
 BERTH_BODY_IDLE in seconds and bytes/s, BERTH_BODY_THREADS, BERTH_BODY_PER_CLIENT): tests use short ones.
@@ -38,13 +37,14 @@ import contextlib
 import logging
 import os
 import queue
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, MutableMapping
-from dataclasses import dataclass, fields
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, MutableMapping
 from typing import Any, Generic, TypeVar
 
 import anyio.to_thread
 from anyio import CapacityLimiter
 from starlette.requests import ClientDisconnect, Request
+
+from registry_core.bodies import BodyLimits, BodyPace, ClientBodies, TooManyBodies
 
 from . import errors
 
@@ -52,47 +52,8 @@ log = logging.getLogger("berth.http")
 
 T = TypeVar("T")
 QUEUE_CHUNKS = 16  # PERF-NOTES: ~16 chunks in flight kept the hashing thread busy without growing memory
-RETRY_AFTER = 5  # seconds a client over its cap is asked to wait: a layer upload on a good link ends within that
 _END = object()
 _WAKE = object()  # wakes a worker waiting for a chunk so that it sees the body was aborted
-
-
-@dataclass(frozen=True, slots=True)
-class BodyLimits:
-    # Apache mod_reqtimeout's default `body=20,MinRate=500` (httpd 2.4.39+): 20 s to get going, then 1 s more per
-    # 500 bytes received (a client must keep up 500 bytes/s on average).
-    grace: float = 20.0
-    min_rate: float = 500.0
-    # nginx's client_body_timeout (and Apache's Timeout): 60 s between two successive reads of the body.
-    idle: float = 60.0
-    # Threads hashing and writing bodies, per process: beside anyio's default limiter of 40 (stat, open, manifest
-    # PUT), so that bodies never take those. Two cores keep ~2 threads busy; the rest absorb disk and network waits.
-    threads: int = 32
-    # Bodies one client may stream at once, per process: above the parallel layer uploads of the usual clients
-    # (docker's max-concurrent-uploads is 5, containers/image copies 6 layers at a time).
-    per_client: int = 8
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> BodyLimits:
-        values: dict[str, float | int] = {}
-        for field in fields(cls):
-            key = f"BERTH_BODY_{field.name.upper()}"
-            text = env.get(key)
-            if text is None:
-                continue
-            kind = int if field.type in (int, "int") else float
-            try:
-                value = kind(text)
-            except ValueError:
-                value = 0
-            if not value > 0:
-                raise ValueError(f"{key} must be a positive {kind.__name__}, got {text!r}")
-            values[field.name] = value
-        return cls(**values)  # type: ignore[arg-type]
-
-    def describe(self) -> str:
-        return (f"a request body must start within {self.grace:g} s, then arrive at {self.min_rate:g} bytes/s on "
-                f"average, with at most {self.idle:g} s between reads")
 
 
 LIMITS = BodyLimits.from_env(os.environ)  # read when the app is imported, in the server process
@@ -108,37 +69,7 @@ class BodyStalled(errors.ProtocolError):
     """The body broke the minimum-rate rule. The connection is closed: the rest of the body would follow."""
 
     def __init__(self, code: str, pace: BodyPace, idle: bool) -> None:
-        what = (f"nothing arrived for {pace.limits.idle:g} s after {pace.received} bytes" if idle
-                else f"{pace.received} bytes in {pace.waited:.1f} s")
-        super().__init__(408, code, f"the request body stalled ({what}); {pace.limits.describe()}",
-                         headers={"Connection": "close"})
-
-
-class TooManyBodies(errors.ProtocolError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(429, "TOOMANYREQUESTS", f"this client already has {limit} request bodies streaming, the "
-                                                 "most allowed at once; retry when one has ended",
-                         headers={"Retry-After": str(RETRY_AFTER), "Connection": "close"})
-
-
-class BodyPace:
-    """The rule's account of one body: how long the next receive may wait."""
-
-    __slots__ = ("limits", "received", "waited")
-
-    def __init__(self, limits: BodyLimits) -> None:
-        self.limits = limits
-        self.received = 0  # bytes so far
-        self.waited = 0.0  # seconds spent waiting for them
-
-    def allowance(self) -> float:
-        """Seconds the next receive may wait; <= 0 when the body is already behind the rule."""
-        limits = self.limits
-        return min(limits.idle, limits.grace + self.received / limits.min_rate - self.waited)
-
-    def record(self, waited: float, received: int) -> None:
-        self.waited += waited
-        self.received += received
+        super().__init__(408, code, pace.stalled(idle), headers={"Connection": "close"})
 
 
 class _Stopwatch:
@@ -222,28 +153,6 @@ async def _chunks(request: Request, limits: BodyLimits, code: str) -> AsyncGener
                 return
     finally:
         watch.stop()
-
-
-class ClientBodies:
-    """How many bodies each client is streaming in this process; `admit` refuses one over the cap."""
-
-    def __init__(self) -> None:
-        self._open: dict[tuple[str, str], int] = {}
-
-    @contextlib.contextmanager
-    def admit(self, client: tuple[str, str], limit: int) -> Iterator[None]:
-        count = self._open.get(client, 0)
-        if count >= limit:
-            raise TooManyBodies(limit)
-        self._open[client] = count + 1
-        try:
-            yield
-        finally:
-            left = self._open[client] - 1
-            if left:
-                self._open[client] = left
-            else:
-                del self._open[client]
 
 
 _streaming = ClientBodies()
@@ -337,7 +246,12 @@ async def stream_body(request: Request, consume: Callable[[Iterator[bytes]], T],
     `subject` is the caller's (None when anonymous: the client's address counts instead) for the per-client cap."""
     limits = limits or LIMITS
     client = ("subject", subject) if subject else ("address", request.client.host if request.client else "")
-    with _streaming.admit(client, limits.per_client):
+    try:
+        _streaming.admit(client, limits.per_client)  # ClientBodies decides; only its refusal is answered here
+    except TooManyBodies as exc:  # 429, the body unread: the connection closes
+        raise errors.ProtocolError(429, "TOOMANYREQUESTS", str(exc), headers={
+            "Retry-After": str(exc.retry_after), "Connection": "close"}) from None
+    try:
         handoff = _Handoff(consume, _body_threads(limits))
         try:
             async with contextlib.aclosing(_chunks(request, limits, code)) as chunks:
@@ -349,6 +263,8 @@ async def stream_body(request: Request, consume: Callable[[Iterator[bytes]], T],
             await handoff.abandon(ConnectionAbortedError(f"the request body ended early: {exc!r}"))
             raise
         return await handoff.result()
+    finally:
+        _streaming.release(client)
 
 
 DRAIN_MAX = 64 << 20  # an oversized body up to this size is read and dropped, so the client gets to read the 413

@@ -12,11 +12,14 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from adapters.http.auth import CACHE_BYTES, FORM_MAX, SCOPES_MAX, TOKEN_MAX
+from adapters.http.auth import CACHE_BYTES, FORM_MAX, TOKEN_MAX
+from registry_core.access import SCOPES_MAX
 from registry_core.accounts import Accounts
+from registry_core.keys import signing_key
 from registry_core.projects import Projects
 from registry_core.registry import Registry
 from registry_core.tokens import Claims, Scope, TokenService
+from tests.registry_core.values import name_of
 from tests.serving import Server, sha, start_server
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -120,7 +123,7 @@ def test_token_endpoint_grants_the_intersection(setup: Setup) -> None:
         "service": "berth", "scope": [f"repository:{repo}:pull,push", "repository:localhost:5000/syn1/x:pull"]})
     answer = r.json()
     assert answer["token"] == answer["access_token"] and answer["expires_in"] == 300 and "issued_at" in answer
-    service = TokenService(setup.server.data, "berth")
+    service = TokenService(signing_key(setup.registry.store), "berth")
     claims = service.verify(answer["token"], time.time())
     assert claims.subject == "dave" and claims.access == (
         Scope("repository", repo, frozenset({"pull", "view"})),  # partial (no push), not an error
@@ -220,7 +223,7 @@ def test_trash_answers_as_denied_at_once_and_purge_drops_it(setup: Setup) -> Non
         projects.restore(repo)
         assert alice.get(f"/v2/{repo}/manifests/v1").status_code == 200
         projects.trash(repo)
-        assert setup.registry.purge_repository(repo) == 1
+        assert setup.registry.purge_repository(name_of(repo)) == 1
         projects.forget(repo)
     with setup.client("alice", scope) as alice:
         assert alice.get(f"/v2/{repo}/manifests/v1").status_code == 404  # purged: the name is free again
@@ -271,7 +274,7 @@ def test_upload_sessions_belong_to_their_owner(setup: Setup) -> None:
         assert r.status_code == 404 and r.json()["errors"][0]["code"] == "BLOB_UPLOAD_UNKNOWN"
         assert erin.put(location, params={"digest": sha(data)}).status_code == 404
     # alice's token expires during a long push: she may still finish it; the same token opens nothing new
-    service = TokenService(setup.server.data, "berth")
+    service = TokenService(signing_key(setup.registry.store), "berth")
     identity = Accounts(setup.registry.store).authenticate(setup.secrets["alice"])
     assert identity is not None
     old, _ = service.issue("alice", [Scope("repository", repo, frozenset({"pull", "push"}))], identity.token_id,

@@ -21,6 +21,7 @@ import pytest
 from cas import BlobStore, Digest
 from registry_core.accounts import Accounts
 from registry_core.registry import Registry
+from tests.registry_core.values import name_of
 from tests.serving import ROOT, start_server
 
 Run = subprocess.CompletedProcess[str]
@@ -160,7 +161,7 @@ def test_projects_grants_and_the_trash(home: Path) -> None:
     assert re.fullmatch(r"syn\d+", project) and f"created project demo ({project}) owned by ann" in run.stderr
     repo = f"{project}/app"
     with Registry.open(home / "data") as registry:
-        registry.ingest_blob(repo, b"{}", Digest.of(b"{}"))  # a push made the repository
+        registry.ingest_blob(name_of(repo), b"{}", Digest.of(b"{}"))  # a push made the repository
 
     assert "bob has edit on" in admin(home, "grant", project, "bob", "edit").stderr
     admin(home, "grant", project, "public", "view")

@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adapters.cli import build_parser
-from adapters.http.streaming import BodyLimits
 from adapters.settings import TABLES, Settings, SettingsError, declarations, render
 from cas.store import StoreConfig
+from registry_core.bodies import BodyLimits
 from registry_core.manifests import DEFAULT_MAX_MANIFEST
 from registry_core.tokens import TOKEN_LIFETIME
 from tests.serving import ROOT

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -7,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cas import Digest, InvalidDigest, UnsupportedDigest, new_hasher
+from cas import digest as digest_module
 
 
 @pytest.mark.parametrize("algorithm,length", [("sha256", 64), ("sha512", 128), ("blake3", 64)])
@@ -40,16 +42,44 @@ def test_unsupported_is_distinct_but_still_a_value_error() -> None:
         new_hasher("md5")
 
 
-def test_hostile_input_is_rejected_quickly() -> None:
+class Counting:
+    """A compiled pattern recording the length of every text it matches: proof an input reached it (one over the
+    length cap is refused before it, and would time nothing)."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern, self.lengths = pattern, list[int]()
+
+    def fullmatch(self, text: str) -> re.Match[str] | None:
+        self.lengths.append(len(text))
+        return self.pattern.fullmatch(text)
+
+
+# Just under the 135-character cap (7 + 128), built to make a backtracking engine work hardest: long runs of the
+# algorithm's separators ([+._-]) with the bad character last, or a long encoded part that is not quite right.
+HOSTILE_DIGESTS = ["a" * 134 + ":", "a-" * 66 + "a!!", "a+" * 66 + "a:!", "sha256:" + "a" * 127 + "!",
+                   "a." * 67 + "a", "a" + "_" * 132 + ":a", "sha512:" + "a" * 127 + "G"]
+
+
+def test_hostile_input_reaches_the_grammar_and_is_rejected_quickly(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert all(len(text) == 7 + 128 for text in HOSTILE_DIGESTS)
+    counting = Counting(digest_module._GRAMMAR)
+    monkeypatch.setattr(digest_module, "_GRAMMAR", counting)
+    for text in HOSTILE_DIGESTS:
+        counting.lengths.clear()
+        with pytest.raises(InvalidDigest):
+            Digest.parse(text)
+        assert counting.lengths == [len(text)], text  # the whole input went through the grammar
     started = time.perf_counter()
-    # inputs just under the 135-character cap reach the grammar; the long ones are refused before it
-    near = ["a" * 133 + ":", "a-" * 66 + "!", "a+" * 66 + ":!", "sha256:" + "a" * 127 + "!", "a." * 67]
-    assert all(len(text) <= 7 + 128 for text in near)
     for _ in range(500):
-        for text in near + ["a" * 100_000 + ":", "sha256:" + "a" * 1_000_000]:
+        for text in HOSTILE_DIGESTS:
             with pytest.raises(InvalidDigest):
                 Digest.parse(text)
-    assert time.perf_counter() - started < 1.0
+    assert time.perf_counter() - started < 1.0  # 3 500 parses near the cap; linear matching takes ~0.02 s
+    counting.lengths.clear()
+    for text in ["a" * 100_000 + ":", "sha256:" + "a" * 1_000_000]:  # over the cap: refused before the grammar
+        with pytest.raises(InvalidDigest):
+            Digest.parse(text)
+    assert counting.lengths == []
 
 
 @given(st.text(max_size=200))

@@ -7,20 +7,22 @@ import tempfile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cas import BlobStore, WriteTransaction
+from cas import WriteTransaction
+from registry_core.names import RepositoryName
 from registry_core.registry import CATALOG_SCAN, Registry
+from tests.conftest import StoreFactory
 
 
 def _create(registry: Registry, names: list[str]) -> None:
     def work(txn: WriteTransaction) -> None:
         for name in names:
-            registry._ensure_repo(txn, name)
+            registry._ensure_repo(txn, RepositoryName.parse(name))
 
     registry.store.index.transact(work)
 
 
-def test_work_per_page_is_bounded_by_the_page() -> None:
-    with tempfile.TemporaryDirectory() as root, Registry(BlobStore.on_disk(root)) as registry:
+def test_work_per_page_is_bounded_by_the_page(store_factory: StoreFactory) -> None:
+    with tempfile.TemporaryDirectory() as root, Registry(store_factory(root)) as registry:
         _create(registry, [f"syn1/r{i:05d}" for i in range(50_000)])
         asked: list[str] = []
 
@@ -38,13 +40,14 @@ def test_work_per_page_is_bounded_by_the_page() -> None:
 @settings(max_examples=40, deadline=None)
 @given(st.sets(st.from_regex(r"[a-c]{1,3}(/[a-c]{1,2})?", fullmatch=True), max_size=60),
        st.integers(1, 7), st.sampled_from([0, 1, 2, 3]))
-def test_following_the_markers_lists_exactly_the_visible_names(repos: set[str], n: int, modulus: int) -> None:
+def test_following_the_markers_lists_exactly_the_visible_names(store_factory: StoreFactory, repos: set[str], n: int,
+                                                               modulus: int) -> None:
     """Model: the sorted names the caller may see. Pages of at most n, following each marker, list exactly those,
     once each, in order, whatever share of the registry is hidden."""
     def visible(name: str) -> bool:
         return modulus == 0 or len(name) % modulus == 0
 
-    with tempfile.TemporaryDirectory() as root, Registry(BlobStore.on_disk(root)) as registry:
+    with tempfile.TemporaryDirectory() as root, Registry(store_factory(root)) as registry:
         _create(registry, sorted(repos))
         listed: list[str] = []
         after: str | None = None

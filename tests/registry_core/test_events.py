@@ -19,9 +19,10 @@ from registry_core.accounts import Accounts
 from registry_core.errors import ManifestBlobUnknown, ManifestUnknown
 from registry_core.events import COMPAT_MEDIA_TYPE, EVENT_TYPES, Event, cloudevent, compat_envelope
 from registry_core.manifests import OCI_INDEX, OCI_MANIFEST
-from registry_core.projects import Projects
-from registry_core.registry import Registry, RegistryConfig
+from registry_core.projects import ProjectError, Projects
+from registry_core.registry import Purged, Registry, RegistryConfig
 from tests.conftest import FakeClock
+from tests.registry_core.values import digest_of, name_of, ref_of
 
 # CloudEvents 1.0 (cloudevents/spec, cloudevents/spec.md "REQUIRED Attributes"): every event has these.
 CE_REQUIRED = {"id", "source", "specversion", "type"}
@@ -50,7 +51,7 @@ def registry(make_store: Callable[..., BlobStore]) -> Registry:
 
 
 def blob(registry: Registry, repo: str, data: bytes) -> dict[str, Any]:
-    info = registry.ingest_blob(repo, data, Digest.of(data))
+    info = registry.ingest_blob(name_of(repo), data, Digest.of(data))
     return {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": str(info.digest), "size": info.size}
 
 
@@ -71,7 +72,7 @@ def test_a_push_writes_repository_created_manifest_pushed_and_tag_created(regist
     config = blob(registry, "syn1/app", b"{}")
     assert kinds(events(registry)) == ["repository.created"]
     body = image(config)
-    registry.put_manifest("syn1/app", "v1", body, None, actor="alice")
+    registry.put_manifest(name_of("syn1/app"), ref_of("v1"), body, None, actor="alice")
     pushed, tagged = events(registry, 1)
     digest = str(Digest.of(body))
     assert pushed.type == ev.MANIFEST_PUSHED and pushed.actor == "alice"
@@ -85,19 +86,19 @@ def test_a_push_writes_repository_created_manifest_pushed_and_tag_created(regist
 def test_a_tag_moved_carries_the_previous_digest_and_a_delete_untags(registry: Registry) -> None:
     config = blob(registry, "syn1/app", b"{}")
     one, two = image(config, 1), image(config, 2)
-    registry.put_manifest("syn1/app", "v1", one, None)
+    registry.put_manifest(name_of("syn1/app"), ref_of("v1"), one, None)
     start = registry.outbox.last_seq()
-    registry.put_manifest("syn1/app", "v1", one, None)  # the same: a push, no tag event
-    registry.put_manifest("syn1/app", "v1", two, None, actor="bob")
-    registry.delete_manifest("syn1/app", str(Digest.of(two)), actor="carol")
+    registry.put_manifest(name_of("syn1/app"), ref_of("v1"), one, None)  # the same: a push, no tag event
+    registry.put_manifest(name_of("syn1/app"), ref_of("v1"), two, None, actor="bob")
+    registry.delete_manifest(name_of("syn1/app"), Digest.of(two), actor="carol")
     found = events(registry, start)
     assert kinds(found) == ["manifest.pushed", "manifest.pushed", "tag.moved", "tag.deleted", "manifest.deleted"]
     moved = found[2]
     assert moved.data["previousDigest"] == str(Digest.of(one)) and moved.data["digest"] == str(Digest.of(two))
     assert found[3].data == {"repository": "syn1/app", "project": "syn1", "tag": "v1", "digest": str(Digest.of(two))}
     assert found[4].actor == "carol" and found[4].data["mediaType"] == OCI_MANIFEST
-    registry.put_manifest("syn1/app", "v2", one, None)
-    registry.delete_manifest("syn1/app", "v2")
+    registry.put_manifest(name_of("syn1/app"), ref_of("v2"), one, None)
+    registry.delete_manifest(name_of("syn1/app"), ref_of("v2"))
     assert kinds(events(registry, found[-1].seq)) == ["manifest.pushed", "tag.created", "tag.deleted"]
 
 
@@ -106,19 +107,19 @@ def test_a_refused_change_leaves_no_event(registry: Registry) -> None:
     before = events(registry)
     missing = {"mediaType": "application/octet-stream", "digest": str(Digest.of(b"nowhere")), "size": 7}
     with pytest.raises(ManifestBlobUnknown):  # checked on a snapshot, before the write
-        registry.put_manifest("syn1/app", "v1", image(config, layers=[missing]), None)
+        registry.put_manifest(name_of("syn1/app"), ref_of("v1"), image(config, layers=[missing]), None)
     with pytest.raises(ManifestBlobUnknown):
-        registry.put_manifest("syn1/other", "v1", image(config), None)  # not even repository.created
+        registry.put_manifest(name_of("syn1/other"), ref_of("v1"), image(config), None)  # not even repository.created
     with pytest.raises(ManifestUnknown):
-        registry.delete_manifest("syn1/app", "nope")
+        registry.delete_manifest(name_of("syn1/app"), ref_of("nope"))
     assert events(registry) == before
     # The blob vanishes between the snapshot check and the write: the write transaction raises, its events with it.
     body = image(config, 5)
     original = registry._check_children
-    registry._check_children = lambda repo, m: (registry.delete_blob(repo, config["digest"]),  # type: ignore
+    registry._check_children = lambda repo, m: (registry.delete_blob(name_of(repo), digest_of(config["digest"])),  # type: ignore
                                                 original(repo, m))[1]
     with pytest.raises(ManifestBlobUnknown):
-        registry.put_manifest("syn1/app", "v9", body, None)
+        registry.put_manifest(name_of("syn1/app"), ref_of("v9"), body, None)
     assert events(registry) == before
     assert registry.outbox.last_seq() == before[-1].seq  # the rolled-back seq is given again: no gaps
 
@@ -127,13 +128,13 @@ def test_an_index_carries_its_childrens_platforms(registry: Registry) -> None:
     config = blob(registry, "syn1/app", b"{}")
     arm, amd = image(config, 1), image(config, 2)
     for body in (arm, amd):
-        registry.put_manifest("syn1/app", str(Digest.of(body)), body, None)
+        registry.put_manifest(name_of("syn1/app"), Digest.of(body), body, None)
     index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
         {"mediaType": OCI_MANIFEST, "digest": str(Digest.of(arm)), "size": len(arm),
          "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"}},
         {"mediaType": OCI_MANIFEST, "digest": str(Digest.of(amd)), "size": len(amd),
          "platform": {"architecture": "amd64", "os": "linux"}}]}).encode()
-    registry.put_manifest("syn1/app", "multi", index, None)
+    registry.put_manifest(name_of("syn1/app"), ref_of("multi"), index, None)
     pushed = [e for e in events(registry) if e.type == ev.MANIFEST_PUSHED][-1]
     assert pushed.data["mediaType"] == OCI_INDEX and pushed.data["tag"] == "multi"
     assert pushed.data["platforms"] == [
@@ -145,11 +146,11 @@ def test_an_index_carries_its_childrens_platforms(registry: Registry) -> None:
 def test_an_artifact_carries_its_artifact_type(registry: Registry) -> None:
     config = blob(registry, "syn1/app", b"{}")
     subject = image(config)
-    registry.put_manifest("syn1/app", "v1", subject, None)
+    registry.put_manifest(name_of("syn1/app"), ref_of("v1"), subject, None)
     empty = blob(registry, "syn1/app", b"{ }")
     sbom = image(empty, artifactType="application/spdx+json",
                  subject={"mediaType": OCI_MANIFEST, "digest": str(Digest.of(subject)), "size": len(subject)})
-    registry.put_manifest("syn1/app", str(Digest.of(sbom)), sbom, None)
+    registry.put_manifest(name_of("syn1/app"), Digest.of(sbom), sbom, None)
     pushed = events(registry)[-1]
     assert pushed.data["artifactType"] == "application/spdx+json"
     assert pushed.data["subjectDigest"] == str(Digest.of(subject)) and "tag" not in pushed.data
@@ -163,20 +164,23 @@ def test_mount_pull_purge_and_the_project_lifecycle(make_store: Callable[..., Bl
     pid = projects.create("p", "owner").id
     config = blob(registry, f"{pid}/a", b"{}")
     start = registry.outbox.last_seq()
-    assert registry.mount_blob(f"{pid}/b", config["digest"], f"{pid}/a", actor="ann") is not None
+    assert registry.mount_blob(name_of(f"{pid}/b"), digest_of(config["digest"]), name_of(f"{pid}/a"),
+                               actor="ann") is not None
     body = image(config)
-    registry.put_manifest(f"{pid}/b", "v1", body, None)
-    registry.get_manifest(f"{pid}/b", "v1", actor="ann")  # pull=False: a HEAD, or an internal read
-    registry.get_manifest(f"{pid}/b", "v1", actor="ann", pull=True)
+    registry.put_manifest(name_of(f"{pid}/b"), ref_of("v1"), body, None)
+    registry.get_manifest(name_of(f"{pid}/b"), ref_of("v1"), actor="ann")  # pull=False: a HEAD, or an internal read
+    registry.get_manifest(name_of(f"{pid}/b"), ref_of("v1"), actor="ann", pull=True)
     projects.grant(pid, "ann", "view", actor="owner")
     projects.grant(pid, "ann", "view", actor="owner")  # no change, no event
     projects.revoke(pid, "ann", actor="owner")
     projects.trash(f"{pid}/b", actor="owner")
     projects.restore(f"{pid}/b", actor="owner")
+    with pytest.raises(ProjectError, match="not in the trash"):
+        registry.purge(pid, actor="root")
     projects.trash(pid, actor="owner")
-    for repo in registry.repositories(f"{pid}/"):  # as `berth purge` does
-        registry.purge_repository(repo, actor="root")
-    projects.forget(pid, actor="root")
+    with pytest.raises(ProjectError, match="no repository"):
+        registry.purge(f"{pid}/never-pushed", actor="root")
+    assert registry.purge(pid, actor="root") == Purged(pid, 2, 1)  # as `berth purge` does: one call
     found = events(registry, start)
     assert kinds(found) == [
         "repository.created", "blob.mounted", "manifest.pushed", "tag.created", "manifest.pulled",
@@ -195,15 +199,15 @@ def test_mount_pull_purge_and_the_project_lifecycle(make_store: Callable[..., Bl
 
 def test_pulls_write_nothing_by_default(registry: Registry) -> None:
     config = blob(registry, "syn1/app", b"{}")
-    registry.put_manifest("syn1/app", "v1", image(config), None)
+    registry.put_manifest(name_of("syn1/app"), ref_of("v1"), image(config), None)
     before = registry.outbox.last_seq()
-    registry.get_manifest("syn1/app", "v1", pull=True)
+    registry.get_manifest(name_of("syn1/app"), ref_of("v1"), pull=True)
     assert registry.outbox.last_seq() == before
 
 
 def test_cloudevent_has_every_required_attribute(registry: Registry, clock: FakeClock) -> None:
     config = blob(registry, "syn1/app", b"{}")
-    registry.put_manifest("syn1/app", "v1", image(config), None, actor="alice")
+    registry.put_manifest(name_of("syn1/app"), ref_of("v1"), image(config), None, actor="alice")
     for event in events(registry):
         ce = cloudevent(event, "https://registry.example/")
         assert CE_REQUIRED <= ce.keys() <= CE_REQUIRED | CE_OPTIONAL
@@ -220,9 +224,9 @@ def test_cloudevent_has_every_required_attribute(registry: Registry, clock: Fake
 def test_compat_envelope_has_distributions_fields(registry: Registry) -> None:
     config = blob(registry, "syn1/app", b"{}")
     body = image(config)
-    registry.put_manifest("syn1/app", "v1", body, None, actor="alice")
-    registry.mount_blob("syn1/b", config["digest"], "syn1/app")
-    registry.delete_manifest("syn1/app", "v1")
+    registry.put_manifest(name_of("syn1/app"), ref_of("v1"), body, None, actor="alice")
+    registry.mount_blob(name_of("syn1/b"), digest_of(config["digest"]), name_of("syn1/app"))
+    registry.delete_manifest(name_of("syn1/app"), ref_of("v1"))
     envelope = compat_envelope(events(registry), source_addr="host:5000", url_base="https://r.example")
     assert COMPAT_MEDIA_TYPE == "application/vnd.docker.distribution.events.v1+json"
     assert list(envelope) == ["events"]
@@ -271,7 +275,7 @@ def test_events_follow_a_model(registry: Registry, steps: list[Step]) -> None:
     for action, t, m in steps:
         tag, digest = f"t{t}", digests[m]
         if action == "push":
-            registry.put_manifest(repo, tag, bodies[m], None)
+            registry.put_manifest(name_of(repo), ref_of(tag), bodies[m], None)
             stored.add(digest)
             expected.append((ev.MANIFEST_PUSHED, {"digest": digest, "tag": tag}))
             if tags.get(tag) is None:
@@ -281,13 +285,13 @@ def test_events_follow_a_model(registry: Registry, steps: list[Step]) -> None:
             tags[tag] = digest
         elif action == "untag":
             if tag in tags:
-                registry.delete_manifest(repo, tag)
+                registry.delete_manifest(name_of(repo), ref_of(tag))
                 expected.append((ev.TAG_DELETED, {"digest": tags.pop(tag), "tag": tag}))
             else:
                 with pytest.raises(ManifestUnknown):
-                    registry.delete_manifest(repo, tag)
+                    registry.delete_manifest(name_of(repo), ref_of(tag))
         elif digest in stored:
-            registry.delete_manifest(repo, digest)
+            registry.delete_manifest(name_of(repo), ref_of(digest))
             for gone in sorted(t for t, d in tags.items() if d == digest):
                 expected.append((ev.TAG_DELETED, {"digest": digest, "tag": gone}))
                 del tags[gone]
@@ -295,7 +299,7 @@ def test_events_follow_a_model(registry: Registry, steps: list[Step]) -> None:
             stored.discard(digest)
         else:
             with pytest.raises(ManifestUnknown):
-                registry.delete_manifest(repo, digest)
+                registry.delete_manifest(name_of(repo), ref_of(digest))
     found = events(registry, start)
     assert [e.seq for e in found] == list(range(start + 1, start + 1 + len(found)))  # strictly increasing, no gaps
     assert [(e.type, {k: e.data.get(k) for k in want}) for e, (_, want) in zip(found, expected, strict=False)] \

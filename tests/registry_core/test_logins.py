@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from cas import BlobStore
 from registry_core.logins import FAILURE_LIMIT, FAILURE_WINDOW, PRUNE_BATCH, LoginThrottle
+from tests.conftest import StoreFactory
 
 
 def test_throttles_after_the_limit_and_forgets_after_the_window(make_store: Callable[..., BlobStore]) -> None:
@@ -28,11 +29,11 @@ def test_throttles_after_the_limit_and_forgets_after_the_window(make_store: Call
 
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 400), st.floats(0, 30)), max_size=120))
-def test_the_table_holds_only_recent_sources(failures: list[tuple[int, float]]) -> None:
+def test_the_table_holds_only_recent_sources(store_factory: StoreFactory, failures: list[tuple[int, float]]) -> None:
     """Model: the set of sources with a failure inside the window. The table holds at least those (a failure is
     never forgotten early) and is swept of the rest by later failures."""
     now = [0.0]
-    with tempfile.TemporaryDirectory() as root, BlobStore.on_disk(root) as store:
+    with tempfile.TemporaryDirectory() as root, store_factory(root) as store:
         check(LoginThrottle(store, clock=lambda: now[0]), failures, now)
 
 

@@ -14,6 +14,7 @@ from registry_core.errors import ManifestBlobUnknown
 from registry_core.manifests import OCI_INDEX, OCI_MANIFEST, InvalidManifest
 from registry_core.registry import Registry
 from tests.conftest import FakeClock
+from tests.registry_core.values import digest_of, name_of, ref_of
 
 T = TypeVar("T")
 REPO = "syn1/app"
@@ -25,7 +26,7 @@ def registry(make_store: Callable[..., BlobStore]) -> Iterator[Registry]:
 
 
 def blob(registry: Registry, data: bytes) -> dict[str, Any]:
-    info = registry.ingest_blob(REPO, data, Digest.of(data))
+    info = registry.ingest_blob(name_of(REPO), data, Digest.of(data))
     return {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": str(info.digest), "size": info.size}
 
 
@@ -53,16 +54,16 @@ def before_the_write(registry: Registry, meanwhile: Callable[[], object]) -> lis
 
 def assert_nothing_stored(registry: Registry, body: bytes) -> None:
     with pytest.raises(LookupError):
-        registry.get_manifest(REPO, str(Digest.of(body)))
-    assert registry.list_tags(REPO)[0] == []
+        registry.get_manifest(name_of(REPO), Digest.of(body))
+    assert registry.list_tags(name_of(REPO))[0] == []
 
 
 def test_a_blob_unlinked_after_the_check_is_caught_in_the_write(registry: Registry) -> None:
     config, layer = blob(registry, b"{}"), blob(registry, b"layer")
     body = image(config, layer)
-    before_the_write(registry, lambda: registry.delete_blob(REPO, layer["digest"]))
+    before_the_write(registry, lambda: registry.delete_blob(name_of(REPO), digest_of(layer["digest"])))
     with pytest.raises(ManifestBlobUnknown, match=layer["digest"]):
-        registry.put_manifest(REPO, "v1", body, OCI_MANIFEST)
+        registry.put_manifest(name_of(REPO), ref_of("v1"), body, OCI_MANIFEST)
     assert_nothing_stored(registry, body)
 
 
@@ -77,17 +78,17 @@ def test_a_blob_collected_after_the_check_is_caught_in_the_write(registry: Regis
 
     before_the_write(registry, collect)
     with pytest.raises(ManifestBlobUnknown):
-        registry.put_manifest(REPO, "v1", body, OCI_MANIFEST)
+        registry.put_manifest(name_of(REPO), ref_of("v1"), body, OCI_MANIFEST)
 
 
 def test_a_child_manifest_deleted_after_the_check_is_caught_in_the_write(registry: Registry) -> None:
     child = image(blob(registry, b"{}"))
-    registry.put_manifest(REPO, str(Digest.of(child)), child, OCI_MANIFEST)
+    registry.put_manifest(name_of(REPO), Digest.of(child), child, OCI_MANIFEST)
     index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
         {"mediaType": OCI_MANIFEST, "digest": str(Digest.of(child)), "size": len(child)}]}).encode()
-    before_the_write(registry, lambda: registry.delete_manifest(REPO, str(Digest.of(child))))
+    before_the_write(registry, lambda: registry.delete_manifest(name_of(REPO), Digest.of(child)))
     with pytest.raises(ManifestBlobUnknown, match=str(Digest.of(child))):
-        registry.put_manifest(REPO, "multi", index, OCI_INDEX)
+        registry.put_manifest(name_of(REPO), ref_of("multi"), index, OCI_INDEX)
     assert_nothing_stored(registry, index)
 
 
@@ -96,17 +97,17 @@ def test_a_refused_manifest_never_opens_a_write(registry: Registry) -> None:
     missing = {**config, "digest": str(Digest.of(b"never pushed")), "size": 12}
     opened = before_the_write(registry, lambda: None)
     with pytest.raises(ManifestBlobUnknown):
-        registry.put_manifest(REPO, "v1", image(config, missing), OCI_MANIFEST)
+        registry.put_manifest(name_of(REPO), ref_of("v1"), image(config, missing), OCI_MANIFEST)
     with pytest.raises(InvalidManifest, match="2 bytes"):
-        registry.put_manifest(REPO, "v1", image(config | {"size": 3}), OCI_MANIFEST)
+        registry.put_manifest(name_of(REPO), ref_of("v1"), image(config | {"size": 3}), OCI_MANIFEST)
     assert opened == []
 
 
 def test_a_layer_named_twice_is_checked_with_each_size_and_held_once(registry: Registry) -> None:
     config, layer = blob(registry, b"{}"), blob(registry, b"layer")
     with pytest.raises(InvalidManifest, match="5 bytes"):
-        registry.put_manifest(REPO, "v1", image(config, layer, layer | {"size": 6}), OCI_MANIFEST)
+        registry.put_manifest(name_of(REPO), ref_of("v1"), image(config, layer, layer | {"size": 6}), OCI_MANIFEST)
     body = image(config, layer, layer, layer)
-    digest = registry.put_manifest(REPO, "v1", body, OCI_MANIFEST).digest
+    digest = registry.put_manifest(name_of(REPO), ref_of("v1"), body, OCI_MANIFEST).digest
     retention = registry.store.gc.explain(layer["digest"])
     assert retention.refcount == 1 and len(retention.holders) == 1 and str(digest.hex[:64]) in retention.holders[0]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
@@ -7,8 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cas import Digest
+from registry_core import names
 from registry_core.names import (
     NAME_MAX,
+    TAG_MAX,
     InvalidName,
     InvalidReference,
     RepositoryName,
@@ -70,19 +73,71 @@ def test_references() -> None:
         parse_reference("sha256:short")
 
 
-def test_hostile_names_are_rejected_fast() -> None:
-    """Inputs just under NAME_MAX reach the regular expressions (longer ones are cut off before them)."""
-    near = [("syn1/" + "a-" * 125)[:NAME_MAX - 1] + "!", ("syn1/" + "a_" * 125)[:NAME_MAX - 1] + "!",
-            ("a" + "-" * (NAME_MAX - 3) + "!"), ("a." * 127)[:NAME_MAX - 1] + ".", ("a/" * 127)[:NAME_MAX - 1] + "/",
-            ("a" + "__" * 126)[:NAME_MAX]]
-    assert all(len(text) <= NAME_MAX for text in near)
+class Counting:
+    """A compiled pattern that records the length of every text it is asked to match: proof that an input reached
+    the regular expression (an input over the length cap is refused before it, and times nothing)."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern, self.lengths = pattern, list[int]()
+
+    def fullmatch(self, text: str) -> re.Match[str] | None:
+        self.lengths.append(len(text))
+        return self.pattern.fullmatch(text)
+
+
+# Just under the caps, each built to make a backtracking engine work hardest: long runs of separators, alternatives
+# that overlap (`_` and `__`, `-+`), and the one bad character last, so that every component is matched in full.
+HOSTILE_NAMES = [("syn1/" + "a-" * 125)[:NAME_MAX - 1] + "!", ("syn1/" + "a_" * 125)[:NAME_MAX - 1] + "!",
+                 "a" + "-" * (NAME_MAX - 3) + "!", ("a." * 127)[:NAME_MAX - 1] + ".",
+                 ("a/" * 127)[:NAME_MAX - 1] + "/", ("a" + "__" * 126)[:NAME_MAX - 1] + "_",
+                 ("a" + "_-" * 126)[:NAME_MAX - 1] + "!", "a" + "." * (NAME_MAX - 2) + "a"]
+HOSTILE_TAGS = ["a" + "." * (TAG_MAX - 2) + "!", "_" * (TAG_MAX - 1) + "!", "a" + "-" * (TAG_MAX - 2) + "!"]
+
+
+def test_hostile_names_reach_the_pattern_and_are_rejected_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert all(NAME_MAX - 2 <= len(text) <= NAME_MAX for text in HOSTILE_NAMES)
+    counting = Counting(names._COMPONENT)
+    monkeypatch.setattr(names, "_COMPONENT", counting)
+    for text in HOSTILE_NAMES:
+        counting.lengths.clear()
+        _parse_name.cache_clear()
+        with pytest.raises(InvalidName):
+            RepositoryName.parse(text)
+        # every component went through the pattern, the bad character last: the whole input was matched
+        assert sum(counting.lengths) == len(text) - text.count("/"), text
     started = time.perf_counter()
     for _ in range(200):
-        for text in near + ["a" * 10**6]:
+        for text in HOSTILE_NAMES:
             _parse_name.cache_clear()
             with pytest.raises(InvalidName):
                 RepositoryName.parse(text)
+    assert time.perf_counter() - started < 1.0  # 1 600 parses near the cap; linear matching takes ~0.05 s
+
+
+def test_hostile_tags_reach_the_pattern_and_are_rejected_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert all(len(text) == TAG_MAX for text in HOSTILE_TAGS)
+    counting = Counting(names._TAG)
+    monkeypatch.setattr(names, "_TAG", counting)
+    for text in HOSTILE_TAGS:
+        counting.lengths.clear()
+        with pytest.raises(InvalidReference):
+            parse_tag(text)
+        assert counting.lengths == [len(text)]
+    started = time.perf_counter()
+    for _ in range(1000):
+        for text in HOSTILE_TAGS:
+            with pytest.raises(InvalidReference):
+                parse_tag(text)
     assert time.perf_counter() - started < 1.0
+
+
+def test_inputs_over_the_cap_never_reach_the_pattern(monkeypatch: pytest.MonkeyPatch) -> None:
+    counting = Counting(names._COMPONENT)
+    monkeypatch.setattr(names, "_COMPONENT", counting)
+    for text in ["a" * (NAME_MAX + 1), "a-" * 10**5 + "!"]:
+        with pytest.raises(InvalidName):
+            RepositoryName.parse(text)
+    assert counting.lengths == []
 
 
 @given(st.text(alphabet="syn0123456789abz._-/A", max_size=300))

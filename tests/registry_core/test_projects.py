@@ -14,6 +14,7 @@ from registry_core.accounts import PUBLIC, AccountError, Accounts
 from registry_core.names import InvalidName, RepositoryName
 from registry_core.projects import IGNORED, INHERITED, LEVELS, LOCAL, OWNER, Grant, ProjectError, Projects, rank
 from registry_core.registry import Registry
+from tests.registry_core.values import name_of
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def registry(make_store: Callable[..., BlobStore]) -> Registry:
 
 
 def push(registry: Registry, repo: str) -> None:
-    registry.ingest_blob(repo, b"{}", Digest.of(b"{}"))  # writing to a repository makes it exist
+    registry.ingest_blob(name_of(repo), b"{}", Digest.of(b"{}"))  # writing to a repository makes it exist
 
 
 def test_public_is_no_user_name(registry: Registry) -> None:

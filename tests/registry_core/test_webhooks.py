@@ -14,7 +14,7 @@ from cas import BlobStore
 from registry_core import events as ev
 from registry_core.events import Outbox, compat_envelope
 from registry_core.webhooks import FORMATS, RetryPolicy, WebhookError, Webhooks
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, StoreFactory
 
 TYPES = (ev.MANIFEST_PUSHED, ev.TAG_CREATED, ev.GRANT_CHANGED)
 POLICY = RetryPolicy(base=1.0, cap=8.0, limit=3, timeout=1.0)
@@ -76,10 +76,10 @@ def drive_batched(hooks: Webhooks, clock: FakeClock, outcome: Callable[[int], bo
        wanted=st.sets(st.sampled_from(TYPES)), fmt=st.sampled_from(FORMATS),
        outcomes=st.lists(st.booleans(), min_size=1, max_size=20),
        draws=st.lists(st.floats(0, 0.999), min_size=1, max_size=5), batch=st.sampled_from((1, 3, 100)))
-def test_delivery_follows_the_model(kinds: list[tuple[str, str]], wanted: set[str], fmt: str, outcomes: list[bool],
-                                    draws: list[float], batch: int) -> None:
+def test_delivery_follows_the_model(store_factory: StoreFactory, kinds: list[tuple[str, str]], wanted: set[str],
+                                    fmt: str, outcomes: list[bool], draws: list[float], batch: int) -> None:
     clock = FakeClock()
-    with tempfile.TemporaryDirectory() as root, BlobStore.on_disk(root, clock=clock) as store:
+    with tempfile.TemporaryDirectory() as root, store_factory(root, clock=clock) as store:
         outbox = Outbox(store)
         append(store, outbox, ev.MANIFEST_PUSHED, "syn1/a")  # before the endpoint: never sent to it
         hooks = Webhooks(store, outbox)
