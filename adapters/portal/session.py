@@ -12,15 +12,16 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
-from registry_core.accounts import Accounts
+from registry_core.accounts import Accounts, Identity
 
 CSRF_HEADER = "x-csrf-token"
 
 
 @dataclass(frozen=True, slots=True)
 class Session:
-    user: str  # the signed-in account's name (its flags are read again on every request: Accounts.identity_of)
+    user: str  # the signed-in account's name
     csrf: str  # the session's CSRF token
+    identity: Identity  # who the session acts as, read now (flags; a token session: that token's scopes)
 
 
 def current(request: Request, accounts: Accounts) -> Session | None:
