@@ -106,6 +106,13 @@ def test_pages_concatenate_to_the_model(world: tuple[Registry, Clock, list[Diges
     rows = listings.tag_page(None, repo, 1000, None, "time").items
     assert [(r.tag, r.push.us, r.push.actor) for r in rows] == \
         [(t, *model[t]) for t in sorted(model, key=lambda t: (-model[t][0], t))]
+    by_name, by_time = sorted(model), sorted(model, key=lambda t: (-model[t][0], t))
+    for sort, ascending, order in (("TAG", True, by_name), ("TAG", False, by_name[::-1]),
+                                   ("CREATED_ON", False, by_time), ("CREATED_ON", True, by_time[::-1])):
+        for offset in (0, 1, n, len(model) + 1):
+            total, slice_rows = listings.tag_slice(None, repo, sort, ascending, n, offset)
+            assert total == len(model)
+            assert [r.tag for r in slice_rows] == order[offset:offset + n], (sort, ascending, offset)
     view = listings.repository(None, repo)
     assert view.tags == len(model)
     assert (view.last_push.tag if view.last_push else None) == (rows[0].tag if rows else None)
