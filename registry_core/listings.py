@@ -146,11 +146,6 @@ class Listings:
         granted = self._policy.grant(identity, Resource("project", project_id), ALL_ACTIONS)
         return Access(frozenset(granted), txn.get(self._trashed, project_id.encode()) is not None)
 
-    def in_trash(self, target: str) -> bool:
-        """Whether the project or repository is itself in the trash (not only through its project)."""
-        with self._store.index.read() as txn:
-            return txn.get(self._trashed, target.encode()) is not None
-
     def repository(self, identity: Identity | None, name: str) -> RepositoryView:
         repo = _repository_name(name)
         with self._store.index.read() as txn:

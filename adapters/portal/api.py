@@ -331,15 +331,14 @@ class PortalApi:
         return Response(status_code=204)
 
     def _purge(self, target: str, actor: str) -> None:
-        """Purge a trashed project (every repository in it) or repository; 409 unless it is itself in the trash."""
+        """Purge a trashed project (every repository in it) or repository (trashed itself or with its project), as
+        `berth purge` does; 409 when it is not in the trash."""
         projects, registry = self.listings.projects, self.auth.registry
-        if not self.listings.in_trash(target):
+        if not projects.is_trashed(target):
             raise ApiError(409, "CONFLICT", f"{target} is not in the trash: trash it first, then purge it")
-        for name in registry.repositories(f"{target}/") if "/" not in target else [target]:
+        for name in [target] if "/" in target else registry.repositories(f"{target}/"):
             registry.purge_repository(name, actor=actor)
-            projects.forget(name, actor=actor)
-        if "/" not in target:
-            projects.forget(target, actor=actor)
+        projects.forget(target, actor=actor)
 
     # -- repositories -----------------------------------------------------------------------------------------------
     async def repository(self, call: Call) -> Response:

@@ -308,6 +308,10 @@ def test_trash_restore_and_purge(world: World) -> None:
     world.send("POST", f"/repositories/{repo}/-/trash", "owner")
     assert world.send("DELETE", f"/repositories/{repo}", "owner").status_code == 204
     assert world.get(f"/repositories/{repo}", "owner").status_code == 404
+    tags = world.registry.tags
+    with world.registry.store.index.read() as txn:  # the listing tables went with the repository
+        assert not any(True for table in (tags.tags, tags.pushes, tags.times, tags.history)
+                       for _ in txn.keys(table, prefix=f"{repo}\0".encode()))
 
 
 def test_project_trash(world: World) -> None:
