@@ -233,12 +233,12 @@ class Listings:
 
     def _size(self, txn: Transaction, repo: str) -> int:
         """Deduplicated bytes of every manifest of the repository and the blobs they name: one range scan of its
-        manifests (each one's blobs are remembered per digest after the first look)."""
+        manifests, whose summaries (with their blobs) are remembered per digest after the first look."""
         prefix = key(repo, b"")
         seen: dict[str, int] = {}
         for k in txn.keys(self._manifests, prefix=prefix):
             try:
-                blobs = self.images.blobs(txn, Digest.parse(k[len(prefix):].decode()))
+                blobs = self.images.summary(txn, Digest.parse(k[len(prefix):].decode())).blobs
             except (UnknownImage, InvalidDigest):
                 continue
             seen.update(blobs)

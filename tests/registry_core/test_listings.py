@@ -184,6 +184,10 @@ def test_a_page_of_a_10000_tag_repository_costs_reads_per_item_not_per_tag(tmp_p
     page = listings.tag_page(identity, repo, 100, None, "name", contains="777")  # 19 matches, spread out
     assert [r.tag for r in page.items] == sorted({f"tag-{i:05d}" for i in range(10_000) if "777" in f"{i:05d}"})
     assert page.next is None and sum(counts.values()) <= 4 * 19 + 30
+    view = listings.repository(identity, repo)  # 10 004 tags on 4 images: each image counted once
+    with registry.store.index.read() as txn:
+        assert view.size == sum(listings.images.summary(txn, d).size for d in digests)
+    assert view.tags == 10_000 + 1 and view.last_push is not None and view.last_push.tag == "tag-09999"
     assert SCAN_MAX >= 10_000
     registry.close()
 
