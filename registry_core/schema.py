@@ -10,12 +10,17 @@ Tables (beside cas's own, see cas/layout.py; `\\0` separates fields: names, tags
     referrers  repo \\0 subject digest \\0 digest -> JSON descriptor    manifests whose `subject` is that digest
     uploading  actor \\0 session id -> b""                          open upload sessions by owner (the per-account cap;
                an entry whose cas session expired is dropped when next counted)
+    tag_pushes repo \\0 tag -> JSON TagPush {"us", "actor"}      the tag's latest move: when (µs), by whom; gone with
+               the tag (listings show it without walking the history)
+    tag_times  repo \\0 u64 (2^64-1 - µs) \\0 tag -> b""           the repository's tags newest first (a listing by
+               push time is one range scan); written with tag_pushes by TagIndex, in the same transaction
 Beside them, every other table registry_core opens, declared here too (`DECLARED`: the one list; a table not in it
 is never opened, tests/registry_core/test_schema.py holds every module to that), its keys and values written down in
 the module that owns it:
     events, event_counters                                events.py: the outbox, opened by Registry (`registry.outbox`)
     webhooks, webhook_state, webhook_leases, webhook_dead  webhooks.py: endpoints and their delivery (`Webhooks(store)`)
-    users, pats, pats_by_user                             accounts.py: accounts and personal access tokens
+    users, pats, pats_by_user, passwords, pats_used      accounts.py: accounts, personal access tokens, passwords
+                                                          (argon2id hashes) and tokens' last use
     projects, grants, trashed, counters                   projects.py: projects, grants and the trash
     login_failures                                        logins.py: the login throttle
     signing_keys                                          keys.py: the token signing key (`token-es256` -> PEM)
@@ -39,10 +44,11 @@ from typing import Any
 
 from cas import Digest, Index
 
-TABLES = ("repos", "links", "manifests", "tags", "tagged", "history", "referrers", "uploading")  # Registry's own
+TABLES = ("repos", "links", "manifests", "tags", "tagged", "history", "referrers", "uploading", "tag_pushes",
+          "tag_times")  # Registry's own
 EVENT_TABLES = ("events", "event_counters")
 WEBHOOK_TABLES = ("webhooks", "webhook_state", "webhook_leases", "webhook_dead")
-ACCOUNT_TABLES = ("users", "pats", "pats_by_user")
+ACCOUNT_TABLES = ("users", "pats", "pats_by_user", "passwords", "pats_used")
 PROJECT_TABLES = ("projects", "grants", "trashed", "counters")
 LOGIN_TABLE = "login_failures"
 KEY_TABLE = "signing_keys"
@@ -106,3 +112,30 @@ class HistoryEntry:
     def unpack(cls, raw: bytes) -> HistoryEntry:
         data: dict[str, Any] = json.loads(raw)
         return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class TagPush:
+    """A tag's latest move (table tag_pushes): the time in whole microseconds, the unit of the tag_times key it
+    mirrors, so that the key can be found again exactly."""
+    us: int
+    actor: str | None
+
+    @property
+    def time(self) -> float:
+        return self.us / 1_000_000
+
+    def pack(self) -> bytes:
+        return json.dumps({"us": self.us, "actor": self.actor}, separators=(",", ":")).encode()
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> TagPush:
+        data: dict[str, Any] = json.loads(raw)
+        return cls(int(data["us"]), data.get("actor"))
+
+
+NEWEST = (1 << 64) - 1  # tag_times keys hold NEWEST - µs: a forward scan meets the newest push first
+
+
+def time_key(repo: str, us: int, tag: str) -> bytes:
+    return key(repo, (NEWEST - us).to_bytes(8, "big"), tag)
