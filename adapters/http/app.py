@@ -51,6 +51,7 @@ from registry_core.tokens import LEEWAY, TOKEN_LIFETIME
 from ..delivery import deliver_events
 from ..exposure import EXPOSE_ENV, PUBLIC_ENV
 from ..maintenance import collect_garbage, reap_uploads
+from ..portal import pages
 from . import errors
 from . import headers as wire  # the request's headers and query, parsed
 from .accesslog import AccessLog, note
@@ -487,7 +488,8 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
     app = Starlette(routes=[Route("/v2/", base, methods=["GET", "HEAD"]),
                             Route("/v2/{path:path}", dispatch, methods=methods),
-                            Route("/token", token, methods=["GET", "POST"])], lifespan=lifespan)
+                            Route("/token", token, methods=["GET", "POST"]),
+                            *pages.routes(api)], lifespan=lifespan)  # the portal's pages: last (a catch-all)
     def opened() -> tuple[BlobStore, bool]:
         current = api()
         return current.registry.store, not current.auth.login or current.auth.tokens is not None

@@ -1,0 +1,221 @@
+"""The pages that show the registry: projects, a project's repositories, a repository's tags, a tag or image.
+
+What they show comes from registry_core.listings (the same queries, and the same policy checks, as the JSON API): a
+repository the viewer may not see answers the same "not found" page as one that does not exist. Repository names
+contain `/`, so a repository's sub-pages follow the path segment `-` (never a valid name component), as in the API:
+/repositories/syn10001/tools/-/tags/v1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from registry_core.images import Detail
+from registry_core.listings import InvalidQuery, NotFound, ProjectView, RepositoryView, TagRow, TagView, page_size
+from registry_core.projects import ProjectError
+from registry_core.schema import HistoryEntry
+
+from . import manage
+from .site import PageError, Site, SiteGetter, guarded, not_found, rfc3339
+
+
+@contextmanager
+def _answers() -> Iterator[None]:
+    """The listings' refusals as pages: not found (also for what the viewer may not see), a bad query."""
+    try:
+        yield
+    except NotFound as exc:
+        raise not_found(f"{str(exc)[:300].capitalize()}, or you may not see it.") from None
+    except InvalidQuery as exc:
+        raise PageError(400, "Bad request", str(exc)) from None
+
+
+def _query(request: Request, name: str) -> str | None:
+    value = request.query_params.get(name)
+    return value if value else None
+
+
+def _next_url(base: str, marker: str | None, **params: str | None) -> str | None:
+    if marker is None:
+        return None
+    query = {k: v for k, v in params.items() if v} | {"last": marker}
+    return f"{base}?{urlencode(query)}"
+
+
+# -- values as the templates (and the JSON API, PORTAL-API.md) name their fields -------------------------------------
+def project_value(view: ProjectView) -> dict[str, Any]:
+    p = view.project
+    return {"id": p.id, "name": p.name, "owner": p.owner, "trashed": view.access.trashed,
+            "created": rfc3339(p.created), "permission": view.access.permission, "repositories": view.repositories}
+
+
+def repository_value(view: RepositoryView) -> dict[str, Any]:
+    last = view.last_push
+    return {"name": str(view.name), "project": view.name.project, "tags": view.tags, "size": view.size,
+            "last_push": {"time": rfc3339(last.push.time), "actor": last.push.actor} if last else None,
+            "trashed": view.access.trashed, "permission": view.access.permission}
+
+
+def tag_value(row: TagRow) -> dict[str, Any]:
+    s = row.summary
+    return {"tag": row.tag, "digest": s.digest, "media_type": s.media_type, "kind": s.kind,
+            "platforms": list(s.platforms), "size": s.size, "pushed_at": rfc3339(row.push.time),
+            "pushed_by": row.push.actor}
+
+
+def detail_value(view: TagView) -> dict[str, Any]:
+    detail: Detail = view.detail
+    s = detail.summary
+    config = detail.config
+    value: dict[str, Any] = {
+        "tag": view.tag, "digest": s.digest, "media_type": s.media_type, "kind": s.kind,
+        "platforms": list(s.platforms), "size": s.size, "manifest_size": s.manifest_size,
+        "artifact_type": s.artifact_type,
+        "pushed_at": rfc3339(view.push.time) if view.push else None,
+        "pushed_by": view.push.actor if view.push else None,
+        "children": [{"digest": c.digest, "media_type": c.media_type, "platform": c.platform, "size": c.size}
+                     for c in detail.children],
+        "config": {"created": config.created, "os": config.os, "architecture": config.architecture,
+                   "entrypoint": config.entrypoint, "cmd": config.cmd, "labels": config.labels}
+        if config is not None else None,
+        "layers": [{"digest": layer.digest, "media_type": layer.media_type, "size": layer.size,
+                    "created_by": layer.created_by} for layer in detail.layers],
+        "referrers": [{"digest": r.get("digest"), "media_type": r.get("mediaType"),
+                       "artifact_type": r.get("artifactType"), "size": r.get("size")} for r in view.referrers],
+    }
+    return value
+
+
+def history_value(entry: HistoryEntry) -> dict[str, Any]:
+    return {"digest": entry.digest, "time": rfc3339(entry.time), "actor": entry.actor}
+
+
+# -- pages ----------------------------------------------------------------------------------------------------------
+async def projects(site: Site, request: Request, **context: Any) -> Response:
+    viewer = site.viewer(request)
+    with _answers():
+        found = site.listings.project_list(viewer.identity, page_size(_query(request, "n")), _query(request, "last"))
+    return site.page(request, "projects.html", int(context.pop("status", 200)),
+                     projects=[project_value(v) for v in found.items],
+                     next_url=_next_url("/", found.next, n=_query(request, "n")), **context)
+
+
+async def create_project(site: Site, request: Request) -> Response:
+    viewer = site.signed_in(request)
+    form = await site.form(request)
+    name = str(form.get("name") or "").strip()
+    try:
+        project = await site.write(site.projects.create, name, viewer.user or "")
+    except ProjectError as exc:
+        return await projects(site, request, status=400, problem=str(exc))
+    return site.redirect(request, f"/projects/{project.id}")
+
+
+async def project(site: Site, request: Request) -> Response:
+    viewer = site.viewer(request)
+    project_id = request.path_params["project_id"]
+    contains = _query(request, "filter")
+    with _answers():
+        view = site.listings.project(viewer.identity, project_id)
+        found = site.listings.repository_list(viewer.identity, view.project.id, page_size(_query(request, "n")),
+                                              _query(request, "last"), contains)
+    base = f"/projects/{view.project.id}"
+    return site.page(request, "project.html", project=project_value(view), filter=contains or "",
+                     repositories=[repository_value(v) for v in found.items], host=site.host(request),
+                     may_administer="admin" in view.access.granted,
+                     next_url=_next_url(base, found.next, filter=contains, n=_query(request, "n")))
+
+
+def split(path: str) -> tuple[str, str]:
+    """(repository name, sub-path after `/-/`) of a /repositories/ path."""
+    name, marker, rest = path.partition("/-/")
+    if not marker and path.endswith("/-"):
+        name, rest = path[:-2], ""
+    return name.strip("/"), rest
+
+
+async def repository_get(site: Site, request: Request) -> Response:
+    name, rest = split(request.path_params["path"])
+    if rest == "":
+        return await repository(site, request, name)
+    if rest.startswith("tags/") and rest.count("/") == 1:
+        return await tag(site, request, name, rest[len("tags/"):])
+    if rest.startswith("manifests/") and rest.count("/") == 1:
+        return await image(site, request, name, rest[len("manifests/"):])
+    if rest == "sharing":
+        return await manage.repository_sharing(site, request, name)
+    raise not_found()
+
+
+async def repository_post(site: Site, request: Request) -> Response:
+    name, rest = split(request.path_params["path"])
+    if rest in ("trash", "restore", "purge"):
+        return await manage.trash_action(site, request, name, rest)
+    if rest == "sharing":
+        return await manage.change_sharing(site, request, name)
+    if rest.startswith("tags/") and rest.endswith("/delete") and rest.count("/") == 2:
+        return await manage.delete_tag(site, request, name, rest.split("/")[1])
+    raise not_found()
+
+
+async def repository(site: Site, request: Request, name: str) -> Response:
+    viewer = site.viewer(request)
+    sort = _query(request, "sort") or "name"
+    contains = _query(request, "filter")
+    with _answers():
+        view = site.listings.repository(viewer.identity, name)
+        found = site.listings.tag_page(viewer.identity, name, page_size(_query(request, "n")), _query(request, "last"),
+                                       sort, contains)
+    rows = [tag_value(r) for r in found.items]
+    example = next((r for r in rows if r["tag"] == "latest"), rows[0] if rows else None)
+    base = f"/repositories/{view.name}"
+    return site.page(request, "repository.html", repo=repository_value(view), tags=rows, example=example,
+                     base=base, sort=sort, filter=contains or "", host=site.host(request),
+                     may_administer="admin" in view.access.granted, may_delete="delete" in view.access.granted,
+                     next_url=_next_url(base, found.next, sort=sort if sort != "name" else None, filter=contains,
+                                        n=_query(request, "n")))
+
+
+async def tag(site: Site, request: Request, name: str, tag_name: str) -> Response:
+    viewer = site.viewer(request)
+    with _answers():
+        view = site.listings.repository(viewer.identity, name)
+        found = site.listings.tag(viewer.identity, name, tag_name)
+        history = site.listings.history(viewer.identity, name, tag_name)
+    return _tag_page(site, request, view, found, [history_value(h) for h in history])
+
+
+async def image(site: Site, request: Request, name: str, digest: str) -> Response:
+    viewer = site.viewer(request)
+    with _answers():
+        view = site.listings.repository(viewer.identity, name)
+        found = site.listings.image(viewer.identity, name, digest)
+    return _tag_page(site, request, view, found, None)
+
+
+def _tag_page(site: Site, request: Request, view: RepositoryView, found: TagView,
+              history: list[dict[str, Any]] | None) -> Response:
+    return site.page(request, "tag.html", repo=repository_value(view), tag=detail_value(found), history=history,
+                     base=f"/repositories/{view.name}", host=site.host(request),
+                     may_delete="delete" in view.access.granted)
+
+
+async def not_a_page(site: Site, request: Request) -> Response:
+    raise not_found()
+
+
+def routes(site: SiteGetter) -> list[BaseRoute]:
+    return [
+        Route("/", guarded(site, projects), methods=["GET"]),
+        Route("/projects", guarded(site, create_project), methods=["POST"]),
+        Route("/projects/{project_id}", guarded(site, project), methods=["GET"]),
+        Route("/repositories/{path:path}", guarded(site, repository_get), methods=["GET"]),
+        Route("/repositories/{path:path}", guarded(site, repository_post), methods=["POST"]),
+    ]
