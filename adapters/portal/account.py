@@ -13,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from registry_core.accounts import TOKEN_SCOPES, AccountError, Identity, PersonalToken
+from registry_core.accounts import PASSWORD_MAX, PASSWORD_MIN, TOKEN_SCOPES, AccountError, Identity, PersonalToken
+from registry_core.signins import Refused, Throttled
 
 from .site import PageError, Site, SiteGetter, guarded, rfc3339
 
@@ -35,33 +36,31 @@ async def signin(site: Site, request: Request) -> Response:
     form = await site.form(request)
     user, password = str(form.get("user") or "").strip(), str(form.get("password") or "")
     target = _next(str(form.get("next") or ""))
-    identity, why = await anyio.to_thread.run_sync(_login, site, user, password)
-    if identity is None:
-        source = site.auth.source(request)
-        wait = site.auth.throttle.wait(source)
-        if wait:
-            response = site.page(request, "signin.html", 429, next=target, user=user,
-                                 problem=f"Too many failed sign-ins from this address: wait {wait:.0f} s.")
-            response.headers["Retry-After"] = str(int(wait + 0.999))
-            return response
-        await anyio.to_thread.run_sync(site.auth.throttle.failed, source)
-        return site.page(request, "signin.html", 401, next=target, user=user, problem=f"Not signed in: {why}")
+    try:
+        identity = await anyio.to_thread.run_sync(_login, site, user, password, site.auth.source(request))
+    except Throttled as exc:
+        response = site.page(request, "signin.html", 429, next=target, user=user,
+                             problem=f"Too many failed sign-ins: wait {exc.retry_after:.0f} s, then try again.")
+        response.headers["Retry-After"] = str(int(exc.retry_after + 0.999))
+        return response
+    except Refused as exc:
+        return site.page(request, "signin.html", 401, next=target, user=user, problem=f"Not signed in: {exc}.")
     response = site.redirect(request, target)
     await anyio.to_thread.run_sync(site.cookies.sign_in, request, response, identity.user, identity.token_id)
     return response
 
 
-def _login(site: Site, user: str, password: str) -> tuple[Identity | None, str]:
+def _login(site: Site, user: str, password: str, source: str) -> Identity:
+    """The identity a sign-in form names (Refused, Throttled otherwise): a personal access token in the password
+    field signs in as its owner, with its scopes."""
     if password.strip().startswith("berth_"):
-        identity, why = site.accounts.login(password)
-        if identity is not None and user and user != identity.user:
-            return None, "that personal access token belongs to another account"
-        return identity, why
-    return _password_login(site, user, password)
-
-
-def _password_login(site: Site, user: str, password: str) -> tuple[Identity | None, str]:
-    return None, "passwords are not available on this server yet: sign in with a personal access token"
+        identity = site.signer.token(password.strip(), source)
+        if user and user != identity.user:
+            raise Refused("that personal access token belongs to another account")
+        return identity
+    if not user:
+        raise Refused("give your user name with a password")
+    return site.signer.password(user, password, source)
 
 
 async def signout(site: Site, request: Request) -> Response:
@@ -77,7 +76,7 @@ def _token_row(site: Site, token: PersonalToken) -> dict[str, object]:
     state = "revoked" if token.revoked else "expired" if token.expires is not None and now >= token.expires \
         else "active"
     return {"id": token.id, "label": token.label, "scopes": list(token.scopes), "created": rfc3339(token.created),
-            "expires": rfc3339(token.expires), "last_used": None, "state": state}
+            "expires": rfc3339(token.expires), "last_used": rfc3339(site.accounts.last_used(token.id)), "state": state}
 
 
 def _account_page(site: Site, request: Request, status: int = 200, **context: object) -> Response:
@@ -86,7 +85,8 @@ def _account_page(site: Site, request: Request, status: int = 200, **context: ob
     account = site.accounts.user(viewer.user)
     tokens = sorted(site.accounts.tokens(viewer.user), key=lambda t: t.created, reverse=True)
     return site.page(request, "account.html", status, account=account,
-                     tokens=[_token_row(site, t) for t in tokens], password_settable=False, password_min=12,
+                     tokens=[_token_row(site, t) for t in tokens], password_min=PASSWORD_MIN,
+                     password_max=PASSWORD_MAX, has_password=site.accounts.has_password(viewer.user),
                      **context)
 
 
@@ -128,6 +128,26 @@ async def revoke_token(site: Site, request: Request) -> Response:
     return _account_page(site, request, notice=f"Token {token_id} revoked: it stops working at once.")
 
 
+async def set_password(site: Site, request: Request) -> Response:
+    """A new password for the signed-in account: every other session of the account ends (a stolen cookie with
+    it), this browser gets a new one."""
+    viewer = site.signed_in(request)
+    form = await site.form(request)
+    assert viewer.user is not None
+    password, again = str(form.get("password") or ""), str(form.get("again") or "")
+    if password != again:
+        return _account_page(site, request, 400, problem="The two passwords differ.")
+    try:
+        await anyio.to_thread.run_sync(site.accounts.set_password, viewer.user, password)
+    except AccountError as exc:
+        return _account_page(site, request, 400, problem=str(exc))
+    await anyio.to_thread.run_sync(site.cookies.sessions.close_user, viewer.user)
+    response = _account_page(site, request, notice="Password set. Your other sessions were signed out.")
+    token_id = viewer.identity.token_id if viewer.identity is not None else None
+    await anyio.to_thread.run_sync(site.cookies.sign_in, request, response, viewer.user, token_id)
+    return response
+
+
 def routes(site: SiteGetter) -> list[BaseRoute]:
     return [
         Route("/signin", guarded(site, signin_form), methods=["GET"]),
@@ -136,4 +156,5 @@ def routes(site: SiteGetter) -> list[BaseRoute]:
         Route("/account", guarded(site, account), methods=["GET"]),
         Route("/account/tokens", guarded(site, create_token), methods=["POST"]),
         Route("/account/tokens/{token_id}/revoke", guarded(site, revoke_token), methods=["POST"]),
+        Route("/account/password", guarded(site, set_password), methods=["POST"]),
     ]

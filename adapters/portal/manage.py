@@ -163,11 +163,10 @@ def _admin(site: Site, request: Request) -> None:
 
 def _admin_page(site: Site, request: Request, status: int = 200, **context: Any) -> Response:
     accounts = [{"name": u.name, "certified": u.certified, "admin": u.admin, "created": rfc3339(u.created),
-                 "disabled": bool(getattr(u, "disabled", False))} for u in site.accounts.users()]
+                 "disabled": u.disabled} for u in site.accounts.users()]
     projects = [{"id": p.id, "name": p.name, "owner": p.owner, "created": rfc3339(p.created),
                  "trashed": site.projects.is_trashed(p.id)} for p in site.projects.all()]
-    return site.page(request, "admin.html", status, accounts=accounts, projects=projects, passwords=False,
-                     disabling=False, **context)
+    return site.page(request, "admin.html", status, accounts=accounts, projects=projects, **context)
 
 
 async def admin(site: Site, request: Request) -> Response:
@@ -179,8 +178,11 @@ async def create_account(site: Site, request: Request) -> Response:
     _admin(site, request)
     form = await site.form(request)
     name = str(form.get("name") or "").strip()
+    password = str(form.get("password") or "")
     try:
         await site.write(site.accounts.add_user, name, form.get("certified") == "true", form.get("admin") == "true")
+        if password:
+            await site.write(site.accounts.set_password, name, password)
     except AccountError as exc:
         return _admin_page(site, request, 400, problem=str(exc))
     return _admin_page(site, request, notice=f"Account {name} created.")
@@ -195,6 +197,16 @@ async def change_account(site: Site, request: Request) -> Response:
             certified = form.get("certified") == "true"
             await site.write(lambda: site.accounts.update_user(name, certified=certified))
             notice = f"{name} is {'now' if certified else 'no longer'} certified."
+        elif "disabled" in form:
+            disabled = form.get("disabled") == "true"
+            await site.write(lambda: site.accounts.update_user(name, disabled=disabled))
+            if disabled:  # its sessions end with it (its tokens stop working through the accounts' check)
+                await site.write(site.cookies.sessions.close_user, name)
+            notice = f"{name} is {'disabled: it can neither sign in nor use its tokens' if disabled else 'enabled'}."
+        elif form.get("password"):
+            await site.write(site.accounts.set_password, name, str(form.get("password")))
+            await site.write(site.cookies.sessions.close_user, name)
+            notice = f"Password of {name} set; its sessions were signed out."
         else:
             return _admin_page(site, request, 400, problem="Nothing to change.")
     except AccountError as exc:

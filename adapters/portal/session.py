@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from cas import BlobStore
-from registry_core.accounts import TOKEN_SCOPES, Accounts, Identity
+from registry_core.accounts import Accounts, Identity
 from registry_core.sessions import SESSION_LIFETIME, Sessions
 from registry_core.sessions import Session as Record
 
@@ -81,7 +81,7 @@ class SessionCookies:
         self._signer = URLSafeTimedSerializer(_load_or_create_key(Path(store.root) / "keys" / "portal-session.key"),
                                               salt=_SALT)
         self._accounts = accounts
-        self._sessions = Sessions(store)
+        self.sessions = Sessions(store)
         self.tls_proxy = False  # set when `--public-url https://...` says a TLS proxy is in front
 
     @classmethod
@@ -112,7 +112,7 @@ class SessionCookies:
             return Viewer(None, secrets.token_urlsafe(32), fresh=True)
         session_id = payload.get("s")
         if isinstance(session_id, str):
-            record = self._sessions.get(session_id)
+            record = self.sessions.get(session_id)
             identity = self._identity(record) if record is not None else None
             if record is not None and identity is not None:
                 return Viewer(identity, record.csrf, session_id, record)
@@ -124,25 +124,24 @@ class SessionCookies:
             token = self._accounts.token(record.token_id)
             identity = self._accounts.identity_for(token) if token is not None else None
             return identity if identity is not None and identity.user == record.user else None
-        user = self._accounts.user(record.user)
-        if user is None or getattr(user, "disabled", False):
-            return None
-        return Identity(user.name, user.certified, user.admin, frozenset(TOKEN_SCOPES), None)
+        return self._accounts.identity_of(record.user)
 
     def csrf_ok(self, request: Request, presented: str | None) -> bool:
         """Whether `presented` (the form field, or the X-CSRF-Token header when None) is this session's token."""
         if presented is None:
             presented = request.headers.get(CSRF_HEADER)
         viewer = self.viewer(request)
-        return bool(presented) and not viewer.fresh and hmac.compare_digest(presented.encode(), viewer.csrf.encode())
+        if not presented or viewer.fresh:  # a fresh token was made for this request: none was sent with it
+            return False
+        return hmac.compare_digest(presented.encode(), viewer.csrf.encode())
 
     # -- writing ----------------------------------------------------------------------------------------------------
     def sign_in(self, request: Request, response: Response, user: str, token_id: str | None) -> Viewer:
         """Open a new session (always a new id: whatever session the browser had is ended) and set its cookie."""
         old = self.viewer(request)
         if old.session_id is not None:
-            self._sessions.close(old.session_id)
-        session_id, record = self._sessions.open(user, token_id)
+            self.sessions.close(old.session_id)
+        session_id, record = self.sessions.open(user, token_id)
         self._set(request, response, {"s": session_id, "c": record.csrf}, int(SESSION_LIFETIME))
         viewer = Viewer(self._identity(record), record.csrf, session_id, record)
         request.state.viewer = viewer
@@ -151,7 +150,7 @@ class SessionCookies:
     def sign_out(self, request: Request, response: Response) -> None:
         viewer = self.viewer(request)
         if viewer.session_id is not None:
-            self._sessions.close(viewer.session_id)
+            self.sessions.close(viewer.session_id)
         fresh = Viewer(None, secrets.token_urlsafe(32), fresh=True)
         request.state.viewer = fresh
         self.keep(request, response)

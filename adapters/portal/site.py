@@ -26,6 +26,7 @@ from registry_core.accounts import Accounts
 from registry_core.listings import Listings
 from registry_core.projects import Projects
 from registry_core.registry import Registry
+from registry_core.signins import SignIn
 
 from .session import CSRF_FIELD, SessionCookies, Viewer
 
@@ -120,7 +121,11 @@ class Site:
 
     @cached_property
     def listings(self) -> Listings:
-        return Listings(self.registry.store, self.auth.policy)
+        return Listings(self.registry, self.auth.policy)
+
+    @cached_property
+    def signer(self) -> SignIn:
+        return SignIn(self.accounts, self.auth.throttle)
 
     @cached_property
     def cookies(self) -> SessionCookies:
