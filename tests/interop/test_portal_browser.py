@@ -39,7 +39,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    assert shutil.which(CHROMIUM), "chromium is not installed: run the suite through scripts/test (apt-get install chromium)"
+    assert shutil.which(CHROMIUM), "no chromium: run the suite through scripts/test (apt-get install chromium)"
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         yield launched
