@@ -48,6 +48,7 @@ from registry_core.referrers import referrers_index
 from registry_core.registry import Registry, RegistryConfig
 from registry_core.tokens import LEEWAY, TOKEN_LIFETIME
 
+from .. import portal
 from ..delivery import deliver_events
 from ..exposure import EXPOSE_ENV, PUBLIC_ENV
 from ..maintenance import collect_garbage, reap_uploads
@@ -489,7 +490,8 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
     app = Starlette(routes=[Route("/v2/", base, methods=["GET", "HEAD"]),
                             Route("/v2/{path:path}", dispatch, methods=methods),
                             Route("/token", token, methods=["GET", "POST"]),
-                            *pages.routes(api)], lifespan=lifespan)  # the portal's pages: last (a catch-all)
+                            *portal.routes(lambda: api().auth),  # the portal: its JSON API (adapters/portal)
+                            *pages.routes(api)], lifespan=lifespan)  # and its pages: last (they end in a catch-all)
     def opened() -> tuple[BlobStore, bool]:
         current = api()
         return current.registry.store, not current.auth.login or current.auth.tokens is not None
