@@ -95,12 +95,15 @@ async def account(site: Site, request: Request) -> Response:
 
 
 async def create_token(site: Site, request: Request) -> Response:
-    viewer = site.signed_in(request)
     form = await site.form(request)
-    assert viewer.user is not None
+    viewer = site.signed_in(request, "modify")
+    assert viewer.user is not None and viewer.identity is not None
     scopes = [str(s) for s in form.getlist("scope") if s in TOKEN_SCOPES]
     if not scopes:
         return _account_page(site, request, 400, problem="Pick at least one scope for the token.")
+    if not set(scopes) <= viewer.identity.scopes:  # a token makes no token stronger than itself (as the API)
+        return _account_page(site, request, 403, problem="You signed in with a token that has only "
+                             f"{', '.join(sorted(viewer.identity.scopes))}: it cannot create a token with more.")
     expires_text = str(form.get("expires") or "")
     if expires_text and (not expires_text.isdigit() or not 0 < int(expires_text) <= EXPIRY_MAX):
         return _account_page(site, request, 400, problem="The expiry must be a number of seconds, at most ten years.")
@@ -118,8 +121,8 @@ async def create_token(site: Site, request: Request) -> Response:
 
 
 async def revoke_token(site: Site, request: Request) -> Response:
-    viewer = site.signed_in(request)
     await site.form(request)
+    viewer = site.signed_in(request, "modify")
     token_id = request.path_params["token_id"]
     token = site.accounts.token(token_id)
     if token is None or token.user != viewer.user:  # another's token reads as no token
@@ -131,8 +134,8 @@ async def revoke_token(site: Site, request: Request) -> Response:
 async def set_password(site: Site, request: Request) -> Response:
     """A new password for the signed-in account: every other session of the account ends (a stolen cookie with
     it), this browser gets a new one."""
-    viewer = site.signed_in(request)
     form = await site.form(request)
+    viewer = site.signed_in(request, "modify")
     assert viewer.user is not None
     password, again = str(form.get("password") or ""), str(form.get("again") or "")
     if password != again:

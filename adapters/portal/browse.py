@@ -108,8 +108,8 @@ async def projects(site: Site, request: Request, **context: Any) -> Response:
 
 
 async def create_project(site: Site, request: Request) -> Response:
-    viewer = site.signed_in(request)
     form = await site.form(request)
+    viewer = site.signed_in(request, "modify")
     name = str(form.get("name") or "").strip()
     try:
         project = await site.write(site.projects.create, name, viewer.user or "")

@@ -156,8 +156,8 @@ async def delete_tag(site: Site, request: Request, name: str, tag: str) -> Respo
 
 
 # -- site administration --------------------------------------------------------------------------------------------
-def _admin(site: Site, request: Request) -> None:
-    if not site.signed_in(request).admin:
+def _admin(site: Site, request: Request, scope: str = "view") -> None:
+    if not site.signed_in(request, scope).admin:
         raise not_found()  # the page's existence is no secret, but a non-admin has nothing to do there
 
 
@@ -175,8 +175,8 @@ async def admin(site: Site, request: Request) -> Response:
 
 
 async def create_account(site: Site, request: Request) -> Response:
-    _admin(site, request)
     form = await site.form(request)
+    _admin(site, request, "modify")
     name = str(form.get("name") or "").strip()
     password = str(form.get("password") or "")
     try:
@@ -189,8 +189,8 @@ async def create_account(site: Site, request: Request) -> Response:
 
 
 async def change_account(site: Site, request: Request) -> Response:
-    _admin(site, request)
     form = await site.form(request)
+    _admin(site, request, "modify")
     name = request.path_params["name"]
     try:
         if "certified" in form:

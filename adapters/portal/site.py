@@ -174,10 +174,16 @@ class Site:
                                                  "it again.")
         return form
 
-    def signed_in(self, request: Request) -> Viewer:
+    def signed_in(self, request: Request, scope: str = "view") -> Viewer:
+        """The signed-in viewer (401: to the sign-in form). A change needs `modify`: a session signed in with a
+        personal access token has that token's scopes, as the JSON API does (a password session has every scope)."""
         viewer = self.viewer(request)
         if viewer.identity is None:
             raise PageError(401, "Sign in first", "This page is for signed-in users: sign in, then try again.")
+        if scope not in viewer.identity.scopes:
+            raise PageError(403, "Not allowed", f"You signed in with a personal access token without the {scope} "
+                                                "scope this needs: sign in with your password, or with a token "
+                                                f"that has {scope}.")
         return viewer
 
 

@@ -48,7 +48,7 @@ def browser() -> Iterator[Browser]:
 
 @pytest.fixture
 def page(browser: Browser, world: World) -> Iterator[Page]:
-    context = browser.new_context(base_url=world.server.url, viewport={"width": 1200, "height": 800})
+    context = browser.new_context(base_url=world.server.url, viewport={"width": 1100, "height": 720})
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=world.server.url)
     context.set_default_timeout(10_000)
     yield context.new_page()
