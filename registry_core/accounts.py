@@ -87,6 +87,7 @@ class Identity:
 
 class Accounts:
     def __init__(self, store: BlobStore) -> None:
+        self.store = store
         self._store = store
         self._users: Table = store.index.table("users")
         self._pats: Table = store.index.table("pats")

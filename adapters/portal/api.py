@@ -196,10 +196,7 @@ class PortalApi:
             if not hmac.compare_digest(sent.encode(), found.csrf.encode()):
                 raise ApiError(403, "DENIED", f"a request signed in by the session cookie needs the session's CSRF "
                                               f"token in the {session.CSRF_HEADER} header")
-        identity = auth.accounts.identity_of(found.user)
-        if identity is None:
-            raise ApiError(401, "UNAUTHORIZED", "the session's account no longer exists or is disabled: sign in again")
-        return identity
+        return found.identity
 
     def _signed_in(self, call: Call, scope: str = "view") -> Identity:
         """The caller's identity, which must exist and (for a token) carry `scope`."""

@@ -49,7 +49,7 @@ class Session:
 def current(request: Request, accounts: Accounts) -> Session | None:
     """The signed-in session of the request's cookie, or None (no cookie, a bad signature, signed out, expired, or
     its token or account gone)."""
-    viewer = SessionCookies.of(accounts._store, accounts).viewer(request)
+    viewer = SessionCookies.of(accounts.store, accounts).viewer(request)
     if viewer.identity is None:
         return None
     return Session(viewer.identity.user, viewer.csrf, viewer.identity)
