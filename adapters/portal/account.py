@@ -16,7 +16,8 @@ from starlette.routing import BaseRoute, Route
 from registry_core.accounts import PASSWORD_MAX, PASSWORD_MIN, TOKEN_SCOPES, AccountError, Identity, PersonalToken
 from registry_core.signins import Refused, Throttled
 
-from .site import PageError, Site, SiteGetter, guarded, rfc3339
+from . import values
+from .site import PageError, Site, SiteGetter, guarded
 
 EXPIRY_MAX = 10 * 365 * 86400  # seconds: the longest expiry the form may ask for (it offers at most a year)
 
@@ -75,8 +76,7 @@ def _token_row(site: Site, token: PersonalToken) -> dict[str, object]:
     now = site.registry.store.clock()
     state = "revoked" if token.revoked else "expired" if token.expires is not None and now >= token.expires \
         else "active"
-    return {"id": token.id, "label": token.label, "scopes": list(token.scopes), "created": rfc3339(token.created),
-            "expires": rfc3339(token.expires), "last_used": rfc3339(site.accounts.last_used(token.id)), "state": state}
+    return values.token(token, site.accounts.last_used(token.id)) | {"state": state}
 
 
 def _account_page(site: Site, request: Request, status: int = 200, **context: object) -> Response:

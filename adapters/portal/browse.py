@@ -1,9 +1,9 @@
 """The pages that show the registry: projects, a project's repositories, a repository's tags, a tag or image.
 
-What they show comes from registry_core.listings (the same queries, and the same policy checks, as the JSON API): a
-repository the viewer may not see answers the same "not found" page as one that does not exist. Repository names
-contain `/`, so a repository's sub-pages follow the path segment `-` (never a valid name component), as in the API:
-/repositories/syn10001/tools/-/tags/v1.
+What they show comes from registry_core.listings, as values.py writes it: the same queries, values and policy checks
+as the JSON API. A repository the viewer may not see answers the same "not found" page as one that does not exist.
+Repository names contain `/`, so a repository's sub-pages follow the path segment `-` (never a valid name
+component), as in the API: /repositories/syn10001/tools/-/tags/v1.
 """
 
 from __future__ import annotations
@@ -17,13 +17,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from registry_core.images import Detail
-from registry_core.listings import InvalidQuery, NotFound, ProjectView, RepositoryView, TagRow, TagView, page_size
+from registry_core.listings import InvalidQuery, NotFound, RepositoryView, TagView, page_size
 from registry_core.projects import ProjectError
-from registry_core.schema import HistoryEntry
 
-from . import manage
-from .site import PageError, Site, SiteGetter, guarded, not_found, rfc3339
+from . import manage, values
+from .site import PageError, Site, SiteGetter, guarded, not_found
 
 
 @contextmanager
@@ -49,61 +47,13 @@ def _next_url(base: str, marker: str | None, **params: str | None) -> str | None
     return f"{base}?{urlencode(query)}"
 
 
-# -- values as the templates (and the JSON API, PORTAL-API.md) name their fields -------------------------------------
-def project_value(view: ProjectView) -> dict[str, Any]:
-    p = view.project
-    return {"id": p.id, "name": p.name, "owner": p.owner, "trashed": view.access.trashed,
-            "created": rfc3339(p.created), "permission": view.access.permission, "repositories": view.repositories}
-
-
-def repository_value(view: RepositoryView) -> dict[str, Any]:
-    last = view.last_push
-    return {"name": str(view.name), "project": view.name.project, "tags": view.tags, "size": view.size,
-            "last_push": {"time": rfc3339(last.push.time), "actor": last.push.actor} if last else None,
-            "trashed": view.access.trashed, "permission": view.access.permission}
-
-
-def tag_value(row: TagRow) -> dict[str, Any]:
-    s = row.summary
-    return {"tag": row.tag, "digest": s.digest, "media_type": s.media_type, "kind": s.kind,
-            "platforms": list(s.platforms), "size": s.size, "pushed_at": rfc3339(row.push.time),
-            "pushed_by": row.push.actor}
-
-
-def detail_value(view: TagView) -> dict[str, Any]:
-    detail: Detail = view.detail
-    s = detail.summary
-    config = detail.config
-    value: dict[str, Any] = {
-        "tag": view.tag, "digest": s.digest, "media_type": s.media_type, "kind": s.kind,
-        "platforms": list(s.platforms), "size": s.size, "manifest_size": s.manifest_size,
-        "artifact_type": s.artifact_type,
-        "pushed_at": rfc3339(view.push.time) if view.push else None,
-        "pushed_by": view.push.actor if view.push else None,
-        "children": [{"digest": c.digest, "media_type": c.media_type, "platform": c.platform, "size": c.size}
-                     for c in detail.children],
-        "config": {"created": config.created, "os": config.os, "architecture": config.architecture,
-                   "entrypoint": config.entrypoint, "cmd": config.cmd, "labels": config.labels}
-        if config is not None else None,
-        "layers": [{"digest": layer.digest, "media_type": layer.media_type, "size": layer.size,
-                    "created_by": layer.created_by} for layer in detail.layers],
-        "referrers": [{"digest": r.get("digest"), "media_type": r.get("mediaType"),
-                       "artifact_type": r.get("artifactType"), "size": r.get("size")} for r in view.referrers],
-    }
-    return value
-
-
-def history_value(entry: HistoryEntry) -> dict[str, Any]:
-    return {"digest": entry.digest, "time": rfc3339(entry.time), "actor": entry.actor}
-
-
 # -- pages ----------------------------------------------------------------------------------------------------------
 async def projects(site: Site, request: Request, **context: Any) -> Response:
     viewer = site.viewer(request)
     with _answers():
         found = site.listings.project_list(viewer.identity, page_size(_query(request, "n")), _query(request, "last"))
     return site.page(request, "projects.html", int(context.pop("status", 200)),
-                     projects=[project_value(v) for v in found.items],
+                     projects=[values.project(v) for v in found.items],
                      next_url=_next_url("/", found.next, n=_query(request, "n")), **context)
 
 
@@ -127,8 +77,8 @@ async def project(site: Site, request: Request) -> Response:
         found = site.listings.repository_list(viewer.identity, view.project.id, page_size(_query(request, "n")),
                                               _query(request, "last"), contains)
     base = f"/projects/{view.project.id}"
-    return site.page(request, "project.html", project=project_value(view), filter=contains or "",
-                     repositories=[repository_value(v) for v in found.items], host=site.host(request),
+    return site.page(request, "project.html", project=values.project(view), filter=contains or "",
+                     repositories=[values.repository(v) for v in found.items], host=site.host(request),
                      may_administer="admin" in view.access.granted,
                      next_url=_next_url(base, found.next, filter=contains, n=_query(request, "n")))
 
@@ -173,10 +123,10 @@ async def repository(site: Site, request: Request, name: str) -> Response:
         view = site.listings.repository(viewer.identity, name)
         found = site.listings.tag_page(viewer.identity, name, page_size(_query(request, "n")), _query(request, "last"),
                                        sort, contains)
-    rows = [tag_value(r) for r in found.items]
+    rows = [values.tag(r) for r in found.items]
     example = next((r for r in rows if r["tag"] == "latest"), rows[0] if rows else None)
     base = f"/repositories/{view.name}"
-    return site.page(request, "repository.html", repo=repository_value(view), tags=rows, example=example,
+    return site.page(request, "repository.html", repo=values.repository(view), tags=rows, example=example,
                      base=base, sort=sort, filter=contains or "", host=site.host(request),
                      may_administer="admin" in view.access.granted, may_delete="delete" in view.access.granted,
                      next_url=_next_url(base, found.next, sort=sort if sort != "name" else None, filter=contains,
@@ -189,7 +139,7 @@ async def tag(site: Site, request: Request, name: str, tag_name: str) -> Respons
         view = site.listings.repository(viewer.identity, name)
         found = site.listings.tag(viewer.identity, name, tag_name)
         history = site.listings.history(viewer.identity, name, tag_name)
-    return _tag_page(site, request, view, found, [history_value(h) for h in history])
+    return _tag_page(site, request, view, found, [values.commit(h) for h in history])
 
 
 async def image(site: Site, request: Request, name: str, digest: str) -> Response:
@@ -202,7 +152,7 @@ async def image(site: Site, request: Request, name: str, digest: str) -> Respons
 
 def _tag_page(site: Site, request: Request, view: RepositoryView, found: TagView,
               history: list[dict[str, Any]] | None) -> Response:
-    return site.page(request, "tag.html", repo=repository_value(view), tag=detail_value(found), history=history,
+    return site.page(request, "tag.html", repo=values.repository(view), tag=values.tag_detail(found), history=history,
                      base=f"/repositories/{view.name}", host=site.host(request),
                      may_delete="delete" in view.access.granted)
 

@@ -20,7 +20,8 @@ from registry_core.listings import Access, NotFound
 from registry_core.names import InvalidReference
 from registry_core.projects import LEVELS, ProjectError
 
-from .site import PageError, Site, SiteGetter, guarded, not_found, rfc3339
+from . import values
+from .site import PageError, Site, SiteGetter, guarded, not_found
 
 
 def _refused(what: str) -> PageError:
@@ -51,7 +52,7 @@ def _sharing_page(site: Site, request: Request, target: str, status: int = 200, 
     back = f"/repositories/{target}" if is_repository else f"/projects/{target}"
     return site.page(request, "sharing.html", status, target=target, back=back, is_repository=is_repository,
                      action=f"{back}/-/sharing" if is_repository else f"{back}/sharing", levels=LEVELS,
-                     grants=site.projects.sharing(target), **context)
+                     grants=[values.grant(g, target) for g in site.projects.sharing(target)], **context)
 
 
 async def project_sharing(site: Site, request: Request) -> Response:
@@ -162,9 +163,8 @@ def _admin(site: Site, request: Request, scope: str = "view") -> None:
 
 
 def _admin_page(site: Site, request: Request, status: int = 200, **context: Any) -> Response:
-    accounts = [{"name": u.name, "certified": u.certified, "admin": u.admin, "created": rfc3339(u.created),
-                 "disabled": u.disabled} for u in site.accounts.users()]
-    projects = [{"id": p.id, "name": p.name, "owner": p.owner, "created": rfc3339(p.created),
+    accounts = [values.account(u, site.accounts.has_password(u.name)) for u in site.accounts.users()]
+    projects = [{"id": p.id, "name": p.name, "owner": p.owner, "created": values.time(p.created),
                  "trashed": site.projects.is_trashed(p.id)} for p in site.projects.all()]
     return site.page(request, "admin.html", status, accounts=accounts, projects=projects, **context)
 

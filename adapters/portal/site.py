@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -60,15 +59,9 @@ def not_found(message: str = "There is nothing here, or you may not see it.") ->
     return PageError(404, "Not found", message)
 
 
-def rfc3339(t: float | None) -> str | None:
-    """A Unix time as the API writes it (PORTAL-API.md: RFC 3339 UTC)."""
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def _utc(text: str | None) -> str:
-    return (text or "").replace("T", " ").replace("Z", " UTC")
+    """An RFC 3339 time as a reader's text: `2026-12-02 03:40:00 UTC` (whole seconds)."""
+    return f"{text[:19].replace('T', ' ')} UTC" if text else ""
 
 
 def _short(digest: str | None) -> str:
