@@ -235,6 +235,12 @@ class Projects:
         return txn.get(self._trashed, project.encode()) is not None or \
             txn.get(self._trashed, repo.encode()) is not None
 
+    def in_trash(self, target: str) -> bool:
+        """Whether the project or repository is itself in the trash (`is_trashed` also says so of a repository
+        whose project is)."""
+        with self._store.index.read() as txn:
+            return txn.get(self._trashed, target.encode()) is not None
+
     def forget(self, target: str, *, actor: str | None = None) -> None:
         """After a purge: the target's grants and trash mark (and the project itself) go. A project's purge is
         its own event (org.berth.project.purged); a repository's was written by Registry.purge_repository."""

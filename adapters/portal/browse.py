@@ -128,6 +128,7 @@ async def repository(site: Site, request: Request, name: str) -> Response:
     base = f"/repositories/{view.name}"
     return site.page(request, "repository.html", repo=values.repository(view), tags=rows, example=example,
                      base=base, sort=sort, filter=contains or "", host=site.host(request),
+                     in_trash=site.projects.in_trash(str(view.name)),
                      may_administer="admin" in view.access.granted, may_delete="delete" in view.access.granted,
                      next_url=_next_url(base, found.next, sort=sort if sort != "name" else None, filter=contains,
                                         n=_query(request, "n")))

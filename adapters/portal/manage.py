@@ -19,6 +19,7 @@ from registry_core.errors import ManifestUnknown
 from registry_core.listings import Access, NotFound
 from registry_core.names import InvalidReference
 from registry_core.projects import LEVELS, ProjectError
+from registry_core.trash import NotInTrash, purge
 
 from . import values
 from .site import PageError, Site, SiteGetter, guarded, not_found
@@ -125,22 +126,13 @@ async def _trash(site: Site, request: Request, target: str, access: Access, acti
         elif action == "restore":
             await site.write(lambda: site.projects.restore(target, actor=actor))
         else:
-            if not access.trashed:
-                raise PageError(409, "Not in the trash", f"{target} is not in the trash: move it there first.")
-            await site.write(_purge, site, target, actor)
+            await site.write(lambda: purge(site.registry, target, actor=actor))
             page = f"/projects/{target.split('/', 1)[0]}" if "/" in target else "/"
+    except NotInTrash as exc:
+        raise PageError(409, "Not in the trash", str(exc)) from None
     except ProjectError as exc:
         raise PageError(400, "Refused", str(exc)) from None
     return site.redirect(request, page)
-
-
-def _purge(site: Site, target: str, actor: str | None) -> None:
-    """Drop a trashed project's or repository's manifests and tags, then its grants and trash mark (as `berth
-    purge` does)."""
-    repos = [target] if "/" in target else site.registry.repositories(f"{target}/")
-    for repo in repos:
-        site.registry.purge_repository(repo, actor=actor)
-    site.projects.forget(target, actor=actor)
 
 
 # -- tags -----------------------------------------------------------------------------------------------------------

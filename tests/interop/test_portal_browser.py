@@ -221,6 +221,45 @@ def test_trash_banner_and_restore(world: World, page: Page) -> None:
     expect(page.locator("#trash-banner")).to_have_count(0)
     assert anonymous_pull(world, repo, "v1") == 200
 
+    page.click("button[aria-label='Delete tag v1']")  # those who may delete, delete tags
+    expect(page.locator("#tags tr[data-key='v1']")).to_have_count(0)
+    assert anonymous_pull(world, repo, "v1") == 404
+    world.push_image(repo, "v2")
+    page.reload()
+    page.click("button:text('Move the repository to the trash')")
+    page.click("#trash-banner button:text('Purge for good')")
+    expect(page).to_have_url(re.compile(rf"/projects/{world.project}$"))
+    expect(page.locator(f"#repositories tr[data-key='{repo}']")).to_have_count(0)
+    assert not world.registry.exists(repo)
+
+
+def test_a_site_admin_creates_an_account_that_signs_in_then_disables_it(world: World, browser: Browser) -> None:
+    admin, carol = (browser.new_context(base_url=world.server.url) for _ in range(2))
+    try:
+        by_admin, by_carol = admin.new_page(), carol.new_page()
+        sign_in(by_admin, "admin", PASSWORD)
+        by_admin.click("header.site a:text('Administration')")
+        form = by_admin.locator("form[action='/admin/accounts']")
+        form.locator("input[name=name]").fill("carol")
+        form.locator("input[name=certified]").check()
+        form.locator("input[name=password]").fill("carol's own passphrase")
+        form.locator("button[type=submit]").click()
+        expect(by_admin.locator("#accounts tr[data-key=carol]")).to_contain_text("yes")  # certified
+
+        sign_in(by_carol, "carol", "carol's own passphrase")
+        by_carol.goto("/")
+        by_carol.fill("form[action='/projects'] input[name=name]", "carols")
+        by_carol.click("form[action='/projects'] button[type=submit]")
+        expect(by_carol.locator("h1")).to_contain_text("carols")  # her new project's page: she owns it
+
+        by_admin.locator("#accounts tr[data-key=carol] button:text('Disable')").click()
+        expect(by_admin.locator("#accounts tr[data-key=carol]")).to_contain_text("disabled")
+        by_carol.goto("/account")  # her session ended with the account
+        expect(by_carol).to_have_url(re.compile(r"/signin\?next=/account"))
+    finally:
+        admin.close()
+        carol.close()
+
 
 def test_the_pages_work_without_javascript(world: World, browser: Browser) -> None:
     repo = f"{world.project}/plain"
