@@ -134,6 +134,27 @@ def test_not_found_does_not_tell_hidden_from_missing(world: World) -> None:
         assert anonymous.get("/no/such/page").status_code == 404
 
 
+def test_a_project_in_the_trash_shows_its_banner_to_its_administrators(world: World) -> None:
+    project = world.projects.create("short-lived", "owner").id
+    world.projects.grant(project, "public", "view")
+    world.push_image(f"{project}/app", "v1")
+    with signed_in(world, "owner") as owner, browser(world) as anonymous:
+        page = owner.get(f"/projects/{project}")
+        assert owner.post(f"/projects/{project}/trash", data={"csrf": csrf_of(page)}).status_code == 303
+        page = owner.get(f"/projects/{project}")
+        assert page.status_code == 200 and 'id="trash-banner"' in page.text
+        assert anonymous.get(f"/projects/{project}").status_code == 404  # to others, it is gone
+        repository = owner.get(f"/repositories/{project}/app")  # its repositories say where the trash is
+        assert f'href="/projects/{project}">{project}</a> is in the trash' in repository.text
+        assert owner.post(f"/projects/{project}/restore", data={"csrf": csrf_of(page)}).status_code == 303
+        assert anonymous.get(f"/projects/{project}").status_code == 200
+        assert owner.post(f"/projects/{project}/purge", data={"csrf": csrf_of(page)}).status_code == 409
+        owner.post(f"/projects/{project}/trash", data={"csrf": csrf_of(page)})
+        r = owner.post(f"/projects/{project}/purge", data={"csrf": csrf_of(page)})
+        assert r.status_code == 303 and r.headers["location"] == "/"
+        assert owner.get(f"/projects/{project}").status_code == 404 and world.projects.get(project) is None
+
+
 def test_sign_in_goes_back_only_to_a_page_of_this_site(world: World) -> None:
     with browser(world) as client:
         for target, landing in (("//evil.example/x", "/"), ("https://evil.example/", "/"), ("/account", "/account")):

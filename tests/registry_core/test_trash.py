@@ -1,0 +1,42 @@
+"""Purging from the trash (registry_core/trash.py): only what is itself in the trash; a project goes with every
+repository in it, and their grants; the names become free."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from cas import BlobStore, Digest
+from registry_core.accounts import Accounts
+from registry_core.projects import Projects
+from registry_core.registry import Registry
+from registry_core.trash import NotInTrash, purge
+
+
+def test_purge_takes_only_what_is_itself_in_the_trash(make_store: Callable[..., BlobStore]) -> None:
+    registry = Registry(make_store())
+    Accounts(registry.store).add_user("owner")
+    projects = Projects(registry.store)
+    project = projects.create("p", "owner").id
+    config = b"{}"
+    for name in ("a", "b"):
+        registry.ingest_blob(f"{project}/{name}", config, Digest.of(config))
+    projects.grant(f"{project}/a", "public", "view")
+
+    with pytest.raises(NotInTrash):
+        purge(registry, f"{project}/a")
+    projects.trash(project)
+    assert projects.is_trashed(f"{project}/a") and not projects.in_trash(f"{project}/a")
+    with pytest.raises(NotInTrash):  # trashed with its project: purged with it, not alone
+        purge(registry, f"{project}/a")
+
+    projects.restore(project)
+    projects.trash(f"{project}/a")
+    purge(registry, f"{project}/a", actor="owner")
+    assert registry.repositories(f"{project}/") == [f"{project}/b"]
+    assert projects.grants(f"{project}/a") == {} and not projects.in_trash(f"{project}/a")
+
+    projects.trash(project)
+    purge(registry, project, actor="owner")
+    assert registry.repositories(f"{project}/") == [] and projects.get(project) is None
