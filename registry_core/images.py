@@ -3,13 +3,14 @@ platforms; its size; its config (entrypoint, labels) and which build step made e
 
 A manifest's digest names its bytes, and an index's size is a function of its children's bytes, which their
 digests name: so a Summary is a pure function of the digest, remembered per process (SUMMARIES) and shared by every
-repository. Reading one costs a few index gets (the manifest's record and bytes; an image's config; an index's
-children, each a summary of its own) the first time, nothing after.
+repository (and every Images object: the portal builds one per request). Reading one costs a few index gets (the
+manifest's bytes; an image's config; an index's children, each a summary of its own) the first time, nothing after.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,9 @@ class Summary:
     size: int  # manifest + config + layers, as stored; an index: its own bytes + its children's sizes
     manifest_size: int
     artifact_type: str | None
+    # (digest, size) of the manifest's own bytes and every blob it names (an index: its own bytes; its children
+    # are manifests of the repository, counted as such): a repository's deduplicated size is their union.
+    blobs: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,7 @@ class Child:
     media_type: str
     platform: str | None
     size: int
+    degraded: bool = False  # its size is the descriptor's: its own bytes could not be read
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,23 +83,52 @@ class UnknownImage(LookupError):
     """The manifest's bytes are not stored (or do not parse)."""
 
 
+class _Remembered:
+    """The process's summaries, least recently used first (threads share it: the portal reads in worker threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._found: OrderedDict[str, Summary] = OrderedDict()
+
+    def get(self, digest: str) -> Summary | None:
+        with self._lock:
+            found = self._found.get(digest)
+            if found is not None:
+                self._found.move_to_end(digest)
+            return found
+
+    def put(self, summary: Summary) -> None:
+        with self._lock:
+            self._found[summary.digest] = summary
+            while len(self._found) > SUMMARIES_MAX:
+                self._found.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._found.clear()
+
+
+SUMMARIES = _Remembered()
+
+
 class Images:
     """Summaries and details of stored manifests, read through the cas store's Transaction and blob reads."""
 
     def __init__(self, store: BlobStore, max_manifest: int = 4 << 20) -> None:
         self._store = store
         self._max_manifest = max_manifest
-        self._summaries: OrderedDict[str, Summary] = OrderedDict()
+        self._summaries = SUMMARIES
 
     def summary(self, txn: Transaction, digest: Digest) -> Summary:
         cached = self._summaries.get(str(digest))
         if cached is not None:
-            self._summaries.move_to_end(str(digest))
             return cached
         manifest = self._manifest(txn, digest)
+        degraded = False  # a child that could not be read: not remembered, so that it is read again next time
         if manifest.is_index:
             children = [self._child(txn, d.digest, d.media_type, d.platform, d.size)
                         for d in manifest.manifests[:CHILDREN_MAX]]
+            degraded = any(c.degraded for c in children)
             platforms = tuple(dict.fromkeys(c.platform for c in children if c.platform))
             kind = "artifact" if manifest.artifact_type else "index"
             size = manifest.size + sum(c.size for c in children)
@@ -105,11 +139,11 @@ class Images:
             platforms = (platform,) if platform else ()
             size = manifest.size + sum(d.size for d in manifest.blobs)
         # An image's "artifact type" is its config's media type (the referrers rule); an image is no artifact.
+        blobs = ((str(digest), manifest.size), *((str(d.digest), d.size) for d in manifest.blobs))
         found = Summary(str(digest), manifest.media_type, kind, platforms, size, manifest.size,
-                        manifest.artifact_type if kind != "image" else None)
-        self._summaries[str(digest)] = found
-        while len(self._summaries) > SUMMARIES_MAX:
-            self._summaries.popitem(last=False)
+                        manifest.artifact_type if kind != "image" else None, blobs)
+        if not degraded:
+            self._summaries.put(found)
         return found
 
     def detail(self, txn: Transaction, digest: Digest) -> Detail:
@@ -131,12 +165,6 @@ class Images:
                        for i, d in enumerate(manifest.blobs[1:]))
         return Detail(summary, (), config, layers, dict(manifest.annotations))
 
-    def blobs(self, txn: Transaction, digest: Digest) -> set[tuple[str, int]]:
-        """(digest, size) of the manifest itself and every blob it names (an index: its own bytes only; its
-        children are manifests of the repository and counted as such)."""
-        manifest = self._manifest(txn, digest)
-        return {(str(digest), manifest.size)} | {(str(d.digest), d.size) for d in manifest.blobs}
-
     # -- reading ------------------------------------------------------------------------------------------------------
     def _manifest(self, txn: Transaction, digest: Digest) -> Manifest:
         body = self._bytes(txn, digest, self._max_manifest)
@@ -150,10 +178,10 @@ class Images:
         fields = dict(platform)
         name = _platform(fields) or None
         try:
-            total = self.summary(txn, digest).size if media_type in _MANIFESTS else size
-        except UnknownImage:
-            total = size  # a child not stored here (cannot happen for a pushed index; a listing never fails on it)
-        return Child(str(digest), media_type, name, total)
+            return Child(str(digest), media_type, name,
+                         self.summary(txn, digest).size if media_type in _MANIFESTS else size)
+        except UnknownImage:  # not stored (never for a pushed index's child): a listing does not fail on it
+            return Child(str(digest), media_type, name, size, degraded=True)
 
     def _config(self, txn: Transaction, manifest: Manifest) -> dict[str, Any]:
         config = manifest.blobs[0] if manifest.blobs else None

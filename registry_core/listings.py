@@ -6,15 +6,17 @@ is shown only to those the policy still grants `admin` on it; to everyone else i
 message says "in the trash" only to those the policy tells so (ProjectPolicy: whoever could see it).
 
 Cost. A page is one range scan of a sorted table (tags by name, tag_times by push time, repos, projects) plus a few
-gets per item shown; a filter looks at no more than SCAN_MAX keys past the page before it answers with a shorter page
-and a marker to go on from (the catalog's rule). Image summaries are remembered per digest (images.py). Everything is
-read through the store's Transaction (get, scan, keys, count): no file paths.
+gets per item shown; a filter looks at no more than SCAN_MAX tags (HIDDEN_MAX projects or repositories the caller
+may not see) past the page before it answers with a shorter page and a marker to go on from (the catalog's rule).
+Image summaries are remembered per digest (images.py). Everything is read through the store's Transaction (get,
+scan, keys, count) and cas's blob reads: no file paths.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from typing import Generic, TypeVar
 
 from cas import Digest, InvalidDigest, Table, Transaction
@@ -32,7 +34,8 @@ T = TypeVar("T")
 
 PAGE_DEFAULT = 100
 PAGE_MAX = 1000  # PORTAL-API.md: n at most 1000
-SCAN_MAX = 10_000  # keys a filtered or permission-filtered page may pass over before it answers (catalog: 1000)
+SCAN_MAX = 10_000  # tag keys a filtered page may pass over before it answers (a key costs ~0.1 µs: a few ms)
+HIDDEN_MAX = 1000  # projects or repositories a page may pass over (each asks the policy), as the catalog does
 HISTORY_MAX = 1000  # newest history entries a tag's history shows
 # The actions that tell a caller's level, strongest first, with the projects module's level names (projects.LEVELS).
 LEVEL_BY_ACTION = (("admin", "admin"), ("delete", "edit-delete"), ("push", "edit"), ("pull", "download"),
@@ -129,7 +132,10 @@ class Listings:
         self._trashed: Table = store.index.table("trashed")
         self.projects = Projects(store)
         self.images = Images(store, registry.config.max_manifest)
-        store.index.transact(self._tags.backfill)  # stores written before tag_pushes existed: once, then 2 counts
+        with store.index.read() as txn:
+            behind = txn.count(self._tags.pushes) != txn.count(self._tags.tags)
+        if behind:  # a store written before tag_pushes existed: filled in once
+            store.index.transact(self._tags.backfill)
 
     # -- access ---------------------------------------------------------------------------------------------------
     def repository_access(self, identity: Identity | None, name: str) -> Access:
@@ -139,11 +145,6 @@ class Listings:
     def project_access(self, identity: Identity | None, project_id: str, txn: Transaction) -> Access:
         granted = self._policy.grant(identity, Resource("project", project_id), ALL_ACTIONS)
         return Access(frozenset(granted), txn.get(self._trashed, project_id.encode()) is not None)
-
-    def in_trash(self, target: str) -> bool:
-        """Whether the project or repository is itself in the trash (not only through its project)."""
-        with self._store.index.read() as txn:
-            return txn.get(self._trashed, target.encode()) is not None
 
     def repository(self, identity: Identity | None, name: str) -> RepositoryView:
         repo = _repository_name(name)
@@ -191,7 +192,7 @@ class Listings:
             start = last.encode() + SEP if last else None
             looked = None
             for seen, raw_id in enumerate(txn.keys(self._projects_table, start=start)):
-                if seen >= n + SCAN_MAX:
+                if seen >= n + HIDDEN_MAX:
                     return Page(found, looked)
                 looked = raw_id.decode()
                 access = self.project_access(identity, looked, txn)
@@ -212,7 +213,7 @@ class Listings:
             start = last.encode() + SEP if last else None
             looked = None
             for seen, raw in enumerate(txn.keys(self._repos, prefix=prefix, start=start)):
-                if seen >= n + SCAN_MAX:
+                if seen >= n + HIDDEN_MAX:
                     return Page(found, looked)
                 looked = raw.decode()
                 if contains and contains.lower() not in looked.lower():
@@ -232,12 +233,12 @@ class Listings:
 
     def _size(self, txn: Transaction, repo: str) -> int:
         """Deduplicated bytes of every manifest of the repository and the blobs they name: one range scan of its
-        manifests (each one's blobs are remembered per digest after the first look)."""
+        manifests, whose summaries (with their blobs) are remembered per digest after the first look."""
         prefix = key(repo, b"")
         seen: dict[str, int] = {}
         for k in txn.keys(self._manifests, prefix=prefix):
             try:
-                blobs = self.images.blobs(txn, Digest.parse(k[len(prefix):].decode()))
+                blobs = self.images.summary(txn, Digest.parse(k[len(prefix):].decode())).blobs
             except (UnknownImage, InvalidDigest):
                 continue
             seen.update(blobs)
@@ -272,6 +273,27 @@ class Listings:
                 marker = f"{stop[0]}:{stop[1]}" if stop is not None else None
             rows = [self._row(txn, text, tag) for tag in names]
         return Page([row for row in rows if row is not None], marker)
+
+    def tag_slice(self, identity: Identity | None, name: str, sort: str, ascending: bool, limit: int,
+                  offset: int) -> tuple[int, list[TagRow]]:
+        """(how many tags, `limit` rows from `offset`) in Synapse's order: sort "TAG" (by name) or "CREATED_ON"
+        (by push time), ascending or not. Offsets cost a walk of that many keys (in C, ~0.1 µs each); Berth's own
+        listing pages by marker instead."""
+        repo = _repository_name(name)
+        with self._store.index.read() as txn:
+            self._visible_repository(identity, repo, txn)
+            text = str(repo)
+            prefix = key(text, b"")
+            total = self._count(txn, self._tags.tags, prefix)
+            table = self._tags.tags if sort == "TAG" else self._tags.times
+            forward = ascending if sort == "TAG" else not ascending  # tag_times holds newest first
+            begin = offset if forward else max(total - offset - limit, 0)
+            end = offset + limit if forward else max(total - offset, 0)
+            keys = list(islice(txn.keys(table, prefix=prefix), begin, end))
+            cut = len(prefix) if sort == "TAG" else len(prefix) + 9
+            names = [k[cut:].decode("utf-8") for k in (keys if forward else reversed(keys))]
+            rows = [self._row(txn, text, tag) for tag in names]
+        return total, [row for row in rows if row is not None]
 
     def _by_name(self, txn: Transaction, repo: str, n: int, last: str | None,
                  admit: Callable[[str], bool]) -> tuple[list[str], str | None]:

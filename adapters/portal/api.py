@@ -331,15 +331,14 @@ class PortalApi:
         return Response(status_code=204)
 
     def _purge(self, target: str, actor: str) -> None:
-        """Purge a trashed project (every repository in it) or repository; 409 unless it is itself in the trash."""
+        """Purge a trashed project (every repository in it) or repository (trashed itself or with its project), as
+        `berth purge` does; 409 when it is not in the trash."""
         projects, registry = self.listings.projects, self.auth.registry
-        if not self.listings.in_trash(target):
+        if not projects.is_trashed(target):
             raise ApiError(409, "CONFLICT", f"{target} is not in the trash: trash it first, then purge it")
-        for name in registry.repositories(f"{target}/") if "/" not in target else [target]:
+        for name in [target] if "/" in target else registry.repositories(f"{target}/"):
             registry.purge_repository(name, actor=actor)
-            projects.forget(name, actor=actor)
-        if "/" not in target:
-            projects.forget(target, actor=actor)
+        projects.forget(target, actor=actor)
 
     # -- repositories -----------------------------------------------------------------------------------------------
     async def repository(self, call: Call) -> Response:
@@ -372,6 +371,21 @@ class PortalApi:
         page = await self._run(self.listings.tag_page, call.identity, call.path("name"), page_size(call.query("n")),
                                call.query("last"), call.query("sort") or "name", call.query("filter"))
         return self._paged(call, "tags", [values.tag(row) for row in page.items], page.next)
+
+    async def synapse_tags(self, call: Call) -> Response:
+        """The tag listing in the shape Synapse's clients parse (its /entity/dockerRepo/{id}/tags): offset paging."""
+        sort = call.query("sort") or "CREATED_ON"
+        if sort not in ("CREATED_ON", "TAG"):
+            raise ApiError(400, "INVALID", "sort must be CREATED_ON or TAG")
+        ascending = (call.query("ascending") or "false").lower()
+        if ascending not in ("true", "false"):
+            raise ApiError(400, "INVALID", "ascending must be true or false")
+        limit, offset = _count(call.query("limit"), "limit", 10, 1, 1000), _count(call.query("offset"), "offset", 0,
+                                                                                 0, 10**9)
+        total, rows = await self._run(self.listings.tag_slice, call.identity, call.path("name"), sort,
+                                      ascending == "true", limit, offset)
+        return ok({"totalNumberOfResults": total, "results": [
+            {"tag": row.tag, "digest": row.summary.digest, "createdOn": values.time(row.push.time)} for row in rows]})
 
     async def tag(self, call: Call) -> Response:
         found = await self._run(self.listings.tag, call.identity, call.path("name"), call.path("tag"))
@@ -485,6 +499,14 @@ class PortalApi:
         return ok(await self._run(work))
 
 
+def _count(text: str | None, name: str, default: int, low: int, high: int) -> int:
+    if text is None:
+        return default
+    if not text.isascii() or not text.isdigit() or len(text) > 10 or not low <= int(text) <= high:
+        raise ApiError(400, "INVALID", f"{name} must be an integer from {low} to {high}, got {text[:40]!r}")
+    return int(text)
+
+
 def _flags(body: dict[str, Any], names: tuple[str, ...]) -> dict[str, bool]:
     found = {}
     for name in names:
@@ -524,6 +546,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     # Sub-resources before the repository itself: `{name:path}` would take `-/tags` into the name.
     Endpoint("GET", _REPO + "/-/tags", PortalApi.tags, "The repository's tags", "TagPage",
              query=("n", "last", "sort", "filter")),
+    Endpoint("GET", _REPO + "/-/synapse/tags", PortalApi.synapse_tags,
+             "The tags in the shape of Synapse's docker tag listing (offset paging)", "SynapseTags",
+             query=("sort_synapse", "ascending", "limit", "offset")),
     Endpoint("GET", _REPO + "/-/tags/{tag}/history", PortalApi.history, "Every move of the tag, newest first",
              "History"),
     Endpoint("GET", _REPO + "/-/tags/{tag}", PortalApi.tag, "A tag and the image it points at", "TagDetail"),

@@ -74,6 +74,8 @@ SCHEMAS: dict[str, Any] = {
     "TagPage": _page("tags", "Tag"),
     "TagDetail": _object({**_TAG, **_IMAGE}),
     "ImageDetail": _object(_IMAGE),
+    "SynapseTags": _object({"totalNumberOfResults": _INT, "results": {"type": "array", "items": _object(
+        {"tag": _STR, "digest": _STR, "createdOn": _TIME})}}),
     "History": _object({"history": {"type": "array", "items": _object(
         {"digest": _NULLABLE_STR, "time": _TIME, "actor": _NULLABLE_STR})}}),
     "Grant": _object({"principal": _STR, "level": _LEVEL, "inherited_from": _NULLABLE_STR,
@@ -99,6 +101,10 @@ _QUERY = {
     "sort": ({"type": "string", "enum": ["name", "time"], "default": "name"},
              "by name (ascending) or by push time (newest first)"),
     "filter": (_STR, "keep the names containing this text (case-insensitive)"),
+    "sort_synapse": ({"type": "string", "enum": ["CREATED_ON", "TAG"], "default": "CREATED_ON"}, "sort order"),
+    "ascending": ({"type": "boolean", "default": False}, "oldest (or A) first"),
+    "limit": ({"type": "integer", "minimum": 1, "maximum": 1000, "default": 10}, "items"),
+    "offset": ({"type": "integer", "minimum": 0, "default": 0}, "items to skip"),
 }
 _ERRORS = {"400": "INVALID", "401": "UNAUTHORIZED", "403": "DENIED", "404": "NOT_FOUND", "409": "CONFLICT",
            "429": "TOO_MANY_REQUESTS", "503": "UNAVAILABLE"}
@@ -115,7 +121,7 @@ def document(endpoints: Iterable[Endpoint], prefix: str) -> dict[str, Any]:
         path = openapi_path(prefix + e.path)
         parameters = [{"name": name, "in": "path", "required": True, "schema": _STR}
                       for name in re.findall(r"\{(\w+)\}", path)]
-        parameters += [{"name": q, "in": "query", "required": False, "schema": _QUERY[q][0],
+        parameters += [{"name": q.partition("_")[0], "in": "query", "required": False, "schema": _QUERY[q][0],
                         "description": _QUERY[q][1]} for q in e.query]
         answer: dict[str, Any] = {"description": e.summary}
         if e.response is not None:

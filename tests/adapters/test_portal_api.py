@@ -194,6 +194,19 @@ def test_repository_tags_and_details(world: World) -> None:
     assert world.get(f"/repositories/{world.repo}/-/manifests/sha256:{'0' * 64}").status_code == 404
 
 
+def test_synapse_shaped_tag_listing(world: World) -> None:
+    path = f"/repositories/{world.repo}/-/synapse/tags"
+    found = world.get(path, None, sort="TAG", ascending="true", limit="2", offset="1").json()
+    assert found["totalNumberOfResults"] == 3
+    assert [r["tag"] for r in found["results"]] == ["v1", "v2"]
+    assert found["results"][0]["digest"] == str(world.registry.get_manifest(world.repo, "v1").digest)
+    newest = world.get(path).json()["results"]  # default: CREATED_ON, newest first
+    assert [r["tag"] for r in newest] == ["latest", "v2", "v1"] and newest[0]["createdOn"].endswith("Z")
+    for bad in ({"sort": "NAME"}, {"ascending": "yes"}, {"limit": "0"}, {"offset": "-3"}):
+        assert world.get(path, None, **bad).status_code == 400, bad
+    assert world.get(f"/repositories/{world.private}/secret/-/synapse/tags").status_code == 404
+
+
 def test_an_index_with_its_platforms_and_a_moved_tag_in_history(world: World) -> None:
     repo = f"{world.project}/multi"
     children = []
@@ -295,6 +308,10 @@ def test_trash_restore_and_purge(world: World) -> None:
     world.send("POST", f"/repositories/{repo}/-/trash", "owner")
     assert world.send("DELETE", f"/repositories/{repo}", "owner").status_code == 204
     assert world.get(f"/repositories/{repo}", "owner").status_code == 404
+    tags = world.registry.tags
+    with world.registry.store.index.read() as txn:  # the listing tables went with the repository
+        assert not any(True for table in (tags.tags, tags.pushes, tags.times, tags.history)
+                       for _ in txn.keys(table, prefix=f"{repo}\0".encode()))
 
 
 def test_project_trash(world: World) -> None:

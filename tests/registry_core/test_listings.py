@@ -106,6 +106,13 @@ def test_pages_concatenate_to_the_model(world: tuple[Registry, Clock, list[Diges
     rows = listings.tag_page(None, repo, 1000, None, "time").items
     assert [(r.tag, r.push.us, r.push.actor) for r in rows] == \
         [(t, *model[t]) for t in sorted(model, key=lambda t: (-model[t][0], t))]
+    by_name, by_time = sorted(model), sorted(model, key=lambda t: (-model[t][0], t))
+    for sort, ascending, order in (("TAG", True, by_name), ("TAG", False, by_name[::-1]),
+                                   ("CREATED_ON", False, by_time), ("CREATED_ON", True, by_time[::-1])):
+        for offset in (0, 1, n, len(model) + 1):
+            total, slice_rows = listings.tag_slice(None, repo, sort, ascending, n, offset)
+            assert total == len(model)
+            assert [r.tag for r in slice_rows] == order[offset:offset + n], (sort, ascending, offset)
     view = listings.repository(None, repo)
     assert view.tags == len(model)
     assert (view.last_push.tag if view.last_push else None) == (rows[0].tag if rows else None)
@@ -177,6 +184,10 @@ def test_a_page_of_a_10000_tag_repository_costs_reads_per_item_not_per_tag(tmp_p
     page = listings.tag_page(identity, repo, 100, None, "name", contains="777")  # 19 matches, spread out
     assert [r.tag for r in page.items] == sorted({f"tag-{i:05d}" for i in range(10_000) if "777" in f"{i:05d}"})
     assert page.next is None and sum(counts.values()) <= 4 * 19 + 30
+    view = listings.repository(identity, repo)  # 10 004 tags on 4 images: each image counted once
+    with registry.store.index.read() as txn:
+        assert view.size == sum(listings.images.summary(txn, d).size for d in digests)
+    assert view.tags == 10_000 + 1 and view.last_push is not None and view.last_push.tag == "tag-09999"
     assert SCAN_MAX >= 10_000
     registry.close()
 

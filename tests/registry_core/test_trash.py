@@ -1,5 +1,5 @@
-"""Purging from the trash (registry_core/trash.py): only what is itself in the trash; a project goes with every
-repository in it, and their grants; the names become free."""
+"""Purging from the trash (registry_core/trash.py): only what is in the trash (itself or with its project); a project
+goes with every repository in it, and their grants; the names become free."""
 
 from __future__ import annotations
 
@@ -28,14 +28,11 @@ def test_purge_takes_only_what_is_itself_in_the_trash(make_store: Callable[..., 
         purge(registry, f"{project}/a")
     projects.trash(project)
     assert projects.is_trashed(f"{project}/a") and not projects.in_trash(f"{project}/a")
-    with pytest.raises(NotInTrash):  # trashed with its project: purged with it, not alone
-        purge(registry, f"{project}/a")
-
+    purge(registry, f"{project}/a", actor="owner")  # in the trash with its project: may go alone
+    assert registry.repositories(f"{project}/") == [f"{project}/b"] and projects.grants(f"{project}/a") == {}
     projects.restore(project)
-    projects.trash(f"{project}/a")
-    purge(registry, f"{project}/a", actor="owner")
-    assert registry.repositories(f"{project}/") == [f"{project}/b"]
-    assert projects.grants(f"{project}/a") == {} and not projects.in_trash(f"{project}/a")
+    with pytest.raises(NotInTrash):
+        purge(registry, f"{project}/b")
 
     projects.trash(project)
     purge(registry, project, actor="owner")
