@@ -42,7 +42,7 @@ FORM_MAX_FIELDS = 64  # the largest form (the account page's) has 8 fields
 # cache. Framing is refused (clickjacking a revoke or grant button).
 PAGE_HEADERS = {"Cache-Control": "no-store", "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin",
                 "X-Content-Type-Options": "nosniff",
-                "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+                "Content-Security-Policy": "default-src 'self'; "
                                            "frame-ancestors 'none'; form-action 'self'"}
 
 
