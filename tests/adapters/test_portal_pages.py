@@ -65,6 +65,24 @@ def test_a_form_without_its_csrf_token_is_refused(world: World) -> None:
         assert client.get("/account").status_code == 200
 
 
+def test_the_json_api_takes_the_session_with_its_csrf_header(world: World) -> None:
+    with signed_in(world, "alice") as client:
+        csrf = csrf_of(client.get("/account"))
+        assert client.get("/api/v1/me").json()["user"] == "alice"
+        body = {"scopes": ["download"], "label": "from a script"}
+        assert client.post("/api/v1/tokens", json=body).status_code == 403  # the cookie alone writes nothing
+        assert client.post("/api/v1/tokens", json=body, headers={"X-CSRF-Token": csrf}).status_code == 201
+    reader = world.accounts.create_token("alice", ["view"])[1]
+    with signed_in(world, "", reader) as client:  # a session made with a token has that token's scopes
+        assert client.get("/api/v1/me").json()["scopes"] == ["view"]
+        csrf = csrf_of(client.get("/account"))
+        refused = client.post("/account/tokens", data={"scope": "view", "csrf": csrf})
+        assert refused.status_code == 403 and "modify" in refused.text
+        world.accounts.revoke(reader.split("_")[1])
+        assert client.get("/api/v1/me").json()["user"] is None  # revoking the token ended the session
+        assert client.get("/account").status_code == 303
+
+
 def test_the_session_cookie_flags_fixation_and_sign_out(world: World) -> None:
     with browser(world) as client:
         anonymous = client.get("/signin")
