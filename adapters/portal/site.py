@@ -85,7 +85,7 @@ def _bytes(size: int | None) -> str:
 
 def templates() -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True),
-                      trim_blocks=True, lstrip_blocks=True)
+                      trim_blocks=True, lstrip_blocks=True, auto_reload=False)  # templates ship with the code
     env.filters.update(utc=_utc, short=_short, bytes=_bytes)
     return env
 
