@@ -25,7 +25,10 @@ from . import values
 from .site import PageError, Site, SiteGetter, guarded, not_found
 
 
-def _refused(what: str) -> PageError:
+def _refused(site: Site, request: Request, what: str) -> PageError:
+    """403 for a signed-in viewer; an anonymous one is sent to sign in first (401)."""
+    if site.viewer(request).identity is None:
+        return PageError(401, "Sign in first", f"Sign in to {what}.")
     return PageError(403, "Not allowed", f"You may not {what}: ask an administrator of the project.")
 
 
@@ -59,14 +62,14 @@ def _sharing_page(site: Site, request: Request, target: str, status: int = 200, 
 async def project_sharing(site: Site, request: Request) -> Response:
     target, access = _project_access(site, request, request.path_params["project_id"])
     if "admin" not in access.granted:
-        raise _refused(f"see or change the sharing of {target}")
+        raise _refused(site, request, f"see or change the sharing of {target}")
     return _sharing_page(site, request, target)
 
 
 async def repository_sharing(site: Site, request: Request, name: str) -> Response:
     target, access = _repository_access(site, request, name)
     if "admin" not in access.granted:
-        raise _refused(f"see or change the sharing of {target}")
+        raise _refused(site, request, f"see or change the sharing of {target}")
     return _sharing_page(site, request, target)
 
 
@@ -83,7 +86,7 @@ async def change_sharing(site: Site, request: Request, name: str) -> Response:
 async def _change(site: Site, request: Request, target: str, access: Access) -> Response:
     form = await site.form(request)
     if "admin" not in access.granted:
-        raise _refused(f"change the sharing of {target}")
+        raise _refused(site, request, f"change the sharing of {target}")
     actor = site.viewer(request).user
     principal = str(form.get("principal") or "").strip()
     level = str(form.get("level") or "")
@@ -117,7 +120,7 @@ async def trash_action(site: Site, request: Request, name: str, action: str) -> 
 async def _trash(site: Site, request: Request, target: str, access: Access, action: str) -> Response:
     await site.form(request)
     if "admin" not in access.granted:
-        raise _refused(f"{action} {target}")
+        raise _refused(site, request, f"{action} {target}")
     actor = site.viewer(request).user
     page = f"/repositories/{target}" if "/" in target else f"/projects/{target}"
     try:
@@ -140,7 +143,7 @@ async def delete_tag(site: Site, request: Request, name: str, tag: str) -> Respo
     target, access = _repository_access(site, request, name)
     await site.form(request)
     if "delete" not in access.granted:
-        raise _refused(f"delete tags of {target}")
+        raise _refused(site, request, f"delete tags of {target}")
     try:
         await site.write(lambda: site.registry.delete_manifest(target, tag, site.viewer(request).user))
     except (ManifestUnknown, InvalidReference):

@@ -158,6 +158,16 @@ def test_a_project_in_the_trash_shows_its_banner_to_its_administrators(world: Wo
     world.push_image(f"{project}/app", "v1")
     with signed_in(world, "owner") as owner, browser(world) as anonymous:
         page = owner.get(f"/projects/{project}")
+        assert anonymous.get(f"/projects/{project}/sharing").status_code == 303  # to sign in: administrators only
+        sharing = owner.get(f"/projects/{project}/sharing")
+        assert sharing.status_code == 200 and 'data-key="public"' in sharing.text
+        r = owner.post(f"/projects/{project}/sharing", data={"csrf": csrf_of(sharing), "principal": "public",
+                                                               "level": ""})  # public no longer sees it
+        assert r.status_code == 200 and 'data-key="public"' not in r.text
+        assert anonymous.get(f"/projects/{project}").status_code == 404
+        owner.post(f"/projects/{project}/sharing", data={"csrf": csrf_of(sharing), "principal": "public",
+                                                         "level": "view"})
+        assert anonymous.get(f"/projects/{project}").status_code == 200
         assert owner.post(f"/projects/{project}/trash", data={"csrf": csrf_of(page)}).status_code == 303
         page = owner.get(f"/projects/{project}")
         assert page.status_code == 200 and 'id="trash-banner"' in page.text
