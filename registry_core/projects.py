@@ -30,8 +30,8 @@ from .accounts import PUBLIC, Accounts
 from .names import RepositoryName, parse_project_id
 from .schema import PROJECT_TABLES
 
-__all__ = ["IGNORED", "INHERITED", "LEVELS", "LOCAL", "OWNER", "PUBLIC", "Grant", "Project", "ProjectError", "Projects",
-           "rank"]  # PUBLIC is accounts.py's, and still importable from here
+__all__ = ["IGNORED", "INHERITED", "LEVELS", "LOCAL", "OWNER", "PUBLIC", "Grant", "NotInTrash", "Project",
+           "ProjectError", "Projects", "rank"]  # PUBLIC is accounts.py's, and still importable from here
 
 LEVELS = ("view", "download", "edit", "edit-delete", "admin")  # each includes the ones before it
 FIRST_PROJECT = 10_000  # ids start at syn10001: short, and clearly not a row number
@@ -39,6 +39,10 @@ FIRST_PROJECT = 10_000  # ids start at syn10001: short, and clearly not a row nu
 
 class ProjectError(ValueError):
     """A bad project, grant or trash request."""
+
+
+class NotInTrash(ProjectError):
+    """A purge of something that is not in the trash (itself or with its project)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +239,12 @@ class Projects:
         project = repo.split("/", 1)[0]
         return txn.get(self._trashed, project.encode()) is not None or \
             txn.get(self._trashed, repo.encode()) is not None
+
+    def in_trash(self, target: str) -> bool:
+        """Whether the project or repository is itself in the trash (`is_trashed` also says so of a repository
+        whose project is)."""
+        with self._store.index.read() as txn:
+            return txn.get(self._trashed, target.encode()) is not None
 
     def forget(self, target: str, *, actor: str | None = None) -> None:
         """After a purge: the target's grants and trash mark (and the project itself) go. A project's purge is

@@ -45,7 +45,7 @@ from .errors import (
 from .events import Outbox
 from .manifests import DEFAULT_MAX_MANIFEST, InvalidManifest, Manifest, accepts, parse
 from .names import InvalidReference, RepositoryName, parse_reference
-from .projects import ProjectError, Projects
+from .projects import NotInTrash, ProjectError, Projects
 from .referrers import ReferrerIndex
 from .schema import TABLES, ManifestRecord, declare, holder, holder_prefix, key
 from .tags import TagIndex
@@ -183,7 +183,7 @@ class Registry:
         if "/" in target and not self.exists(repos[0]):
             raise ProjectError(f"no repository {target}")
         if not projects.is_trashed(target):
-            raise ProjectError(f"{target} is not in the trash: `berth trash {target}` first")
+            raise NotInTrash(f"{target} is not in the trash: trash it first (`berth trash {target}`), then purge it")
         dropped = sum(self.purge_repository(repo, actor=actor) for repo in repos)
         projects.forget(target, actor=actor)
         return Purged(target, len(repos), dropped)

@@ -23,7 +23,9 @@ the module that owns it:
                                                           (argon2id hashes) and tokens' last use
     projects, grants, trashed, counters                   projects.py: projects, grants and the trash
     login_failures                                        logins.py: the login throttle
-    signing_keys                                          keys.py: the token signing key (`token-es256` -> PEM)
+    signing_keys                                          keys.py: the token signing key (`token-es256` -> PEM) and
+                                                          other secrets (`portal-session`: the cookie key)
+    sessions                                              sessions.py: the portal's sign-in sessions
 `declare(index)` declares them all in the store's index (cas refuses to open a table nobody declared); every class
 that opens one calls it first.
 (`repo` is the full repository name, `digest` its canonical string, all UTF-8/ASCII.)
@@ -52,8 +54,9 @@ ACCOUNT_TABLES = ("users", "pats", "pats_by_user", "passwords", "pats_used")
 PROJECT_TABLES = ("projects", "grants", "trashed", "counters")
 LOGIN_TABLE = "login_failures"
 KEY_TABLE = "signing_keys"
+SESSION_TABLE = "sessions"
 DECLARED = frozenset((*TABLES, *EVENT_TABLES, *WEBHOOK_TABLES, *ACCOUNT_TABLES, *PROJECT_TABLES, LOGIN_TABLE,
-                      KEY_TABLE))
+                      KEY_TABLE, SESSION_TABLE))
 
 
 def declare(index: Index) -> None:

@@ -53,6 +53,7 @@ from .. import portal
 from ..delivery import deliver_events
 from ..exposure import EXPOSE_ENV, PUBLIC_ENV
 from ..maintenance import collect_garbage, reap_uploads
+from ..portal import pages
 from . import errors
 from . import headers as wire  # the request's headers and query, parsed
 from .accesslog import AccessLog, note
@@ -524,7 +525,8 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
     app = Starlette(routes=[Route("/v2/", base, methods=["GET", "HEAD"]),
                             Route("/v2/{path:path}", dispatch, methods=methods),
                             Route("/token", token, methods=["GET", "POST"]),
-                            *portal.routes(lambda: api().auth)], lifespan=lifespan)  # the portal: adapters/portal
+                            *portal.routes(lambda: api().auth),  # the portal: its JSON API (adapters/portal)
+                            *pages.routes(api)], lifespan=lifespan)  # and its pages: last (they end in a catch-all)
     def opened() -> tuple[BlobStore, bool]:
         current = api()
         return current.registry.store, not current.auth.login or current.auth.tokens is not None
