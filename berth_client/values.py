@@ -47,6 +47,16 @@ def _field(data: Json, name: str, kind: type | tuple[type, ...]) -> Any:
     return value
 
 
+def _int(data: Json, name: str) -> int:
+    """A count or a size; absent or null reads as 0 (the server may leave out what it does not know)."""
+    value = data.get(name) if isinstance(data, Mapping) else None
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ProtocolError(f"the server's {name!r} is {type(value).__name__}, not a number")
+    return value
+
+
 def _strings(data: Json, name: str) -> tuple[str, ...]:
     return tuple(str(item) for item in _field(data, name, list))
 
@@ -76,7 +86,7 @@ class Project:
     def from_json(cls, data: Json) -> Project:
         return cls(_field(data, "id", str), _field(data, "name", str), _field(data, "owner", str),
                    bool(data.get("trashed")), parse_time(_field(data, "created", str)), data.get("permission"),
-                   int(data.get("repositories") or 0))
+                   _int(data, "repositories"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +109,8 @@ class Repository:
     def from_json(cls, data: Json) -> Repository:
         last = data.get("last_push")
         push = None if last is None else Push(parse_time(_field(last, "time", str)), last.get("actor"))
-        return cls(_field(data, "name", str), data.get("project"), int(data.get("tags") or 0),
-                   int(data.get("size") or 0), push, bool(data.get("trashed")), data.get("permission"))
+        return cls(_field(data, "name", str), data.get("project"), _int(data, "tags"),
+                   _int(data, "size"), push, bool(data.get("trashed")), data.get("permission"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +128,7 @@ class Tag:
     def from_json(cls, data: Json) -> Tag:
         return cls(_field(data, "tag", str), _field(data, "digest", str), str(data.get("media_type") or ""),
                    _field(data, "kind", str), _strings(data, "platforms") if "platforms" in data else (),
-                   int(data.get("size") or 0), parse_time(_field(data, "pushed_at", str)), data.get("pushed_by"))
+                   _int(data, "size"), parse_time(_field(data, "pushed_at", str)), data.get("pushed_by"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +159,7 @@ class Child:
     @classmethod
     def from_json(cls, data: Json) -> Child:
         return cls(_field(data, "digest", str), str(data.get("media_type") or ""), data.get("platform"),
-                   int(data.get("size") or 0))
+                   _int(data, "size"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +194,7 @@ class Layer:
 
     @classmethod
     def from_json(cls, data: Json) -> Layer:
-        return cls(_field(data, "digest", str), str(data.get("media_type") or ""), int(data.get("size") or 0),
+        return cls(_field(data, "digest", str), str(data.get("media_type") or ""), _int(data, "size"),
                    data.get("created_by"))
 
 
@@ -200,7 +210,7 @@ class Referrer:
     @classmethod
     def from_json(cls, data: Json) -> Referrer:
         return cls(_field(data, "digest", str), str(data.get("media_type") or ""), data.get("artifact_type"),
-                   int(data.get("size") or 0))
+                   _int(data, "size"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,8 +237,8 @@ class ImageDetail:
         config = data.get("config")
         return cls(
             _field(data, "digest", str), str(data.get("media_type") or ""), _field(data, "kind", str),
-            _strings(data, "platforms") if "platforms" in data else (), int(data.get("size") or 0),
-            int(data.get("manifest_size") or 0), data.get("artifact_type"),
+            _strings(data, "platforms") if "platforms" in data else (), _int(data, "size"),
+            _int(data, "manifest_size"), data.get("artifact_type"),
             tuple(Child.from_json(c) for c in data.get("children") or ()),
             None if config is None else ImageConfig.from_json(config),
             tuple(Layer.from_json(layer) for layer in data.get("layers") or ()),
