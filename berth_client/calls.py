@@ -68,11 +68,20 @@ def _size(n: int) -> str:
     return str(n)
 
 
+# distribution-spec's <name>: path components of lowercase letters and digits joined by separators.
+_NAME = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*")
+
+
+def repository_name(text: str) -> str:
+    """A repository name, checked here so a typo is a usage error rather than a request."""
+    name = text.strip("/")
+    if not _NAME.fullmatch(name):
+        raise Invalid(f"not a repository name: {text!r} (expected e.g. syn123/tools)")
+    return name
+
+
 def _repo(name: str) -> str:
-    name = name.strip("/")
-    if not name:
-        raise Invalid("a repository name is needed")
-    return f"{PREFIX}/repositories/{quote(name, safe='/')}"
+    return f"{PREFIX}/repositories/{quote(repository_name(name), safe='/')}"
 
 
 def _segment(text: str) -> str:
@@ -169,7 +178,7 @@ def parse_reference(text: str) -> Reference:
     if at:
         if not _DIGEST.fullmatch(digest):
             raise Invalid(f"not a digest: {digest!r} (expected e.g. sha256:0123…)")
-        return Reference(repo.strip("/"), None, digest)
+        return Reference(repository_name(repo), None, digest)
     slash = text.rfind("/")
     colon = text.rfind(":")
     if colon > slash:
@@ -178,6 +187,4 @@ def parse_reference(text: str) -> Reference:
             raise Invalid(f"not a tag: {name!r}")
     else:
         repo, name = text, "latest"
-    if not repo.strip("/"):
-        raise Invalid(f"no repository in {text!r} (expected e.g. syn123/tools:latest)")
-    return Reference(repo.strip("/"), name, None)
+    return Reference(repository_name(repo), name, None)

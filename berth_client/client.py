@@ -106,7 +106,7 @@ class Client(_Base):
     def send(self, call: Call[T]) -> T:
         try:
             response = self._http.request(call.method, call.path, params=call.params or None,
-                                          json=call.body if call.body is not None else None)
+                                          json=call.body)
         except httpx.HTTPError as error:
             raise _unreachable(self.url, error) from error
         return _answer(call, response)
@@ -206,7 +206,7 @@ class AsyncClient(_Base):
     async def send(self, call: Call[T]) -> T:
         try:
             response = await self._http.request(call.method, call.path, params=call.params or None,
-                                                json=call.body if call.body is not None else None)
+                                                json=call.body)
         except httpx.HTTPError as error:
             raise _unreachable(self.url, error) from error
         return _answer(call, response)

@@ -60,7 +60,8 @@ def test_references_round_trip(repo: str, tag: str, hexdigest: str) -> None:
     assert parse_reference(repo) == Reference(repo, "latest", None)
 
 
-@pytest.mark.parametrize("text", [":latest", "syn1/tools:", "syn1/tools:-x", "syn1/tools@sha256", "syn1/t@:x"])
+@pytest.mark.parametrize("text", [":latest", "syn1/tools:", "syn1/tools:-x", "syn1/tools@sha256", "syn1/t@:x",
+                                  "syn1/Tools:v1", "syn1//t:v1", "syn1/t:bad:tag", "syn1/a b"])
 def test_bad_references(text: str) -> None:
     with pytest.raises(Invalid):
         parse_reference(text)
@@ -78,9 +79,9 @@ def test_errors_by_status() -> None:
 
 
 def test_a_listing_page_and_its_marker() -> None:
-    listing = tags("syn1/a b", "time", "v", n=5)
+    listing = tags("syn1/a.b", "time", "v", n=5)
     call = listing.page("v3")
-    assert call.path == "/api/v1/repositories/syn1/a%20b/-/tags"
+    assert call.path == "/api/v1/repositories/syn1/a.b/-/tags"
     assert dict(call.params) == {"n": "5", "sort": "time", "filter": "v", "last": "v3"}
     page = call.parse({"tags": [TAG], "next": "latest"})
     assert page.next == "latest" and page.items[0].tag == "latest"
