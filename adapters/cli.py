@@ -147,7 +147,8 @@ def cmd_user_list(args: argparse.Namespace) -> int:
     with _registry(args) as registry:
         users = Accounts(registry.store).users()
     for user in users:
-        print(f"{user.name}\tcertified={user.certified}\tadmin={user.admin}\t{utc(user.created)}")
+        print(f"{user.name}\tcertified={user.certified}\tadmin={user.admin}\t{utc(user.created)}"
+              + ("\tdisabled" if user.disabled else ""))
     _say(f"{len(users)} user(s)")
     return 0
 
@@ -161,6 +162,9 @@ USER_FLAGS = {
     "admin": ("admin", True, "make NAME a site admin (every level on every project)",
               "is a site admin: every level on every project"),
     "unadmin": ("admin", False, "take site admin away from NAME", "is not a site admin"),
+    "disable": ("disabled", True, "disable NAME: no sign-in, and its tokens stop working (they stay)",
+                "is disabled: cannot sign in, its tokens do not work"),
+    "enable": ("disabled", False, "enable NAME again (its tokens work again)", "is enabled"),
 }
 
 
@@ -173,6 +177,23 @@ def cmd_user_flag(args: argparse.Namespace) -> int:
             raise Failure(f"no user {args.name}")
         after = accounts.update_user(args.name, **{field: value})
     _say(f"{after.name} {meaning}" + (" (unchanged)" if getattr(before, field) == value else ""))
+    return 0
+
+
+def cmd_user_password(args: argparse.Namespace) -> int:
+    """Set NAME's password for the portal's sign-in page: read from the terminal (asked twice) or from stdin's first
+    line, never from the command line (it would show in `ps` and in shell history)."""
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass(f"new password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            raise Failure("the two passwords differ; nothing changed")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    with _registry(args) as registry:
+        Accounts(registry.store).set_password(args.name, password)
+    _say(f"set the password of {args.name}: it signs in to the portal with it (registry clients still use tokens)")
     return 0
 
 
@@ -711,12 +732,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "(the file over the defaults, the environment over the file)",
             data="none").add_argument("file")
 
-    users = group("user", "accounts: add, list, certify, uncertify, admin, unadmin, remove")
+    users = group("user", "accounts: add, list, password, certify, uncertify, admin, unadmin, disable, enable, "
+                          "remove")
     p = command(users, "add", cmd_user_add, "add an account (it logs in with a token: `berth token create`)")
     p.add_argument("name")
     p.add_argument("--certified", action="store_true", help="may push and delete (where a grant allows)")
     p.add_argument("--admin", action="store_true", help="site admin: every level on every project")
     command(users, "list", cmd_user_list, "every account: name, certified, admin, created")
+    command(users, "password", cmd_user_password, "set NAME's portal password (read from stdin, or asked for at a "
+                                                  "terminal)").add_argument("name")
     for action, (_, _, text, _) in USER_FLAGS.items():
         command(users, action, cmd_user_flag, text).add_argument("name")
     command(users, "remove", cmd_user_remove, "remove an account with its tokens (they stop working at once) and its "

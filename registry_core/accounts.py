@@ -5,10 +5,18 @@ bytes, URL-safe base64) is checked against its SHA-256, the only thing stored. A
 nothing here: the secret has 256 bits of entropy, so a stolen table cannot be brute-forced, and the token endpoint
 must stay fast. Secrets are shown once, at creation, and never logged.
 
+Passwords (for the portal's sign-in page) are another matter: people choose them, so they are hashed with argon2id
+(argon2-cffi's defaults, RFC 9106's second recommended profile: 64 MiB, 3 passes, 4 lanes) and a hash is upgraded when
+the library's parameters grow. A password signs a person in to the portal; the registry protocol still takes personal
+access tokens only. A disabled account can neither sign in nor use its tokens (they stay, and work again when the
+account is enabled).
+
 Tables (in the store's LMDB environment):
-    users        name -> JSON {"certified", "admin", "created"}
+    users        name -> JSON {"certified", "admin", "created", "disabled"}
+    passwords    name -> the argon2id hash of the account's password, in the PHC string format ($argon2id$v=19$...)
     pats         token id -> JSON PersonalToken (without the secret)
     pats_by_user user \\0 token id -> b""
+    pats_used    token id -> the unix time the token was last used (written at most every USED_EVERY seconds)
 """
 
 from __future__ import annotations
@@ -22,12 +30,21 @@ import secrets
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
 from cas import BlobStore, Table, Transaction, WriteTransaction
 
 TOKEN_SCOPES = ("view", "download", "modify")
 PUBLIC = "public"  # in grants, everyone (anonymous callers too): never the name of an account
 _USER = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 _PAT = re.compile(r"berth_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
+PASSWORD_MIN = 8  # NIST SP 800-63B 5.1.1.2: at least 8 characters for a memorized secret chosen by its user
+PASSWORD_MAX = 1024  # longer passwords buy nothing, and argon2 hashes whatever it is given
+USED_EVERY = 60.0  # seconds: a token's last use is recorded at most this often (a write per use would be per pull)
+_HASHER = PasswordHasher()  # argon2id, RFC 9106 low-memory profile
+# Verified when the account is unknown or has no password, so that a sign-in takes as long whether it exists or not.
+_DUMMY_HASH = _HASHER.hash("no account has this password")
 
 
 class AccountError(ValueError):
@@ -40,6 +57,7 @@ class User:
     certified: bool = False
     admin: bool = False
     created: float = 0.0
+    disabled: bool = False  # may neither sign in nor use its tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +87,13 @@ class Identity:
 
 class Accounts:
     def __init__(self, store: BlobStore) -> None:
+        self.store = store
         self._store = store
         self._users: Table = store.index.table("users")
         self._pats: Table = store.index.table("pats")
         self._by_user: Table = store.index.table("pats_by_user")
+        self._passwords: Table = store.index.table("passwords")
+        self._used: Table = store.index.table("pats_used")
 
     # -- users ----------------------------------------------------------------------------------------------------
     def add_user(self, name: str, certified: bool = False, admin: bool = False) -> User:
@@ -98,14 +119,16 @@ class Accounts:
         with self._store.index.read() as txn:
             return [User(**json.loads(v)) for _, v in txn.scan(self._users)]
 
-    def update_user(self, name: str, certified: bool | None = None, admin: bool | None = None) -> User:
+    def update_user(self, name: str, certified: bool | None = None, admin: bool | None = None,
+                    disabled: bool | None = None) -> User:
         with self._store.index.write() as txn:
             raw = txn.get(self._users, name.encode())
             if raw is None:
                 raise AccountError(f"no user {name}")
             user = User(**json.loads(raw))
             user = replace(user, certified=user.certified if certified is None else certified,
-                           admin=user.admin if admin is None else admin)
+                           admin=user.admin if admin is None else admin,
+                           disabled=user.disabled if disabled is None else disabled)
             txn.put(self._users, name.encode(), json.dumps(asdict(user)).encode())
         return user
 
@@ -118,11 +141,64 @@ class Accounts:
                 return self.remove_user(name, own)
         if not txn.delete(self._users, name.encode()):
             raise AccountError(f"no user {name}")
+        txn.delete(self._passwords, name.encode())
         owned = [k for k, _ in txn.scan(self._by_user, prefix=f"{name}\0".encode())]
         for key in owned:
             txn.delete(self._pats, key.split(b"\0", 1)[1])
+            txn.delete(self._used, key.split(b"\0", 1)[1])
             txn.delete(self._by_user, key)
         return len(owned)
+
+    # -- passwords ------------------------------------------------------------------------------------------------
+    def set_password(self, name: str, password: str) -> None:
+        """Set (or replace) the account's password; AccountError for an unknown account or a password outside
+        PASSWORD_MIN..PASSWORD_MAX characters. Hashed before the write transaction: argon2 takes ~50 ms."""
+        if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+            raise AccountError(f"a password must be {PASSWORD_MIN} to {PASSWORD_MAX} characters long")
+        hashed = _HASHER.hash(password)
+        with self._store.index.write() as txn:
+            if txn.get(self._users, name.encode()) is None:
+                raise AccountError(f"no user {name}")
+            txn.put(self._passwords, name.encode(), hashed.encode())
+
+    def clear_password(self, name: str) -> bool:
+        """Remove the account's password (it signs in with tokens only). False if it had none."""
+        with self._store.index.write() as txn:
+            return txn.delete(self._passwords, name.encode())
+
+    def has_password(self, name: str) -> bool:
+        with self._store.index.read() as txn:
+            return txn.get(self._passwords, name.encode()) is not None
+
+    def check_password(self, name: str, password: str) -> tuple[Identity | None, str]:
+        """(identity with every token scope, "") when `password` is the account's; (None, why) otherwise. Takes
+        the time of one argon2 verification whether or not the account exists. Throttling is the caller's
+        (signins.py)."""
+        with self._store.index.read() as txn:
+            raw = txn.get(self._users, name.encode()) if len(name) <= 64 else None
+            stored = txn.get(self._passwords, name.encode()) if raw is not None else None
+        try:
+            _HASHER.verify(stored.decode() if stored is not None else _DUMMY_HASH, password[:PASSWORD_MAX])
+            matched = stored is not None
+        except (VerificationError, InvalidHashError):
+            matched = False
+        if raw is None or not matched:
+            return None, "unknown user name or wrong password"
+        user = User(**json.loads(raw))
+        if user.disabled:
+            return None, f"the account {user.name} is disabled"
+        assert stored is not None
+        if _HASHER.check_needs_rehash(stored.decode()):
+            self.set_password(name, password)
+        return self.identity_of(user), ""
+
+    def identity_of(self, user: User | str) -> Identity | None:
+        """A signed-in person's identity (password or portal session): every token scope; None for an unknown or
+        disabled account."""
+        found = self.user(user) if isinstance(user, str) else user
+        if found is None or found.disabled:
+            return None
+        return Identity(found.name, found.certified, found.admin, frozenset(TOKEN_SCOPES))
 
     # -- personal access tokens -----------------------------------------------------------------------------------
     def create_token(self, user: str, scopes: list[str], expires_in: float | None = None,
@@ -182,7 +258,10 @@ class Accounts:
         if problem is not None:
             return None, problem
         identity = self.identity_for(record)
-        return (identity, "") if identity is not None else (None, f"the account {record.user} no longer exists")
+        if identity is None:
+            return None, f"the account {record.user} no longer exists"
+        self._note_use(record.id)
+        return identity, ""
 
     def inactive_reason(self, record: PersonalToken | None) -> str | None:
         """Why a token record no longer stands for anyone (None while it does)."""
@@ -193,8 +272,11 @@ class Accounts:
         if record.expires is not None and self._store.clock() >= record.expires:
             when = datetime.fromtimestamp(record.expires, UTC).strftime("%Y-%m-%d %H:%M UTC")
             return f"the personal access token {record.id} expired on {when}: create a new one"
-        if self.user(record.user) is None:
+        user = self.user(record.user)
+        if user is None:
             return f"the account {record.user} no longer exists"
+        if user.disabled:
+            return f"the account {record.user} is disabled"
         return None
 
     def identity_for(self, record: PersonalToken) -> Identity | None:
@@ -202,9 +284,24 @@ class Accounts:
         if not record.active(self._store.clock()):
             return None
         user = self.user(record.user)
-        if user is None:
+        if user is None or user.disabled:
             return None
         return Identity(user.name, user.certified, user.admin, frozenset(record.scopes), record.id)
+
+    def last_used(self, token_id: str) -> float | None:
+        with self._store.index.read() as txn:
+            raw = txn.get(self._used, token_id.encode())
+        return float(raw) if raw is not None else None
+
+    def _note_use(self, token_id: str) -> None:
+        """Record that the token was used now, unless that was recorded less than USED_EVERY seconds ago."""
+        now = self._store.clock()
+        before = self.last_used(token_id)
+        if before is not None and now - before < USED_EVERY:
+            return
+        with self._store.index.write() as txn:
+            if txn.get(self._pats, token_id.encode()) is not None:  # not revived for a token removed meanwhile
+                txn.put(self._used, token_id.encode(), b"%.3f" % now)
 
 
 def _token(raw: bytes | None) -> PersonalToken:

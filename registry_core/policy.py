@@ -13,6 +13,9 @@ server's log. It is asked only after a refusal, never on the hot path; a policy 
 Resources and actions follow the Docker token scope grammar: `repository:<name>` with `pull`, `push`, `delete`
 (and `view`: list tags, see the repository), `registry:catalog` and `registry:events` with `*`, and (asked by the
 event feed, never in a token) `project:<id>` with `view`: may the caller see events about the project itself.
+`admin` (never in a token: the token endpoint passes only ACTIONS) is asked by the portal, on a repository or a
+project: may the caller change its sharing, trash, restore or purge it. It is the one action a policy may grant on
+something in the trash (its administrators see it, and restore it).
 `berth serve --policy NAME` picks a built-in one, `--policy module:callable` a third-party one: a callable taking the
 Registry and returning an object with `grant`, so it needs no change to Berth.
 """
@@ -34,7 +37,7 @@ if TYPE_CHECKING:
 ACTIONS = frozenset({"pull", "push", "delete", "view", "*"})
 # The level each repository action needs, and the personal-access-token scope it needs.
 NEEDS = {"view": ("view", "view"), "pull": ("download", "download"), "push": ("edit", "modify"),
-         "delete": ("edit-delete", "modify")}
+         "delete": ("edit-delete", "modify"), "admin": ("admin", "modify")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,16 +82,18 @@ class ProjectPolicy:
             # The catalog and the event feed are open to anyone who asks; they show only what the caller may view.
             return actions & {"*"} if resource.name in ("catalog", "events") else frozenset()
         if resource.type == "project":
-            return frozenset({"view"}) if "view" in actions and self._may_view_project(identity, resource.name) \
-                else frozenset()
+            # What the project's own grants allow (view: see it and its events; admin: its sharing and trash).
+            level = self._project_level(identity, resource.name)
+            return frozenset(a for a in actions & NEEDS.keys() if _rule(identity, level, a) is None)
         if resource.type != "repository":
             return frozenset()
         found = self._level(identity, resource.name)
         if found is None:
             return frozenset()
         level, trashed = found
-        if trashed:
-            return frozenset()
+        if trashed:  # every operation refused; only its administrators still administer it (restore, purge)
+            return frozenset({"admin"}) if "admin" in actions and _rule(identity, level, "admin") is None \
+                else frozenset()
         granted = set()
         if "pull" in actions:
             actions = actions | {"view"}  # asking to pull asks to see; clients never ask for "view" by name
@@ -112,9 +117,9 @@ class ProjectPolicy:
             return f"{name} is in the trash: every operation on it is refused until it is restored"
         return _rule(identity, level, action, name) or f"{action} on {name} is not granted"
 
-    def _may_view_project(self, identity: Identity | None, project_id: str) -> bool:
-        """View on the project itself: its owner, an administrator, or a grant on the project (not one on a
-        repository in it) of view or more, with the token scopes `view` needs on a repository."""
+    def _project_level(self, identity: Identity | None, project_id: str) -> int:
+        """The level on the project itself: its owner and site admins have admin, others their grant on the project
+        (not one on a repository in it). The actions then need the token scopes they need on a repository."""
         with self._registry.store.index.read() as txn:
             project = self._projects.get(project_id, txn)
             if project is None:
@@ -127,7 +132,7 @@ class ProjectPolicy:
                 level = max((rank(grants.get(p)) for p in principals), default=-1)
         if identity is not None and identity.admin:
             level = rank("admin")
-        return _rule(identity, level, "view") is None
+        return level
 
     def _level(self, identity: Identity | None, name: str) -> tuple[int, bool] | None:
         """(level, trashed) of `identity` on the repository; None for a name outside any project."""

@@ -95,7 +95,8 @@ class Registry:
         self.config = config or RegistryConfig()
         tables = {name: store.index.table(name) for name in TABLES}
         self._t = _Tables(tables["repos"], tables["links"], tables["manifests"], tables["uploading"])
-        self.tags = TagIndex(tables["tags"], tables["tagged"], tables["history"])
+        self.tags = TagIndex(tables["tags"], tables["tagged"], tables["history"], tables["tag_pushes"],
+                             tables["tag_times"])
         self.referrers = ReferrerIndex(tables["referrers"])
         self.outbox = Outbox(store)  # events.py: its tables, and every change's event in the change's transaction
 
@@ -146,7 +147,7 @@ class Registry:
             for k in manifests:
                 self.store.refs.drop_all(txn, holder(repo, Digest.parse(k[len(prefix):].decode())))
             for table in (self._t.manifests, self._t.links, self.tags.tags, self.tags.tagged, self.tags.history,
-                          self.referrers.table):
+                          self.tags.pushes, self.tags.times, self.referrers.table):
                 for k, _ in list(txn.scan(table, prefix=prefix)):
                     txn.delete(table, k)
             if txn.delete(self._t.repos, repo.encode()):

@@ -10,6 +10,10 @@ Tables (beside cas's own, see cas/layout.py; `\\0` separates fields: names, tags
     referrers  repo \\0 subject digest \\0 digest -> JSON descriptor    manifests whose `subject` is that digest
     uploading  actor \\0 session id -> b""                          open upload sessions by owner (the per-account cap;
                an entry whose cas session expired is dropped when next counted)
+    tag_pushes repo \\0 tag -> JSON TagPush {"us", "actor"}      the tag's latest move: when (µs), by whom; gone with
+               the tag (listings show it without walking the history)
+    tag_times  repo \\0 u64 (2^64-1 - µs) \\0 tag -> b""           the repository's tags newest first (a listing by
+               push time is one range scan); written with tag_pushes by TagIndex, in the same transaction
 Beside them, events.py's outbox (events, event_counters: events.TABLES), opened by Registry as `registry.outbox`.
 And webhooks.py's endpoints and their delivery (webhooks, webhook_state, webhook_leases, webhook_dead:
 webhooks.TABLES; keys and values written down there), opened by `Webhooks(store)`.
@@ -31,7 +35,8 @@ from typing import Any
 
 from cas import Digest
 
-TABLES = ("repos", "links", "manifests", "tags", "tagged", "history", "referrers", "uploading")
+TABLES = ("repos", "links", "manifests", "tags", "tagged", "history", "referrers", "uploading", "tag_pushes",
+          "tag_times")
 SEP = b"\0"
 
 
@@ -83,3 +88,30 @@ class HistoryEntry:
     def unpack(cls, raw: bytes) -> HistoryEntry:
         data: dict[str, Any] = json.loads(raw)
         return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class TagPush:
+    """A tag's latest move (table tag_pushes): the time in whole microseconds, the unit of the tag_times key it
+    mirrors, so that the key can be found again exactly."""
+    us: int
+    actor: str | None
+
+    @property
+    def time(self) -> float:
+        return self.us / 1_000_000
+
+    def pack(self) -> bytes:
+        return json.dumps({"us": self.us, "actor": self.actor}, separators=(",", ":")).encode()
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> TagPush:
+        data: dict[str, Any] = json.loads(raw)
+        return cls(int(data["us"]), data.get("actor"))
+
+
+NEWEST = (1 << 64) - 1  # tag_times keys hold NEWEST - µs: a forward scan meets the newest push first
+
+
+def time_key(repo: str, us: int, tag: str) -> bytes:
+    return key(repo, (NEWEST - us).to_bytes(8, "big"), tag)

@@ -48,6 +48,7 @@ from registry_core.referrers import referrers_index
 from registry_core.registry import Registry, RegistryConfig
 from registry_core.tokens import LEEWAY, TOKEN_LIFETIME
 
+from .. import portal
 from ..delivery import deliver_events
 from ..exposure import EXPOSE_ENV, PUBLIC_ENV
 from ..maintenance import collect_garbage, reap_uploads
@@ -487,7 +488,8 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
     app = Starlette(routes=[Route("/v2/", base, methods=["GET", "HEAD"]),
                             Route("/v2/{path:path}", dispatch, methods=methods),
-                            Route("/token", token, methods=["GET", "POST"])], lifespan=lifespan)
+                            Route("/token", token, methods=["GET", "POST"]),
+                            *portal.routes(lambda: api().auth)], lifespan=lifespan)  # the portal: adapters/portal
     def opened() -> tuple[BlobStore, bool]:
         current = api()
         return current.registry.store, not current.auth.login or current.auth.tokens is not None
