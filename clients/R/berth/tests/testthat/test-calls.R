@@ -65,26 +65,28 @@ test_that("a trashed repository answers not found, with the reason", {
 })
 
 test_that("the token comes from BERTH_TOKEN or from the file podman login wrote", {
+  token <- site("BERTH_TOKEN")
+  project <- site("BERTH_PROJECT")
+  image <- site("BERTH_IMAGE")
+  url <- site("BERTH_URL")
+  podman_file <- site("BERTH_PODMAN_AUTH_FILE")
   auth <- tempfile(fileext = ".json")
-  host <- sub("^https?://", "", site("BERTH_URL"))
+  host <- sub("^https?://", "", url)
   entry <- list()
-  entry[[host]] <- list(auth = jsonlite::base64_enc(charToRaw(paste0("someone:", site("BERTH_TOKEN")))))
+  entry[[host]] <- list(auth = jsonlite::base64_enc(charToRaw(paste0("someone:", token))))
   jsonlite::write_json(list(auths = entry), auth, auto_unbox = TRUE)
   with_env(c(BERTH_TOKEN = NA, REGISTRY_AUTH_FILE = auth), {
-    expect_equal(berth_token(site("BERTH_URL")), site("BERTH_TOKEN"))
-    expect_equal(berth_digest(site("BERTH_URL"), repo("tools"), "v1"), site("BERTH_IMAGE"))
+    expect_equal(berth_token(url), token)
+    expect_equal(berth_digest(url, paste0(project, "/tools"), "v1"), image)
   })
   with_env(c(BERTH_TOKEN = "from-the-environment", REGISTRY_AUTH_FILE = auth), {
-    expect_equal(berth_token(site("BERTH_URL")), "from-the-environment")
+    expect_equal(berth_token(url), "from-the-environment")
   })
   with_env(c(BERTH_TOKEN = NA, REGISTRY_AUTH_FILE = auth, XDG_RUNTIME_DIR = tempdir(), HOME = tempdir(),
              DOCKER_CONFIG = tempdir()), {
     expect_null(berth_token("http://elsewhere:1"))
   })
-  podman_file <- Sys.getenv("BERTH_PODMAN_AUTH_FILE", unset = "")
-  if (nzchar(podman_file)) {  # written by a real `podman login`
-    with_env(c(BERTH_TOKEN = NA, REGISTRY_AUTH_FILE = podman_file), {
-      expect_equal(berth_token(site("BERTH_URL")), site("BERTH_TOKEN"))
-    })
-  }
+  with_env(c(BERTH_TOKEN = NA, REGISTRY_AUTH_FILE = podman_file), {  # written by a real `podman login`
+    expect_equal(berth_token(url), token)
+  })
 })
