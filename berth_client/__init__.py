@@ -4,7 +4,7 @@ Needs only httpx and the standard library: it imports nothing of the server (cas
 The command line over it is `berth-client` (cli.py).
 """
 
-from berth_client.client import AsyncClient, Client, registry_url, tag_results
+from berth_client.client import AsyncClient, Client, registry_url
 from berth_client.errors import (
     BerthError,
     Conflict,
@@ -32,5 +32,5 @@ from berth_client.values import (
 __all__ = [
     "AsyncClient", "BerthError", "Child", "Client", "Commit", "Conflict", "ImageConfig", "ImageDetail", "Invalid",
     "Layer", "Me", "NotAllowed", "NotFound", "Project", "ProtocolError", "Push", "Referrer", "Repository", "Tag",
-    "Unauthorized", "Unavailable", "registry_url", "tag_results",
+    "Unauthorized", "Unavailable", "registry_url",
 ]

@@ -124,6 +124,28 @@ def tags(repo: str, sort: str = "name", filter: str | None = None, n: int = PAGE
     return Listing(f"{_repo(repo)}/-/tags", "tags", Tag.from_json, params)
 
 
+SYNAPSE_SORTS = ("CREATED_ON", "TAG")
+
+
+def _synapse_listing(data: Any) -> dict[str, Any]:
+    if not (isinstance(data, Mapping) and isinstance(data.get("totalNumberOfResults"), int)
+            and isinstance(data.get("results"), list)):
+        raise ProtocolError("the server's answer is not {totalNumberOfResults, results}")
+    return {"totalNumberOfResults": data["totalNumberOfResults"], "results": list(data["results"])}
+
+
+def synapse_tags(repo: str, sort: str = "CREATED_ON", ascending: bool = False, limit: int = 10,
+                 offset: int = 0) -> Call[dict[str, Any]]:
+    """The research platform's tag listing shape (its /entity/{id}/dockerTag), offset-paged as there."""
+    if sort not in SYNAPSE_SORTS:
+        raise Invalid(f"the platform's listing sorts by {' or '.join(SYNAPSE_SORTS)}, not {sort!r}")
+    if offset < 0:
+        raise Invalid(f"offset must be 0 or more, not {offset}")
+    params = {"sort": sort, "ascending": "true" if ascending else "false", "limit": _size(limit),
+              "offset": str(offset)}
+    return Call("GET", f"{_repo(repo)}/-/synapse/tags", _synapse_listing, params)
+
+
 def tag(repo: str, name: str) -> Call[ImageDetail]:
     return Call("GET", f"{_repo(repo)}/-/tags/{_segment(name)}", ImageDetail.from_json)
 

@@ -11,7 +11,6 @@ up, never one request per tag. Every failure is a `BerthError` (errors.py) with 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -22,7 +21,7 @@ from berth_client.calls import PAGE, Call, Listing, Page
 from berth_client.errors import BerthError, ProtocolError, Unavailable, error_for
 from berth_client.values import Commit, ImageDetail, Me, Project, Repository, Tag
 
-__all__ = ["AsyncClient", "Client", "registry_url", "tag_results"]
+__all__ = ["AsyncClient", "Client", "registry_url"]
 
 T = TypeVar("T")
 TIMEOUT = 30.0  # seconds; a page of 1000 tags is one range scan on the server, far below this
@@ -54,16 +53,6 @@ def _answer(call: Call[T], response: httpx.Response) -> T:
 
 def _unreachable(url: str, error: httpx.HTTPError) -> BerthError:
     return Unavailable(f"cannot reach {url}: {error}")
-
-
-def tag_results(tags: list[Tag]) -> dict[str, Any]:
-    """Tags in the shape the research platform's Python client returns for a tag listing, so its scripts port with
-    one line: `{"totalNumberOfResults": n, "results": [{"tag", "digest", "createdOn"}]}` (createdOn: ISO 8601 UTC
-    with milliseconds, as that platform writes times)."""
-    return {"totalNumberOfResults": len(tags), "results": [
-        {"tag": t.tag, "digest": t.digest,
-         "createdOn": t.pushed_at.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")}
-        for t in tags]}
 
 
 _LOOPBACK = ("localhost", "127.", "[::1]")
@@ -179,9 +168,21 @@ class Client(_Base):
     def restore(self, target: str) -> Project | Repository:
         return self.trash(target, restore=True)
 
-    def tag_results(self, repo: str) -> dict[str, Any]:
-        """Every tag of `repo` in the research platform's listing shape (see `tag_results`)."""
-        return tag_results(list(self.tags(repo, n=calls.MAX_PAGE)))
+    def tag_results(self, repo: str, *, sort: str = "CREATED_ON", ascending: bool = False, limit: int | None = None,
+                    offset: int = 0) -> dict[str, Any]:
+        """The tags in the shape the research platform's Python client returns for a tag listing, so its scripts
+        port with one line: `{"totalNumberOfResults": n, "results": [{"tag", "digest", "createdOn"}]}`, newest
+        first by default. `limit` None: every tag from `offset` on (asked for 1000 at a time)."""
+        if limit is not None:
+            return self.send(calls.synapse_tags(repo, sort, ascending, limit, offset))
+        first = self.send(calls.synapse_tags(repo, sort, ascending, calls.MAX_PAGE, offset))
+        results, total = first["results"], first["totalNumberOfResults"]
+        while results and offset + len(results) < total:
+            more = self.send(calls.synapse_tags(repo, sort, ascending, calls.MAX_PAGE, offset + len(results)))
+            if not more["results"]:
+                break
+            results += more["results"]
+        return {"totalNumberOfResults": total, "results": results}
 
 
 class AsyncClient(_Base):
@@ -276,5 +277,15 @@ class AsyncClient(_Base):
     async def restore(self, target: str) -> Project | Repository:
         return await self.trash(target, restore=True)
 
-    async def tag_results(self, repo: str) -> dict[str, Any]:
-        return tag_results([t async for t in self.tags(repo, n=calls.MAX_PAGE)])
+    async def tag_results(self, repo: str, *, sort: str = "CREATED_ON", ascending: bool = False,
+                          limit: int | None = None, offset: int = 0) -> dict[str, Any]:
+        if limit is not None:
+            return await self.send(calls.synapse_tags(repo, sort, ascending, limit, offset))
+        first = await self.send(calls.synapse_tags(repo, sort, ascending, calls.MAX_PAGE, offset))
+        results, total = first["results"], first["totalNumberOfResults"]
+        while results and offset + len(results) < total:
+            more = await self.send(calls.synapse_tags(repo, sort, ascending, calls.MAX_PAGE, offset + len(results)))
+            if not more["results"]:
+                break
+            results += more["results"]
+        return {"totalNumberOfResults": total, "results": results}

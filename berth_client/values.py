@@ -8,7 +8,7 @@ ignored; a missing required field is a `ProtocolError`, never a KeyError deep in
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,10 +66,12 @@ class Me:
     user: str | None  # None: anonymous (principal `public`)
     admin: bool
     certified: bool
+    scopes: tuple[str, ...] = ()  # the token's (view, download, modify); a session has every one
 
     @classmethod
     def from_json(cls, data: Json) -> Me:
-        return cls(data.get("user"), bool(data.get("admin")), bool(data.get("certified")))
+        return cls(data.get("user"), bool(data.get("admin")), bool(data.get("certified")),
+                   _strings(data, "scopes") if "scopes" in data else ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,7 @@ class Project:
 class Push:
     time: datetime
     actor: str | None
+    tag: str | None = None  # the tag that push moved
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +111,8 @@ class Repository:
     @classmethod
     def from_json(cls, data: Json) -> Repository:
         last = data.get("last_push")
-        push = None if last is None else Push(parse_time(_field(last, "time", str)), last.get("actor"))
+        push = None if last is None else Push(parse_time(_field(last, "time", str)), last.get("actor"),
+                                              last.get("tag"))
         return cls(_field(data, "name", str), data.get("project"), _int(data, "tags"),
                    _int(data, "size"), push, bool(data.get("trashed")), data.get("permission"))
 
@@ -231,6 +235,7 @@ class ImageDetail:
     tag: str | None = None
     pushed_at: datetime | None = None
     pushed_by: str | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)  # the manifest's own
 
     @classmethod
     def from_json(cls, data: Json) -> ImageDetail:
@@ -243,7 +248,8 @@ class ImageDetail:
             None if config is None else ImageConfig.from_json(config),
             tuple(Layer.from_json(layer) for layer in data.get("layers") or ()),
             tuple(Referrer.from_json(r) for r in data.get("referrers") or ()),
-            data.get("tag"), _time_or_none(data.get("pushed_at")), data.get("pushed_by"))
+            data.get("tag"), _time_or_none(data.get("pushed_at")), data.get("pushed_by"),
+            dict(data.get("annotations") or {}))
 
     def child(self, platform: str) -> Child:
         """The index's manifest for `platform` (`linux/arm64`; `linux/arm/v7` matches its variant too)."""

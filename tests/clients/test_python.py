@@ -26,6 +26,7 @@ from berth_client import (
     Unauthorized,
     Unavailable,
 )
+from berth_client.values import parse_time
 from tests.clients.conftest import MANY, OCI_MANIFEST, SIGNATURE, Site, put_manifest
 from tests.serving import free_port
 
@@ -57,6 +58,7 @@ def reader(site: Site) -> Iterator[Client]:
 def test_me(site: Site, owner: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     me = owner.me()
     assert (me.user, me.admin) == ("owner", False) and me.certified
+    assert set(me.scopes) == {"view", "download", "modify"}
     for name in ("BERTH_TOKEN", "REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "DOCKER_CONFIG"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", "/nonexistent")
@@ -74,6 +76,7 @@ def test_projects_and_repositories(site: Site, owner: Client) -> None:
     tools = repositories[site.repo("tools")]
     assert (tools.project, tools.tags, tools.trashed) == (site.project, 3, False)
     assert tools.size > 0 and tools.last_push is not None and tools.last_push.actor == "owner"
+    assert tools.last_push.tag == "multi"  # the last of the fixture's pushes to tools
     assert tools.last_push.time > datetime.now(UTC) - timedelta(hours=1)
     assert owner.repository(site.repo("tools")) == tools
     assert [r.name for r in owner.repositories(site.project, filter="man")] == [site.repo("many")]
@@ -169,12 +172,16 @@ def test_referrers_of_an_artifact(site: Site, owner: Client) -> None:
 
 def test_tag_results_in_the_platform_shape(site: Site, owner: Client) -> None:
     shape = owner.tag_results(site.repo("tools"))
+    newest_first = list(owner.tags(site.repo("tools"), sort="time"))
     assert shape["totalNumberOfResults"] == 3
-    assert [(r["tag"], r["digest"]) for r in shape["results"]] == [
-        ("latest", site.index), ("multi", site.index), ("v1", site.image)]
-    for result in shape["results"]:
-        assert result["createdOn"].endswith("Z")
-        datetime.fromisoformat(result["createdOn"])
+    assert [(r["tag"], r["digest"]) for r in shape["results"]] == [(t.tag, t.digest) for t in newest_first]
+    for result, tag in zip(shape["results"], newest_first, strict=True):
+        assert result["createdOn"].endswith("Z") and parse_time(result["createdOn"]) == tag.pushed_at
+    by_name = owner.tag_results(site.repo("many"), sort="TAG", ascending=True, limit=3, offset=2)
+    assert by_name["totalNumberOfResults"] == MANY
+    assert [r["tag"] for r in by_name["results"]] == ["tag-2", "tag-3", "tag-4"]
+    assert [r["tag"] for r in owner.tag_results(site.repo("many"), sort="TAG", ascending=True, offset=5)["results"]
+            ] == ["tag-5", "tag-6"]
 
 
 def test_errors_carry_the_servers_message(site: Site, owner: Client, reader: Client) -> None:
@@ -235,7 +242,7 @@ def test_delete_a_tag(site: Site, owner: Client) -> None:
 
 
 def test_the_async_twin_answers_the_same(site: Site, owner: Client) -> None:
-    async def everything() -> tuple[list[Tag], list[Tag], list[Commit], object, object, object, str]:
+    async def everything() -> tuple[list[Tag], list[Tag], list[Commit], object, object, object, str, object]:
         async with AsyncClient(site.url, site.owner_token) as client:
             tags = [t async for t in client.tags(site.repo("tools"))]
             paged = [t async for t in client.tags(site.repo("many"), n=3)]
@@ -245,9 +252,11 @@ def test_the_async_twin_answers_the_same(site: Site, owner: Client) -> None:
             repositories = [r async for r in client.repositories(site.project)]
             with pytest.raises(NotFound):
                 await client.digest(site.repo("tools"), "no-such-tag")
-            return tags, paged, history, detail, arm, repositories, await client.digest(site.repo("tools"))
+            shape = await client.tag_results(site.repo("many"), sort="TAG", offset=1)
+            return (tags, paged, history, detail, arm, repositories, await client.digest(site.repo("tools")), shape)
 
-    tags, paged, history, detail, arm, repositories, digest = asyncio.run(everything())
+    tags, paged, history, detail, arm, repositories, digest, shape = asyncio.run(everything())
+    assert shape == owner.tag_results(site.repo("many"), sort="TAG", offset=1)
     assert tags == list(owner.tags(site.repo("tools")))
     assert paged == list(owner.tags(site.repo("many")))
     assert history == owner.history(site.repo("tools"), "latest")

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from berth_client import ImageDetail, NotAllowed, NotFound, ProtocolError, Tag, Unavailable, tag_results
-from berth_client.calls import Reference, parse_reference, tags
+from berth_client import ImageDetail, NotAllowed, NotFound, ProtocolError, Tag, Unavailable
+from berth_client.calls import Reference, parse_reference, synapse_tags, tags
 from berth_client.errors import BerthError, Invalid, error_for
 from berth_client.values import parse_time
 
@@ -91,7 +91,12 @@ def test_a_listing_page_and_its_marker() -> None:
         tags("syn1/a", n=1001)
 
 
-def test_the_platform_listing_shape() -> None:
-    shape = tag_results([Tag.from_json(TAG)])
-    assert shape == {"totalNumberOfResults": 1, "results": [
-        {"tag": "latest", "digest": TAG["digest"], "createdOn": "2026-12-02T03:40:00.123Z"}]}
+def test_the_platform_listing_call() -> None:
+    call = synapse_tags("syn1/a", "TAG", True, 5, 10)
+    assert call.path == "/api/v1/repositories/syn1/a/-/synapse/tags"
+    assert dict(call.params) == {"sort": "TAG", "ascending": "true", "limit": "5", "offset": "10"}
+    assert call.parse({"totalNumberOfResults": 0, "results": []}) == {"totalNumberOfResults": 0, "results": []}
+    with pytest.raises(ProtocolError):
+        call.parse({"results": []})
+    with pytest.raises(Invalid):
+        synapse_tags("syn1/a", "NAME")
