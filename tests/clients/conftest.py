@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import oras.defaults
@@ -24,7 +25,7 @@ import oras.oci
 import oras.provider
 import pytest
 
-from tests.interop.images import write_layout
+from tests.interop.images import Layout, write_layout
 from tests.serving import ROOT, Server, start_server
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -45,6 +46,7 @@ class Site:
     artifact: str
     signature: str  # a referrer of the artifact
     arm64: str  # the index's linux/arm64 manifest
+    built: str  # `built:v1`, an image whose config has history lines
     layout: Path  # the OCI layout the images came from
 
     @property
@@ -155,6 +157,27 @@ def podman_login(host: str, token: str, authfile: Path, where: Path) -> None:
     assert host in json.loads(authfile.read_text())["auths"]
 
 
+HISTORY = ["COPY data-20.bin /", "ENV STAGE=analysis", "RUN make results"]  # the middle line made no layer
+
+
+def built_image(root: Path) -> dict[str, Any]:
+    """An image whose config carries the history lines that made its layers (as `docker build` writes them), in
+    an OCI layout at `root` tagged `built`."""
+    layout = Layout(root)
+    (first, first_id), (second, second_id) = layout.layer(20, 5_000), layout.layer(21, 5_000)
+    config = {"architecture": "amd64", "os": "linux", "created": "2026-12-01T10:00:00Z",
+              "config": {"Entrypoint": ["/bin/analyse"], "Cmd": ["--all"], "Labels": {"lab": "genomics"}},
+              "rootfs": {"type": "layers", "diff_ids": [first_id, second_id]},
+              "history": [{"created_by": HISTORY[0]}, {"created_by": HISTORY[1], "empty_layer": True},
+                          {"created_by": HISTORY[2]}]}
+    manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                "config": layout.put(json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json"),
+                "layers": [first, second]}
+    descriptor = layout.put(json.dumps(manifest).encode(), OCI_MANIFEST)
+    layout.tag(descriptor, "built")
+    return descriptor
+
+
 @pytest.fixture(scope="package")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     base = tmp_path_factory.mktemp("clients")
@@ -186,6 +209,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         copy("multi", "tools:multi", "--all")
         copy("v1", "old:v1")  # the repository the trash tests put away
         copy("v1", "many:tag-0")
+        built = built_image(base / "built")
+        skopeo(env, "copy", "--dest-tls-verify=false", "--dest-creds", creds, f"oci:{base / 'built'}:built",
+               f"{remote}/built:v1")
         manifest = (layout / "blobs" / "sha256" / descriptors["v1"]["digest"].split(":")[1]).read_bytes()
         for i in range(1, MANY):
             put_manifest(server, owner_token, f"{project}/many", f"tag-{i}", manifest, OCI_MANIFEST)
@@ -194,6 +220,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         index = content_digest(server, owner_token, f"{project}/tools", "multi")
         assert (image, index) == (descriptors["v1"]["digest"], descriptors["multi"]["digest"])
         yield Site(server, project, "owner", owner_token, reader_token, stranger_token, image, index, artifact,
-                   signature, descriptors["arm64"]["digest"], layout)
+                   signature, descriptors["arm64"]["digest"], built["digest"], layout)
     finally:
         server.stop()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from berth_client.cli import EXIT
-from tests.clients.conftest import MANY, Site
+from tests.clients.conftest import HISTORY, MANY, Site
 from tests.serving import ROOT
 
 
@@ -62,11 +62,16 @@ def test_history_repos_projects_inspect(site: Site) -> None:
     assert table[0].split() == ["TIME", "DIGEST", "BY"] and [line.split()[1] for line in table[1:]] == [
         site.index, site.image]
     repos = run("repos", "--json", site.project, token=site.owner_token, url=site.url)
-    assert {r["name"] for r in json.loads(repos.stdout)} == {site.repo(n) for n in ("tools", "old", "many", "results")}
+    assert {r["name"] for r in json.loads(repos.stdout)} == {
+        site.repo(n) for n in ("tools", "old", "many", "results", "built")}
     projects = run("projects", "--json", token=site.owner_token, url=site.url)
     assert [p["id"] for p in json.loads(projects.stdout)] == [site.project]
     shown = run("inspect", f"{site.repo('tools')}:v1", token=site.owner_token, url=site.url).stdout
     assert f"digest:         {site.image}" in shown and "platform:       linux/amd64" in shown
+    layers = run("inspect", f"{site.repo('built')}:v1", token=site.owner_token, url=site.url).stdout
+    assert [line.split("  ")[-1] for line in layers.splitlines() if line.startswith("  layer ")] == [
+        HISTORY[0], HISTORY[2]]
+    assert 'entrypoint:     ["/bin/analyse"]' in layers and "label lab:      genomics" in layers
     detail = json.loads(run("inspect", "--json", "--platform", "linux/arm64", f"{site.repo('tools')}:multi",
                             token=site.owner_token, url=site.url).stdout)
     assert detail["digest"] == site.arm64 and detail["config"]["architecture"] == "arm64"

@@ -27,7 +27,7 @@ from berth_client import (
     Unavailable,
 )
 from berth_client.values import parse_time
-from tests.clients.conftest import MANY, OCI_MANIFEST, SIGNATURE, Site, put_manifest
+from tests.clients.conftest import HISTORY, MANY, OCI_MANIFEST, SIGNATURE, Site, put_manifest
 from tests.serving import free_port
 
 
@@ -72,7 +72,7 @@ def test_projects_and_repositories(site: Site, owner: Client) -> None:
     assert (project.name, project.owner, project.trashed) == ("analysis", "owner", False)
     assert project == owner.project(site.project)
     repositories = {r.name: r for r in owner.repositories(site.project)}
-    assert set(repositories) == {site.repo(name) for name in ("tools", "old", "many", "results")}
+    assert set(repositories) == {site.repo(name) for name in ("tools", "old", "many", "results", "built")}
     tools = repositories[site.repo("tools")]
     assert (tools.project, tools.tags, tools.trashed) == (site.project, 3, False)
     assert tools.size > 0 and tools.last_push is not None and tools.last_push.actor == "owner"
@@ -149,6 +149,16 @@ def test_image_detail(site: Site, owner: Client) -> None:
     by_digest = owner.manifest(site.repo("tools"), site.image)
     assert (by_digest.digest, by_digest.tag, by_digest.layers) == (site.image, None, detail.layers)
     assert owner.inspect(f"{site.repo('tools')}@{site.image}") == by_digest
+
+
+def test_layers_with_the_history_lines_that_made_them(site: Site, owner: Client) -> None:
+    detail = owner.tag(site.repo("built"), "v1")
+    assert detail.digest == site.built
+    assert [layer.created_by for layer in detail.layers] == [HISTORY[0], HISTORY[2]]  # ENV made no layer
+    config = detail.config
+    assert config is not None
+    assert (config.entrypoint, config.cmd, dict(config.labels)) == (("/bin/analyse",), ("--all",), {"lab": "genomics"})
+    assert config.created == datetime(2026, 12, 1, 10, tzinfo=UTC)
 
 
 def test_index_detail_and_one_platform(site: Site, owner: Client) -> None:
