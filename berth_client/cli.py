@@ -3,8 +3,9 @@
 It is not `berth` (the server's own command, adapters/cli.py, which works on the data directory on the server's
 machine and needs the server installed): this one works over HTTP from anywhere, with only httpx.
 
-The registry comes from `--url`, else BERTH_URL, else the host in front of the reference, as docker writes it
-(`127.0.0.1:5000/syn123/tools:latest`). Listings print a table, or JSON with `--json`; progress goes to stderr.
+The registry comes from `--url`, else the host in front of the name, as docker writes it
+(`127.0.0.1:5000/syn123/tools:latest`), else BERTH_URL. Listings print a table, or JSON with `--json`; progress
+goes to stderr.
 
 Exit codes (what a script tests):
   0  done
@@ -18,15 +19,12 @@ Exit codes (what a script tests):
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, is_dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from berth_client import calls, credentials
@@ -155,7 +153,7 @@ class Command:
         if me.user is None:
             raise Unauthorized(f"the token from {client.credential.source} is not an account's")
         if token:
-            where = _store(credentials.host_of(client.url), self.args.username or me.user, token)
+            where = credentials.store(credentials.host_of(client.url), self.args.username or me.user, token)
             self.err.write(f"{PROG}: token stored in {where}\n")
         source = "given on stdin" if token else client.credential.source
         self.out.write(f"logged in to {client.url} as {me.user} (token {source})\n")
@@ -247,33 +245,13 @@ def _describe(detail: ImageDetail, out: TextIO) -> None:
         out.write(f"  referrer {referrer.digest}  {referrer.artifact_type or referrer.media_type}\n")
 
 
-def _store(host: str, user: str, token: str) -> Path:
-    """Write the token where podman and docker both read it (REGISTRY_AUTH_FILE, else Docker's config.json), keeping
-    the file's other entries; 0600, replaced atomically."""
-    env = os.environ
-    path = (Path(env["REGISTRY_AUTH_FILE"]) if env.get("REGISTRY_AUTH_FILE")
-            else credentials.auth_files(env)[-1])
-    try:
-        config = json.loads(path.read_text()) if path.exists() else {}
-    except ValueError as error:
-        raise BerthError(f"{path} is not JSON; not touching it") from error
-    auth = base64.b64encode(f"{user}:{token}".encode()).decode()
-    config.setdefault("auths", {})[host] = {"auth": auth}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".auth-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(config, f, indent=1)
-    os.replace(temp, path)
-    return path
-
-
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog=PROG, description="Berth's JSON API from the shell.",
                                   epilog="exit codes: 0 done, 1 failure, 2 usage, 3 not found, 4 not allowed, "
                                          "5 unauthorized",
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-    top.add_argument("--url", help="the registry, e.g. http://127.0.0.1:5000 (default: BERTH_URL, or the host "
-                                   "written in front of the reference)")
+    top.add_argument("--url", help="the registry, e.g. http://127.0.0.1:5000 (default: the host written in front "
+                                   "of the name, else BERTH_URL)")
     top.add_argument("--token", help="a personal access token (default: BERTH_TOKEN, else what `podman login` or "
                                      "`docker login` stored for the host)")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")

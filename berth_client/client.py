@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 from typing import Any, Self, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -47,15 +48,12 @@ def _answer(call: Call[T], response: httpx.Response) -> T:
                                     f"({response.headers.get('content-type', 'no content type')})",
                                     status=response.status_code) from error
     if not response.is_success:
-        raise error_for(response.status_code, body, response.headers.get("retry-after"))
+        raise error_for(response.status_code, body, response.headers.get("retry-after"), f"{call.method} {call.path}")
     return call.parse(body)
 
 
 def _unreachable(url: str, error: httpx.HTTPError) -> BerthError:
     return Unavailable(f"cannot reach {url}: {error}")
-
-
-_LOOPBACK = ("localhost", "127.", "[::1]")
 
 
 def registry_url(text: str) -> str:
@@ -64,7 +62,9 @@ def registry_url(text: str) -> str:
     url = text.rstrip("/")
     if "://" in url:
         return url
-    return f"http://{url}" if url.startswith(_LOOPBACK) else f"https://{url}"
+    host = urlsplit(f"//{url}").hostname or ""
+    loopback = host in ("localhost", "::1") or host.startswith("127.")
+    return f"{'http' if loopback else 'https'}://{url}"
 
 
 class _Base:

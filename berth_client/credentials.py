@@ -16,13 +16,16 @@ import binascii
 import json
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["Credential", "auth_files", "find", "host_of", "read_auth_file"]
+from berth_client.errors import BerthError
+
+__all__ = ["Credential", "auth_files", "find", "host_of", "read_auth_file", "store"]
 
 ENVIRONMENT = "BERTH_TOKEN"
 
@@ -128,3 +131,28 @@ def find(url: str, token: str | None = None, environ: Mapping[str, str] | None =
         if pair := read_auth_file(path, host):
             return Credential(pair[1], str(path), pair[0])
     return None
+
+
+def store(host: str, user: str, token: str, environ: Mapping[str, str] | None = None) -> Path:
+    """Write the token where podman and docker both read it, REGISTRY_AUTH_FILE or else Docker's config.json (kept
+    across reboots, unlike podman's ${XDG_RUNTIME_DIR} file), keeping the file's other entries. Mode 0600, replaced
+    atomically: a reader never sees half a file."""
+    env = os.environ if environ is None else environ
+    path = Path(env["REGISTRY_AUTH_FILE"]) if env.get("REGISTRY_AUTH_FILE") else auth_files(env)[-1]
+    try:
+        config = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError) as error:
+        raise BerthError(f"{path} is not a readable JSON file; not touching it") from error
+    if not isinstance(config, dict) or not isinstance(config.setdefault("auths", {}), dict):
+        raise BerthError(f"{path} is not a credentials file (no \"auths\" object); not touching it")
+    config["auths"][host] = {"auth": base64.b64encode(f"{user}:{token}".encode()).decode()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".auth-")  # created 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(config, f, indent=1)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path

@@ -70,13 +70,14 @@ def _retry_after(header: str | None) -> float | None:
         return None
 
 
-def error_for(status: int, body: Any, retry_after: str | None = None) -> BerthError:
-    """The error for a failed answer: its class from the status, its message from the body when it has one."""
+def error_for(status: int, body: Any, retry_after: str | None = None, request: str = "") -> BerthError:
+    """The error for a failed answer: its class from the status, its message from the body when it has one (a
+    proxy's HTML page has none: then the status and the request say what happened)."""
     code, message = None, None
     if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
         code, message = body["error"].get("code"), body["error"].get("message")
     if not isinstance(message, str) or not message:
-        message = f"the server answered HTTP {status}"
+        message = f"the server answered HTTP {status}" + (f" to {request}" if request else "")
     kind = _BY_STATUS.get(status, BerthError)
     if kind is Unavailable:
         return Unavailable(message, status=status, code=code, retry_after=_retry_after(retry_after))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from berth_client import Client, credentials
+from berth_client import BerthError, Client, credentials
 from tests.clients.conftest import Site, podman_login
 
 CLEAN = ("BERTH_TOKEN", "REGISTRY_AUTH_FILE", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "DOCKER_CONFIG")
@@ -28,6 +28,11 @@ def bare(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
 
 def auth_entry(user: str, token: str) -> dict[str, str]:
     return {"auth": base64.b64encode(f"{user}:{token}".encode()).decode()}
+
+
+def user_of(url: str, token: str | None = None) -> str | None:
+    with Client(url, token) as client:
+        return client.me().user
 
 
 def test_podman_login_is_enough(site: Site, bare: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,15 +58,15 @@ def test_the_order_of_sources(site: Site, bare: Path, tmp_path: Path, monkeypatc
     podman = bare / ".config" / "containers" / "auth.json"
     podman.parent.mkdir(parents=True)
     podman.write_text(json.dumps({"auths": {host: auth_entry("x", site.stranger_token), "other:1": {}}}))
-    assert Client(site.url).me().user == "stranger"  # podman's own file comes before Docker's
+    assert user_of(site.url) == "stranger"  # podman's own file comes before Docker's
     runtime = tmp_path / "run"
     (runtime / "containers").mkdir(parents=True)
     (runtime / "containers" / "auth.json").write_text(json.dumps({"auths": {host: auth_entry("x", site.owner_token)}}))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-    assert Client(site.url).me().user == "owner"
+    assert user_of(site.url) == "owner"
     monkeypatch.setenv("BERTH_TOKEN", site.reader_token)
-    assert Client(site.url).me().user == "reader"  # the environment before any file
-    assert Client(site.url, site.stranger_token).me().user == "stranger"  # and a given token before everything
+    assert user_of(site.url) == "reader"  # the environment before any file
+    assert user_of(site.url, site.stranger_token) == "stranger"  # and a given token before everything
     assert credentials.find("http://elsewhere:1", environ={"HOME": str(bare)}) is None
 
 
@@ -79,7 +84,7 @@ def test_a_docker_credential_helper(site: Site, bare: Path, tmp_path: Path, monk
     config.mkdir()
     (config / "config.json").write_text(json.dumps({"auths": {}, "credsStore": "berthtest"}))
     monkeypatch.setenv("DOCKER_CONFIG", str(config))
-    assert Client(site.url).me().user == "owner"
+    assert user_of(site.url) == "owner"
     assert asked.read_text() == site.server.host
 
 
@@ -90,3 +95,20 @@ def test_unreadable_files_are_passed_over(bare: Path) -> None:
     (bare / ".config" / "containers").mkdir(parents=True)
     (bare / ".config" / "containers" / "auth.json").write_text(json.dumps({"auths": {"h:1": {"auth": "!!"}}}))
     assert credentials.find("http://h:1") is None
+
+
+def test_store_keeps_the_other_entries(bare: Path, tmp_path: Path) -> None:
+    authfile = tmp_path / "auth.json"
+    authfile.write_text(json.dumps({"auths": {"other:1": auth_entry("x", "theirs")}, "credHelpers": {}}))
+    environ = {"REGISTRY_AUTH_FILE": str(authfile), "HOME": str(bare)}
+    assert credentials.store("h:1", "me", "mine", environ) == authfile
+    stored = json.loads(authfile.read_text())
+    assert stored["auths"]["other:1"] == auth_entry("x", "theirs") and stored["credHelpers"] == {}
+    assert credentials.find("http://h:1", environ=environ) == credentials.Credential("mine", str(authfile), "me")
+    assert authfile.stat().st_mode & 0o077 == 0
+    authfile.write_text("[1, 2]")
+    with pytest.raises(BerthError, match="not a credentials file"):
+        credentials.store("h:1", "me", "mine", environ)
+    assert authfile.read_text() == "[1, 2]" and [p.name for p in tmp_path.iterdir() if p.name.startswith(".auth")] == []
+    default = credentials.store("h:2", "me", "mine", {"HOME": str(bare)})
+    assert default == bare / ".docker" / "config.json"  # Docker's file, which podman reads too

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from berth_client import ImageDetail, NotAllowed, NotFound, ProtocolError, Tag, Unavailable
+from berth_client import ImageDetail, NotAllowed, NotFound, ProtocolError, Tag, Unavailable, registry_url
 from berth_client.calls import Reference, parse_reference, synapse_tags, tags
 from berth_client.errors import BerthError, Invalid, error_for
 from berth_client.values import parse_time
@@ -100,3 +100,11 @@ def test_the_platform_listing_call() -> None:
         call.parse({"results": []})
     with pytest.raises(Invalid):
         synapse_tags("syn1/a", "NAME")
+
+
+@pytest.mark.parametrize(("named", "url"), [
+    ("127.0.0.1:5000", "http://127.0.0.1:5000"), ("localhost:5000/", "http://localhost:5000"),
+    ("[::1]:5000", "http://[::1]:5000"), ("localhost.example.org", "https://localhost.example.org"),
+    ("registry.example.org", "https://registry.example.org"), ("http://10.0.0.1:80", "http://10.0.0.1:80")])
+def test_a_registry_named_as_container_tools_name_it(named: str, url: str) -> None:
+    assert registry_url(named) == url
