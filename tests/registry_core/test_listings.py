@@ -226,3 +226,21 @@ def test_details_errors_and_trash(world: tuple[Registry, Clock, list[Digest]]) -
         listings.tag_page(None, "library/model", 10, None, "size")
     with pytest.raises(InvalidQuery):
         listings.tag_page(None, "library/model", 10, "12x:abc", "time")
+
+
+def test_tags_written_before_the_push_tables_are_filled_in_once(world: tuple[Registry, Clock, list[Digest]]) -> None:
+    registry, clock, digests = world
+    repo = "library/older"
+    for i, tag in enumerate(("a", "b", "c")):
+        clock.now += 1
+        with registry.store.index.write() as txn:
+            if txn.get(registry.store.index.table("repos"), repo.encode()) is None:
+                txn.put(registry.store.index.table("repos"), repo.encode(), b"{}")
+            registry.tags.move(txn, repo, tag, digests[i], clock.now, f"user{i}")
+    before = [(r.tag, r.push) for r in Listings(registry, OpenPolicy()).tag_page(None, repo, 10, None, "time").items]
+    with registry.store.index.write() as txn:  # as a store of the previous format holds them: no push records
+        for table in (registry.tags.pushes, registry.tags.times):
+            for k in list(txn.keys(table, prefix=f"{repo}\0".encode())):
+                txn.delete(table, k)
+    after = [(r.tag, r.push) for r in Listings(registry, OpenPolicy()).tag_page(None, repo, 10, None, "time").items]
+    assert after == before and [tag for tag, _ in after] == ["c", "b", "a"]
