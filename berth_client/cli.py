@@ -155,7 +155,7 @@ class Command:
         if token:
             where = credentials.store(credentials.host_of(client.url), self.args.username or me.user, token)
             self.err.write(f"{PROG}: token stored in {where}\n")
-        source = "given on stdin" if token else client.credential.source
+        source = "given on stdin" if token else f"from {client.credential.source}"
         self.out.write(f"logged in to {client.url} as {me.user} (token {source})\n")
 
     def projects(self) -> None:
