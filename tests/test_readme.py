@@ -10,10 +10,10 @@ Each fenced block carries a marker on the line before it, `<!-- readme: KIND -->
 A block without a marker, or with an unknown one, fails the test: nothing new escapes it.
 
 Everything runs in a fresh temporary directory standing in for the checkout: `scripts` links to the checkout's
-scripts/ and `.venv` to its virtualenv, so `scripts/berth` resolves and reuses the installed Berth (scripts/berth
-finds "its checkout" through the logical path, the parent of `scripts`, and would otherwise build a virtualenv
-there). Relative paths in the README (`./berth-data`, `hello/`, `./image`) land in that directory, and nothing is
-written to the checkout.
+scripts/, `clients` to its clients/ (the R package) and `.venv` to its virtualenv, so `scripts/berth` resolves and
+reuses the installed Berth (scripts/berth finds "its checkout" through the logical path, the parent of `scripts`, and
+would otherwise build a virtualenv there). Relative paths in the README (`./berth-data`, `hello/`, `./image`) land
+in that directory, and nothing is written to the checkout.
 
 The port is the README's own, 127.0.0.1:5000, never substituted: a runner rewriting the README's text would no
 longer check what a reader runs. When something already listens there the test fails saying so.
@@ -243,6 +243,7 @@ def test_readme_runs_as_written(tmp_path: Path, dockerd: Dockerd) -> None:
     workdir = tmp_path / "checkout"
     workdir.mkdir()
     (workdir / "scripts").symlink_to(ROOT / "scripts")
+    (workdir / "clients").symlink_to(ROOT / "clients")  # the R package the README installs
     (workdir / ".venv").symlink_to(ROOT / ".venv")
     runroot = Path(tempfile.mkdtemp(prefix="berth-readme-", dir="/tmp"))  # podman wants a short runroot
     reader = Reader(workdir, _environment(tmp_path, runroot, dockerd))
