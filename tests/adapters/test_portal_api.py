@@ -202,11 +202,12 @@ def test_referrers_and_artifacts(world: World) -> None:
                                           actor="owner")
     empty = b"{}"
     world.registry.ingest_blob(name_of(repo), empty, digest_of(sha(empty)))
+    subject_size = len(world.registry.get_manifest(name_of(repo), ref_of("v1")).body)
     sbom = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/spdx+json",
                        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha(empty), "size": 2},
                        "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha(empty), "size": 2}],
                        "subject": {"mediaType": OCI_MANIFEST, "digest": str(subject.digest),
-                                   "size": len(world.registry.get_manifest(name_of(repo), ref_of("v1")).body)}}).encode()
+                                   "size": subject_size}}).encode()
     world.registry.put_manifest(name_of(repo), ref_of("sbom"), sbom, None, actor="owner")
     detail = world.get(f"/repositories/{repo}/-/tags/v1", "reader").json()
     assert detail["referrers"] == [{"digest": sha(sbom), "media_type": OCI_MANIFEST,
