@@ -88,6 +88,7 @@ import json, sys
 from registry_core.registry import Registry
 from registry_core.accounts import Accounts
 from registry_core.projects import Projects
+from registry_core.names import RepositoryName
 with Registry.open({str(data)!r}) as registry:
     accounts, projects = Accounts(registry.store), Projects(registry.store)
     accounts.add_user("owner", certified=True)
@@ -96,7 +97,7 @@ with Registry.open({str(data)!r}) as registry:
     secret = accounts.create_token("alice", ["view", "download", "modify"])[1]
     def work(txn):
         for i in range({repos}):
-            registry._ensure_repo(txn, f"{{project}}/hidden{{i:06d}}")
+            registry._ensure_repo(txn, RepositoryName.parse(f"{{project}}/hidden{{i:06d}}"))
     registry.store.index.transact(work)
     print(json.dumps([project, secret]))
 """
