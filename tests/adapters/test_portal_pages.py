@@ -83,6 +83,23 @@ def test_the_json_api_takes_the_session_with_its_csrf_header(world: World) -> No
         assert client.get("/account").status_code == 303
 
 
+def test_a_new_password_signs_out_the_other_sessions(world: World) -> None:
+    world.accounts.add_user("dora")
+    world.accounts.set_password("dora", PASSWORD)
+    with signed_in(world, "dora") as here, signed_in(world, "dora") as elsewhere:
+        page = here.get("/account")
+        r = here.post("/account/password", data={"csrf": csrf_of(page), "password": "a new passphrase",
+                                                 "again": "a new passphrase"})
+        assert r.status_code == 303
+        page = here.get(r.headers["location"])
+        assert "Password set" in page.text and "Account dora" in page.text  # still signed in here
+        assert elsewhere.get("/account").status_code == 303  # the other session ended
+        created = here.post("/account/tokens", data={"scope": "view", "csrf": csrf_of(page)})
+        assert created.status_code == 200  # the page's forms carry the new session's token
+    with signed_in(world, "dora", "a new passphrase"):
+        pass
+
+
 def test_the_session_cookie_flags_fixation_and_sign_out(world: World) -> None:
     with browser(world) as client:
         anonymous = client.get("/signin")
