@@ -194,6 +194,25 @@ def test_repository_tags_and_details(world: World) -> None:
     assert world.get(f"/repositories/{world.repo}/-/manifests/sha256:{'0' * 64}").status_code == 404
 
 
+def test_referrers_and_artifacts(world: World) -> None:
+    repo = f"{world.project}/signed"
+    subject = world.registry.put_manifest(repo, "v1", image(world.registry, repo, "s"), None, actor="owner")
+    empty = b"{}"
+    world.registry.ingest_blob(repo, empty, sha(empty))
+    sbom = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/spdx+json",
+                       "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha(empty), "size": 2},
+                       "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha(empty), "size": 2}],
+                       "subject": {"mediaType": OCI_MANIFEST, "digest": str(subject.digest),
+                                   "size": len(world.registry.get_manifest(repo, "v1").body)}}).encode()
+    world.registry.put_manifest(repo, "sbom", sbom, None, actor="owner")
+    detail = world.get(f"/repositories/{repo}/-/tags/v1", "reader").json()
+    assert detail["referrers"] == [{"digest": sha(sbom), "media_type": OCI_MANIFEST,
+                                    "artifact_type": "application/spdx+json", "size": len(sbom)}]
+    artifact = world.get(f"/repositories/{repo}/-/tags/sbom", "reader").json()
+    assert artifact["kind"] == "artifact" and artifact["platforms"] == [] and artifact["config"] is None
+    assert artifact["artifact_type"] == "application/spdx+json"
+
+
 def test_synapse_shaped_tag_listing(world: World) -> None:
     path = f"/repositories/{world.repo}/-/synapse/tags"
     found = world.get(path, None, sort="TAG", ascending="true", limit="2", offset="1").json()
