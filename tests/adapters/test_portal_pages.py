@@ -200,6 +200,24 @@ def test_a_project_in_the_trash_shows_its_banner_to_its_administrators(world: Wo
         assert owner.get(f"/projects/{project}").status_code == 404 and world.projects.get(project) is None
 
 
+def test_a_project_page_filters_and_pages_its_repositories(world: World) -> None:
+    project = world.projects.create("paged", "owner").id
+    world.projects.grant(project, "public", "view")
+    for name in ("api", "cli", "web"):
+        world.push_image(f"{project}/{name}", "v1")
+    with browser(world) as client:
+        first = client.get(f"/projects/{project}", params={"n": "2"})
+        assert re.findall(r'<tr data-key="([^"]+)"', first.text) == [f"{project}/api", f"{project}/cli"]
+        following = re.search(r'<a rel="next" href="([^"]+)"', first.text)
+        assert following
+        second = client.get(following.group(1).replace("&amp;", "&"))
+        assert re.findall(r'<tr data-key="([^"]+)"', second.text) == [f"{project}/web"]
+        assert 'rel="next"' not in second.text
+        filtered = client.get(f"/projects/{project}", params={"filter": "LI"})  # any case
+        assert re.findall(r'<tr data-key="([^"]+)"', filtered.text) == [f"{project}/cli"]
+        assert client.get(f"/projects/{project}", params={"n": "0"}).status_code == 400  # a page, not a 500
+
+
 def test_sign_in_goes_back_only_to_a_page_of_this_site(world: World) -> None:
     with browser(world) as client:
         for target, landing in (("//evil.example/x", "/"), ("https://evil.example/", "/"), ("/account", "/account")):
