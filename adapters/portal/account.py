@@ -1,8 +1,9 @@
 """Signing in and out, and the account page: personal access tokens (create, list, revoke) and the password.
 
 Sign-in takes a user name and password, or a personal access token in the password field (the user name may then be
-left empty, as `docker login` ignores it). Failures count against the address in the same throttle as the token
-endpoint (registry_core/logins.py): a correct password or token is never refused, a guesser gets 429.
+left empty, as `docker login` ignores it). registry_core/signins.py decides and throttles, with the token endpoint's
+counts (registry_core/logins.py): a correct token is never refused; password guesses slow down per address and per
+account (429 with Retry-After).
 A token's secret is shown once, in the answer to the form that created it (a page, never a URL or a log line).
 """
 
@@ -91,6 +92,8 @@ def _account_page(site: Site, request: Request, status: int = 200, **context: ob
 
 
 async def account(site: Site, request: Request) -> Response:
+    if request.query_params.get("changed") == "password":
+        return _account_page(site, request, notice="Password set. Your other sessions were signed out.")
     return _account_page(site, request)
 
 
@@ -145,7 +148,8 @@ async def set_password(site: Site, request: Request) -> Response:
     except AccountError as exc:
         return _account_page(site, request, 400, problem=str(exc))
     await anyio.to_thread.run_sync(site.cookies.sessions.close_user, viewer.user)
-    response = _account_page(site, request, notice="Password set. Your other sessions were signed out.")
+    # To the account page with the new session's cookie (its forms carry the new session's CSRF token).
+    response = site.redirect(request, "/account?changed=password")
     token_id = viewer.identity.token_id if viewer.identity is not None else None
     await anyio.to_thread.run_sync(site.cookies.sign_in, request, response, viewer.user, token_id)
     return response

@@ -29,8 +29,10 @@ def _answers() -> Iterator[None]:
     """The listings' refusals as pages: not found (also for what the viewer may not see), a bad query."""
     try:
         yield
-    except NotFound as exc:
-        raise not_found(f"{str(exc)[:300].capitalize()}, or you may not see it.") from None
+    except NotFound as exc:  # the listings' message reads the same for hidden and missing (or says "trash" to
+        text = str(exc)[:300]  # those the policy tells so)
+        text = text[:1].upper() + text[1:]
+        raise not_found(f"{text}." if "trash" in text else f"{text}, or you may not see it.") from None
     except InvalidQuery as exc:
         raise PageError(400, "Bad request", str(exc)) from None
 

@@ -83,6 +83,23 @@ def test_the_json_api_takes_the_session_with_its_csrf_header(world: World) -> No
         assert client.get("/account").status_code == 303
 
 
+def test_a_new_password_signs_out_the_other_sessions(world: World) -> None:
+    world.accounts.add_user("dora")
+    world.accounts.set_password("dora", PASSWORD)
+    with signed_in(world, "dora") as here, signed_in(world, "dora") as elsewhere:
+        page = here.get("/account")
+        r = here.post("/account/password", data={"csrf": csrf_of(page), "password": "a new passphrase",
+                                                 "again": "a new passphrase"})
+        assert r.status_code == 303
+        page = here.get(r.headers["location"])
+        assert "Password set" in page.text and "Account dora" in page.text  # still signed in here
+        assert elsewhere.get("/account").status_code == 303  # the other session ended
+        created = here.post("/account/tokens", data={"scope": "view", "csrf": csrf_of(page)})
+        assert created.status_code == 200  # the page's forms carry the new session's token
+    with signed_in(world, "dora", "a new passphrase"):
+        pass
+
+
 def test_the_session_cookie_flags_fixation_and_sign_out(world: World) -> None:
     with browser(world) as client:
         anonymous = client.get("/signin")
@@ -181,6 +198,24 @@ def test_a_project_in_the_trash_shows_its_banner_to_its_administrators(world: Wo
         r = owner.post(f"/projects/{project}/purge", data={"csrf": csrf_of(page)})
         assert r.status_code == 303 and r.headers["location"] == "/"
         assert owner.get(f"/projects/{project}").status_code == 404 and world.projects.get(project) is None
+
+
+def test_a_project_page_filters_and_pages_its_repositories(world: World) -> None:
+    project = world.projects.create("paged", "owner").id
+    world.projects.grant(project, "public", "view")
+    for name in ("api", "cli", "web"):
+        world.push_image(f"{project}/{name}", "v1")
+    with browser(world) as client:
+        first = client.get(f"/projects/{project}", params={"n": "2"})
+        assert re.findall(r'<tr data-key="([^"]+)"', first.text) == [f"{project}/api", f"{project}/cli"]
+        following = re.search(r'<a rel="next" href="([^"]+)"', first.text)
+        assert following
+        second = client.get(following.group(1).replace("&amp;", "&"))
+        assert re.findall(r'<tr data-key="([^"]+)"', second.text) == [f"{project}/web"]
+        assert 'rel="next"' not in second.text
+        filtered = client.get(f"/projects/{project}", params={"filter": "LI"})  # any case
+        assert re.findall(r'<tr data-key="([^"]+)"', filtered.text) == [f"{project}/cli"]
+        assert client.get(f"/projects/{project}", params={"n": "0"}).status_code == 400  # a page, not a 500
 
 
 def test_sign_in_goes_back_only_to_a_page_of_this_site(world: World) -> None:
