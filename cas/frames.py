@@ -79,8 +79,12 @@ FRAME_SIZE = 256 << 10
 LEVEL = 1
 # A footer naming bigger frames is refused: a corrupt footer must not make a reader allocate gigabytes.
 MAX_FRAME_SIZE = 64 << 20
-# Compressed bytes fetched with one read when serving a long range: few system calls, bounded memory.
-READ_BATCH = 4 << 20
+# Compressed bytes fetched with one read when serving a long range: few system calls (one per ~4 MiB of original
+# text), and memory per reader bounded by a few MiB of original bytes.
+READ_BATCH = 1 << 20
+# Batches a reader keeps in flight on a read-ahead executor beyond the one the caller consumes: two, so that an
+# executor of two threads has both at work.
+AHEAD_BATCHES = 2
 
 
 class StoredFormCorrupt(CasError):
@@ -196,8 +200,8 @@ Source = bytes | bytearray | memoryview | BinaryIO | int
 Pread = Callable[[int, int], bytes | memoryview]
 
 
-def _positional(source: Source) -> tuple[Pread, int]:
-    """A positional read function over the stored form, and its length."""
+def _positional(source: Source) -> tuple[Pread, int, bool]:
+    """A positional read function over the stored form, its length, and whether threads may call it at once."""
     if isinstance(source, int):  # a file descriptor: pread leaves no shared position behind
         def pread_fd(offset: int, length: int) -> bytes:
             parts = []
@@ -209,10 +213,10 @@ def _positional(source: Source) -> tuple[Pread, int]:
                 offset += len(data)
                 length -= len(data)
             return b"".join(parts)
-        return pread_fd, os.fstat(source).st_size
+        return pread_fd, os.fstat(source).st_size, True
     if isinstance(source, bytes | bytearray | memoryview):
         view = memoryview(source).cast("B")
-        return (lambda offset, length: view[offset:offset + length]), len(view)
+        return (lambda offset, length: view[offset:offset + length]), len(view), True
     size = source.seek(0, os.SEEK_END)
 
     def pread_file(offset: int, length: int) -> bytes:  # seek + read: one reader per file object at a time
@@ -225,7 +229,7 @@ def _positional(source: Source) -> tuple[Pread, int]:
             parts.append(data)
             length -= len(data)
         return b"".join(parts)
-    return pread_file, size
+    return pread_file, size, False
 
 
 class FrameReader:
@@ -236,10 +240,10 @@ class FrameReader:
     record), must match the footer, so a stored form swapped for another blob's is refused too.
     """
 
-    __slots__ = ("_pread", "_offsets", "_decompressor", "size", "frame_size", "stored_size")
+    __slots__ = ("_pread", "_concurrent", "_offsets", "_decompressor", "size", "frame_size", "stored_size")
 
     def __init__(self, source: Source, *, original_size: int | None = None) -> None:
-        self._pread, self.stored_size = _positional(source)
+        self._pread, self.stored_size, self._concurrent = _positional(source)
         stored = self.stored_size
         if stored < _SKIPPABLE.size + FOOTER_SIZE:
             raise StoredFormCorrupt(f"stored form of {stored} bytes is shorter than its trailer")
@@ -291,12 +295,15 @@ class FrameReader:
     def iter_range(self, offset: int = 0, length: int | None = None, *,
                    ahead: Executor | None = None) -> Iterator[bytes]:
         """The original bytes [offset, offset + length) in pieces of at most one frame, decompressing only the
-        frames the range touches. With `ahead`, the next batch of frames (READ_BATCH compressed bytes) is read and
+        frames the range touches. With `ahead` (a file descriptor or bytes source only: a file object has one
+        position), the next AHEAD_BATCHES batches of frames (READ_BATCH compressed bytes each) are read and
         decompressed on that executor while the caller consumes the current one (zstd releases the GIL)."""
         if length is None:
             length = self.size - offset
         if offset < 0 or length < 0 or offset + length > self.size:
             raise InvalidRange(f"range of {length} bytes at offset {offset} is outside a blob of {self.size} bytes")
+        if ahead is not None and not self._concurrent:
+            raise ValueError("read-ahead needs a file descriptor or bytes: a file object has a single position")
         if length == 0:
             return
         end = offset + length
@@ -310,7 +317,7 @@ class FrameReader:
             # a fresh decompressor per task: a ZstdDecompressor must not be used by two threads at once
             pending.append(ahead.submit(self._decompress_batch, zstandard.ZstdDecompressor(), first, stop,
                                         offset, end))
-            if len(pending) > 1:
+            if len(pending) > AHEAD_BATCHES:
                 yield from pending.popleft().result()
         while pending:
             yield from pending.popleft().result()
