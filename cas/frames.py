@@ -55,6 +55,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import BinaryIO
 
 import zstandard
@@ -268,9 +269,7 @@ class FrameReader:
         index = head[_SKIPPABLE.size:]
         if zlib.crc32(index) != crc:
             raise StoredFormCorrupt("the frame index fails its checksum")
-        offsets = [0]
-        for length in struct.unpack(f"<{count}I", index):
-            offsets.append(offsets[-1] + length)
+        offsets = list(accumulate(struct.unpack(f"<{count}I", index), initial=0))  # C speed: this runs per open
         if offsets[-1] + trailer_size != stored:
             raise StoredFormCorrupt(f"frames and trailer add up to {offsets[-1] + trailer_size} bytes, the stored "
                                     f"form has {stored} (truncated or extended)")
