@@ -197,12 +197,17 @@ def compress(data: Chunk, *, frame_size: int = FRAME_SIZE, level: int = LEVEL) -
     return b"".join(parts)
 
 
-Source = bytes | bytearray | memoryview | BinaryIO | int
-Pread = Callable[[int, int], bytes | memoryview]
+# read_at(offset, length) -> bytes: how a store without files (an object store's ranged GET) hands over its bytes.
+RangedRead = Callable[[int, int], bytes | memoryview]
+Source = bytes | bytearray | memoryview | BinaryIO | int | RangedRead
 
 
-def _positional(source: Source) -> tuple[Pread, int, bool]:
+def _positional(source: Source, stored_size: int | None) -> tuple[RangedRead, int, bool]:
     """A positional read function over the stored form, its length, and whether threads may call it at once."""
+    if callable(source):
+        if stored_size is None:
+            raise ValueError("a ranged-read source needs stored_size")
+        return source, stored_size, True
     if isinstance(source, int):  # a file descriptor: pread leaves no shared position behind
         def pread_fd(offset: int, length: int) -> bytes:
             parts = []
@@ -234,8 +239,9 @@ def _positional(source: Source) -> tuple[Pread, int, bool]:
 
 
 class FrameReader:
-    """Serves ranges of the original bytes from a stored form held in a file descriptor, a binary file object
-    (seek + read: use one reader per file object at a time) or a bytes-like object.
+    """Serves ranges of the original bytes from a stored form held in a file descriptor, a bytes-like object, a
+    binary file object (seek + read: use one reader per file object at a time) or a ranged-read function with its
+    `stored_size` (safe to call from several threads).
 
     The footer and index are read and checked once, here; `original_size`, when the caller knows it (the blob
     record), must match the footer, so a stored form swapped for another blob's is refused too.
@@ -243,8 +249,8 @@ class FrameReader:
 
     __slots__ = ("_pread", "_concurrent", "_offsets", "_decompressor", "size", "frame_size", "stored_size")
 
-    def __init__(self, source: Source, *, original_size: int | None = None) -> None:
-        self._pread, self.stored_size, self._concurrent = _positional(source)
+    def __init__(self, source: Source, *, original_size: int | None = None, stored_size: int | None = None) -> None:
+        self._pread, self.stored_size, self._concurrent = _positional(source, stored_size)
         stored = self.stored_size
         if stored < _SKIPPABLE.size + FOOTER_SIZE:
             raise StoredFormCorrupt(f"stored form of {stored} bytes is shorter than its trailer")

@@ -198,3 +198,31 @@ def test_read_ahead_refuses_a_file_object_it_would_share_between_threads(tmp_pat
     with (tmp_path / "stored").open("rb") as file, ThreadPoolExecutor(1) as executor, \
             pytest.raises(ValueError, match="read-ahead"):
         list(FrameReader(file).iter_range(ahead=executor))
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=originals, frame_size=frame_sizes, start=st.integers(0, 700), length=st.integers(0, 700))
+def test_a_range_costs_the_frames_it_touches(data: bytes, frame_size: int, start: int, length: int) -> None:
+    """Over a ranged-read source (how an object store serves bytes), a range fetches the compressed bytes of the
+    frames it touches and nothing else: cost in proportion to the range, not to the blob."""
+    stored = compress(data, frame_size=frame_size)
+    fetched: list[tuple[int, int]] = []
+
+    def read_at(offset: int, size: int) -> bytes:
+        fetched.append((offset, size))
+        return stored[offset:offset + size]
+
+    reader = FrameReader(read_at, stored_size=len(stored), original_size=len(data))
+    start = start % (len(data) + 1)
+    length = min(length, len(data) - start)
+    fetched.clear()  # the footer and index: a fixed cost per open, paid once
+    assert reader.read(start, length) == data[start:start + length]
+    touched = {i for i in range(start // frame_size, (start + length - 1) // frame_size + 1)} if length else set()
+    frame_bytes = sum(len(compress(data[i * frame_size:(i + 1) * frame_size], frame_size=frame_size))
+                      - (8 + 4 + FOOTER_SIZE) for i in touched)
+    assert sum(size for _, size in fetched) == frame_bytes
+
+
+def test_a_ranged_read_source_needs_its_size() -> None:
+    with pytest.raises(ValueError, match="stored_size"):
+        FrameReader(lambda offset, length: b"")
