@@ -39,6 +39,8 @@ from cas.frames import FRAME_SIZE, FrameReader, FrameWriter
 
 MIB = 1 << 20
 KIB = 1 << 10
+# (level, frame size): the default (1, 256 KiB) and its neighbours in each direction.
+CONFIGURATIONS = ((1, 128 * KIB), (1, 256 * KIB), (1, MIB), (1, 4 * MIB), (3, 256 * KIB), (3, MIB), (-1, 256 * KIB))
 
 
 def csv_rows(size: int, seed: int = 1) -> bytes:
@@ -172,13 +174,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- ratio and compression speed -----------------------------------------------------------------------------
     forms: dict[tuple[int, int], bytes] = {}
-    for level in (1, 3):
-        for frame_size in (256 * KIB, MIB, 4 * MIB):
-            stored, seconds = stored_form(text, frame_size, level)
-            forms[level, frame_size] = stored
-            label = f"level {level}, {frame_size // KIB} KiB frames"
-            table.row(f"ratio, text-like, {label}", len(stored) / size, "x", "<= 0.35")
-            table.row(f"compress, text-like, {label}", size / seconds / MIB, "MiB/s")
+    for level, frame_size in CONFIGURATIONS:
+        stored, seconds = stored_form(text, frame_size, level)
+        forms[level, frame_size] = stored
+        label = f"level {level}, {frame_size // KIB} KiB frames"
+        table.row(f"ratio, text-like, {label}", len(stored) / size, "x", "<= 0.35")
+        table.row(f"compress, text-like, {label}", size / seconds / MIB, "MiB/s")
     for name, sample in (("CSV rows", unique[:half]), ("log lines", unique[half:]),
                          ("ELF binary (this python)", Path(sys.executable).resolve().read_bytes()[:16 * MIB]),
                          ("float32 weights", float_weights(256 * KIB)),
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             os.close(fd)
         table.row("1 MiB range, raw file (pread)", plain * 1e6, "us")
-        for frame_size in (256 * KIB, MIB):
+        for frame_size in (128 * KIB, 256 * KIB, MIB):
             path = directory / f"stored-{frame_size}"
             path.write_bytes(forms[1, frame_size])
             fd = os.open(path, os.O_RDONLY)
