@@ -1,21 +1,31 @@
 """The compressed stored form of a blob: independent zstd frames of a fixed original size, then an index, so that any
 range of the original bytes is served by decompressing only the frames it touches.
 
-Design (issue 18; figures from `python -m benchmarks.compression` on the 2-core development machine, loaded)
--------------------------------------------------------------------------------------------------------
-- **Background, not ingest.** zstd level 1 compresses text-like data at ~170-280 MiB/s in one thread; today's ingest
-  hashes and writes at the disk's pace (several hundred MiB/s to GiB/s, hash and write on two threads). Compressing in
-  the upload path would make a text upload several times slower, and a third busy thread on two cores would slow the
-  incompressible uploads the issue protects. So an upload stores the original exactly as today (no change, no cost),
-  and a compaction pass compresses afterwards: it asks `compressibility.assess()` (a magic check, then 64 KiB
-  samples; ~0.1 ms on random data, nothing on gzip/zstd layers), streams the original through FrameWriter and
-  swaps the stored form. The writer also fits the ingest path unchanged (chunks in, original hashed, compressed out)
-  should a faster machine make ingest-time compression pay; the store decides which, not this module.
+Design (issue 18). Figures: one run of `python -m benchmarks.compression` (64 MiB, 2 shared cores, load 3.5)
+---------------------------------------------------------------------------------------------------------
+- **Background, not ingest.** zstd level 1 compresses text-like data at ~255 MiB/s in one thread: hashing and
+  writing text in the same pass as compressing it ran at 206 MiB/s against 416 MiB/s raw. Compressing at ingest
+  would halve text uploads and, on two cores, take the CPU that incompressible uploads (which must not slow down)
+  use for hashing and writing. So an upload stores the original exactly as today (no change, no cost), and a
+  compaction pass compresses afterwards: it asks `compressibility.assess()` (0.002 ms on a gzip layer, 0.032 ms on
+  random data: 0.03 % of ingesting 64 MiB), streams the original through FrameWriter and swaps the stored form.
+  The writer fits the ingest path as well (chunks in, original hashed, compressed bytes out to a staging write),
+  should a faster machine make ingest-time compression pay for small blobs; the store decides, not this module.
+- **Reads.** A full read decompresses at ~970 MiB/s in one thread with 256 KiB frames (1150 with 1 MiB frames;
+  level 3 and 128 KiB frames are slower, level -1 misses the 0.35 ratio), against the issue's 1 GiB/s. zstd
+  releases the GIL (checked: a pure-Python thread keeps running during decompress()), so `iter_range(ahead=...)`
+  decompresses on a second thread; on the loaded machine it had no idle core to use and measured slower (~600
+  MiB/s): a quiet rerun decides whether the server passes an executor for full GETs. 256 KiB frames stay the
+  default because a 1 MiB range from the middle then decompresses at most 1.25 MiB (1.4-1.9 ms measured) where
+  1 MiB frames decompress up to 2 MiB (4.6 ms unaligned); a raw pread from the page cache is 0.03 ms, so the
+  issue's "<= 2x the uncompressed range" holds only at the HTTP level, where the request's own cost counts.
 - **Where it plugs in.** Compression is a property of how bytes are kept, so it sits on the blob-bytes side of the
   seam and works for every store (local files, memory, object storage): the blob record gains a stored-form field
   (RAW, RAW_CHECKED = assessed and kept raw so no pass samples it again, FRAMES_V1). Opening a range of a FRAMES_V1
   blob wraps the stored bytes (an fd, a bytes object, a ranged object-store reader) in FrameReader; RAW blobs keep
-  the zero-copy sendfile path. A wrapper BlobBytes would hide the flag from the index, but then a HEAD (which must
+  the zero-copy sendfile path (a FRAMES_V1 blob answers "no local path" when that capability is asked for). The
+  index is read per open (16 KiB for a 1 GiB blob); stored forms are immutable, so a store may cache it by digest
+  if Range requests show it. A wrapper BlobBytes would hide the flag from the index, but then a HEAD (which must
   answer the original size from the record alone) and stats (stored vs original bytes) could not see it: the flag
   belongs in the record.
 - **fsck** verifies a FRAMES_V1 blob by streaming FrameReader.iter_range() into the hasher of the blob's digest: the
@@ -42,8 +52,9 @@ Stored form, version 1 (integers little-endian)
 
 Every byte belongs to a zstd frame, so `zstd -d` turns a stored form back into the original without Berth. A reader
 reads the footer (last 32 bytes), then the index, and checks that sizes, counts, crc and file length agree before it
-serves a byte; a frame that fails to decompress to exactly its expected length raises StoredFormCorrupt. Nothing
-here returns wrong bytes silently.
+serves a byte; a frame that fails to decompress (zstd checks each frame's content checksum) to exactly its expected
+length raises StoredFormCorrupt. Damage never comes back as wrong bytes; the one thing a per-frame check cannot see,
+intact frames of equal length swapped in place, is the original digest's to catch (fsck).
 """
 
 from __future__ import annotations
@@ -72,11 +83,11 @@ _FOOTER = struct.Struct("<QIIIHH8s")
 FOOTER_SIZE = _FOOTER.size  # 32
 
 # PERF-NOTES (benchmarks/compression.py): 256 KiB frames compress text-like data as well as 1-4 MiB frames (ratio
-# 0.257 vs 0.258 at level 1) and decompress as fast per byte, while a 1 MiB range from the middle decompresses at
-# most 1.25 MiB instead of 2 MiB: ranges cost in proportion to the range.
+# 0.253 vs 0.254 at level 1), and a 1 MiB range from the middle decompresses at most 1.25 MiB instead of 2 MiB;
+# full reads pay ~15 % for it (970 vs 1150 MiB/s in one thread). See the design note above.
 FRAME_SIZE = 256 << 10
-# PERF-NOTES: level 1 beat level 3 on text-like data at these frame sizes (ratio 0.257 vs 0.262-0.277), compressing
-# ~1.6x and decompressing ~1.4x faster; negative levels lost a third of the saving (ratio 0.37) for no faster reads.
+# PERF-NOTES: level 1 beat level 3 on text-like data at these frame sizes (ratio 0.253 vs 0.258-0.274), compressing
+# ~1.7x and decompressing ~3x faster; level -1 lost a third of the saving (ratio 0.367) for no faster reads.
 LEVEL = 1
 # A footer naming bigger frames is refused: a corrupt footer must not make a reader allocate gigabytes.
 MAX_FRAME_SIZE = 64 << 20
