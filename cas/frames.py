@@ -254,6 +254,7 @@ class FrameReader:
     binary file object (seek + read: use one reader per file object at a time) or a ranged-read function with its
     `stored_size` (safe to call from several threads).
 
+    A reader serves one caller at a time (it owns one decompressor): open one per request, as with BlobReader.
     The footer and index are read and checked once, here; `original_size`, when the caller knows it (the blob
     record), must match the footer, so a stored form swapped for another blob's is refused too.
     """
