@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from cas import BlobStore, StoreConfig
+from cas.memory_blobs import MemoryBlobs
+from cas.memory_index import MemoryIndex
 from tests.serving import Server, start_server
 
 
@@ -30,16 +32,29 @@ def clock() -> FakeClock:
 StoreFactory = Callable[..., BlobStore]
 
 
-@pytest.fixture(scope="session")
-def store_factory() -> StoreFactory:
+STORES = ("on_disk", "in_memory")
+
+
+@pytest.fixture(scope="session", params=STORES)
+def store_factory(request: pytest.FixtureRequest) -> StoreFactory:
     """How the registry_core and in-process HTTP tests make a store: the one place that picks which store they run
-    on (parametrize this fixture to run them over every store). `store_factory(root, config=..., clock=...)`: `root`
-    is where a store on disk keeps its files (a store without files ignores it). Session-scoped, so that property
-    tests can make a fresh store per example."""
-    def open_store(root: str | Path, *, config: StoreConfig | None = None,
-                   clock: Callable[[], float] = time.time) -> BlobStore:
-        return BlobStore.on_disk(root, config=config, clock=clock)
-    return open_store
+    on, parametrized over every store (the test ids say which: `[on_disk]`, `[in_memory]`).
+    `store_factory(root, config=..., clock=...)`: `root` is where a store on disk keeps its files; for the in-memory
+    store it names the store, so that opening the same root again reopens the same index and bytes (what an
+    embedding application does by keeping its MemoryIndex and MemoryBlobs). Session-scoped, so that property tests
+    can make a fresh store per example."""
+    if request.param == "on_disk":
+        def on_disk(root: str | Path, *, config: StoreConfig | None = None,
+                    clock: Callable[[], float] = time.time) -> BlobStore:
+            return BlobStore.on_disk(root, config=config, clock=clock)
+        return on_disk
+    kept: dict[str, tuple[MemoryIndex, MemoryBlobs]] = {}
+
+    def in_memory(root: str | Path, *, config: StoreConfig | None = None,
+                  clock: Callable[[], float] = time.time) -> BlobStore:
+        index, blobs = kept.setdefault(str(root), (MemoryIndex(), MemoryBlobs()))
+        return BlobStore(index, blobs, config, clock)
+    return in_memory
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""A real `berth serve` process on a free loopback port, for tests that speak HTTP to it."""
+"""A real `berth serve` process on a free loopback port, for tests that speak HTTP to it (or the app served on a
+thread of the test process, over a Registry the test holds: `serve_in_process`)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from registry_core.registry import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,3 +98,39 @@ def start_server(data: Path, *extra: str, workers: int = 2, port: int | None = N
             time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"berth serve did not answer within 30 s:\n{server.log_text()}")
+
+
+@dataclass
+class InProcessServer:
+    """`create_app` over a Registry of this process (e.g. on the in-memory store), served by uvicorn on a thread
+    bound to a loopback port: real HTTP to the app, with the store in the test's hands."""
+    host: str  # 127.0.0.1:PORT
+    _server: Any
+    _thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(15)
+
+
+def serve_in_process(registry: Registry, *, policy: str = "open") -> InProcessServer:
+    import uvicorn  # test extra only
+
+    from adapters.http.app import create_app
+
+    port = free_port()
+    config = uvicorn.Config(create_app(registry, policy=policy), host="127.0.0.1", port=port, log_level="warning",
+                            lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the in-process server did not start")
+        time.sleep(0.05)
+    return InProcessServer(f"127.0.0.1:{port}", server, thread)

@@ -3,9 +3,11 @@
 Each test is one spec of the suite (its file and `Specify` text in the docstring), with the suite's requests in the
 suite's order and the suite's assertions, no more and no fewer; where the suite says "may" (201 or 202, 202 or 404)
 so do we. State handed from spec to spec (a tag, the last response) lives in `Suite.state`, as it lives in the Go
-closures. The whole sequence runs twice, on a fresh data directory each: `berth serve --policy open`, and `berth serve
+closures. The whole sequence runs on a fresh data directory each time: `berth serve --policy open`, and `berth serve
 --policy project` where every request first goes out anonymous and follows the Bearer challenge the way the suite's
 client does (tests/adapters/oci_suite.py), with a personal access token as the Basic password at the realm.
+Two more runs serve `create_app` over `BlobStore.in_memory()` on a thread of the test process
+(tests/serving.py `serve_in_process`): the same suite proves the in-memory store.
 
 The suite's environment here: OCI_NAMESPACE `<project>/conformance` (the open policy: `oci/conformance`),
 OCI_CROSSMOUNT_NAMESPACE `<project>/crossmount` (open: the suite's own default, `conformance-<uuid>`),
@@ -28,6 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cas import BlobStore
 from registry_core.accounts import Accounts
 from registry_core.projects import Projects
 from registry_core.registry import Registry
@@ -49,7 +52,7 @@ from tests.adapters.oci_suite import (
     relative_location,
     tag_list,
 )
-from tests.serving import Server, start_server
+from tests.serving import InProcessServer, Server, serve_in_process, start_server
 
 OCTET = "application/octet-stream"
 
@@ -60,13 +63,16 @@ class Environment:
     policy: str
     delete_manifest_before_blobs: bool  # OCI_DELETE_MANIFEST_BEFORE_BLOBS
     automatic_crossmount: bool | None = False  # OCI_AUTOMATIC_CROSSMOUNT (None: unset)
+    store: str = "on_disk"  # `berth serve` on a data directory; "in_memory": create_app over BlobStore.in_memory()
 
     def __str__(self) -> str:
-        return f"{self.policy}-{'manifests-first' if self.delete_manifest_before_blobs else 'blobs-first'}"
+        order = "manifests-first" if self.delete_manifest_before_blobs else "blobs-first"
+        return f"{self.policy}-{order}" + ("-in-memory" if self.store == "in_memory" else "")
 
 
 RUNS = [Environment("open", True), Environment("project", True), Environment("open", False),
-        Environment("project", False)]
+        Environment("project", False), Environment("open", True, store="in_memory"),
+        Environment("project", False, store="in_memory")]
 
 
 class SuiteWarning(UserWarning):
@@ -76,7 +82,7 @@ class SuiteWarning(UserWarning):
 @dataclass
 class Suite:
     env: Environment
-    server: Server
+    server: Server | InProcessServer
     client: Reggie
     namespace: str
     crossmount: str
@@ -104,15 +110,19 @@ class Suite:
 @pytest.fixture(scope="module", params=RUNS, ids=str)
 def suite(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
     env: Environment = request.param
-    data = tmp_path_factory.mktemp(f"conformance-{env}") / "data"
-    server = start_server(data, policy=env.policy)
+    if env.store == "in_memory":
+        registry = Registry(BlobStore.in_memory())
+        server: Server | InProcessServer = serve_in_process(registry, policy=env.policy)
+    else:
+        data = tmp_path_factory.mktemp(f"conformance-{env}") / "data"
+        server = start_server(data, policy=env.policy)
+        registry = Registry.open(data)  # the CLI's way: the same data directory, the server running
     try:
         if env.policy == "project":
-            with Registry.open(data) as registry:  # the CLI's way: the same data directory, the server running
-                accounts, projects = Accounts(registry.store), Projects(registry.store)
-                accounts.add_user("conformance", certified=True)
-                secret = accounts.create_token("conformance", ["view", "download", "modify"])[1]
-                project = projects.create("conformance", "conformance").id
+            accounts, projects = Accounts(registry.store), Projects(registry.store)
+            accounts.add_user("conformance", certified=True)
+            secret = accounts.create_token("conformance", ["view", "download", "modify"])[1]
+            project = projects.create("conformance", "conformance").id
             namespace, crossmount = f"{project}/conformance", f"{project}/crossmount"
             client = Reggie(server.url, namespace, "conformance", secret)
         else:
@@ -122,6 +132,7 @@ def suite(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         client.close()
     finally:
         server.stop()
+        registry.close()
 
 
 def show(r: httpx.Response) -> str:

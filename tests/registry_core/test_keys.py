@@ -31,19 +31,20 @@ def test_one_key_for_every_opener_and_after_a_reopen(tmp_path: Path, make_store:
     assert not (tmp_path / "data" / LEGACY_FILE).exists()  # kept in the index, no file written
 
 
-def test_an_earlier_keys_file_is_migrated_and_left_in_place(tmp_path: Path,
-                                                             make_store: Callable[..., BlobStore]) -> None:
+def test_an_earlier_keys_file_is_migrated_and_left_in_place(tmp_path: Path) -> None:
+    """A data directory of an earlier Berth (the store on disk: only it has such a file)."""
     earlier = ec.generate_private_key(ec.SECP256R1())
     pem = earlier.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     path = tmp_path / "data" / LEGACY_FILE
     path.parent.mkdir(parents=True)
     path.write_bytes(pem)
-    store = make_store()
+    store = BlobStore.on_disk(tmp_path / "data")
     assert public(signing_key(store)) == public(earlier)  # tokens issued before keep verifying
     with store.index.read() as txn:
         assert txn.get(store.index.table(KEY_TABLE), TOKEN_KEY) == pem
     assert path.read_bytes() == pem  # left for an earlier Berth on the same directory
     path.unlink()  # from now on the index is what counts
     store.close()
-    assert public(signing_key(make_store())) == public(earlier)
+    with BlobStore.on_disk(tmp_path / "data") as reopened:
+        assert public(signing_key(reopened)) == public(earlier)
