@@ -7,6 +7,8 @@ cas.DigestMismatch / cas.InvalidDigest (DIGEST_INVALID), names.InvalidName (NAME
 
 from __future__ import annotations
 
+from cas import IncompatibleStore
+
 
 class RegistryError(Exception):
     """Base of the registry's own errors."""
@@ -82,3 +84,7 @@ class TokenExpired(Unauthorized):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, None, "invalid_token")
+
+
+class IncompatibleRegistry(RegistryError, IncompatibleStore):
+    """The registry's tables in the store were written by a format version this code does not read."""

@@ -40,11 +40,14 @@ repository" is one range scan of the blob's holders for the prefix `m:<repo>@`, 
 from __future__ import annotations
 
 import json
+import weakref
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
-from cas import Digest, Index
+from cas import Digest, Index, WriteTransaction
+
+from .errors import IncompatibleRegistry
 
 TABLES = ("repos", "links", "manifests", "tags", "tagged", "history", "referrers", "uploading", "tag_pushes",
           "tag_times")  # Registry's own
@@ -55,13 +58,40 @@ PROJECT_TABLES = ("projects", "grants", "trashed", "counters")
 LOGIN_TABLE = "login_failures"
 KEY_TABLE = "signing_keys"
 SESSION_TABLE = "sessions"
+META_TABLE = "registry_meta"  # b"format" -> the registry's format version (docs/FORMAT.md)
 DECLARED = frozenset((*TABLES, *EVENT_TABLES, *WEBHOOK_TABLES, *ACCOUNT_TABLES, *PROJECT_TABLES, LOGIN_TABLE,
-                      KEY_TABLE, SESSION_TABLE))
+                      KEY_TABLE, SESSION_TABLE, META_TABLE))
+
+# The registry's tables have a format version of their own, beside cas's (cas/layout.py): docs/FORMAT.md lists both
+# and their changes. 1: every store before the version was written down (no `registry_meta` entry). 2: the signing
+# key in `signing_keys` (copied from keys/ on first use), `tag_pushes`/`tag_times` (filled from the history on first
+# listing), `passwords`, `pats_used`, `sessions`. A store of version 1 is read as it is and marked 2 when opened.
+FORMAT_VERSION = 2
+_checked: weakref.WeakSet[Index] = weakref.WeakSet()
 
 
 def declare(index: Index) -> None:
-    """Declare every table of the registry in the store's index (idempotent; at start-up)."""
+    """Declare every table of the registry in the store's index and check the registry's format version (once per
+    index; idempotent; at start-up). Raises IncompatibleRegistry for a store written by another version."""
     index.declare(sorted(DECLARED))
+    if index in _checked:
+        return
+    meta = index.table(META_TABLE)
+
+    def check(txn: WriteTransaction) -> None:  # no side effect but the put: safe to run again
+        stored = txn.get(meta, b"format")
+        if stored is None or stored == b"1":
+            txn.put(meta, b"format", str(FORMAT_VERSION).encode())
+        elif stored != str(FORMAT_VERSION).encode():
+            raise IncompatibleRegistry(
+                f"the registry's tables in this store have format version {stored.decode(errors='replace')}; this "
+                f"Berth reads version {FORMAT_VERSION} (and 1): use the Berth that wrote them (docs/FORMAT.md)")
+
+    with index.read() as txn:
+        current = txn.get(meta, b"format") == str(FORMAT_VERSION).encode()
+    if not current:
+        index.transact(check)
+    _checked.add(index)
 
 
 SEP = b"\0"
