@@ -1,4 +1,5 @@
-"""The on-disk format of a Berth data directory: the one place it is written down.
+"""The on-disk format of a Berth data directory, cas's half (docs/FORMAT.md is the whole of it: every table and file,
+both format versions and their changes; what is here says the same for the code beside it).
 
 Format version 2. The version is stored in the index (`meta` table, key `format`) when a store is created;
 opening one written by another version raises IncompatibleStore rather than guessing, except that a version 1

@@ -1,4 +1,5 @@
-"""The registry's tables in the cas store's LMDB environment: the one place their keys and values are written down.
+"""The registry's tables in the store's index: declared here, in one place (docs/FORMAT.md has every table and file of
+a store, with the format versions and their changes).
 
 Tables (beside cas's own, see cas/layout.py; `\\0` separates fields: names, tags and digests never contain NUL)
     repos      repo -> JSON {"created": t}                         every repository that was ever written to
