@@ -15,7 +15,8 @@ one at a time:
 5. in ONE index transaction: if the record is still PRESENT and RAW, switches it to FRAMES_V1 with the stored size
    and lists the raw bytes in `superseded`; the queue entry goes either way. No byte moves inside it (a write
    function may be replayed, cas/index.py);
-6. after the commit, drops the raw bytes (BlobBytes.drop_form) and their `superseded` entry.
+6. after the commit, drops the raw bytes (BlobBytes.drop_form); the next pass drops them again if a publish's
+   `ensure` put them back in the meantime, and clears their `superseded` entry.
 
 Crashes (tests/cas/test_compaction_crash.py kills a pass at each named point). Before the commit of step 5 the record
 names the raw bytes, which are untouched: a staging or a `.zf1` left behind is debris, swept with staging by GC, or
@@ -213,8 +214,9 @@ class Compactor:
                 return summary.original_size
             self._blobs.drop_form(digest, FORM_RAW)
             crashpoints.reached("compact.after_drop")
-            self._store.index.transact(
-                lambda txn: txn.delete(self._t.superseded, superseded_key(digest.key, FORM_RAW)))
+            # The `superseded` entry stays until the next pass drops the raw bytes again and clears it: a publish
+            # that made the record PRESENT just before our switch may still be in its `ensure`, which puts raw
+            # bytes back if they are missing (cas/gc.py), microseconds after its commit.
             report.compressed.append((digest, summary.original_size, summary.stored_size))
             return summary.original_size
         finally:

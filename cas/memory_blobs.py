@@ -41,8 +41,10 @@ class StagedBuffer(Staged):
     def __init__(self, owner: MemoryBlobs, name: str, buffer: bytearray, lock: threading.Lock) -> None:
         self.name = name
         self.buffer = buffer
+        self.consumed = False
         self._owner = owner
         self._lock = lock  # held from stage/create/resume until release/discard
+        self._held = True
 
     def size(self) -> int:
         return len(self.buffer)
@@ -61,7 +63,8 @@ class StagedBuffer(Staged):
         pass
 
     def release(self) -> None:
-        if self._lock.locked():
+        if self._held:
+            self._held = False
             self._lock.release()
 
     def discard(self) -> None:
@@ -119,12 +122,15 @@ class MemoryBlobs(BlobBytes):
                 removed += 1
         return removed
 
-    def publish(self, staged: Staged, digest: Digest) -> None:
+    def publish(self, staged: Staged, digest: Digest) -> bool:
         assert isinstance(staged, StagedBuffer)
-        data = bytes(staged.buffer)
-        with self._guard:
-            self._blobs[digest, FORM_RAW] = data
+        with self._guard:  # as files do: bytes already here stay (and so does the staging); else they move
+            if (digest, FORM_RAW) in self._blobs:
+                return False
+            self._blobs[digest, FORM_RAW] = bytes(staged.buffer)
             self._staged.pop(staged.name, None)
+        staged.consumed = True
+        return True
 
     def ensure(self, staged: Staged, digest: Digest) -> None:
         assert isinstance(staged, StagedBuffer)
@@ -151,6 +157,7 @@ class MemoryBlobs(BlobBytes):
         with self._guard:
             self._blobs[digest, form] = data
             self._staged.pop(staged.name, None)
+        staged.consumed = True
 
     def drop_form(self, digest: Digest, form: int) -> None:
         with self._guard:

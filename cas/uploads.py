@@ -146,7 +146,12 @@ class Uploads:
                 if also is not None:
                     also(txn)
 
-            info = self._store.publish(expected, session.offset, session.staged, also=end_session)
+            try:
+                info = self._store.publish(expected, session.offset, session.staged, also=end_session)
+            except BaseException:
+                if session.staged.consumed:  # the bytes went to the blob (debris for GC): the session cannot go on
+                    self._discard(session)
+                raise
             session.staged.discard()  # a publish moved the bytes away, or found them stored already: drop ours
             self._forget(session.id)
             return info
