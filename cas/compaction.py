@@ -30,7 +30,10 @@ restores it. Publishing needs no lock: a publish only changes records that are n
 DELETING), which step 5 leaves alone, and the raw file a dedup publish links beside a compressed form is listed in
 `superseded` by that publish. Readers: a descriptor opened on the raw file stays valid after the unlink; a reader
 that read the record before the switch and finds the raw file gone reads the record again (BlobStore.open), and
-the HTTP adapter falls back from sendfile to open() when the file has gone.
+the HTTP adapter falls back from sendfile to open() when the file has gone. One window is owned up to: a whole-blob
+GET that stat()ed the raw file hands its path to the server's sendfile, which opens it a moment later; a switch
+that unlinks the file in between breaks that one response (the client retries and is served the compressed form).
+It is the window GC has for a blob collected while it is read, opened here for referenced blobs too, once per blob.
 """
 
 from __future__ import annotations
