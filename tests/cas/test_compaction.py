@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, rule, run_state_machine_as_test
 
 from cas import BlobStore, Digest, MemoryBlobs, StoreConfig, check
 from cas.frames import FRAME_SIZE
@@ -263,3 +264,86 @@ def test_a_reader_with_a_stale_record_finds_the_compressed_form(tmp_path: Path,
             assert reader.read() == original[5:105]
         assert len(calls) == 2
     assert not os.path.exists(tmp_path / "data" / "blobs" / "sha256" / digest.hex[:2] / digest.hex)
+
+
+class CompactionMachine(RuleBasedStateMachine):
+    """Pushes, references, collections and compaction passes in any order, on either store: a reader never sees a
+    difference (the model is a dict of original bytes), and fsck never finds damage or leftover forms."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.root = tempfile.mkdtemp(prefix="berth-compaction-")
+        config = StoreConfig(grace=0.0, lease=0.0)
+        self.store = BlobStore.in_memory(config=config) if kind == "memory" else BlobStore.on_disk(
+            self.root, config=config)
+        self.blobs: dict[Digest, bytes] = {}
+        self.held: dict[str, set[Digest]] = {}
+
+    stored = Bundle("stored")
+
+    @rule(target=stored, what=st.sampled_from(["random", "text", "mixture"]),
+          size=st.sampled_from([0, 1, 9000, F - 1, F + 1, 2 * F + 5]), seed=st.integers(0, 3), upload=st.booleans())
+    def push(self, what: str, size: int, seed: int, upload: bool) -> Digest:
+        data = content(what, seed, size)
+        if upload:
+            session = self.store.uploads.create()
+            digest = Digest.of(data)
+            self.store.uploads.finish(session.id, digest, [data], offset=0)
+        else:
+            digest = self.store.ingest(data).digest
+        self.blobs[digest] = data
+        return digest
+
+    @rule(digest=stored, holder=st.sampled_from(["a", "b"]))
+    def reference(self, digest: Digest, holder: str) -> None:
+        if digest in self.blobs:
+            self.store.index.transact(lambda txn: self.store.refs.take(txn, holder, digest))
+            self.held.setdefault(holder, set()).add(digest)
+
+    @rule(holder=st.sampled_from(["a", "b"]))
+    def release(self, holder: str) -> None:
+        self.store.index.transact(lambda txn: self.store.refs.drop_all(txn, holder))
+        self.held.pop(holder, None)
+
+    @rule()
+    def collect(self) -> None:
+        self.store.gc.run()
+        kept = set().union(*self.held.values()) if self.held else set()
+        self.blobs = {d: data for d, data in self.blobs.items() if d in kept}
+
+    @rule(budget=st.sampled_from([None, 1]))
+    def compact(self, budget: int | None) -> None:
+        assert not self.store.compaction.run(max_bytes=budget).damaged
+
+    @rule(digest=stored, data=st.data())
+    def read(self, digest: Digest, data: st.DataObject) -> None:
+        if digest not in self.blobs:
+            assert not self.store.contains(digest)
+            return
+        original = self.blobs[digest]
+        info = self.store.stat(digest)
+        assert info.size == len(original)
+        if info.form != FORM_RAW:  # never a file of compressed bytes to sendfile
+            assert self.store.local_path(info) is None
+        offset = data.draw(st.integers(0, len(original)))
+        length = data.draw(st.integers(0, len(original) - offset))
+        with self.store.open(digest, offset, length) as reader:
+            assert reader.read() == original[offset:offset + length]
+
+    def teardown(self) -> None:
+        try:
+            self.store.compaction.run()
+            self.store.compaction.run()
+            report = check(self.store)
+            assert not report.damaged and report.superseded == 0, report.lines()
+            for digest, original in self.blobs.items():
+                assert self.store.read_bytes(digest) == original
+        finally:
+            self.store.close()
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_compaction_beside_pushes_references_and_collection(kind: str) -> None:
+    run_state_machine_as_test(lambda: CompactionMachine(kind), settings=settings(
+        max_examples=25, stateful_step_count=12, deadline=None, suppress_health_check=[HealthCheck.too_slow]))
