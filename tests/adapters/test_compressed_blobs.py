@@ -106,3 +106,33 @@ def test_berth_compact_and_the_stored_bytes_line(tmp_path: Path) -> None:
     with Registry.open(tmp_path / "data") as registry:
         assert registry.store.read_bytes(digest) == csv
     assert "no damage" in ok(berth("fsck", "--data", "data", cwd=tmp_path)).stdout
+
+
+def test_the_server_compacts_on_its_schedule_and_serves_the_same_bytes(tmp_path: Path) -> None:
+    import time
+
+    from adapters.maintenance import compact_once
+    from cas import BlobStore
+    from tests.serving import start_server
+
+    csv = text(24, 2 * FRAME_SIZE + 99)
+    server = start_server(tmp_path / "data", "--gc-interval", "1")
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            url = f"/v2/{REPO}/blobs/{sha(csv)}"
+            assert http.post(f"/v2/{REPO}/blobs/uploads/", params={"digest": sha(csv)}, content=csv).status_code == 201
+            deadline = time.monotonic() + 20
+            while True:
+                with BlobStore.on_disk(server.data) as store:
+                    if store.stat(sha(csv)).form == FORM_FRAMES_V1:
+                        break
+                assert time.monotonic() < deadline, "the server never compacted the text blob"
+                time.sleep(0.3)
+            full = http.get(url)
+            assert full.content == csv and "content-encoding" not in full.headers
+            part = http.get(url, headers={"Range": f"bytes={FRAME_SIZE - 5}-{FRAME_SIZE + 5}"})
+            assert part.status_code == 206 and part.content == csv[FRAME_SIZE - 5:FRAME_SIZE + 6]
+            with BlobStore.on_disk(server.data) as store, store.gc.exclusive(wait=True):
+                assert compact_once(store) is None  # the lock is held: a scheduled pass skips its turn
+    finally:
+        server.stop()
