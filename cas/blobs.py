@@ -121,10 +121,12 @@ class BlobBytes(ABC):
     # -- reading ------------------------------------------------------------------------------------------------
     @abstractmethod
     def open(self, digest: Digest, size: int, offset: int = 0, length: int | None = None, *,
-             form: int = FORM_RAW) -> BlobReader:
-        """A reader over a range of the original bytes of a stored blob of `size` bytes, kept in `form`;
-        BlobUnknown if its bytes are not here in that form (a reader racing a collector's retire-and-restore is
-        served from the retired copy)."""
+             form: int = FORM_RAW, stored_size: int | None = None) -> BlobReader:
+        """A reader over a range of the original bytes of a stored blob of `size` bytes, kept in `form` (of
+        `stored_size` bytes, from the record: a keeper without files reads a stored form's trailer by it, where
+        files and buffers know their own size); BlobUnknown if its bytes are not here in that form (a reader racing
+        a collector's retire-and-restore is served from the retired copy). cas/stored_forms.open_form turns the
+        stored bytes (a descriptor, a buffer, a ranged read) into the reader."""
 
     def local_path(self, digest: Digest) -> Path | None:
         """Optional capability: a local file holding the blob's raw form, for sendfile (opening it may still fail

@@ -145,7 +145,7 @@ class LocalBlobs(BlobBytes):
         return f"{self._blobs}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}{FORM_SUFFIX[form]}"
 
     def open(self, digest: Digest, size: int, offset: int = 0, length: int | None = None, *,
-             form: int = FORM_RAW) -> BlobReader:
+             form: int = FORM_RAW, stored_size: int | None = None) -> BlobReader:
         try:
             fd = os.open(self._path(digest, form), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:

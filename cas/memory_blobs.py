@@ -140,7 +140,7 @@ class MemoryBlobs(BlobBytes):
                 self._blobs[key] = self._trash.get(key) or bytes(staged.buffer)
 
     def open(self, digest: Digest, size: int, offset: int = 0, length: int | None = None, *,
-             form: int = FORM_RAW) -> BlobReader:
+             form: int = FORM_RAW, stored_size: int | None = None) -> BlobReader:
         data = self._blobs.get((digest, form))
         if data is None:
             data = self._trash.get((digest, form))

@@ -57,6 +57,7 @@ class BlobInfo:
     size: int
     inline: bool = False  # stored inside the index (no local file: local_path() is None; open() works)
     form: int = FORM_RAW  # how the bytes are kept (cas/layout.py): FRAMES_V1 has no local file to sendfile either
+    stored_size: int | None = None  # bytes kept in that form (an object store reads a stored form's trailer by it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +179,7 @@ class BlobStore:
             record = self._record(txn, digest)
         if record.refcount == 0 and record.lease_until < self.clock() + self.config.lease / 2:
             self._renew_lease(digest)
-        return BlobInfo(digest, record.size, record.state == STATE_INLINE, record.form)
+        return BlobInfo(digest, record.size, record.state == STATE_INLINE, record.form, record.stored_size)
 
     def contains(self, digest: Digest | str) -> bool:
         """Whether the blob is stored, without renewing anything (for listings and checks, not for clients)."""
@@ -211,20 +212,22 @@ class BlobStore:
                 raise BlobUnknown(str(info.digest))  # collected since the stat
             return BlobReader(data, info.size, offset, length)
         try:
-            return self.blobs.open(info.digest, info.size, offset, length, form=info.form)
+            return self.blobs.open(info.digest, info.size, offset, length, form=info.form,
+                                   stored_size=info.stored_size)
         except BlobUnknown:
             # A compaction pass switched the blob's form between our stat and our open (and removed the raw
             # file): the record now names the other form. Anything else (collected) raises again.
             again = self.stat(info.digest)
             if again.form == info.form or again.inline:
                 raise
-            return self.blobs.open(again.digest, again.size, offset, length, form=again.form)
+            return self.blobs.open(again.digest, again.size, offset, length, form=again.form,
+                                   stored_size=again.stored_size)
 
     def info(self, txn: Transaction, digest: Digest) -> BlobInfo:
         """What stat() says, inside the caller's transaction and without renewing a lease (for checks that are
         part of a larger write, such as a manifest PUT verifying the sizes of what it names)."""
         record = self._record(txn, digest)
-        return BlobInfo(digest, record.size, record.state == STATE_INLINE, record.form)
+        return BlobInfo(digest, record.size, record.state == STATE_INLINE, record.form, record.stored_size)
 
     def inline_bytes(self, txn: Transaction, digest: Digest) -> bytes | None:
         """The bytes of an inline blob read in the caller's transaction; None if the blob is not stored inline."""

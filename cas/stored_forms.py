@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterator
 
 from .digest import Hasher, new_hasher
-from .frames import FrameReader, Source, StoredFormCorrupt, StoredFormUnsupported
+from .frames import FrameReader, RangedRead, Source, StoredFormCorrupt, StoredFormUnsupported
 from .layout import FORM_FRAMES_V1, FORM_RAW
 from .reader import CHUNK, BlobReader
 
@@ -78,11 +78,14 @@ class FramedBlobReader(BlobReader):
             release()
 
 
-def open_form(form: int, source: int | bytes, size: int, offset: int = 0, length: int | None = None,
+def open_form(form: int, source: int | bytes | RangedRead, size: int, offset: int = 0, length: int | None = None,
               stored_size: int | None = None) -> BlobReader:
     """A reader over a range of the original bytes of a blob kept in `form`, from `source`: a file descriptor
-    (owned by the reader from here on, closed with it) or the stored bytes themselves."""
+    (owned by the reader from here on, closed with it), the stored bytes themselves, or (FRAMES_V1 only: an object
+    store's ranged GET) a `read_at(offset, length)` function with the record's `stored_size`."""
     if form == FORM_RAW:
+        if callable(source):
+            raise TypeError("raw bytes are read by their keeper's own BlobReader, not through a ranged read")
         return BlobReader(source, size, offset, length)
     release = (lambda: os.close(source)) if isinstance(source, int) else None
     try:

@@ -5,6 +5,12 @@ the next compaction and collection passes leave no debris."""
 
 from __future__ import annotations
 
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +18,7 @@ import pytest
 from cas import BlobStore, check
 from cas.layout import FORM_FRAMES_V1, FORM_RAW
 from tests.cas.test_compaction import text
-from tests.cas.test_crash import CLEANUP, run_child
+from tests.cas.test_crash import CHILD, CLEANUP, ROOT, run_child
 
 pytestmark = pytest.mark.crash
 
@@ -57,3 +63,31 @@ def test_kill_during_compaction(tmp_path: Path, crashpoint: str) -> None:
         assert store.read_bytes(digest) == original
         with store.index.read() as txn:
             assert txn.count(store.tables.compaction) == 0 and txn.count(store.tables.superseded) == 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_kill_at_a_random_moment_of_compaction(tmp_path: Path, seed: int) -> None:
+    data = tmp_path / "data"
+    blobs = [text(seed * 10 + i, (1 + i) << 20) for i in range(4)]
+    with BlobStore.on_disk(data) as store:
+        digests = [store.ingest(blob).digest for blob in blobs]
+        for digest in digests:
+            store.index.transact(lambda txn, d=digest: store.refs.take(txn, "manifest:test", d))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("BERTH_CRASHPOINT", None)
+    child = subprocess.Popen([sys.executable, str(CHILD), "compact", str(data)], env=env)
+    time.sleep(random.Random(seed).uniform(0.3, 1.5))  # start-up takes ~0.3 s; the pass ~0.1 s per MiB loaded
+    child.send_signal(signal.SIGKILL)
+    child.wait(30)
+
+    with BlobStore.on_disk(data, config=CLEANUP) as store:
+        for digest, blob in zip(digests, blobs, strict=True):
+            assert store.read_bytes(digest) == blob
+        assert not check(store).damaged
+        store.compaction.run()
+        store.compaction.run()
+        store.gc.run()
+        assert [store.stat(d).form for d in digests] == [FORM_FRAMES_V1] * 4
+        assert blob_files(data) == sorted(f"{d.hex}.zf1" for d in digests)
+        after = check(store)
+        assert not after.damaged and after.superseded == 0 and after.temp == 0, after.lines()
