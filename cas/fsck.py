@@ -182,8 +182,11 @@ def _repair(store: BlobStore, report: FsckReport, files: dict[Digest, str],
         if count == 0 and (old is None or old.refcount != 0):
             zero_since = now
             txn.put(t.gcqueue, queue_key(now, digest.key), b"")
-        # A recount keeps the stored form; any other change records bytes kept raw (or none: MISSING).
+        # A recount keeps the stored form; any other change records bytes kept raw (or none: MISSING), and raw
+        # bytes adopted wait for a compaction pass like any pushed ones.
         kept = old is not None and old.state == state
+        if state == STATE_PRESENT and not kept:
+            txn.put(t.compaction, digest.key, b"")
         txn.put(t.blobs, digest.key, BlobRecord(state, size, count, zero_since, old.lease_until if old else 0.0,
                                                 old.form if kept and old else FORM_RAW,
                                                 old.stored_size if kept and old else size).pack())
