@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -56,8 +56,10 @@ class BlobInfo:
     digest: Digest
     size: int
     inline: bool = False  # stored inside the index (no local file: local_path() is None; open() works)
-    form: int = FORM_RAW  # how the bytes are kept (cas/layout.py): FRAMES_V1 has no local file to sendfile either
-    stored_size: int | None = None  # bytes kept in that form (an object store reads a stored form's trailer by it)
+    # How the bytes are kept (cas/layout.py; FRAMES_V1 has no local file to sendfile either) and how many bytes that
+    # takes (an object store reads a stored form's trailer by it): not part of what a blob is, so not compared.
+    form: int = field(default=FORM_RAW, compare=False)
+    stored_size: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
