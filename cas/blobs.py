@@ -174,7 +174,8 @@ class BlobBytes(ABC):
     @abstractmethod
     def hash(self, location: str, algorithm: str) -> tuple[str, int]:
         """Re-hash the original bytes of a stored entry, whatever its form: (hex digest, original size); a
-        stored form that cannot be decoded gives "" (cas/stored_forms.py)."""
+        stored form that cannot be decoded gives "" (cas/stored_forms.py). FileNotFoundError if the entry has
+        gone since it was listed."""
 
     @abstractmethod
     def quarantine(self, location: str, label: str) -> str:

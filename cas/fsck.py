@@ -112,7 +112,10 @@ def check(store: BlobStore, repair: bool = False, workers: int = 2) -> FsckRepor
         report.superseded += len(forms) - (form in forms)
     # Hash in threads: hashlib and zstd release the GIL, so two cores re-hash at once.
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        hashed = dict(zip(files, pool.map(lambda d: blobs.hash(files[d], d.algorithm), files), strict=True))
+        results = dict(zip(files, pool.map(lambda d: _hash(store, files[d], d.algorithm), files), strict=True))
+    hashed = {digest: result for digest, result in results.items() if result is not None}
+    for digest in results.keys() - hashed.keys():  # gone since the listing (compacted, or collected)
+        del files[digest]
     report.checked += len(hashed)
     report.bytes_hashed += sum(size for _, size in hashed.values())
 
@@ -128,7 +131,7 @@ def check(store: BlobStore, repair: bool = False, workers: int = 2) -> FsckRepor
         elif record is None and digest not in doomed:
             report.unindexed.append(str(digest))
     missing = [d for d, r in records.items() if r.state == STATE_PRESENT and d not in files
-               and not _switched(store, d, r.form)]
+               and not _there_now(store, d)]
     missing += [d for d, data in inline_bad.items() if data is None]
     for digest, data in inline_bad.items():
         if data is not None:
@@ -145,14 +148,23 @@ def check(store: BlobStore, repair: bool = False, workers: int = 2) -> FsckRepor
     return report
 
 
-def _switched(store: BlobStore, digest: Digest, form: int) -> bool:
-    """Whether a blob whose file we did not list in its recorded form was switched to another form since (a
-    compaction pass ran beside this check): its record, read again, names a form whose bytes are there."""
+def _hash(store: BlobStore, location: str, algorithm: str) -> tuple[str, int] | None:
+    """(hex digest, original size) of a listed entry; None if it went away since the listing: a compaction pass
+    dropped a raw file it had just switched (the record, read again, says so) or a collector took it."""
+    try:
+        return store.blobs.hash(location, algorithm)
+    except FileNotFoundError:
+        return None
+
+
+def _there_now(store: BlobStore, digest: Digest) -> bool:
+    """Whether a blob whose bytes we did not list (or could not hash) in its recorded form has them now: a
+    compaction pass beside this check switched it to another form between the listing and the reading of records
+    or the hashing. Its record, read again, names a form whose bytes are there."""
     with store.index.read() as txn:
         raw = txn.get(store.tables.blobs, digest.key)
     record = BlobRecord.unpack(raw) if raw is not None else None
-    return (record is not None and record.state == STATE_PRESENT and record.form != form
-            and store.blobs.contains(digest, record.form))
+    return record is not None and record.state == STATE_PRESENT and store.blobs.contains(digest, record.form)
 
 
 def _repair(store: BlobStore, report: FsckReport, files: dict[Digest, str],

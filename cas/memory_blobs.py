@@ -190,8 +190,10 @@ class MemoryBlobs(BlobBytes):
         return ((digest, form, _location(digest, form)) for digest, form in keys)
 
     def hash(self, location: str, algorithm: str) -> tuple[str, int]:
-        key = _key(location)
-        return hash_form(key[1], self._blobs.get(key, b""), algorithm)
+        data = self._blobs.get(_key(location))
+        if data is None:  # as a file would: gone since it was listed
+            raise FileNotFoundError(location)
+        return hash_form(_key(location)[1], data, algorithm)
 
     def quarantine(self, location: str, label: str) -> str:
         with self._guard:

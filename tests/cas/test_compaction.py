@@ -347,3 +347,32 @@ class CompactionMachine(RuleBasedStateMachine):
 def test_compaction_beside_pushes_references_and_collection(kind: str) -> None:
     run_state_machine_as_test(lambda: CompactionMachine(kind), settings=settings(
         max_examples=25, stateful_step_count=12, deadline=None, suppress_health_check=[HealthCheck.too_slow]))
+
+
+@pytest.mark.parametrize("kind", STORES)
+@pytest.mark.parametrize("when", ["after the listing", "before the hashing"])
+def test_fsck_beside_a_compaction_pass_finds_no_damage(kind: str, when: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = text(9, 2 * F)
+    with opened(kind) as store:
+        digest = store.ingest(original).digest
+        listed = store.blobs.stored
+        hashed = store.blobs.hash
+
+        def stored_then_compact() -> Iterator[tuple[Digest | None, int, str]]:
+            entries = list(listed())
+            store.compaction.run()  # switches the blob and drops the raw bytes just listed
+            return iter(entries)
+
+        def compact_then_hash(location: str, algorithm: str) -> tuple[str, int]:
+            store.compaction.run()
+            return hashed(location, algorithm)
+
+        if when == "after the listing":
+            monkeypatch.setattr(store.blobs, "stored", stored_then_compact)
+        else:
+            monkeypatch.setattr(store.blobs, "hash", compact_then_hash)
+        report = check(store, repair=True)
+        assert not report.damaged and not report.repaired, report.lines()
+        monkeypatch.undo()
+        assert store.stat(digest).form == FORM_FRAMES_V1 and store.read_bytes(digest) == original
+        assert not check(store).damaged
