@@ -76,9 +76,12 @@ Invariants
 - BlobRecord.refcount == number of `refs` keys with that digest prefix (fsck checks and repairs this).
 - A blob with refcount 0 has a `gcqueue` entry whose time equals its `zero_since`; stale queue entries (the blob was
   referenced again, or re-queued later) are dropped by GC when it reaches them.
-- state PRESENT has its bytes in a file under blobs/; state INLINE in the `inline` table, never also in a file.
-  Both count as stored: a blob is stored once, whichever way came first (a later file ingest of an inline blob's
-  bytes is a dedup hit).
+- state PRESENT has its bytes in a file under blobs/, the one of its record's form (`<hex>` for RAW, `<hex>.zf1`
+  for FRAMES_V1; `stored` is that file's size, `size` the original's); state INLINE in the `inline` table, never
+  also in a file, always RAW. Both count as stored: a blob is stored once, whichever way came first (a later file
+  ingest of an inline blob's bytes is a dedup hit).
+- A PRESENT record is RAW until a compaction pass switches it (never back: a blob collected and pushed again starts
+  RAW, as a new record). A PRESENT RAW blob not yet assessed has a `compaction` entry.
 - state MISSING marks a record whose file was lost or quarantined while holders still named it: it is never
   served, and the next ingest of the same bytes heals it with the references intact.
 - state DELETING marks an unreferenced record a collector claimed (cas/gc.py): not served, not referenceable; a
