@@ -80,8 +80,9 @@ Invariants
   for FRAMES_V1; `stored` is that file's size, `size` the original's); state INLINE in the `inline` table, never
   also in a file, always RAW. Both count as stored: a blob is stored once, whichever way came first (a later file
   ingest of an inline blob's bytes is a dedup hit).
-- A PRESENT record is RAW until a compaction pass switches it (never back: a blob collected and pushed again starts
-  RAW, as a new record). A PRESENT RAW blob not yet assessed has a `compaction` entry.
+- A PRESENT record is RAW until a compaction pass switches it, and never switches back; a record that becomes
+  PRESENT again (collected, or marked MISSING, then pushed again) starts RAW. A PRESENT RAW blob not yet assessed
+  has a `compaction` entry.
 - state MISSING marks a record whose file was lost or quarantined while holders still named it: it is never
   served, and the next ingest of the same bytes heals it with the references intact.
 - state DELETING marks an unreferenced record a collector claimed (cas/gc.py): not served, not referenceable; a
