@@ -24,7 +24,7 @@ from typing import NoReturn
 
 from adapters.logs import granian_config
 from adapters.settings import CONFIG_ENV, Settings, SettingsError, parse_listen, policy_problem, render, workers
-from cas import BlobStore, CasError, Digest, check
+from cas import BlobStore, CasError, Digest, Usage, check
 from cas.gc import utc
 from registry_core.accounts import Accounts, PersonalToken, User
 from registry_core.errors import RegistryError
@@ -485,6 +485,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
             return 0
         if args.dry_run:
             report = store.gc.run(dry_run=True)
+            _say(_usage_line(store.compaction.usage()))
         else:
             with store.gc.exclusive(wait=True):  # never beside the server's own scheduled pass
                 report = store.gc.run()
@@ -507,6 +508,31 @@ def cmd_gc(args: argparse.Namespace) -> int:
         _say(f"{report.waiting} unreferenced blobs, {_mib(report.waiting_bytes)}, wait for their grace period "
              f"({_span(report.grace)}): a pass may delete {when}")
     return 0
+
+
+def _usage_line(usage: Usage) -> str:
+    """Stored against original bytes: what compression at rest saves (cas/compaction.py)."""
+    waiting = f"; {usage.pending} wait for a compaction pass" if usage.pending else ""
+    return (f"stored {_mib(usage.stored_bytes)} for {_mib(usage.original_bytes)} of blobs ({usage.ratio:.2f}); "
+            f"{usage.compressed} of {usage.blobs} blob(s) kept compressed{waiting}")
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    with _store(args) as store:
+        if args.dry_run:
+            _say(_usage_line(store.compaction.usage()))
+            return 0
+        with store.gc.exclusive(wait=True):  # never beside the server's own collection or compaction pass
+            report = store.compaction.run(max_seconds=args.max_seconds)
+        usage = store.compaction.usage()
+    for digest, original, stored in report.compressed:
+        print(f"compressed {digest} ({original} -> {stored} bytes)")
+    for damage in report.damaged:
+        print(f"not compacted, run berth fsck: {damage}")
+    _say(f"assessed {report.assessed} blob(s): {len(report.compressed)} compressed ({_mib(report.bytes_saved)} "
+         f"saved), {report.kept_raw} kept as they are; removed {report.debris} superseded file(s)")
+    _say(_usage_line(usage))
+    return 1 if report.damaged else 0
 
 
 # -- serve ------------------------------------------------------------------------------------------------------------
@@ -786,6 +812,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sub, "gc", cmd_gc, "delete blobs nobody references once their grace period is over")
     p.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
     p.add_argument("--explain", nargs="+", metavar="DIGEST", help="say why these blobs are retained")
+
+    p = command(sub, "compact", cmd_compact, "keep compressible blobs zstd-compressed at rest (served byte for byte); "
+                                             "the server does this after each collection pass")
+    p.add_argument("--dry-run", action="store_true", help="report stored against original bytes, change nothing")
+    p.add_argument("--max-seconds", type=float, default=None, metavar="SECONDS",
+                   help="stop after this long; the rest waits for the next pass (default: until done)")
     return parser
 
 

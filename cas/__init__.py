@@ -9,6 +9,7 @@
 """
 
 from .blobs import BlobBytes, Staged
+from .compaction import CompactionReport, Usage
 from .digest import ALGORITHMS, DEFAULT_ALGORITHM, Digest, new_hasher
 from .errors import (
     BlobUnknown,
@@ -38,8 +39,10 @@ from .uploads import UploadStatus
 
 __all__ = [
     "ALGORITHMS", "DEFAULT_ALGORITHM", "BlobBytes", "BlobInfo", "BlobReader", "BlobStore", "BlobUnknown", "CasError",
+    "CompactionReport",
     "Digest", "DigestMismatch", "FsckReport", "GcReport", "IncompatibleStore", "Index", "IndexFull", "InvalidDigest",
     "InvalidHolder", "InvalidRange", "LmdbIndex", "LocalBlobs", "MemoryBlobs", "MemoryIndex", "OffsetMismatch",
     "Retention", "SizeMismatch", "Staged", "StoreConfig", "Table", "Transaction", "UndeclaredTable",
-    "UnsupportedDigest", "UploadBusy", "UploadStatus", "UploadUnknown", "WriteTransaction", "check", "new_hasher",
+    "UnsupportedDigest", "UploadBusy", "UploadStatus", "UploadUnknown", "Usage", "WriteTransaction", "check",
+    "new_hasher",
 ]

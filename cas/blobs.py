@@ -9,6 +9,7 @@ Life of a blob's bytes:
     publish(staged, digest)             the staged bytes become the blob's; durable when it returns
     ensure(staged, digest)              after the record's commit: the bytes are under the digest (see below)
     open(digest, ...) / local_path()    read a range; a local file for sendfile, when there is one
+    publish_form / drop_form            a compaction pass adds the compressed form, then drops the raw one
     retire / restore / purge            the collector's three steps (cas/gc.py has the protocol and its proof)
     quarantine                          move damaged bytes aside, never to be served or deleted by Berth
 
@@ -16,6 +17,11 @@ Nothing here runs inside an index write transaction: those may be replayed, and 
 So the order of a byte move and a record change is the protocol's business, written down in cas/gc.py: a publish
 moves the bytes first and commits the record second, then calls `ensure`; a collector commits a state first,
 moves the bytes second, and decides their fate in a second commit.
+
+Stored forms (cas/layout.py). A blob's bytes may be kept as they are (FORM_RAW) or in another form (FORM_FRAMES_V1:
+zstd frames, cas/frames.py); the record says which, and callers pass it. A keeper stores each form under its own
+name and knows nothing of compression: `open` hands the stored bytes to cas/stored_forms.py, which serves the
+original bytes. The collector's steps (retire, restore, purge) take every form of a digest at once.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .digest import Digest, Hasher
+from .layout import FORM_RAW
 from .reader import BlobReader
 
 
@@ -113,18 +120,34 @@ class BlobBytes(ABC):
 
     # -- reading ------------------------------------------------------------------------------------------------
     @abstractmethod
-    def open(self, digest: Digest, size: int, offset: int = 0, length: int | None = None) -> BlobReader:
-        """A reader over a range of a stored blob of `size` bytes; BlobUnknown if its bytes are not here (a reader
-        racing a collector's retire-and-restore is served from the retired copy)."""
+    def open(self, digest: Digest, size: int, offset: int = 0, length: int | None = None, *,
+             form: int = FORM_RAW, stored_size: int | None = None) -> BlobReader:
+        """A reader over a range of the original bytes of a stored blob of `size` bytes, kept in `form` (of
+        `stored_size` bytes, from the record: a keeper without files reads a stored form's trailer by it, where
+        files and buffers know their own size); BlobUnknown if its bytes are not here in that form (a reader racing
+        a collector's retire-and-restore is served from the retired copy). cas/stored_forms.open_form turns the
+        stored bytes (a descriptor, a buffer, a ranged read) into the reader."""
 
     def local_path(self, digest: Digest) -> Path | None:
-        """Optional capability: a local file holding the blob, for sendfile (opening it may still fail if the blob
-        is collected meanwhile: fall back to `open`). None when the bytes are not in local files."""
+        """Optional capability: a local file holding the blob's raw form, for sendfile (opening it may still fail
+        if the blob is collected or compacted meanwhile: fall back to `open`). None when the bytes are not in
+        local files. The store asks only for blobs whose record says RAW."""
         return None
 
     @abstractmethod
-    def contains(self, digest: Digest) -> bool:
-        """Whether the blob's bytes are here (published and not retired)."""
+    def contains(self, digest: Digest, form: int = FORM_RAW) -> bool:
+        """Whether the blob's bytes are here in `form` (published and not retired)."""
+
+    # -- stored forms -------------------------------------------------------------------------------------------
+    @abstractmethod
+    def publish_form(self, staged: Staged, digest: Digest, form: int) -> None:
+        """Make the (synced) staged bytes the blob's stored form `form` (not RAW), durably, replacing a copy a
+        crashed pass may have left. The caller then switches the record, and only after that commit drops the
+        form it replaced (cas/compaction.py)."""
+
+    @abstractmethod
+    def drop_form(self, digest: Digest, form: int) -> None:
+        """Delete the blob's bytes in `form` (nothing if there are none). A reader that opened them keeps them."""
 
     # -- collecting ---------------------------------------------------------------------------------------------
     @abstractmethod
@@ -144,13 +167,15 @@ class BlobBytes(ABC):
         """Digests with a retired copy (a collection pass that crashed before its last step)."""
 
     @abstractmethod
-    def stored(self) -> Iterator[tuple[Digest | None, str]]:
-        """Every stored entry with its digest, or None for an entry whose name is not a blob's (stray); the
+    def stored(self) -> Iterator[tuple[Digest | None, int, str]]:
+        """Every stored entry with its digest (None for an entry whose name is not a blob's: stray) and form; the
         string names the entry's location for reports, `hash` and `quarantine`."""
 
     @abstractmethod
     def hash(self, location: str, algorithm: str) -> tuple[str, int]:
-        """Re-hash a stored entry: (hex digest, size)."""
+        """Re-hash the original bytes of a stored entry, whatever its form: (hex digest, original size); a
+        stored form that cannot be decoded gives "" (cas/stored_forms.py). FileNotFoundError if the entry has
+        gone since it was listed."""
 
     @abstractmethod
     def quarantine(self, location: str, label: str) -> str:

@@ -19,24 +19,24 @@ Design (issue 18). Figures: one run of `python -m benchmarks.compression` (64 Mi
   default because a 1 MiB range from the middle then decompresses at most 1.25 MiB (1.4-1.9 ms measured) where
   1 MiB frames decompress up to 2 MiB (4.6 ms unaligned); a raw pread from the page cache is 0.03 ms, so the
   issue's "<= 2x the uncompressed range" holds only at the HTTP level, where the request's own cost counts.
-- **Where it plugs in.** Compression is a property of how bytes are kept, so it sits on the blob-bytes side of the
-  seam and works for every store (local files, memory, object storage): the blob record gains a stored-form field
-  (RAW, RAW_CHECKED = assessed and kept raw so no pass samples it again, FRAMES_V1). Opening a range of a FRAMES_V1
-  blob wraps the stored bytes (an fd, a bytes object, a ranged object-store reader) in FrameReader; RAW blobs keep
-  the zero-copy sendfile path (a FRAMES_V1 blob answers "no local path" when that capability is asked for). The
-  index is read per open (16 KiB for a 1 GiB blob); stored forms are immutable, so a store may cache it by digest
-  if Range requests show it. A wrapper BlobBytes would hide the flag from the index, but then a HEAD (which must
-  answer the original size from the record alone) and stats (stored vs original bytes) could not see it: the flag
-  belongs in the record.
+- **Where it plugs in.** Compression is a property of how bytes are kept, so it sits on the blob-bytes side of the seam
+  and works for every store (local files, memory, object storage): the blob record gains a stored-form field (RAW,
+  FRAMES_V1) and the stored size; blobs not yet assessed wait in a `compaction` table, so that no pass samples a blob
+  twice nor scans every record (cas/layout.py, format 3; cas/compaction.py). Opening a range of a FRAMES_V1 blob wraps
+  the stored bytes (an fd, a bytes object, a ranged object-store reader) in FrameReader; RAW blobs keep the zero-copy
+  sendfile path (a FRAMES_V1 blob answers "no local path" when that capability is asked for). The index is read per open
+  (16 KiB for a 1 GiB blob); stored forms are immutable, so a store may cache it by digest if Range requests show it. A
+  wrapper BlobBytes would hide the flag from the index, but then a HEAD (which must answer the original size from the
+  record alone) and stats (stored vs original bytes) could not see it: the flag belongs in the record.
 - **fsck** verifies a FRAMES_V1 blob by streaming FrameReader.iter_range() into the hasher of the blob's digest: the
   original digest is the only truth, so a stored form that decompresses cleanly to the wrong bytes is still caught.
   Every frame also carries zstd's content checksum and the index a crc32, so damage is named by frame.
 - **Crash rule.** The compaction writes the stored form under a fresh temp name, fsyncs it, renames it to the blob's
-  compressed name (`<hex>.zf1` next to `<hex>`), fsyncs the directory, then in one index transaction flips the
-  record to FRAMES_V1 and queues the raw file for unlinking (as GC's `doomed`); only after the commit is the raw
-  file unlinked. A kill -9 at any point leaves the record naming a complete file: before the commit the raw original
-  (a `.zf1` or temp file without a record is debris), after it the fsynced compressed form (a leftover raw file is
-  unlinked by the next pass). Readers that opened the raw file before the flip keep a valid descriptor.
+  compressed name (`<hex>.zf1` next to `<hex>`), fsyncs the directory, then in one index transaction flips the record to
+  FRAMES_V1 and queues the raw file for unlinking (table `superseded`); only after the commit is the raw file unlinked.
+  A kill -9 at any point leaves the record naming a complete file: before the commit the raw original (a `.zf1` or temp
+  file without a record is debris), after it the fsynced compressed form (a leftover raw file is unlinked by the next
+  pass). Readers that opened the raw file before the flip keep a valid descriptor.
 
 Stored form, version 1 (integers little-endian)
 -----------------------------------------------

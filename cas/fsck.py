@@ -10,6 +10,10 @@ Debris (what a crash leaves and GC reclaims; reported, not damage):
     unindexed    a correct blob file without a record
     doomed       records GC claimed (state DELETING) whose collection a pass has yet to finish
     temp         staging and retired copies (files under tmp/ and trash/)
+    superseded   bytes of a stored form the record does not use (a compaction pass removes them)
+
+A blob kept compressed (FRAMES_V1, cas/frames.py) is decompressed and hashed: its original digest is the only
+truth, so a stored form that decodes cleanly to other bytes is corrupt as surely as one that does not decode.
 
 Repair (only when asked) never drops referenced data silently: a corrupt file is moved to quarantine/ and its
 record marked MISSING (never served; holders kept; the next ingest of the right bytes heals it); a missing file is
@@ -28,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from .digest import Digest
 from .index import WriteTransaction
-from .layout import STATE_INLINE, STATE_MISSING, STATE_PRESENT, BlobRecord, queue_key
+from .layout import FORM_RAW, STATE_INLINE, STATE_MISSING, STATE_PRESENT, BlobRecord, queue_key
 
 if TYPE_CHECKING:
     from .store import BlobStore
@@ -46,6 +50,7 @@ class FsckReport:
     unindexed: list[str] = field(default_factory=list)
     doomed: int = 0
     temp: int = 0
+    superseded: int = 0
     repaired: list[str] = field(default_factory=list)
 
     @property
@@ -61,6 +66,8 @@ class FsckReport:
             out.append(f"debris: {self.doomed} doomed file(s) awaiting GC")
         if self.temp:
             out.append(f"debris: {self.temp} temp file(s)")
+        if self.superseded:
+            out.append(f"debris: {self.superseded} superseded stored form(s) awaiting compaction")
         out.extend(f"repaired: {item}" for item in self.repaired)
         out.append("damage found" if self.damaged else "no damage")
         return out
@@ -70,18 +77,12 @@ def check(store: BlobStore, repair: bool = False, workers: int = 2) -> FsckRepor
     report = FsckReport()
     t = store.tables
     blobs = store.blobs
-    files: dict[Digest, str] = {}
-    for digest, path in blobs.stored():
+    entries: dict[Digest, dict[int, str]] = {}
+    for digest, form, path in blobs.stored():
         if digest is None:
             report.stray.append(path)
         else:
-            files[digest] = path
-
-    # Hash in threads: hashlib releases the GIL, so two cores re-hash at once.
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        hashed = dict(zip(files, pool.map(lambda d: blobs.hash(files[d], d.algorithm), files), strict=True))
-    report.checked += len(hashed)
-    report.bytes_hashed += sum(size for _, size in hashed.values())
+            entries.setdefault(digest, {})[form] = path
 
     with store.index.read() as txn:
         records = {Digest.parse(k.decode("ascii")): BlobRecord.unpack(v) for k, v in txn.scan(t.blobs)}
@@ -101,6 +102,23 @@ def check(store: BlobStore, repair: bool = False, workers: int = 2) -> FsckRepor
     report.doomed = len(doomed)
     report.temp = blobs.debris()
 
+    # The entry to check per blob: the one in its record's form (without a record: the raw one, else debris).
+    files: dict[Digest, str] = {}
+    for digest, forms in entries.items():
+        record = records.get(digest)
+        form = record.form if record is not None and record.state == STATE_PRESENT else FORM_RAW
+        if form in forms:
+            files[digest] = forms[form]
+        report.superseded += len(forms) - (form in forms)
+    # Hash in threads: hashlib and zstd release the GIL, so two cores re-hash at once.
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = dict(zip(files, pool.map(lambda d: _hash(store, files[d], d.algorithm), files), strict=True))
+    hashed = {digest: result for digest, result in results.items() if result is not None}
+    for digest in results.keys() - hashed.keys():  # gone since the listing (compacted, or collected)
+        del files[digest]
+    report.checked += len(hashed)
+    report.bytes_hashed += sum(size for _, size in hashed.values())
+
     corrupt: set[Digest] = set()
     for digest, (hexdigest, size) in hashed.items():
         record = records.get(digest)
@@ -112,7 +130,8 @@ def check(store: BlobStore, repair: bool = False, workers: int = 2) -> FsckRepor
             report.corrupt.append(f"{digest} (size {size}, recorded {record.size})")
         elif record is None and digest not in doomed:
             report.unindexed.append(str(digest))
-    missing = [d for d, r in records.items() if r.state == STATE_PRESENT and d not in files]
+    missing = [d for d, r in records.items() if r.state == STATE_PRESENT and d not in files
+               and not _there_now(store, d)]
     missing += [d for d, data in inline_bad.items() if data is None]
     for digest, data in inline_bad.items():
         if data is not None:
@@ -127,6 +146,25 @@ def check(store: BlobStore, repair: bool = False, workers: int = 2) -> FsckRepor
     if repair:
         _repair(store, report, files, hashed, corrupt, missing, drift, dangling, edges, doomed)
     return report
+
+
+def _hash(store: BlobStore, location: str, algorithm: str) -> tuple[str, int] | None:
+    """(hex digest, original size) of a listed entry; None if it went away since the listing: a compaction pass
+    dropped a raw file it had just switched (the record, read again, says so) or a collector took it."""
+    try:
+        return store.blobs.hash(location, algorithm)
+    except FileNotFoundError:
+        return None
+
+
+def _there_now(store: BlobStore, digest: Digest) -> bool:
+    """Whether a blob whose bytes we did not list (or could not hash) in its recorded form has them now: a
+    compaction pass beside this check switched it to another form between the listing and the reading of records
+    or the hashing. Its record, read again, names a form whose bytes are there."""
+    with store.index.read() as txn:
+        raw = txn.get(store.tables.blobs, digest.key)
+    record = BlobRecord.unpack(raw) if raw is not None else None
+    return record is not None and record.state == STATE_PRESENT and store.blobs.contains(digest, record.form)
 
 
 def _repair(store: BlobStore, report: FsckReport, files: dict[Digest, str],
@@ -156,8 +194,14 @@ def _repair(store: BlobStore, report: FsckReport, files: dict[Digest, str],
         if count == 0 and (old is None or old.refcount != 0):
             zero_since = now
             txn.put(t.gcqueue, queue_key(now, digest.key), b"")
-        txn.put(t.blobs, digest.key, BlobRecord(state, size, count, zero_since,
-                                                old.lease_until if old else 0.0).pack())
+        # A recount keeps the stored form; any other change records bytes kept raw (or none: MISSING), and raw
+        # bytes adopted wait for a compaction pass like any pushed ones.
+        kept = old is not None and old.state == state
+        if state == STATE_PRESENT and not kept:
+            txn.put(t.compaction, digest.key, b"")
+        txn.put(t.blobs, digest.key, BlobRecord(state, size, count, zero_since, old.lease_until if old else 0.0,
+                                                old.form if kept and old else FORM_RAW,
+                                                old.stored_size if kept and old else size).pack())
 
     def work(txn: WriteTransaction) -> list[str]:
         repaired = []  # a replay starts again: report what the committed run did

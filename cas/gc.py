@@ -50,7 +50,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import islice
 from typing import TYPE_CHECKING
 
@@ -114,7 +114,9 @@ class Collector:
         self._store = store
         self._t = store.tables
         self._blobs = store.blobs
-        self._one_pass = threading.Lock()  # one pass at a time in this process; exclusive() across processes
+        # One pass at a time in this process (exclusive() across processes); a compaction pass holds it too, so
+        # that a blob is never compacted while it is collected (cas/compaction.py).
+        self.one_pass = threading.Lock()
 
     def exclusive(self, wait: bool) -> AbstractContextManager[bool]:
         """The store's collection lock, shared by every process that opens it: True if taken (always, when
@@ -130,7 +132,7 @@ class Collector:
                 self._claim(txn, report, now, cutoff, start=b"", limit=None, writer=None)
                 self._count_waiting(txn, report, cutoff)
             return report
-        with self._one_pass, ThreadPoolExecutor(PURGE_THREADS, thread_name_prefix="berth-gc") as pool:
+        with self.one_pass, ThreadPoolExecutor(PURGE_THREADS, thread_name_prefix="berth-gc") as pool:
             self._recover(pool)
             start: bytes | None = b""
             while start is not None:
@@ -247,8 +249,7 @@ class Collector:
                     writer.delete(t.blobs, digest_key)
                     writer.delete(t.inline, digest_key)  # gone with the commit: no bytes elsewhere
                 else:  # PRESENT or MISSING: claimed; the bytes (if any) are settled outside the transaction
-                    writer.put(t.blobs, digest_key, BlobRecord(STATE_DELETING, record.size, 0, record.zero_since,
-                                                               record.lease_until).pack())
+                    writer.put(t.blobs, digest_key, replace(record, state=STATE_DELETING, refcount=0).pack())
                     writer.put(t.doomed, digest_key, b"")
                     if claimed is not None:
                         claimed.append(digest)
@@ -257,11 +258,11 @@ class Collector:
     def _sweep_orphans(self, pool: ThreadPoolExecutor) -> int:
         """Blob bytes with no record, or beside an INLINE record: settled by the same protocol as a claim, which
         a publish in flight overrules (module docstring)."""
-        candidates = []
+        candidates: list[Digest] = []
         with self._store.index.read() as txn:
-            for digest, _location in self._blobs.stored():
-                if digest is None:
-                    continue  # a stray name: fsck reports it
+            for digest, _form, _location in self._blobs.stored():
+                if digest is None or (candidates and candidates[-1] == digest):
+                    continue  # a stray name (fsck reports it), or the other form of a blob just seen
                 raw = txn.get(self._t.blobs, digest.key)
                 if raw is None or BlobRecord.unpack(raw).state == STATE_INLINE:
                     candidates.append(digest)

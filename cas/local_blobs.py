@@ -3,7 +3,8 @@
 Files are immutable once published and named by digest; staging files are flock()ed while in use (cas/files.py),
 so whatever is unlocked in tmp/ or uploads/ is debris. The collector's retire is a rename into trash/ (atomic and
 reversible), its purge an unlink there; a reader that finds blobs/ empty for a blob the index says is stored tries
-the trash/ copy once (a retire that a publish is about to undo: cas/gc.py).
+the trash/ copy once (a retire that a publish is about to undo: cas/gc.py). A stored form other than RAW is the
+same name with the form's suffix (`<hex>.zf1`), in blobs/ and in trash/ alike.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .blobs import BlobBytes, ChunkWriter, Staged
-from .digest import ALGORITHMS, Digest, Hasher, new_hasher
+from .digest import ALGORITHMS, Digest, Hasher
 from .errors import BlobUnknown, UploadBusy
 from .files import LockedFile, ensure_dir, fsync_dir, remove_debris
-from .layout import blob_path
+from .layout import FORM_RAW, FORM_SUFFIX, FORMS, blob_path
 from .reader import BlobReader
+from .stored_forms import hash_form, open_form
 from .writer import HashingWriter, write_all
 
 SUBDIRECTORIES = ("blobs", "uploads", "tmp", "trash", "quarantine")
@@ -138,78 +140,110 @@ class LocalBlobs(BlobBytes):
             copy.remove()
 
     # -- reading ------------------------------------------------------------------------------------------------
-    def open(self, digest: Digest, size: int, offset: int = 0, length: int | None = None) -> BlobReader:
+    def _path(self, digest: Digest, form: int = FORM_RAW) -> str:
+        # plain strings: pathlib was 20 % of a collection pass here
+        return f"{self._blobs}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}{FORM_SUFFIX[form]}"
+
+    def open(self, digest: Digest, size: int, offset: int = 0, length: int | None = None, *,
+             form: int = FORM_RAW, stored_size: int | None = None) -> BlobReader:
         try:
-            fd = os.open(f"{self._blobs}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}", os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self._path(digest, form), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             try:  # retired by a collector that a publish is about to overrule (cas/gc.py): the same bytes
-                fd = os.open(self._trash_path(digest), os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(self._trash_path(digest, form), os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
                 raise BlobUnknown(str(digest)) from None
-        return BlobReader(fd, size, offset, length)
+        return open_form(form, fd, size, offset, length)
 
     def local_path(self, digest: Digest) -> Path:
         return blob_path(self.root, digest)
 
-    def contains(self, digest: Digest) -> bool:
-        return blob_path(self.root, digest).exists()
+    def contains(self, digest: Digest, form: int = FORM_RAW) -> bool:
+        return os.path.exists(self._path(digest, form))
+
+    # -- stored forms -------------------------------------------------------------------------------------------
+    def publish_form(self, staged: Staged, digest: Digest, form: int) -> None:
+        assert isinstance(staged, StagedFile) and form != FORM_RAW
+        final = self._path(digest, form)
+        ensure_dir(Path(final).parent)
+        # Renamed over a copy a crashed pass left: both are complete (fsynced before this rename) and nobody
+        # reads this name while the record says RAW. Staged.discard then finds its name gone, as it may.
+        os.replace(staged.file.path, final)
+        fsync_dir(Path(final).parent)
+        staged.consumed = True
+
+    def drop_form(self, digest: Digest, form: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path(digest, form))
 
     # -- collecting ---------------------------------------------------------------------------------------------
-    def _trash_path(self, digest: Digest) -> str:
-        return f"{self._trash}/{digest.algorithm}-{digest.hex}"
+    def _trash_path(self, digest: Digest, form: int = FORM_RAW) -> str:
+        return f"{self._trash}/{digest.algorithm}-{digest.hex}{FORM_SUFFIX[form]}"
 
     def retire(self, digest: Digest) -> bool:
-        try:  # plain strings: pathlib was 20 % of a collection pass here
-            os.rename(f"{self._blobs}/{digest.algorithm}/{digest.hex[:2]}/{digest.hex}", self._trash_path(digest))
-        except FileNotFoundError:
-            return False
-        return True
+        retired = False
+        for form in FORMS:
+            try:
+                os.rename(self._path(digest, form), self._trash_path(digest, form))
+            except FileNotFoundError:
+                continue
+            retired = True
+        return retired
 
     def restore(self, digest: Digest) -> None:
-        retired = self._trash_path(digest)
-        final = blob_path(self.root, digest)
-        with contextlib.suppress(FileExistsError, FileNotFoundError):
-            os.link(retired, final)  # link, never rename over: a copy a publish put back is as good as ours
-            fsync_dir(final.parent)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(retired)
+        for form in FORMS:
+            retired = self._trash_path(digest, form)
+            final = self._path(digest, form)
+            with contextlib.suppress(FileExistsError, FileNotFoundError):
+                os.link(retired, final)  # link, never rename over: a copy a publish put back is as good as ours
+                fsync_dir(Path(final).parent)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(retired)
 
     def purge(self, digest: Digest) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._trash_path(digest))
+        for form in FORMS:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._trash_path(digest, form))
 
     def retired(self) -> Iterator[Digest]:
+        seen = set()
         for entry in os.scandir(self._trash):
-            algorithm, _, hexdigest = entry.name.partition("-")
+            algorithm, _, name = entry.name.partition("-")
+            hexdigest, form = _split_form(name)
             try:
-                yield Digest.parse(f"{algorithm}:{hexdigest}")
+                digest = Digest.parse(f"{algorithm}:{hexdigest}")
             except ValueError:  # not a retired blob: nothing of ours, remove it
+                digest = None
+            if digest is None or form is None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
+            elif digest not in seen:
+                seen.add(digest)
+                yield digest
 
-    def stored(self) -> Iterator[tuple[Digest | None, str]]:
+    def stored(self) -> Iterator[tuple[Digest | None, int, str]]:
         base = self._blobs
         for algorithm in sorted(os.listdir(base)):
             alg_dir = os.path.join(base, algorithm)
             if not os.path.isdir(alg_dir):
-                yield None, alg_dir
+                yield None, FORM_RAW, alg_dir
                 continue
             for prefix in sorted(os.listdir(alg_dir)):
                 pre_dir = os.path.join(alg_dir, prefix)
                 if not os.path.isdir(pre_dir):
-                    yield None, pre_dir
+                    yield None, FORM_RAW, pre_dir
                     continue
                 for name in sorted(os.listdir(pre_dir)):
-                    yield _digest_of(algorithm, prefix, name), os.path.join(pre_dir, name)
+                    hexdigest, form = _split_form(name)
+                    digest = _digest_of(algorithm, prefix, hexdigest) if form is not None else None
+                    yield digest, FORM_RAW if form is None else form, os.path.join(pre_dir, name)
 
     def hash(self, location: str, algorithm: str) -> tuple[str, int]:
-        hasher = new_hasher(algorithm)
-        size = 0
-        with open(location, "rb", buffering=0) as f:
-            while chunk := f.read(_CHUNK):
-                hasher.update(chunk)
-                size += len(chunk)
-        return hasher.hexdigest(), size
+        fd = os.open(location, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return hash_form(_split_form(os.path.basename(location))[1] or FORM_RAW, fd, algorithm)
+        finally:
+            os.close(fd)
 
     def quarantine(self, location: str, label: str) -> str:
         target = self.root / "quarantine" / f"{label}-{int(time.time())}-{os.path.basename(location)}"
@@ -242,6 +276,17 @@ class LocalBlobs(BlobBytes):
         with open(probe, "wb") as f:
             f.write(b"ok")
         os.unlink(probe)
+
+
+def _split_form(name: str) -> tuple[str, int | None]:
+    """A blob file's name without its form's suffix, and the form (None: a suffix no form has)."""
+    stem, dot, suffix = name.partition(".")
+    if not dot:
+        return name, FORM_RAW
+    for form, known in FORM_SUFFIX.items():
+        if known and known == dot + suffix:
+            return stem, form
+    return name, None
 
 
 def _digest_of(algorithm: str, prefix: str, name: str) -> Digest | None:

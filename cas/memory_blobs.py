@@ -1,4 +1,4 @@
-"""Blob bytes in this process's memory: a dict of bytes by digest, for tests and embedding."""
+"""Blob bytes in this process's memory: a dict of bytes by digest and stored form, for tests and embedding."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from .blobs import BlobBytes, Staged
-from .digest import Digest, Hasher, new_hasher
+from .digest import Digest, Hasher
 from .errors import BlobUnknown, UploadBusy
+from .layout import FORM_NAMES, FORM_RAW
 from .reader import BlobReader
+from .stored_forms import hash_form, open_form
+
+Key = tuple[Digest, int]  # a digest and a stored form
 
 
 class _BufferWriter:
@@ -73,8 +77,8 @@ class StagedBuffer(Staged):
 class MemoryBlobs(BlobBytes):
     def __init__(self) -> None:
         self._guard = threading.Lock()
-        self._blobs: dict[Digest, bytes] = {}
-        self._trash: dict[Digest, bytes] = {}
+        self._blobs: dict[Key, bytes] = {}
+        self._trash: dict[Key, bytes] = {}
         self._staged: dict[str, tuple[bytearray, threading.Lock]] = {}
         self._quarantine: dict[str, bytes] = {}
         self._locks: dict[str, threading.Lock] = {}
@@ -121,9 +125,9 @@ class MemoryBlobs(BlobBytes):
     def publish(self, staged: Staged, digest: Digest) -> bool:
         assert isinstance(staged, StagedBuffer)
         with self._guard:  # as files do: bytes already here stay (and so does the staging); else they move
-            if digest in self._blobs:
+            if (digest, FORM_RAW) in self._blobs:
                 return False
-            self._blobs[digest] = bytes(staged.buffer)
+            self._blobs[digest, FORM_RAW] = bytes(staged.buffer)
             self._staged.pop(staged.name, None)
         staged.consumed = True
         return True
@@ -131,56 +135,69 @@ class MemoryBlobs(BlobBytes):
     def ensure(self, staged: Staged, digest: Digest) -> None:
         assert isinstance(staged, StagedBuffer)
         with self._guard:
-            if digest not in self._blobs:
-                self._blobs[digest] = self._trash.get(digest) or bytes(staged.buffer)
+            key = (digest, FORM_RAW)
+            if key not in self._blobs:
+                self._blobs[key] = self._trash.get(key) or bytes(staged.buffer)
 
-    def open(self, digest: Digest, size: int, offset: int = 0, length: int | None = None) -> BlobReader:
-        data = self._blobs.get(digest)
+    def open(self, digest: Digest, size: int, offset: int = 0, length: int | None = None, *,
+             form: int = FORM_RAW, stored_size: int | None = None) -> BlobReader:
+        data = self._blobs.get((digest, form))
         if data is None:
-            data = self._trash.get(digest)
+            data = self._trash.get((digest, form))
             if data is None:
                 raise BlobUnknown(str(digest))
-        return BlobReader(data, size, offset, length)
+        return open_form(form, data, size, offset, length)
 
-    def contains(self, digest: Digest) -> bool:
-        return digest in self._blobs
+    def contains(self, digest: Digest, form: int = FORM_RAW) -> bool:
+        return (digest, form) in self._blobs
+
+    def publish_form(self, staged: Staged, digest: Digest, form: int) -> None:
+        assert isinstance(staged, StagedBuffer) and form != FORM_RAW
+        data = bytes(staged.buffer)
+        with self._guard:
+            self._blobs[digest, form] = data
+            self._staged.pop(staged.name, None)
+        staged.consumed = True
+
+    def drop_form(self, digest: Digest, form: int) -> None:
+        with self._guard:
+            self._blobs.pop((digest, form), None)
 
     def retire(self, digest: Digest) -> bool:
         with self._guard:
-            data = self._blobs.pop(digest, None)
-            if data is None:
-                return False
-            self._trash[digest] = data
-            return True
+            keys = [key for key in self._blobs if key[0] == digest]
+            for key in keys:
+                self._trash[key] = self._blobs.pop(key)
+            return bool(keys)
 
     def restore(self, digest: Digest) -> None:
         with self._guard:
-            data = self._trash.pop(digest, None)
-            if data is not None:
-                self._blobs.setdefault(digest, data)
+            for key in [key for key in self._trash if key[0] == digest]:
+                self._blobs.setdefault(key, self._trash.pop(key))
 
     def purge(self, digest: Digest) -> None:
         with self._guard:
-            self._trash.pop(digest, None)
+            for key in [key for key in self._trash if key[0] == digest]:
+                del self._trash[key]
 
     def retired(self) -> Iterator[Digest]:
         with self._guard:
-            return iter(list(self._trash))
+            return iter(list(dict.fromkeys(digest for digest, _ in self._trash)))
 
-    def stored(self) -> Iterator[tuple[Digest | None, str]]:
+    def stored(self) -> Iterator[tuple[Digest | None, int, str]]:
         with self._guard:
-            digests = sorted(self._blobs, key=str)
-        return ((digest, f"memory:{digest}") for digest in digests)
+            keys = sorted(self._blobs, key=lambda key: (str(key[0]), key[1]))
+        return ((digest, form, _location(digest, form)) for digest, form in keys)
 
     def hash(self, location: str, algorithm: str) -> tuple[str, int]:
-        data = self._blobs.get(Digest.parse(location.removeprefix("memory:")), b"")
-        hasher = new_hasher(algorithm)
-        hasher.update(data)
-        return hasher.hexdigest(), len(data)
+        data = self._blobs.get(_key(location))
+        if data is None:  # as a file would: gone since it was listed
+            raise FileNotFoundError(location)
+        return hash_form(_key(location)[1], data, algorithm)
 
     def quarantine(self, location: str, label: str) -> str:
         with self._guard:
-            data = self._blobs.pop(Digest.parse(location.removeprefix("memory:")), b"")
+            data = self._blobs.pop(_key(location), b"")
         return self.quarantine_bytes(data, label)
 
     def quarantine_bytes(self, data: bytes, label: str) -> str:
@@ -207,7 +224,23 @@ class MemoryBlobs(BlobBytes):
     def check_writable(self) -> None:
         pass
 
-    def corrupt(self, digest: Digest, data: bytes) -> None:
-        """Replace a blob's bytes (tests of fsck: damage a file-less store)."""
+    def corrupt(self, digest: Digest, data: bytes, form: int = FORM_RAW) -> None:
+        """Replace a blob's bytes in `form` (tests of fsck: damage a file-less store)."""
         with self._guard:
-            self._blobs[digest] = data
+            self._blobs[digest, form] = data
+
+    def stored_bytes(self, digest: Digest, form: int) -> bytes | None:
+        """The bytes kept for a blob in `form` (tests)."""
+        return self._blobs.get((digest, form))
+
+
+def _location(digest: Digest, form: int) -> str:
+    return f"memory:{digest}" if form == FORM_RAW else f"memory:{digest}:{FORM_NAMES[form]}"
+
+
+def _key(location: str) -> Key:
+    text = location.removeprefix("memory:")
+    for form, name in FORM_NAMES.items():
+        if form != FORM_RAW and text.endswith(":" + name):
+            return Digest.parse(text[:-len(name) - 1]), form
+    return Digest.parse(text), FORM_RAW

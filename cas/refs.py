@@ -8,6 +8,7 @@ that "is it unreferenced?" is one read; `refs` and `held` hold the edges by dige
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .digest import Digest
@@ -43,8 +44,7 @@ class References:
             return False
         txn.put(self._t.refs, edge, b"")
         txn.put(self._t.held, h + b"\0" + digest.key, b"")
-        txn.put(self._t.blobs, digest.key, BlobRecord(record.state, record.size, record.refcount + 1,
-                                                      record.zero_since, record.lease_until).pack())
+        txn.put(self._t.blobs, digest.key, replace(record, refcount=record.refcount + 1).pack())
         return True
 
     def drop(self, txn: WriteTransaction, holder: str, digest: Digest) -> bool:
@@ -62,8 +62,7 @@ class References:
         if count == 0:
             zero_since = self._store.clock()
             txn.put(self._t.gcqueue, queue_key(zero_since, digest.key), b"")
-        txn.put(self._t.blobs, digest.key, BlobRecord(record.state, record.size, count, zero_since,
-                                                      record.lease_until).pack())
+        txn.put(self._t.blobs, digest.key, replace(record, refcount=count, zero_since=zero_since).pack())
         return True
 
     def drop_all(self, txn: WriteTransaction, holder: str) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -18,6 +18,7 @@ from .digest import DEFAULT_ALGORITHM, Digest, Hasher, new_hasher
 from .errors import BlobUnknown, DigestMismatch, IncompatibleStore, SizeMismatch
 from .index import Index, Table, Transaction, WriteTransaction
 from .layout import (
+    FORM_RAW,
     FORMAT_VERSION,
     STATE_DELETING,
     STATE_INLINE,
@@ -27,6 +28,7 @@ from .layout import (
     BlobRecord,
     UploadRecord,
     queue_key,
+    superseded_key,
 )
 from .lmdb_index import DEFAULT_MAP_SIZE
 from .reader import BlobReader
@@ -54,6 +56,10 @@ class BlobInfo:
     digest: Digest
     size: int
     inline: bool = False  # stored inside the index (no local file: local_path() is None; open() works)
+    # How the bytes are kept (cas/layout.py; FRAMES_V1 has no local file to sendfile either) and how many bytes that
+    # takes (an object store reads a stored form's trailer by it): not part of what a blob is, so not compared.
+    form: int = field(default=FORM_RAW, compare=False)
+    stored_size: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +72,8 @@ class Tables:
     gcqueue: Table
     doomed: Table
     uploads: Table
+    compaction: Table
+    superseded: Table
 
 
 class BlobStore:
@@ -74,6 +82,7 @@ class BlobStore:
 
     def __init__(self, index: Index, blobs: BlobBytes, config: StoreConfig | None = None,
                  clock: Clock = time.time) -> None:
+        from .compaction import Compactor
         from .gc import Collector
         from .refs import References
         from .uploads import Uploads
@@ -88,6 +97,7 @@ class BlobStore:
         self.refs = References(self)
         self.uploads = Uploads(self)
         self.gc = Collector(self)
+        self.compaction = Compactor(self)
 
     @classmethod
     def on_disk(cls, path: str | os.PathLike[str], *, config: StoreConfig | None = None, clock: Clock = time.time,
@@ -126,10 +136,12 @@ class BlobStore:
             return
         if stored == b"1":
             self._migrate_from_1(txn)
+        if stored in (b"1", b"2"):
+            self._migrate_from_2(txn)
         elif stored is not None:
             raise IncompatibleStore(
                 f"the store has format version {stored.decode(errors='replace')}, this Berth reads version "
-                f"{FORMAT_VERSION} (and migrates version 1); see cas/layout.py")
+                f"{FORMAT_VERSION} (and migrates versions 1 and 2); see cas/layout.py")
         txn.put(meta, b"format", str(FORMAT_VERSION).encode())
 
     def _migrate_from_1(self, txn: WriteTransaction) -> None:
@@ -141,6 +153,15 @@ class BlobStore:
             found = progress(key.decode()) if progress is not None else None
             size, mtime = found if found is not None else (0, record.created)
             txn.put(self.tables.uploads, key, replace(record, offset=size, updated=mtime).pack())
+
+    def _migrate_from_2(self, txn: WriteTransaction) -> None:
+        """Format 3 records carry their stored form: every record is rewritten as RAW (a format-2 record unpacks
+        as one, so this may run twice), and every PRESENT blob waits for its first compaction pass."""
+        for key, raw in list(txn.scan(self.tables.blobs)):
+            record = BlobRecord.unpack(raw)
+            txn.put(self.tables.blobs, key, record.pack())
+            if record.state == STATE_PRESENT:
+                txn.put(self.tables.compaction, key, b"")
 
     def close(self) -> None:
         self.index.close()
@@ -160,7 +181,7 @@ class BlobStore:
             record = self._record(txn, digest)
         if record.refcount == 0 and record.lease_until < self.clock() + self.config.lease / 2:
             self._renew_lease(digest)
-        return BlobInfo(digest, record.size, record.state == STATE_INLINE)
+        return BlobInfo(digest, record.size, record.state == STATE_INLINE, record.form, record.stored_size)
 
     def contains(self, digest: Digest | str) -> bool:
         """Whether the blob is stored, without renewing anything (for listings and checks, not for clients)."""
@@ -169,16 +190,22 @@ class BlobStore:
             raw = txn.get(self.tables.blobs, digest.key)
         return raw is not None and BlobRecord.unpack(raw).state in STORED_STATES
 
-    def local_path(self, digest: Digest) -> Path | None:
-        """Optional capability, for sendfile: the local file of a blob already stat()ed as stored and not inline,
-        without touching the index again; None if the bytes are not in local files (then stream `open()`). The
-        file is immutable; GC may remove it once nothing references it (an open descriptor stays valid), so a
-        caller that fails to open it falls back to `open()`."""
-        return self.blobs.local_path(digest)
+    def local_path(self, blob: BlobInfo | Digest) -> Path | None:
+        """Optional capability, for sendfile: the local file holding a blob's original bytes; None if there is
+        none (inline, kept compressed, or not in local files: then stream `open()`). Given the BlobInfo of a
+        stat(), the index is not read again; given a digest, this is a stat() (BlobUnknown, lease renewed). The
+        file is immutable; GC may remove it once nothing references it, and a compaction pass once it has switched
+        the blob to a compressed form (an open descriptor stays valid either way), so a caller that fails to open
+        it falls back to `open()`."""
+        if isinstance(blob, Digest):
+            blob = self.stat(blob)
+        if blob.inline or blob.form != FORM_RAW:
+            return None
+        return self.blobs.local_path(blob.digest)
 
     def open(self, blob: Digest | str | BlobInfo, offset: int = 0, length: int | None = None) -> BlobReader:
-        """A reader over [offset, offset+length) of a blob (to its end if length is None). Given the BlobInfo of a
-        stat() just made, it is not stat'ed again."""
+        """A reader over [offset, offset+length) of a blob's original bytes (to its end if length is None),
+        whatever form they are kept in. Given the BlobInfo of a stat() just made, it is not stat'ed again."""
         info = blob if isinstance(blob, BlobInfo) else self.stat(blob)
         if info.inline:
             with self.index.read() as txn:
@@ -186,13 +213,23 @@ class BlobStore:
             if data is None:
                 raise BlobUnknown(str(info.digest))  # collected since the stat
             return BlobReader(data, info.size, offset, length)
-        return self.blobs.open(info.digest, info.size, offset, length)
+        try:
+            return self.blobs.open(info.digest, info.size, offset, length, form=info.form,
+                                   stored_size=info.stored_size)
+        except BlobUnknown:
+            # A compaction pass switched the blob's form between our stat and our open (and removed the raw
+            # file): the record now names the other form. Anything else (collected) raises again.
+            again = self.stat(info.digest)
+            if again.form == info.form or again.inline:
+                raise
+            return self.blobs.open(again.digest, again.size, offset, length, form=again.form,
+                                   stored_size=again.stored_size)
 
     def info(self, txn: Transaction, digest: Digest) -> BlobInfo:
         """What stat() says, inside the caller's transaction and without renewing a lease (for checks that are
         part of a larger write, such as a manifest PUT verifying the sizes of what it names)."""
         record = self._record(txn, digest)
-        return BlobInfo(digest, record.size, record.state == STATE_INLINE)
+        return BlobInfo(digest, record.size, record.state == STATE_INLINE, record.form, record.stored_size)
 
     def inline_bytes(self, txn: Transaction, digest: Digest) -> bytes | None:
         """The bytes of an inline blob read in the caller's transaction; None if the blob is not stored inline."""
@@ -315,6 +352,8 @@ class BlobStore:
             if record is not None and record.state in STORED_STATES:
                 if record.refcount == 0:  # dedup hit: a client will reference this soon
                     txn.put(tables.blobs, digest.key, _replace_lease(record, now + self.config.lease))
+                if record.form != FORM_RAW:  # the raw file just linked beside the compressed form is debris
+                    txn.put(tables.superseded, superseded_key(digest.key, FORM_RAW), b"")
                 return False  # (an INLINE record: the file just published is debris for GC's orphan sweep)
             txn.put(tables.blobs, digest.key, _claimed(txn, tables, digest.key, record, STATE_PRESENT, size, now))
             return True
@@ -357,15 +396,16 @@ def _claimed(txn: WriteTransaction, tables: Tables, key: bytes, record: BlobReco
     """The record of a blob just stored: new (queued for GC from now), a MISSING one healed with its holders
     intact, or a DELETING one taken back from a collector (queued again from now: the collector dropped its queue
     entry when it claimed it)."""
+    if state == STATE_PRESENT:  # raw bytes just stored: a compaction pass assesses them
+        txn.put(tables.compaction, key, b"")
     if record is None or record.state == STATE_DELETING:
         txn.put(tables.gcqueue, queue_key(now, key), b"")
-        return BlobRecord(state, size, 0, now, 0.0).pack()
-    return BlobRecord(state, size, record.refcount, record.zero_since, record.lease_until).pack()
+        return BlobRecord(state, size, 0, now, 0.0, FORM_RAW, size).pack()
+    return BlobRecord(state, size, record.refcount, record.zero_since, record.lease_until, FORM_RAW, size).pack()
 
 
 def _replace_lease(record: BlobRecord, lease_until: float) -> bytes:
-    return BlobRecord(record.state, record.size, record.refcount, record.zero_since,
-                      max(lease_until, record.lease_until)).pack()
+    return replace(record, lease_until=max(lease_until, record.lease_until)).pack()
 
 
 def _as_digest(value: Digest | str) -> Digest:

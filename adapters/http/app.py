@@ -134,13 +134,15 @@ class RegistryApi:
     # -- blobs ----------------------------------------------------------------------------------------------------
     def _blob_file(self, info: BlobInfo) -> tuple[Path, os.stat_result] | None:
         """The blob's local file and its stat, for sendfile (the stat is handed to FileResponse, which would make
-        it again), when the store keeps the blob in a local file; None: stream it from `open_blob`."""
-        local = None if info.inline else self.registry.store.local_path(info.digest)
+        it again), when the store keeps the blob's original bytes in a local file (not inline, not compressed: the
+        stat's record said so, no second index read); None: stream it from `open_blob`."""
+        local = self.registry.store.local_path(info)
         if local is None:
             return None
         try:
             return local, os.stat(local)
-        except FileNotFoundError:  # moved aside by a collector that a publish overruled: open_blob reads that copy
+        except FileNotFoundError:  # moved aside by a collector that a publish overruled, or compacted since the
+            # stat: open_blob reads the record again and that copy or the compressed form
             return None
 
     def _locate_blob(self, name: RepositoryName, digest: Digest,

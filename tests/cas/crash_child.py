@@ -44,6 +44,9 @@ def main() -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
     elif scenario == "gc":
         store.gc.run()
+    elif scenario == "compact":  # one compaction pass over what the parent stored
+        with store.gc.exclusive(wait=True):
+            store.compaction.run()
     elif scenario == "churn":  # random work forever; journal what returned (the parent kills us at random)
         churn(store, sys.argv[3], int(sys.argv[4]))
     else:

@@ -26,7 +26,7 @@ def test_inline_blob_is_stored_with_the_callers_commit(store: BlobStore) -> None
         assert reader.read() == body[2:7] and reader.fileno() == -1
     with pytest.raises(InvalidRange):
         store.open(info.digest, 5, len(body))
-    assert not store.local_path(info.digest).exists()  # no file behind it (callers ask only for non-inline blobs)
+    assert store.local_path(info.digest) is None  # no file behind it
     assert all(p.is_dir() for p in (store.root / "blobs").rglob("*"))  # no file was written
 
 

@@ -1,0 +1,122 @@
+"""Reading a blob's original bytes from any stored form (cas/layout.py: RAW, FRAMES_V1), for every keeper of
+bytes (cas/blobs.py): a keeper hands over its stored bytes (a file descriptor, a bytes object, a ranged read of an
+object) and this module turns them into what the store serves — a BlobReader over the original bytes — or hashes
+them (fsck). Keeping it here, not in each keeper, is what makes compression a property of how bytes are kept and
+not of where.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+from .digest import Hasher, new_hasher
+from .frames import FrameReader, RangedRead, Source, StoredFormCorrupt, StoredFormUnsupported
+from .layout import FORM_FRAMES_V1, FORM_RAW
+from .reader import CHUNK, BlobReader
+
+
+class FramedBlobReader(BlobReader):
+    """A BlobReader over [offset, offset + length) of the original bytes of a FRAMES_V1 stored form: only the
+    frames the range touches are read and decompressed (cas/frames.py). No descriptor to sendfile (fileno -1)."""
+
+    __slots__ = ("_pieces", "_left", "_release")
+
+    def __init__(self, frames: FrameReader, offset: int = 0, length: int | None = None,
+                 release: Callable[[], None] | None = None) -> None:
+        if length is None:
+            length = frames.size - offset
+        try:
+            pieces = frames.iter_range(offset, length)  # checks the range (InvalidRange) before any read
+            self._pieces: Iterator[bytes] | None = iter(pieces)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+        self._fd = -1
+        self._data = b""
+        self.size = frames.size
+        self.offset = offset
+        self.length = length
+        self._pos = 0
+        self._left = memoryview(b"")
+        self._release = release
+
+    def read(self, n: int = -1) -> bytes:
+        remaining = self.length - self._pos
+        if n < 0 or n > remaining:
+            n = remaining
+        parts: list[bytes | memoryview] = []
+        wanted = n
+        while wanted > 0:
+            if not self._left:
+                assert self._pieces is not None, "read after close"
+                self._left = memoryview(next(self._pieces))
+            take = self._left[:wanted]
+            parts.append(take)
+            self._left = self._left[len(take):]
+            wanted -= len(take)
+        self._pos += n
+        return b"".join(parts)
+
+    def __iter__(self) -> Iterator[bytes]:
+        # Pieces of at most one frame (256 KiB) as they are decompressed, after what a read() left over.
+        if self._left:
+            left, self._left = bytes(self._left), memoryview(b"")
+            self._pos += len(left)
+            yield left
+        if self._pieces is None:
+            return
+        for piece in self._pieces:
+            self._pos += len(piece)
+            yield piece
+
+    def close(self) -> None:
+        self._pieces = None
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
+def open_form(form: int, source: int | bytes | RangedRead, size: int, offset: int = 0, length: int | None = None,
+              stored_size: int | None = None) -> BlobReader:
+    """A reader over a range of the original bytes of a blob kept in `form`, from `source`: a file descriptor
+    (owned by the reader from here on, closed with it), the stored bytes themselves, or (FRAMES_V1 only: an object
+    store's ranged GET) a `read_at(offset, length)` function with the record's `stored_size`."""
+    if form == FORM_RAW:
+        if callable(source):
+            raise TypeError("raw bytes are read by their keeper's own BlobReader, not through a ranged read")
+        return BlobReader(source, size, offset, length)
+    release = (lambda: os.close(source)) if isinstance(source, int) else None
+    try:
+        if form != FORM_FRAMES_V1:
+            raise StoredFormUnsupported(f"stored form {form} is not known to this Berth")
+        frames = FrameReader(source, original_size=size, stored_size=stored_size)
+    except BaseException:
+        if release is not None:
+            release()
+        raise
+    return FramedBlobReader(frames, offset, length, release)
+
+
+def hash_form(form: int, source: Source, algorithm: str, stored_size: int | None = None) -> tuple[str, int]:
+    """(hex digest, size) of the original bytes of a stored form: what fsck compares with the blob's name. A
+    FRAMES_V1 form that cannot be decoded hashes to "" (it matches no digest: fsck calls it corrupt)."""
+    hasher: Hasher = new_hasher(algorithm)
+    size = 0
+    if form == FORM_RAW and isinstance(source, int):
+        while chunk := os.pread(source, CHUNK, size):
+            hasher.update(chunk)
+            size += len(chunk)
+        return hasher.hexdigest(), size
+    if form == FORM_RAW and isinstance(source, bytes | bytearray | memoryview):
+        hasher.update(memoryview(source))
+        return hasher.hexdigest(), len(source)
+    try:
+        frames = FrameReader(source, stored_size=stored_size)
+        for piece in frames.iter_range():
+            hasher.update(piece)
+            size += len(piece)
+    except (StoredFormCorrupt, StoredFormUnsupported):
+        return "", size
+    return hasher.hexdigest(), size
