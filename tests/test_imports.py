@@ -13,12 +13,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BERTH = ("registry_core", "adapters", "benchmarks", "tests")
 WEB = ("adapters", "starlette", "granian", "uvicorn", "anyio", "httpx", "prometheus_client")
-# Known exceptions, each with who removes it.
-STORE_PATH_EXCEPTIONS = {
-    # TokenService keeps the signing key beside the store's files; helper `seam-core` moves the key into
-    # registry_core (and off any path of the store).
-    ("adapters/http/auth.py", "root"),
-}
+# Known exceptions, each with the reason it is one (none: the signing key moved into the index).
+STORE_PATH_EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def modules(package: str) -> Iterator[Path]:

@@ -40,6 +40,7 @@ from adapters.logs import configure as configure_logs
 from adapters.settings import Settings
 from cas import BlobInfo, BlobReader, BlobStore, Digest, InvalidRange, OffsetMismatch, UploadStatus
 from registry_core.access import Access
+from registry_core.access import challenge_scope as repository_scope
 from registry_core.errors import ManifestTooLarge
 from registry_core.events import cloudevent
 from registry_core.manifests import OCI_INDEX
@@ -428,9 +429,7 @@ def challenge_scope(kind: str, method: str, name: str, mount_from: str | None = 
     token never carries it and the mount falls back to an upload."""
     if kind in ("catalog", "events"):
         return f"registry:{kind}:*"
-    action = ACTIONS[(kind, method)]
-    # Clients ask for what a challenge names; "view" is ours alone, so ask for pull (which admits view).
-    scope = f"repository:{name}:{ {'push': 'pull,push', 'view': 'pull'}.get(action, action) }"
+    scope = repository_scope(name, ACTIONS[(kind, method)])
     source = _mount_source(mount_from)  # None: an invalid `from` mounts nothing, no scope to ask for
     if source is not None and source.text != name:
         scope += f" repository:{source}:pull"

@@ -1,10 +1,13 @@
-"""The token signing key lives in the index: made once, shared by every opener, migrated from an earlier keys/ file."""
+"""The token signing key lives in the index: made once, shared by every opener, migrated from an earlier keys/ file.
+On disk by nature (a data directory's earlier file, a reopen), so these open the on-disk store themselves rather than
+through tests/conftest.py's store_factory."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -14,11 +17,25 @@ from registry_core.schema import KEY_TABLE
 from registry_core.tokens import Scope, TokenService
 
 
+@pytest.fixture
+def make_store(tmp_path: Path) -> Iterator[Callable[[], BlobStore]]:
+    """Open (or reopen) the store on disk in tmp_path/data; everything opened is closed afterwards."""
+    opened: list[BlobStore] = []
+
+    def make() -> BlobStore:
+        opened.append(BlobStore.on_disk(tmp_path / "data"))
+        return opened[-1]
+
+    yield make
+    for store in opened:
+        store.close()
+
+
 def public(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def test_one_key_for_every_opener_and_after_a_reopen(tmp_path: Path, make_store: Callable[..., BlobStore]) -> None:
+def test_one_key_for_every_opener_and_after_a_reopen(tmp_path: Path, make_store: Callable[[], BlobStore]) -> None:
     store = make_store()
     first = signing_key(store)
     assert public(signing_key(store)) == public(first)  # asked again: the same, not a new one
