@@ -1,20 +1,15 @@
 """The portal's JSON API under /api/v1 (PORTAL-API.md): translation between HTTP and registry_core, nothing more.
 
-Who is calling: `Authorization: Bearer <personal access token>`, `Authorization: Basic` with the token as the
-password, or the portal's session cookie (session.py; then unsafe methods need `X-CSRF-Token`); nobody (the
-`public` principal) without any. What they may do is the policy plugin's answer (registry_core/listings.py asks it).
-Every answer is JSON; errors are `{"error": {"code", "message"}}` with the codes of ERRORS below; nothing answers 500
-(an unexpected failure is logged and answered 503 UNAVAILABLE).
+Who is calling: callers.py (a personal access token, the session cookie, or nobody). What they may do is the policy
+plugin's answer (registry_core/listings.py asks it). Every answer is JSON, every failure `{"error": {"code",
+"message"}}` (answers.py), never a 500.
 
 The routes and the OpenAPI document come from one table (ENDPOINTS), so that neither can name what the other lacks.
 """
 
 from __future__ import annotations
 
-import errno
-import hmac
 import json
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,57 +22,21 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from adapters.http.accesslog import note
-from adapters.http.auth import Auth, _basic_password
-from adapters.http.errors import no_space, read_only
+from adapters.http.auth import Auth
 from adapters.http.streaming import BodyTooLarge, read_body
-from cas import IndexFull, InvalidDigest
-from registry_core.accounts import PASSWORD_MAX, PASSWORD_MIN, TOKEN_SCOPES, AccountError, Identity
-from registry_core.errors import Denied, ManifestUnknown, NameUnknown
-from registry_core.listings import Access, InvalidQuery, Listings, NotFound, page_size
-from registry_core.names import InvalidName, InvalidReference
+from registry_core.accounts import PASSWORD_MAX, PASSWORD_MIN, TOKEN_SCOPES, Identity
+from registry_core.listings import Access, Listings, page_size
 from registry_core.policy import Resource, refusal
-from registry_core.projects import LEVELS, LOCAL, Grant, ProjectError
-from registry_core.signins import Refused, SignIn, Throttled
+from registry_core.projects import LEVELS, LOCAL, Grant
+from registry_core.signins import SignIn
 
-from . import openapi, session, values
-
-log = logging.getLogger("berth.portal")
+from . import openapi, values
+from .answers import ApiError, error, failure, ok
+from .callers import identify, signed_in
 
 PREFIX = "/api/v1"
 BODY_MAX = 64 << 10  # bytes of a request body: every body here is a small JSON object
 EXPIRY_MAX = 10 * 365 * 24 * 3600  # seconds a new token may live (expires_in): ten years
-UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.headers = status, code, headers or {}
-
-
-# Domain errors to API errors, looked up along the exception's MRO.
-ERRORS: dict[type[BaseException], tuple[int, str]] = {
-    NotFound: (404, "NOT_FOUND"),
-    NameUnknown: (404, "NOT_FOUND"),
-    ManifestUnknown: (404, "NOT_FOUND"),
-    InvalidQuery: (400, "INVALID"),
-    InvalidName: (400, "INVALID"),
-    InvalidReference: (400, "INVALID"),
-    InvalidDigest: (400, "INVALID"),
-    ProjectError: (400, "INVALID"),
-    AccountError: (400, "INVALID"),
-    Denied: (403, "DENIED"),
-    IndexFull: (503, "UNAVAILABLE"),
-}
-
-
-def error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode()
-    return Response(body, status, headers, "application/json")
-
-
-def ok(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(value, separators=(",", ":")).encode(), status, headers, "application/json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,12 +100,12 @@ class PortalApi:
     def _endpoint(self, endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         async def run(request: Request) -> Response:
             try:
-                identity = await self._identify(request)
+                identity = await identify(request, self.auth, self.signin)
                 if identity is not None:
                     note(request.scope, "account", identity.user)  # the access log's account field
                 return await endpoint.handler(self, Call(request, identity))
             except Exception as exc:  # every failure answers in the API's shape, never a 500
-                answer = self._failure(request, exc)
+                answer = failure(request, exc)
                 if answer.status_code in (401, 403, 429):  # refused: the reason goes on the access log line
                     note(request.scope, "refusal", str(exc))
                 return answer
@@ -158,59 +117,6 @@ class PortalApi:
     async def _unknown(self, request: Request) -> Response:
         return error(404, "NOT_FOUND", f"no endpoint {request.method} {request.url.path[:200]}: see "
                                        f"{PREFIX}/openapi.json")
-
-    def _failure(self, request: Request, exc: Exception) -> Response:
-        if isinstance(exc, ApiError):
-            return error(exc.status, exc.code, str(exc), exc.headers)
-        if no_space(exc) or read_only(exc) or (isinstance(exc, OSError) and exc.errno == errno.EIO):
-            return error(503, "UNAVAILABLE", "the registry's storage cannot take writes now: try again later",
-                         {"Retry-After": "60"})
-        for cls in type(exc).__mro__:
-            if cls in ERRORS:
-                status, code = ERRORS[cls]
-                headers = {"Retry-After": "1"} if status == 503 else None
-                return error(status, code, str(exc), headers)
-        log.exception("internal error on %s %s", request.method, request.url.path, exc_info=exc)
-        return error(503, "UNAVAILABLE", "internal error (logged on the server): try again later",
-                     {"Retry-After": "5"})
-
-    # -- who is calling ---------------------------------------------------------------------------------------------
-    async def _identify(self, request: Request) -> Identity | None:
-        header = request.headers.get("authorization")
-        auth = self.auth
-        if header:
-            kind = header.partition(" ")[0].lower()
-            if kind == "bearer":
-                secret: str | None = header.partition(" ")[2].strip()
-            elif kind == "basic":
-                secret = _basic_password(header)
-            else:
-                raise ApiError(401, "UNAUTHORIZED", "Authorization must be Bearer <personal access token> or Basic "
-                                                    "with the token as the password")
-            try:
-                return await anyio.to_thread.run_sync(self.signin.token, secret or "", auth.source(request))
-            except Throttled as exc:
-                raise ApiError(429, "TOO_MANY_REQUESTS", str(exc),
-                               {"Retry-After": str(int(exc.retry_after + 0.999))}) from None
-            except Refused as exc:
-                raise ApiError(401, "UNAUTHORIZED", f"invalid credentials: {exc}") from None
-        found = session.current(request, auth.accounts)
-        if found is None:
-            return None
-        if request.method in UNSAFE:
-            sent = request.headers.get(session.CSRF_HEADER, "")
-            if not hmac.compare_digest(sent.encode(), found.csrf.encode()):
-                raise ApiError(403, "DENIED", f"a request signed in by the session cookie needs the session's CSRF "
-                                              f"token in the {session.CSRF_HEADER} header")
-        return found.identity
-
-    def _signed_in(self, call: Call, scope: str = "view") -> Identity:
-        """The caller's identity, which must exist and (for a token) carry `scope`."""
-        if call.identity is None:
-            raise ApiError(401, "UNAUTHORIZED", "sign in, or send a personal access token (Authorization: Bearer)")
-        if scope not in call.identity.scopes and not (scope == "view" and call.identity.scopes):  # as policy.py
-            raise ApiError(403, "DENIED", f"the personal access token lacks the {scope} scope this needs")
-        return call.identity
 
     def _require(self, call: Call, access: Access, resource: Resource, action: str) -> None:
         """403 (401 for anonymous callers) unless the policy grants `action`; the refusal says which rule."""
@@ -261,7 +167,7 @@ class PortalApi:
         return self._paged(call, "projects", [values.project(p) for p in page.items], page.next)
 
     async def create_project(self, call: Call) -> Response:
-        identity = self._signed_in(call, "modify")
+        identity = signed_in(call.identity, "modify")
         name = (await self._body(call)).get("name")
         if not isinstance(name, str):
             raise ApiError(400, "INVALID", 'the body must be {"name": "<project name>"}')
@@ -309,11 +215,11 @@ class PortalApi:
         return await self.sharing(call, await self._run(self._project_admin, call))
 
     async def project_share(self, call: Call) -> Response:
-        self._signed_in(call, "modify")
+        signed_in(call.identity, "modify")
         return await self.share(call, await self._run(self._project_admin, call))
 
     async def project_unshare(self, call: Call) -> Response:
-        self._signed_in(call, "modify")
+        signed_in(call.identity, "modify")
         return await self.unshare(call, await self._run(self._project_admin, call))
 
     async def trash_project(self, call: Call) -> Response:
@@ -323,7 +229,7 @@ class PortalApi:
         return await self._trash(call, await self._run(self._project_admin, call), False)
 
     async def _trash(self, call: Call, target: str, trash: bool) -> Response:
-        identity = self._signed_in(call, "modify")
+        identity = signed_in(call.identity, "modify")
         change = self.listings.projects.trash if trash else self.listings.projects.restore
         await self._run(change, target, actor=identity.user)
         if "/" in target:
@@ -331,7 +237,7 @@ class PortalApi:
         return ok(values.project(await self._run(self.listings.project, identity, target)))
 
     async def purge_project(self, call: Call) -> Response:
-        identity = self._signed_in(call, "modify")
+        identity = signed_in(call.identity, "modify")
         project_id = await self._run(self._project_admin, call)
         await self._run(self._purge, project_id, identity.user)
         return Response(status_code=204)
@@ -354,11 +260,11 @@ class PortalApi:
         return await self.sharing(call, await self._run(self._repository_admin, call))
 
     async def repository_share(self, call: Call) -> Response:
-        self._signed_in(call, "modify")
+        signed_in(call.identity, "modify")
         return await self.share(call, await self._run(self._repository_admin, call))
 
     async def repository_unshare(self, call: Call) -> Response:
-        self._signed_in(call, "modify")
+        signed_in(call.identity, "modify")
         return await self.unshare(call, await self._run(self._repository_admin, call))
 
     async def trash_repository(self, call: Call) -> Response:
@@ -368,7 +274,7 @@ class PortalApi:
         return await self._trash(call, await self._run(self._repository_admin, call), False)
 
     async def purge_repository(self, call: Call) -> Response:
-        identity = self._signed_in(call, "modify")
+        identity = signed_in(call.identity, "modify")
         name = await self._run(self._repository_admin, call)
         await self._run(self._purge, name, identity.user)
         return Response(status_code=204)
@@ -418,7 +324,7 @@ class PortalApi:
 
     # -- tokens -----------------------------------------------------------------------------------------------------
     async def tokens(self, call: Call) -> Response:
-        identity = self._signed_in(call)
+        identity = signed_in(call.identity)
         accounts = self.auth.accounts
 
         def listing() -> list[dict[str, Any]]:
@@ -426,7 +332,7 @@ class PortalApi:
         return ok({"tokens": await self._run(listing)})
 
     async def create_token(self, call: Call) -> Response:
-        identity = self._signed_in(call, "modify")
+        identity = signed_in(call.identity, "modify")
         body = await self._body(call)
         scopes, label, expires_in = body.get("scopes"), body.get("label"), body.get("expires_in")
         if not isinstance(scopes, list) or not scopes or not all(s in TOKEN_SCOPES for s in scopes):
@@ -445,7 +351,7 @@ class PortalApi:
                   {"Cache-Control": "no-store"})
 
     async def revoke_token(self, call: Call) -> Response:
-        identity = self._signed_in(call, "modify")
+        identity = signed_in(call.identity, "modify")
         accounts = self.auth.accounts
         record = await self._run(accounts.token, call.path("id")[:64])
         if record is None or record.user != identity.user:
@@ -455,7 +361,7 @@ class PortalApi:
 
     # -- site administration ----------------------------------------------------------------------------------------
     def _site_admin(self, call: Call, scope: str) -> Identity:
-        identity = self._signed_in(call, scope)
+        identity = signed_in(call.identity, scope)
         if not identity.admin:
             raise ApiError(403, "DENIED", "only site administrators manage accounts")
         return identity

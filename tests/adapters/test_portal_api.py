@@ -194,6 +194,25 @@ def test_repository_tags_and_details(world: World) -> None:
     assert world.get(f"/repositories/{world.repo}/-/manifests/sha256:{'0' * 64}").status_code == 404
 
 
+def test_referrers_and_artifacts(world: World) -> None:
+    repo = f"{world.project}/signed"
+    subject = world.registry.put_manifest(repo, "v1", image(world.registry, repo, "s"), None, actor="owner")
+    empty = b"{}"
+    world.registry.ingest_blob(repo, empty, sha(empty))
+    sbom = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/spdx+json",
+                       "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha(empty), "size": 2},
+                       "layers": [{"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha(empty), "size": 2}],
+                       "subject": {"mediaType": OCI_MANIFEST, "digest": str(subject.digest),
+                                   "size": len(world.registry.get_manifest(repo, "v1").body)}}).encode()
+    world.registry.put_manifest(repo, "sbom", sbom, None, actor="owner")
+    detail = world.get(f"/repositories/{repo}/-/tags/v1", "reader").json()
+    assert detail["referrers"] == [{"digest": sha(sbom), "media_type": OCI_MANIFEST,
+                                    "artifact_type": "application/spdx+json", "size": len(sbom)}]
+    artifact = world.get(f"/repositories/{repo}/-/tags/sbom", "reader").json()
+    assert artifact["kind"] == "artifact" and artifact["platforms"] == [] and artifact["config"] is None
+    assert artifact["artifact_type"] == "application/spdx+json"
+
+
 def test_synapse_shaped_tag_listing(world: World) -> None:
     path = f"/repositories/{world.repo}/-/synapse/tags"
     found = world.get(path, None, sort="TAG", ascending="true", limit="2", offset="1").json()
@@ -412,3 +431,23 @@ def test_throttled_after_failed_tokens(tmp_path: Path) -> None:
         assert answers[:5] == [401] * 5 and answers[-1] == 429
         r = client.get(API + "/me", headers=bad)
         assert int(r.headers["retry-after"]) >= 1 and code(r) == "TOO_MANY_REQUESTS"
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                       max_size=3), max_leaves=8)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(target=st.sampled_from(["/tokens", "/projects", "/admin/accounts", "/projects/{project}/sharing/reader",
+                               "/admin/accounts/ghost", "/repositories/{repo}/-/sharing/reader"]),
+       body=st.one_of(json_values, st.fixed_dictionaries({}, optional={
+           "scopes": json_values, "label": json_values, "expires_in": json_values, "name": json_values,
+           "level": json_values, "password": json_values, "certified": json_values, "disabled": json_values})))
+def test_any_body_answers_in_the_api_shape(world: World, target: str, body: Any) -> None:
+    path = target.format(project=world.private, repo=f"{world.private}/secret")
+    method = "PATCH" if "accounts/" in path else "PUT" if "sharing" in path else "POST"
+    r = world.send(method, path, "root", body)
+    assert r.status_code in (200, 201, 400, 404), r.text
+    if r.status_code >= 400:
+        assert set(r.json()["error"]) == {"code", "message"}
