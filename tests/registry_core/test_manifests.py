@@ -161,10 +161,10 @@ HOSTILE = {
 def test_hostile_bodies_at_the_size_cap_are_decided_in_linear_time(name: str) -> None:
     raw = HOSTILE[name]
     assert DEFAULT_MAX_MANIFEST - 256 <= len(raw) <= DEFAULT_MAX_MANIFEST
-    started = time.perf_counter()
+    started = time.thread_time()  # CPU time: other work on the machine does not count
     with pytest.raises(InvalidManifest):
         parse(raw, OCI_MANIFEST)
-    assert time.perf_counter() - started < 3.0
+    assert time.thread_time() - started < 3.0
 
 
 @pytest.mark.parametrize("raw", [
@@ -267,6 +267,6 @@ def test_25000_descriptors_are_refused_quickly(make: Callable[..., dict[str, Any
     many = [{**LAYER, "digest": str(Digest.of(b"%d" % i))} for i in range(25_000)]
     raw = body(make(many) if make is image else make(*many))
     assert len(raw) < DEFAULT_MAX_MANIFEST  # within the size limit: only the cap refuses it
-    started = time.perf_counter()
+    started = time.thread_time()  # CPU time: other work on the machine does not count
     refused(raw, "25000 descriptors", None)
-    assert time.perf_counter() - started < 3.0
+    assert time.thread_time() - started < 3.0

@@ -105,13 +105,13 @@ def test_hostile_names_reach_the_pattern_and_are_rejected_fast(monkeypatch: pyte
             RepositoryName.parse(text)
         # every component went through the pattern, the bad character last: the whole input was matched
         assert sum(counting.lengths) == len(text) - text.count("/"), text
-    started = time.perf_counter()
+    started = time.thread_time()  # CPU time: other work on the machine does not count
     for _ in range(200):
         for text in HOSTILE_NAMES:
             _parse_name.cache_clear()
             with pytest.raises(InvalidName):
                 RepositoryName.parse(text)
-    assert time.perf_counter() - started < 1.0  # 1 600 parses near the cap; linear matching takes ~0.05 s
+    assert time.thread_time() - started < 1.0  # 1 600 parses near the cap; linear matching takes ~0.05 s
 
 
 def test_hostile_tags_reach_the_pattern_and_are_rejected_fast(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -123,12 +123,12 @@ def test_hostile_tags_reach_the_pattern_and_are_rejected_fast(monkeypatch: pytes
         with pytest.raises(InvalidReference):
             parse_tag(text)
         assert counting.lengths == [len(text)]
-    started = time.perf_counter()
+    started = time.thread_time()  # CPU time: other work on the machine does not count
     for _ in range(1000):
         for text in HOSTILE_TAGS:
             with pytest.raises(InvalidReference):
                 parse_tag(text)
-    assert time.perf_counter() - started < 1.0
+    assert time.thread_time() - started < 1.0
 
 
 def test_inputs_over_the_cap_never_reach_the_pattern(monkeypatch: pytest.MonkeyPatch) -> None:
