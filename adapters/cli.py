@@ -629,7 +629,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _say(f"berth: {metrics}; health at /healthz and /readyz")
     _lean_memory()
     # granian: the lowest CPU per request and per uploaded GiB measured here (see README, "Why granian").
-    # Never task_impl=rust: it breaks anyio.to_thread (PERF-NOTES). Its own access log stays off: ours
+    # Never task_impl=rust: it breaks anyio.to_thread (docs/PERFORMANCE.md). Its own access log stays off: ours
     # (adapters/http/accesslog.py) knows the account and the refusal, and keeps query strings out.
     server = Granian("adapters.http:app_from_env", factory=True, interface=Interfaces.ASGI, address=host, port=port,
                      workers=count, log_access=False, log_dictconfig=granian_config(settings.log.format),

@@ -17,7 +17,7 @@ import zstandard
 
 from .frames import FOOTER_SIZE, LEVEL
 
-# PERF-NOTES (benchmarks/compression.py): text-like data (CSV, logs) keeps ~0.25 of its size at level 1, ELF
+# docs/PERFORMANCE.md: text-like data (CSV, logs) keeps ~0.25 of its size at level 1, ELF
 # binaries 0.17-0.55, float32/float16 model weights ~0.92, gzip layers 1.0. Every read of a compressed blob pays
 # decompression (~1 GiB/s per core) instead of a zero-copy sendfile, which an 8 % saving does not repay: keep the
 # compressed form when it is at most 0.8 of the original (a saving of a fifth or more).

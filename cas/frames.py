@@ -82,13 +82,13 @@ _SKIPPABLE = struct.Struct("<II")
 _FOOTER = struct.Struct("<QIIIHH8s")
 FOOTER_SIZE = _FOOTER.size  # 32
 
-# PERF-NOTES (benchmarks/compression.py): 256 KiB frames compress text-like data as well as 1-4 MiB frames (ratio
+# docs/PERFORMANCE.md: 256 KiB frames compress text-like data as well as 1-4 MiB frames (ratio
 # 0.253 vs 0.254 at level 1), and a 1 MiB range from the middle decompresses at most 1.25 MiB instead of 2 MiB;
 # full reads pay ~15 % for it (970 vs 1150 MiB/s in one thread). See the design note above.
 FRAME_SIZE = 256 << 10
-# PERF-NOTES: level 1 beat level 3 on text-like data at these frame sizes (ratio 0.253 vs 0.258-0.274), compressing
-# ~1.7x and decompressing 1.4-3x faster (probes and the benchmark run); level -1 lost a third of the saving (ratio
-# 0.367) for no faster reads.
+# docs/PERFORMANCE.md: level 1 beat level 3 on text-like data at these frame sizes (ratio 0.253 vs 0.258-0.274),
+# compressing ~1.7x and decompressing 1.4-3x faster (probes and the benchmark run); level -1 lost a third of the
+# saving (ratio 0.367) for no faster reads.
 LEVEL = 1
 # A footer naming bigger frames is refused: a corrupt footer must not make a reader allocate gigabytes.
 MAX_FRAME_SIZE = 64 << 20

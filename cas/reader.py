@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from .errors import CasError
 
-CHUNK = 1 << 20  # PERF-NOTES: 1 MiB chunks give 4-6x the throughput of Starlette's 64 KiB default
+CHUNK = 1 << 20  # docs/PERFORMANCE.md: 1 MiB chunks give 4-6x the throughput of Starlette's 64 KiB default
 
 
 class InvalidRange(CasError, ValueError):

@@ -25,7 +25,7 @@ from .digest import Hasher
 
 # Below this many bytes a blob is hashed and written inline: the hand-over costs more than it saves.
 PIPELINE_THRESHOLD = 1 << 20
-# PERF-NOTES: a small bounded queue (~16 chunks) to the hashing thread was the fastest hand-over measured.
+# docs/PERFORMANCE.md: a small bounded queue (~16 chunks) to the hashing thread was the fastest hand-over measured.
 QUEUE_DEPTH = 16
 # Idle workers kept for reuse; more are started when concurrent writers need them, and leave when idle past this.
 MAX_IDLE_WORKERS = 8

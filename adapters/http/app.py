@@ -76,7 +76,7 @@ log = logging.getLogger("berth.http")
 
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")  # Docker registry v2 API; clients probe /v2/ for it
 CHUNK_MIN = str(1 << 20)  # OCI-Chunk-Min-Length: advisory; 1 MiB chunks keep the per-request cost negligible
-READ_CHUNK = 1 << 20  # PERF-NOTES: 1 MiB reads serve 4-6x faster than Starlette's 64 KiB default
+READ_CHUNK = 1 << 20  # docs/PERFORMANCE.md: 1 MiB reads serve 4-6x faster than Starlette's 64 KiB default
 
 EVENTS_PAGE = 100  # events per feed page when the client gives no `n`
 EVENTS_PAGE_MAX = 1000  # the most one feed page holds (a larger n is cut to it, as the catalog does)

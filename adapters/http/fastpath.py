@@ -1,4 +1,4 @@
-"""The hottest route, manifest GET/HEAD, answered in bare ASGI before Starlette (PERF-NOTES: routing and the
+"""The hottest route, manifest GET/HEAD, answered in bare ASGI before Starlette (docs/PERFORMANCE.md: routing and the
 Request/Response objects cost 20-70 % of such a request). It answers only plain successes; everything else falls
 through to the full app (adapters/http/app.py), which answers it with the right error."""
 
@@ -24,8 +24,8 @@ log = logging.getLogger("berth.http")
 
 
 class ManifestFastPath:
-    """The hottest route, manifest GET/HEAD, answered in bare ASGI before Starlette (PERF-NOTES: routing and the
-    Request/Response objects cost 20-70 % of such a request). The same checks in the same order as `dispatch`;
+    """The hottest route, manifest GET/HEAD, answered in bare ASGI before Starlette (docs/PERFORMANCE.md: routing
+    and the Request/Response objects cost 20-70 % of such a request). The same checks in the same order as `dispatch`;
     anything other than a plain success (an error, a challenge) falls through to the full app, which answers it.
     It is the outermost layer, so its answers are counted (`observed`) and logged (`logged`) here, each with one
     call and no wrapper around `send`."""

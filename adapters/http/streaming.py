@@ -2,8 +2,8 @@
 thread that starts only when there is work for it, with bounded threads and a bounded number of bodies per client.
 
 Streaming. Chunks go, as they arrive, through a small bounded queue to one worker thread that runs the cas call
-(PERF-NOTES: the fastest shape measured; re-batching made it slower). The event loop never blocks: when the queue is
-full it waits for the worker to take a chunk. When the worker stops early (an unknown session, a wrong offset) the
+(docs/PERFORMANCE.md: the fastest shape measured; re-batching made it slower). The event loop never blocks: when the
+queue is full it waits for the worker to take a chunk. When the worker stops early (an unknown session, a wrong offset) the
 rest of the body is not read, and the answer closes the connection (CloseAfterUnreadBody, below). When the body
 ends early (the client hangs up, or breaks the rule below), the worker's iterator raises, so cas cuts the partial
 chunk off again and nothing of it becomes visible.
@@ -51,7 +51,7 @@ from . import errors
 log = logging.getLogger("berth.http")
 
 T = TypeVar("T")
-QUEUE_CHUNKS = 16  # PERF-NOTES: ~16 chunks in flight kept the hashing thread busy without growing memory
+QUEUE_CHUNKS = 16  # docs/PERFORMANCE.md: ~16 chunks in flight kept the hashing thread busy without growing memory
 _END = object()
 _WAKE = object()  # wakes a worker waiting for a chunk so that it sees the body was aborted
 
