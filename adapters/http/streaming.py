@@ -3,10 +3,10 @@ thread that starts only when there is work for it, with bounded threads and a bo
 
 Streaming. Chunks go, as they arrive, through a small bounded queue to one worker thread that runs the cas call
 (docs/PERFORMANCE.md: the fastest shape measured; re-batching made it slower). The event loop never blocks: when the
-queue is full it waits for the worker to take a chunk. When the worker stops early (an unknown session, a wrong offset) the
-rest of the body is not read, and the answer closes the connection (CloseAfterUnreadBody, below). When the body
-ends early (the client hangs up, or breaks the rule below), the worker's iterator raises, so cas cuts the partial
-chunk off again and nothing of it becomes visible.
+queue is full it waits for the worker to take a chunk. When the worker stops early (an unknown session, a wrong offset)
+the rest of the body is not read, and the answer closes the connection (CloseAfterUnreadBody, below). When the body ends
+early (the client hangs up, or breaks the rule below), the worker's iterator raises, so cas cuts the partial chunk off
+again and nothing of it becomes visible.
 
 The rule and the per-client cap are registry_core's decisions (registry_core/bodies.py: BodyLimits, BodyPace,
 ClientBodies): this module measures the time each receive waits for the network (only that time counts: while the
