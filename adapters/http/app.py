@@ -55,6 +55,8 @@ from ..delivery import deliver_events
 from ..exposure import EXPOSE_ENV, PUBLIC_ENV
 from ..maintenance import collect_garbage, reap_uploads
 from ..portal import pages
+from ..portal.answers import error as portal_error
+from ..portal.api import PREFIX as API_PREFIX
 from . import errors
 from . import headers as wire  # the request's headers and query, parsed
 from .accesslog import AccessLog, note
@@ -528,6 +530,7 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
                             Route("/token", token, methods=["GET", "POST"]),
                             *portal.routes(lambda: api().auth),  # the portal: its JSON API (adapters/portal)
                             *pages.routes(api)], lifespan=lifespan)  # and its pages: last (they end in a catch-all)
+    app.router.default = _unmatched
     def opened() -> tuple[BlobStore, bool]:
         current = api()
         return current.registry.store, not current.auth.login or current.auth.tokens is not None
@@ -538,6 +541,21 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
     # The fast path goes first and counts and logs its own answers: the layers' wrappers around send and receive
     # cost more than the answer itself (issue 16).
     return ManifestFastPath(logged or observed, api, observed if metrics is not None else None, logged)
+
+
+async def _unmatched(scope: Any, receive: Any, send: Any) -> None:
+    """A path no route matches: Starlette's `{path:path}` stops at a line break, so a path holding one ends here.
+    Answered in the shape of the API it was meant for, never Starlette's plain-text 404."""
+    path = scope.get("path", "")
+    where = repr(path[:200])
+    if path.startswith(API_PREFIX):
+        response = portal_error(404, "NOT_FOUND", f"no endpoint at {where}: see {API_PREFIX}/openapi.json")
+    elif path.startswith("/v2/"):
+        response = Response(errors.body("NAME_INVALID", f"no repository or endpoint at {where}"), 400,
+                            {API_VERSION[0]: API_VERSION[1]}, "application/json")
+    else:
+        response = Response(f"No page at {where}.\n", 404, media_type="text/plain")
+    await response(scope, receive, send)
 
 
 def endpoint_kind(path: str) -> str:
