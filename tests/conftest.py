@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from cas import BlobStore, StoreConfig
+from tests.engines import Engines, start_engines
 from tests.serving import Server, start_server
 
 
@@ -54,3 +56,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running = start_server(tmp_path_factory.mktemp("berth") / "data")
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def engines() -> Iterator[Engines]:
+    """PostgreSQL and SeaweedFS S3, started once per test session on first use (tests/engines.py), with the S3
+    credentials in the environment the usual way (boto3 here, and `berth serve` processes started by tests)."""
+    started = start_engines()
+    saved = {name: os.environ.get(name) for name in started.s3.environment()}
+    os.environ.update(started.s3.environment())
+    yield started
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    started.stop()
