@@ -72,10 +72,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .digest import Digest
+from .table_shape import TableShape, ValueStruct
 
 FORMAT_VERSION = 2
 
-TABLES = ("meta", "blobs", "inline", "refs", "held", "gcqueue", "doomed", "uploads")
+# The shapes of the tables' keys and values (cas/table_shape.py): an index with columns (PostgreSQL) keeps each field
+# in a column of its own; LMDB and memory use only the names.
+TABLE_SHAPES = (
+    TableShape("meta", "name:text", "text:value"),
+    TableShape("blobs", "digest:text", ValueStruct("<BQQdd", (
+        ("state", "smallint"), ("size", "bigint"), ("refcount", "bigint"), ("zero_since", "double precision"),
+        ("lease_until", "double precision")))),
+    TableShape("inline", "digest:text", "bytes:data"),
+    TableShape("refs", "digest:text \\0 holder:text", ""),
+    TableShape("held", "holder:text \\0 digest:text", ""),
+    TableShape("gcqueue", "zero_since_us:u64 digest:text", ""),
+    TableShape("doomed", "digest:text", ""),
+    TableShape("uploads", "session:text", "json:record"),
+)
+TABLES = tuple(shape.name for shape in TABLE_SHAPES)
 
 # LMDB's compiled-in maximum key size is 511 bytes; a refs key is a sha512 digest key (135) + NUL + holder.
 MAX_HOLDER_BYTES = 511 - 136 - 1

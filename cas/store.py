@@ -23,6 +23,7 @@ from .layout import (
     STATE_INLINE,
     STATE_PRESENT,
     STORED_STATES,
+    TABLE_SHAPES,
     TABLES,
     BlobRecord,
     UploadRecord,
@@ -82,7 +83,7 @@ class BlobStore:
         self.blobs = blobs
         self.config = config or StoreConfig()
         self.clock = clock
-        index.declare(TABLES)
+        index.declare(TABLE_SHAPES)
         self.tables = Tables(*(index.table(name) for name in TABLES))
         self.index.transact(self._ensure_format)
         self.refs = References(self)
@@ -211,13 +212,16 @@ class BlobStore:
         return record
 
     def _renew_lease(self, digest: Digest) -> None:
-        with self.index.write() as txn:
+        until = self.clock() + self.config.lease
+
+        def renew(txn: WriteTransaction) -> None:  # replayable: an index with conflicts (PostgreSQL) may rerun it
             raw = txn.get(self.tables.blobs, digest.key)
             if raw is None:
                 raise BlobUnknown(str(digest))  # GC took it between our read and this write
             record = BlobRecord.unpack(raw)
             if record.refcount == 0:
-                txn.put(self.tables.blobs, digest.key, _replace_lease(record, self.clock() + self.config.lease))
+                txn.put(self.tables.blobs, digest.key, _replace_lease(record, until))
+        self.index.transact(renew)
 
     # -- writing --------------------------------------------------------------------------------------------------
     def ingest(self, source: Iterable[bytes] | BinaryIO | bytes, expected: Digest | str | None = None, *,

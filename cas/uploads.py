@@ -83,8 +83,7 @@ class Uploads:
         # the staging, so staging whose record is being committed is either held (skipped) or has its record.
         staged = self._blobs.create_upload(session_id)
         try:
-            with self._store.index.write() as txn:
-                txn.put(self._table, session_id.encode(), record.pack())
+            self._store.index.transact(lambda txn: txn.put(self._table, session_id.encode(), record.pack()))
         except BaseException:
             staged.discard()
             raise
@@ -186,8 +185,7 @@ class Uploads:
         if staged is None:
             # A record without its bytes: a crash between publishing and committing in finish(), or a file
             # removed by hand. The session cannot continue; forget it.
-            with self._store.index.write() as txn:
-                txn.delete(self._table, session_id.encode())
+            self._store.index.transact(lambda txn: txn.delete(self._table, session_id.encode()))
             raise UploadUnknown(session_id)
         try:
             record = self._record(session_id)  # re-read while holding the bytes: it may have been finished meanwhile
@@ -248,8 +246,7 @@ class Uploads:
         return _Session(session.id, record, staged)
 
     def _discard(self, session: _Session) -> None:
-        with self._store.index.write() as txn:
-            txn.delete(self._table, session.id.encode())
+        self._store.index.transact(lambda txn: txn.delete(self._table, session.id.encode()))
         session.staged.discard()
         self._forget(session.id)
 
