@@ -1,0 +1,618 @@
+"""Blob bytes in an S3-compatible bucket (boto3): the keeper of bytes of the distributed store.
+
+Keys, under an optional prefix:
+    blobs/<alg>/<hex>                 published blobs, immutable, named by digest
+    staging/<name>/session            marker of an upload session's staging (absent for an ingest's)
+    staging/<name>/<start, 16 hex>    the staged bytes, as segments: objects of consecutive byte ranges
+    trash/<alg>-<hex>                 blobs a collector retired and has yet to purge or restore (cas/gc.py)
+    quarantine/<label>-<time>-<name>  damaged bytes fsck moved aside; never served, never deleted by Berth
+    locks/<name>                      a lease object taken with a conditional PUT (`exclusive`)
+
+Why segments and not one multipart upload per staging: the parts of a multipart upload cannot be read before it
+completes, and staged bytes must be readable (an upload continued on another node re-hashes them) and cut back
+(a chunk the client abandoned). Segments are plain objects: readable by ranged GET, cut back by rewriting the last
+one. Every segment but the last is at least MIN_PART (5 MiB, S3's minimum part size); bytes below that stay in this
+process's buffer while a writer holds the staging, and are written as the (small) last segment when a chunk ends,
+so an upload session's accepted bytes are in the bucket before its record says so. Publishing assembles the
+segments server-side: a multipart upload of UploadPartCopy parts (or one CopyObject, or one PUT of the buffer for a
+blob that never left it: small ingests cost one request). Memory per writer: one segment (SEGMENT, 8 MiB) plus a
+chunk; a blob may have up to 10,000 segments (S3's part limit): 80 GiB.
+
+Retire is a copy to trash/ and a delete (a reader that misses blobs/ reads trash/); restore a copy back unless the
+blob is there; purge a delete. Nothing here runs inside an index transaction, and no lock of this process is held
+across an S3 call except a staging's own (held by its one writer) and `exclusive`'s.
+
+The staging lock is this process's (one writer per staging per process); across processes, the upload record's
+offset check serializes chunks (cas/uploads.py). Credentials come from boto3's usual chain (AWS_ACCESS_KEY_ID /
+AWS_SECRET_ACCESS_KEY, ~/.aws, instance roles).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from .blobs import BlobBytes, Staged
+from .digest import ALGORITHMS, Digest, Hasher, new_hasher
+from .errors import BlobUnknown, UploadBusy
+from .reader import BlobReader
+
+MIN_PART = 5 << 20  # S3's smallest part (but the last)
+SEGMENT = 8 << 20  # a staging segment is written when the buffer reaches this
+_READ = 1 << 20
+LOCK_TTL = 900.0  # an `exclusive` lease older than this was left by a dead process: taken over
+STALE_STAGING = 3600.0  # an ingest's staging untouched this long is debris (its process died)
+STALE_SESSION = 60.0  # staging without a session record, older than this, is debris (not one being created)
+_MISSING = ("NoSuchKey", "404", "NotFound", "NoSuchUpload")
+
+
+def _missing(exc: ClientError) -> bool:
+    return str(exc.response.get("Error", {}).get("Code")) in _MISSING
+
+
+@dataclass
+class _State:
+    """What a held staging knows: the segments in the bucket, and the buffer of bytes from `buffer_start` on. When
+    `absorbed`, the buffer begins with a copy of the last (small) segment, which the next flush rewrites."""
+
+    segments: list[tuple[int, int]] = field(default_factory=list)  # (start, size), consecutive from 0
+    buffer: bytearray = field(default_factory=bytearray)
+    buffer_start: int = 0
+    absorbed: bool = False
+    dirty: bool = False  # the buffer differs from what the bucket holds
+
+    @property
+    def size(self) -> int:
+        return self.buffer_start + len(self.buffer)
+
+
+class _SegmentWriter:
+    """The ChunkWriter of a staging: appends to its buffer while hashing, writing a segment when it is full."""
+
+    def __init__(self, staged: S3Staged, hasher: Hasher) -> None:
+        self._staged = staged
+        self._hasher = hasher
+        self.size = 0
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        self._hasher.update(memoryview(chunk))
+        state = self._staged.state
+        state.buffer += chunk
+        state.dirty = True
+        self.size += len(chunk)
+        if len(state.buffer) >= SEGMENT:
+            self._staged.flush()
+
+    def finish(self, fsync: bool = True) -> str:
+        if self._staged.persistent:
+            self._staged.flush()  # an upload's chunk is in the bucket before its record accepts it
+        return self._hasher.hexdigest()
+
+    def abort(self) -> None:
+        pass
+
+
+class S3Staged(Staged):
+    def __init__(self, owner: S3Blobs, name: str, state: _State, lock: threading.Lock, persistent: bool) -> None:
+        self.name = name
+        self.state = state
+        self.persistent = persistent  # an upload session's (kept between requests) rather than an ingest's
+        self._owner = owner
+        self._lock = lock
+
+    def _key(self, start: int) -> str:
+        return self._owner._key(f"staging/{self.name}/{start:016x}")
+
+    def size(self) -> int:
+        return self.state.size
+
+    def writer(self, hasher: Hasher, offset: int, expected_size: int | None = None) -> _SegmentWriter:
+        if offset < self.state.size:
+            self.truncate(offset)
+        return _SegmentWriter(self, hasher)
+
+    def flush(self) -> None:
+        """Write the buffer as the last segment (a whole one leaves the buffer; a small one stays absorbed)."""
+        state = self.state
+        if not state.dirty:
+            return
+        s3, bucket = self._owner._s3, self._owner.bucket
+        if not state.buffer:
+            if state.absorbed:  # cut back to nothing past the previous segment: the old tail object goes
+                start, _ = state.segments.pop()
+                s3.delete_object(Bucket=bucket, Key=self._key(start))
+                state.absorbed = False
+            state.dirty = False
+            return
+        s3.put_object(Bucket=bucket, Key=self._key(state.buffer_start), Body=bytes(state.buffer))
+        if state.absorbed:
+            state.segments[-1] = (state.buffer_start, len(state.buffer))
+        else:
+            state.segments.append((state.buffer_start, len(state.buffer)))
+        state.dirty = False
+        if len(state.buffer) >= MIN_PART:
+            state.buffer_start += len(state.buffer)
+            state.buffer = bytearray()
+            state.absorbed = False
+        else:
+            state.absorbed = True
+
+    def truncate(self, size: int) -> None:
+        state = self.state
+        if size >= state.size:
+            return
+        if size >= state.buffer_start:
+            del state.buffer[size - state.buffer_start:]
+            state.dirty = True
+        else:
+            s3, bucket = self._owner._s3, self._owner.bucket
+            kept: list[tuple[int, int]] = []
+            for start, length in state.segments:
+                if start >= size:
+                    s3.delete_object(Bucket=bucket, Key=self._key(start))
+                else:
+                    kept.append((start, length))
+            state.segments = kept
+            state.buffer, state.absorbed = bytearray(), False
+            state.buffer_start = kept[-1][0] + kept[-1][1] if kept else 0
+            if kept and kept[-1][0] + kept[-1][1] > size:
+                start, _ = kept[-1]  # the segment holding the cut: its head becomes the buffer (one segment)
+                state.buffer = bytearray(self._owner._get(self._key(start), 0, size - start))
+                state.buffer_start, state.absorbed = start, True
+            state.dirty = True
+        if self.persistent:
+            self.flush()
+
+    def read(self, offset: int, length: int) -> bytes:
+        state = self.state
+        end = min(offset + length, state.size)
+        parts: list[bytes] = []
+        position = offset
+        for start, size in state.segments:
+            if position >= end or position >= state.buffer_start:
+                break
+            stop = min(start + size, end, state.buffer_start)
+            if start <= position < stop:
+                parts.append(self._owner._get(self._key(start), position - start, stop - position))
+                position = stop
+        if position < end:
+            at = position - state.buffer_start
+            parts.append(bytes(state.buffer[at:at + end - position]))
+        return b"".join(parts)
+
+    def sync(self) -> None:
+        if self.persistent:
+            self.flush()
+
+    def release(self) -> None:
+        if self._lock.locked():
+            if self.persistent:
+                try:
+                    self.flush()
+                finally:
+                    self._owner._park(self.name, self.state)
+            self._lock.release()
+
+    def discard(self) -> None:
+        try:
+            if self.persistent or self.state.segments:  # an ingest that never left its buffer wrote nothing
+                self._owner._delete_prefix(f"staging/{self.name}/")
+        finally:
+            if self._lock.locked():
+                self._lock.release()
+            self._owner._unpark(self.name)
+
+
+class S3Reader(BlobReader):
+    """A BlobReader over the body of a ranged GET (streamed: never more than one read's bytes in memory)."""
+
+    __slots__ = ("_body",)
+
+    def __init__(self, size: int, offset: int, length: int | None) -> None:
+        super().__init__(b"", size, offset, length)  # validates the range (InvalidRange) before any request
+        self._body: Any = None
+
+    def read(self, n: int = -1) -> bytes:
+        remaining = self.length - self._pos
+        if n < 0 or n > remaining:
+            n = remaining
+        if n == 0:
+            return b""
+        parts = []
+        while n > 0:
+            data = self._body.read(n)
+            if not data:
+                raise OSError(f"blob object ended {n} bytes early")
+            parts.append(data)
+            self._pos += len(data)
+            n -= len(data)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        if self._body is not None:
+            self._body.close()
+            self._body = None
+
+
+class S3Blobs(BlobBytes):
+    def __init__(self, bucket: str, *, prefix: str = "", endpoint_url: str | None = None,
+                 region: str | None = None, client: Any = None) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        if client is None:
+            config = Config(s3={"addressing_style": "path"} if endpoint_url else {},
+                            retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=64)
+            client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region or None, config=config)
+        self._s3 = client
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}  # staging name -> its writer's lock, in this process
+        self._parked: dict[str, _State] = {}  # upload staging released by this process: no GET on resume
+        self._exclusive: dict[str, threading.Lock] = {}
+
+    @classmethod
+    def from_url(cls, url: str) -> S3Blobs:
+        """`s3://bucket[/prefix][?endpoint=http://host:port&region=…]`."""
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise ValueError(f"not an s3://bucket URL: {url!r}")
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        return cls(parts.netloc, prefix=parts.path, endpoint_url=query.get("endpoint"), region=query.get("region"))
+
+    # -- keys and small helpers -----------------------------------------------------------------------------------
+    def _key(self, name: str) -> str:
+        return self.prefix + name
+
+    def _blob_key(self, digest: Digest) -> str:
+        return f"{self.prefix}blobs/{digest.algorithm}/{digest.hex}"
+
+    def _trash_key(self, digest: Digest) -> str:
+        return f"{self.prefix}trash/{digest.algorithm}-{digest.hex}"
+
+    def _get(self, key: str, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        body = self._s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}")["Body"]
+        with contextlib.closing(body):
+            data: bytes = body.read()
+        return data
+
+    def _exists(self, key: str) -> bool:
+        try:
+            self._s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _missing(exc):
+                return False
+            raise
+        return True
+
+    def _list(self, prefix: str, delimiter: str | None = None) -> Iterator[dict[str, Any]]:
+        """Objects (and, with a delimiter, {"Prefix": …} entries) under `prefix`, in key order (ListObjectsV2)."""
+        paginator = self._s3.get_paginator("list_objects_v2")
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._key(prefix)}
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        for page in paginator.paginate(**kwargs):
+            yield from page.get("CommonPrefixes", [])
+            yield from page.get("Contents", [])
+
+    def _delete_prefix(self, prefix: str) -> int:
+        keys = [entry["Key"] for entry in self._list(prefix) if "Key" in entry]
+        for at in range(0, len(keys), 1000):
+            self._s3.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[at:at + 1000]],
+                                                                "Quiet": True})
+        return len(keys)
+
+    def _copy(self, source: str, target: str) -> None:
+        self._s3.copy_object(Bucket=self.bucket, Key=target, CopySource={"Bucket": self.bucket, "Key": source})
+
+    # -- staging --------------------------------------------------------------------------------------------------
+    def _lock_for(self, name: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(name, threading.Lock())
+
+    def stage(self) -> S3Staged:
+        name = "tmp-" + uuid.uuid4().hex
+        lock = self._lock_for(name)
+        lock.acquire()
+        return S3Staged(self, name, _State(), lock, persistent=False)
+
+    def create_upload(self, session_id: str) -> S3Staged:
+        lock = self._lock_for(session_id)
+        if not lock.acquire(blocking=False):
+            raise UploadBusy(session_id)
+        try:
+            self._s3.put_object(Bucket=self.bucket, Key=self._key(f"staging/{session_id}/session"), Body=b"")
+        except BaseException:
+            lock.release()
+            raise
+        return S3Staged(self, session_id, _State(), lock, persistent=True)
+
+    def resume_upload(self, session_id: str) -> S3Staged | None:
+        lock = self._lock_for(session_id)
+        if not lock.acquire(blocking=False):
+            raise UploadBusy(session_id)
+        try:
+            state = self._load(session_id)
+        except BaseException:
+            lock.release()
+            raise
+        if state is None:
+            lock.release()
+            return None
+        return S3Staged(self, session_id, state, lock, persistent=True)
+
+    def _load(self, name: str) -> _State | None:
+        """The staging's state from the bucket (its segments; the small last one read into the buffer), or the
+        state this process parked if the bucket still holds exactly that. None without a session marker."""
+        marker, segments = False, []
+        for entry in self._list(f"staging/{name}/"):
+            tail = entry["Key"].rsplit("/", 1)[-1]
+            if tail == "session":
+                marker = True
+            elif len(tail) == 16:
+                with contextlib.suppress(ValueError):
+                    segments.append((int(tail, 16), int(entry["Size"])))
+        if not marker:
+            self._unpark(name)
+            return None
+        segments.sort()
+        kept, end = [], 0
+        for start, size in segments:
+            if start != end:
+                break  # bytes after a gap are debris (a cut whose deletes did not all happen): dropped below
+            kept.append((start, size))
+            end += size
+        with self._guard:
+            parked = self._parked.pop(name, None)
+        if parked is not None and parked.segments == kept and not parked.dirty:
+            return parked
+        for start, _ in segments[len(kept):]:
+            self._s3.delete_object(Bucket=self.bucket, Key=self._key(f"staging/{name}/{start:016x}"))
+        state = _State(segments=kept, buffer_start=end)
+        if kept and kept[-1][1] < MIN_PART:
+            start, size = kept[-1]
+            state.buffer = bytearray(self._get(self._key(f"staging/{name}/{start:016x}"), 0, size))
+            state.buffer_start, state.absorbed = start, True
+        return state
+
+    def _park(self, name: str, state: _State) -> None:
+        with self._guard:
+            self._parked[name] = state
+
+    def _unpark(self, name: str) -> None:
+        with self._guard:
+            self._parked.pop(name, None)
+            lock = self._locks.get(name)
+            if lock is not None and not lock.locked():
+                del self._locks[name]
+
+    def sweep_staged(self, has_session: Callable[[str], bool]) -> int:
+        removed = 0
+        now = time.time()
+        for entry in list(self._list("staging/", delimiter="/")):
+            name = entry.get("Prefix", "").rstrip("/").rsplit("/", 1)[-1]
+            if not name:
+                continue
+            lock = self._lock_for(name)
+            if not lock.acquire(blocking=False):
+                continue  # held by a writer of this process
+            stale = False
+            try:
+                objects = [e for e in self._list(f"staging/{name}/") if "Key" in e]
+                newest = max((e["LastModified"].timestamp() for e in objects), default=0.0)
+                if name.startswith("tmp-"):
+                    stale = now - newest > STALE_STAGING  # an ingest of a live process writes more often
+                else:
+                    stale = now - newest > STALE_SESSION and not has_session(name)
+                if stale and objects:
+                    self._delete_prefix(f"staging/{name}/")
+                    removed += 1
+            finally:
+                lock.release()
+            if stale:
+                self._unpark(name)
+        return removed
+
+    # -- publishing -------------------------------------------------------------------------------------------------
+    def publish(self, staged: Staged, digest: Digest) -> None:
+        assert isinstance(staged, S3Staged)
+        target = self._blob_key(digest)
+        if self._exists(target):
+            return  # the same bytes, published by someone else
+        self._assemble(staged, target)
+
+    def _assemble(self, staged: S3Staged, target: str) -> None:
+        state = staged.state
+        whole = state.segments[:-1] if state.absorbed else list(state.segments)  # the absorbed one is in the buffer
+        s3, bucket = self._s3, self.bucket
+        if not whole:
+            s3.put_object(Bucket=bucket, Key=target, Body=bytes(state.buffer))
+            return
+        if len(whole) == 1 and not state.buffer:
+            self._copy(staged._key(whole[0][0]), target)
+            return
+        upload = s3.create_multipart_upload(Bucket=bucket, Key=target)["UploadId"]
+        try:
+            parts = []
+            for number, (start, _) in enumerate(whole, 1):
+                copied = s3.upload_part_copy(Bucket=bucket, Key=target, UploadId=upload, PartNumber=number,
+                                             CopySource={"Bucket": bucket, "Key": staged._key(start)})
+                parts.append({"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]})
+            if state.buffer:
+                number = len(parts) + 1
+                sent = s3.upload_part(Bucket=bucket, Key=target, UploadId=upload, PartNumber=number,
+                                      Body=bytes(state.buffer))
+                parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+            s3.complete_multipart_upload(Bucket=bucket, Key=target, UploadId=upload,
+                                         MultipartUpload={"Parts": parts})
+        except BaseException:
+            with contextlib.suppress(ClientError):
+                s3.abort_multipart_upload(Bucket=bucket, Key=target, UploadId=upload)
+            raise
+
+    def ensure(self, staged: Staged, digest: Digest) -> None:
+        assert isinstance(staged, S3Staged)
+        target = self._blob_key(digest)
+        if self._exists(target):
+            return
+        # A collector retired the blob between our publish and our commit (cas/gc.py): its retired copy, or else
+        # our staging (still held), has the bytes.
+        try:
+            self._copy(self._trash_key(digest), target)
+        except ClientError as exc:
+            if not _missing(exc):
+                raise
+            self._assemble(staged, target)
+
+    # -- reading ----------------------------------------------------------------------------------------------------
+    def open(self, digest: Digest, size: int, offset: int = 0, length: int | None = None) -> BlobReader:
+        reader = S3Reader(size, offset, length)
+        for key in (self._blob_key(digest), self._trash_key(digest)):  # trash: retired, a publish may restore it
+            try:
+                if reader.length == 0:
+                    self._s3.head_object(Bucket=self.bucket, Key=key)
+                else:
+                    last = reader.offset + reader.length - 1
+                    reader._body = self._s3.get_object(Bucket=self.bucket, Key=key,
+                                                       Range=f"bytes={reader.offset}-{last}")["Body"]
+                return reader
+            except ClientError as exc:
+                if not _missing(exc):
+                    raise
+        raise BlobUnknown(str(digest))
+
+    def contains(self, digest: Digest) -> bool:
+        return self._exists(self._blob_key(digest))
+
+    def redirect_url(self, digest: Digest, expires: float = 600.0) -> str | None:
+        """A presigned GET URL of the blob's object, valid `expires` seconds (for a 307 instead of streaming)."""
+        url: str = self._s3.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._blob_key(digest)}, ExpiresIn=int(expires))
+        return url
+
+    # -- collecting -------------------------------------------------------------------------------------------------
+    def retire(self, digest: Digest) -> bool:
+        try:
+            self._copy(self._blob_key(digest), self._trash_key(digest))
+        except ClientError as exc:
+            if _missing(exc):
+                return False
+            raise
+        self._s3.delete_object(Bucket=self.bucket, Key=self._blob_key(digest))
+        return True
+
+    def restore(self, digest: Digest) -> None:
+        trash = self._trash_key(digest)
+        if not self._exists(self._blob_key(digest)):
+            try:
+                self._copy(trash, self._blob_key(digest))
+            except ClientError as exc:
+                if not _missing(exc):
+                    raise
+        self._s3.delete_object(Bucket=self.bucket, Key=trash)
+
+    def purge(self, digest: Digest) -> None:
+        self._s3.delete_object(Bucket=self.bucket, Key=self._trash_key(digest))
+
+    def retired(self) -> Iterator[Digest]:
+        for entry in list(self._list("trash/")):
+            algorithm, _, hexdigest = entry["Key"].rsplit("/", 1)[-1].partition("-")
+            try:
+                yield Digest.parse(f"{algorithm}:{hexdigest}")
+            except ValueError:  # not a retired blob: nothing of ours
+                self._s3.delete_object(Bucket=self.bucket, Key=entry["Key"])
+
+    def stored(self) -> Iterator[tuple[Digest | None, str]]:
+        for entry in self._list("blobs/"):
+            key: str = entry["Key"]
+            algorithm, _, hexdigest = key[len(self.prefix) + len("blobs/"):].partition("/")
+            digest = None
+            if algorithm in ALGORITHMS:
+                with contextlib.suppress(ValueError):
+                    digest = Digest.parse(f"{algorithm}:{hexdigest}")
+            yield digest, key
+
+    def hash(self, location: str, algorithm: str) -> tuple[str, int]:
+        hasher = new_hasher(algorithm)
+        size = 0
+        body = self._s3.get_object(Bucket=self.bucket, Key=location)["Body"]
+        with contextlib.closing(body):
+            while chunk := body.read(_READ):
+                hasher.update(chunk)
+                size += len(chunk)
+        return hasher.hexdigest(), size
+
+    def quarantine(self, location: str, label: str) -> str:
+        target = self._key(f"quarantine/{label}-{int(time.time())}-{location.rsplit('/', 1)[-1]}")
+        self._copy(location, target)
+        self._s3.delete_object(Bucket=self.bucket, Key=location)
+        return f"s3://{self.bucket}/{target}"
+
+    def quarantine_bytes(self, data: bytes, label: str) -> str:
+        target = self._key(f"quarantine/{label}-{int(time.time())}-{uuid.uuid4().hex[:8]}")
+        self._s3.put_object(Bucket=self.bucket, Key=target, Body=data)
+        return f"s3://{self.bucket}/{target}"
+
+    def debris(self) -> int:
+        return sum(1 for _ in self._list("trash/"))
+
+    @contextmanager
+    def exclusive(self, name: str, wait: bool) -> Iterator[bool]:
+        """This process's lock, then a lease object created with a conditional PUT (If-None-Match: *): one
+        holder among all the processes sharing the bucket. A lease older than LOCK_TTL is a dead holder's."""
+        with self._guard:
+            local = self._exclusive.setdefault(name, threading.Lock())
+        if not local.acquire(blocking=wait):
+            yield False
+            return
+        key = self._key(f"locks/{name}")
+        try:
+            while True:
+                try:
+                    self._s3.put_object(Bucket=self.bucket, Key=key, Body=socket.gethostname().encode(),
+                                        IfNoneMatch="*")
+                    break
+                except ClientError as exc:
+                    code = str(exc.response.get("Error", {}).get("Code"))
+                    if code not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
+                        raise
+                try:
+                    head = self._s3.head_object(Bucket=self.bucket, Key=key)
+                    if time.time() - head["LastModified"].timestamp() > LOCK_TTL:
+                        self._s3.delete_object(Bucket=self.bucket, Key=key)
+                        continue
+                except ClientError as exc:
+                    if _missing(exc):
+                        continue
+                    raise
+                if not wait:
+                    yield False
+                    return
+                time.sleep(0.5)
+            try:
+                yield True
+            finally:
+                self._s3.delete_object(Bucket=self.bucket, Key=key)
+        finally:
+            local.release()
+
+    def check_writable(self) -> None:
+        key = self._key(f"probe/{socket.gethostname()}-{os.getpid()}")
+        try:
+            self._s3.put_object(Bucket=self.bucket, Key=key, Body=b"ok")
+            self._s3.delete_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            raise OSError(f"the bucket {self.bucket!r} refused a write: {exc}") from exc
