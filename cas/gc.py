@@ -30,8 +30,11 @@ the retired copy or from P's own staging, which P holds until ensure returns. A 
 decide after c: restore. So once publish returns, D's bytes are in place, or are being restored by a collector
 that will restore them, or D was claimed again by a pass that began after c (unreferenced past its grace: a
 legitimate collection). Readers: a retired-then-restored file is missing from blobs/ for a moment while its record
-is PRESENT; BlobBytes.open then reads the retired copy. tests/cas/test_gc_protocol.py runs every interleaving of
-the steps of one publish and one collection.
+is PRESENT; BlobBytes.open then reads the retired copy. One window remains, and is owned up to: when a pass decides
+and purges between a publish's move and its commit, the bytes are back only once that publish's `ensure` returns,
+microseconds after its commit; a read in between answers BlobUnknown (a 404 the client retries). It takes a blob
+unreferenced past its grace and lease, collected in the very moment the same bytes are published again.
+tests/cas/test_gc_protocol.py runs every interleaving of the steps of one publish and one collection.
 
 The same three steps remove debris, with the same argument: a blob file without a record (a crash between a
 publish's rename and its commit, or a publish in flight: the protocol overrules the sweep) or beside an INLINE

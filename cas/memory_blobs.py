@@ -118,9 +118,8 @@ class MemoryBlobs(BlobBytes):
     def publish(self, staged: Staged, digest: Digest) -> None:
         assert isinstance(staged, StagedBuffer)
         data = bytes(staged.buffer)
-        with self._guard:
-            self._blobs[digest] = data
-            self._staged.pop(staged.name, None)
+        with self._guard:  # as a link: bytes already here stay; the staging stays until discarded
+            self._blobs.setdefault(digest, data)
 
     def ensure(self, staged: Staged, digest: Digest) -> None:
         assert isinstance(staged, StagedBuffer)

@@ -63,7 +63,8 @@ def test_keys_agree_with_scan(make: Make, keys: set[bytes], gone: set[bytes], pr
             assert list(txn.keys(table, prefix=prefix, start=start)) == [k for k, _ in found]
             assert txn.count(table) == len(kept)
             assert all(v == b"v" + k for k, v in found)
-        assert [k for k, _ in found] == sorted(k for k in kept if k.startswith(prefix) and (start is None or k >= start))
+        wanted = sorted(k for k in kept if k.startswith(prefix) and (start is None or k >= start))
+        assert [k for k, _ in found] == wanted
 
 
 @INDEXES

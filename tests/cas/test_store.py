@@ -194,8 +194,33 @@ def test_format_version_is_checked(tmp_path: Path) -> None:
     with store.index.write() as txn:
         txn.put(store.tables.meta, b"format", b"99")
     store.close()
-    with pytest.raises(IncompatibleStore):
+    with pytest.raises(IncompatibleStore, match="format version 99, this Berth reads version 2"):
         BlobStore.on_disk(tmp_path / "data")
+
+
+def test_a_format_1_directory_is_migrated_on_open(tmp_path: Path) -> None:
+    """Format 1 kept an upload's progress in its partial file (size, mtime): opening copies them into the record."""
+    import json
+    store = BlobStore.on_disk(tmp_path / "data")
+    kept = store.ingest(b"kept")
+    session = store.uploads.create(meta={"owner": "ann"})
+    store.uploads.append(session.id, [b"x" * 1234])
+    key = session.id.encode()
+    with store.index.write() as txn:  # back to what format 1 wrote
+        record = json.loads(txn.get(store.tables.uploads, key) or b"")
+        format_1 = {k: record[k] for k in ("algorithm", "created", "meta")}
+        txn.put(store.tables.uploads, key, json.dumps(format_1).encode())
+        txn.put(store.tables.meta, b"format", b"1")
+    store.close()
+    os.utime(tmp_path / "data" / "uploads" / session.id, (1234567.0, 1234567.0))
+    with BlobStore.on_disk(tmp_path / "data") as again:
+        status = again.uploads.status(session.id)
+        assert (status.offset, status.updated, status.meta) == (1234, 1234567.0, {"owner": "ann"})
+        again.uploads.append(session.id, [b"y"], offset=1234)
+        assert again.uploads.finish(session.id, Digest.of(b"x" * 1234 + b"y")).size == 1235
+        assert again.read_bytes(kept.digest) == b"kept"
+        with again.index.read() as txn:
+            assert txn.get(again.tables.meta, b"format") == b"2"
 
 
 def test_cas_imports_nothing_of_berth_or_any_web_framework() -> None:

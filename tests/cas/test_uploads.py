@@ -5,6 +5,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+import cas.uploads
 from cas import (
     BlobStore,
     Digest,
@@ -15,6 +16,7 @@ from cas import (
     UploadBusy,
     UploadUnknown,
 )
+from cas.digest import Hasher, new_hasher
 from cas.files import LockedFile
 from tests.conftest import FakeClock
 
@@ -91,16 +93,41 @@ def test_finish_with_another_algorithm_rehashes(store: BlobStore, algorithm: str
     assert info.digest.algorithm == algorithm and store.read_bytes(info.digest) == data
 
 
-def test_sessions_survive_reopen_and_rehash_once(make_store: Callable[..., BlobStore]) -> None:
+class CountingHasher:
+    """A hasher that counts the bytes it is fed (the running hash of an upload is one of these in the test)."""
+
+    fed = 0
+
+    def __init__(self, inner: Hasher) -> None:
+        self._inner = inner
+
+    def update(self, data: bytes | memoryview, /) -> object:
+        CountingHasher.fed += len(data)
+        return self._inner.update(data)
+
+    def hexdigest(self) -> str:
+        return self._inner.hexdigest()
+
+    def copy(self) -> Hasher:
+        return CountingHasher(self._inner.copy())
+
+
+def test_sessions_survive_reopen_and_rehash_once(make_store: Callable[..., BlobStore],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cas.uploads, "new_hasher", lambda algorithm: CountingHasher(new_hasher(algorithm)))
     data = os.urandom(3 << 20)
     store = make_store()
     session = store.uploads.create(algorithm="blake3")
     store.uploads.append(session.id, [data[:100_000]])
+    assert CountingHasher.fed == 100_000  # the chunk, hashed as it was written
     store.close()
-    again = make_store()
+    again = make_store()  # a restart: the running hash is gone with the process
     assert again.uploads.status(session.id).offset == 100_000
+    CountingHasher.fed = 0
     again.uploads.append(session.id, [data[100_000:]], offset=100_000)
+    assert CountingHasher.fed == len(data)  # the first 100 000 bytes re-hashed once from the file, the rest as written
     assert again.uploads.finish(session.id, Digest.of(data, "blake3")).size == len(data)
+    assert CountingHasher.fed == len(data)  # finishing with the session's algorithm reads nothing again
 
 
 def test_a_tail_lost_to_power_failure_resets_the_session_to_what_survived(store: BlobStore) -> None:
