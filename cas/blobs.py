@@ -120,6 +120,11 @@ class BlobBytes(ABC):
         is collected meanwhile: fall back to `open`). None when the bytes are not in local files."""
         return None
 
+    def redirect_url(self, digest: Digest, expires: float = 600.0) -> str | None:
+        """Optional capability: a URL a client may fetch the blob from directly for `expires` seconds (a presigned
+        S3 URL, for a 307 instead of streaming). None when the keeper has no such URL."""
+        return None
+
     @abstractmethod
     def contains(self, digest: Digest) -> bool:
         """Whether the blob's bytes are here (published and not retired)."""

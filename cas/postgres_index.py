@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -319,6 +320,16 @@ class PostgresIndex(Index):
         except BaseException:
             self._pool.close()
             raise
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> PostgresIndex:
+        """`postgresql://user@host:port/database[?schema=name&…]`: libpq's URL (its parameters, PG* variables and
+        ~/.pgpass apply), plus `schema`, the PostgreSQL schema (namespace) the tables live in."""
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        schema = next((v for k, v in query if k == "schema"), DEFAULT_SCHEMA)
+        rest = urlencode([(k, v) for k, v in query if k != "schema"])
+        return cls(urlunsplit(parts._replace(query=rest)), schema=schema, **options)
 
     # -- schema -------------------------------------------------------------------------------------------------
     @contextmanager

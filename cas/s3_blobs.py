@@ -93,7 +93,7 @@ class _SegmentWriter:
         state.buffer += chunk
         state.dirty = True
         self.size += len(chunk)
-        if len(state.buffer) >= SEGMENT:
+        if len(state.buffer) >= self._staged._owner.segment:
             self._staged.flush()
 
     def finish(self, fsync: bool = True) -> str:
@@ -143,7 +143,7 @@ class S3Staged(Staged):
         else:
             state.segments.append((state.buffer_start, len(state.buffer)))
         state.dirty = False
-        if len(state.buffer) >= MIN_PART:
+        if len(state.buffer) >= self._owner.min_part:
             state.buffer_start += len(state.buffer)
             state.buffer = bytearray()
             state.absorbed = False
@@ -249,8 +249,13 @@ class S3Reader(BlobReader):
 
 class S3Blobs(BlobBytes):
     def __init__(self, bucket: str, *, prefix: str = "", endpoint_url: str | None = None,
-                 region: str | None = None, client: Any = None) -> None:
+                 region: str | None = None, client: Any = None, segment: int = SEGMENT,
+                 min_part: int = MIN_PART) -> None:
+        if not 0 < min_part <= segment:
+            raise ValueError("0 < min_part <= segment")
         self.bucket = bucket
+        self.segment = segment  # (tests make both small to exercise many segments; S3 itself wants 5 MiB parts)
+        self.min_part = min_part
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         if client is None:
             config = Config(s3={"addressing_style": "path"} if endpoint_url else {},
@@ -382,7 +387,7 @@ class S3Blobs(BlobBytes):
         for start, _ in segments[len(kept):]:
             self._s3.delete_object(Bucket=self.bucket, Key=self._key(f"staging/{name}/{start:016x}"))
         state = _State(segments=kept, buffer_start=end)
-        if kept and kept[-1][1] < MIN_PART:
+        if kept and kept[-1][1] < self.min_part:
             start, size = kept[-1]
             state.buffer = bytearray(self._get(self._key(f"staging/{name}/{start:016x}"), 0, size))
             state.buffer_start, state.absorbed = start, True

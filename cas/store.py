@@ -106,6 +106,23 @@ class BlobStore:
             raise
 
     @classmethod
+    def distributed(cls, metadata_url: str, blobs_url: str, *, config: StoreConfig | None = None,
+                    clock: Clock = time.time) -> BlobStore:
+        """The distributed store: the index in PostgreSQL (`postgresql://…[?schema=name]`, cas/postgres_index.py),
+        the bytes in an S3 bucket (`s3://bucket[/prefix][?endpoint=…&region=…]`, cas/s3_blobs.py); credentials
+        from the environment the usual libpq and S3 ways. Any number of processes may open the same pair."""
+        from .postgres_index import PostgresIndex
+        from .s3_blobs import S3Blobs
+
+        blobs = S3Blobs.from_url(blobs_url)
+        index = PostgresIndex.from_url(metadata_url)
+        try:
+            return cls(index, blobs, config, clock)
+        except BaseException:
+            index.close()
+            raise
+
+    @classmethod
     def in_memory(cls, *, config: StoreConfig | None = None, clock: Clock = time.time) -> BlobStore:
         """A complete store in this process's memory (index and bytes): gone when the process ends."""
         from .memory_blobs import MemoryBlobs

@@ -182,7 +182,7 @@ def start_seaweed() -> SeaweedS3:
         "-master.volumeSizeLimitMB=64", f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
         "-volume.max=0", "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
         f"-filer.localSocket={directory / 'filer.sock'}", "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}",
-        "-s3.port.iceberg=0", f"-s3.config={config}",
+        "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}",
     ]
     with open(directory / "weed.log", "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=directory,
@@ -208,9 +208,10 @@ def start_seaweed() -> SeaweedS3:
             server.client().put_object(Bucket=server.create_bucket(), Key="probe", Body=b"ok")
             return server
         except Exception:
-            if time.monotonic() > deadline:
+            if process.poll() is not None or time.monotonic() > deadline:
+                log_text = (directory / "weed.log").read_text(errors="replace")[-2000:]
                 server.stop()
-                raise
+                raise RuntimeError(f"weed server did not start:\n{log_text}") from None
             time.sleep(0.2)
 
 
