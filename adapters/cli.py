@@ -569,7 +569,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if metrics_listen:
         refuse_busy_port(*metrics_listen)
     # Create (or check) the data directory once, before the workers fork: each opens it again for itself.
-    with Registry.open(data) as registry:
+    try:
+        opened = settings.store.open_store()
+    except SettingsError as exc:
+        raise Failure(str(exc)) from None
+    with Registry(opened) as registry:
         try:
             load_policy(policy, registry)  # a bad --policy fails here, not in every worker
         except (ImportError, AttributeError) as exc:
@@ -611,7 +615,8 @@ def serve_settings(args: argparse.Namespace) -> Settings:
              "--pull-events": args.pull_events or None, "--gc-interval": args.gc_interval,
              "--public-url": args.public_url, "--forwarded-header": args.forwarded_header, "--data": args.data,
              "--log-format": args.log_format, "--log-level": args.log_level, "--metrics": args.metrics or None,
-             "--metrics-public": args.metrics_public or None, "--metrics-listen": args.metrics_listen}
+             "--metrics-public": args.metrics_public or None, "--metrics-listen": args.metrics_listen,
+             "--metadata": args.metadata, "--blobs": args.blobs}
     try:
         return Settings.load(args.config, os.environ, flags)
     except SettingsError as exc:
@@ -678,6 +683,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", type=_listen, default=None, metavar="HOST:PORT",
                    help="where to listen (default: 127.0.0.1:5000)")
     p.add_argument("--workers", type=_positive, default=None, help="server processes (default: one per core)")
+    p.add_argument("--metadata", default=None, metavar="URL",
+                   help="the index in PostgreSQL, postgresql://user@host/db[?schema=berth] (with --blobs: the "
+                        "distributed store, shared by any number of `berth serve` processes)")
+    p.add_argument("--blobs", default=None, metavar="URL",
+                   help="the blobs in an S3 bucket, s3://bucket[/prefix][?endpoint=http://host:port] (credentials "
+                        "from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws)")
     p.add_argument("--policy", type=_policy, default=None,
                    help="who may do what: 'project' (projects, grants, tokens; the default), 'open' (everything "
                         "allowed, no login: local development only) or module:callable")

@@ -536,7 +536,7 @@ def app_from_env() -> ASGIApp:
     store, server = settings.store, settings.server
 
     def open_registry() -> Registry:
-        return Registry(BlobStore.on_disk(store.data, config=store.store_config()),
+        return Registry(store.open_store(),
                         RegistryConfig(max_manifest=store.max_manifest,
                                                                    pull_events=server.pull_events))
 
