@@ -1,0 +1,50 @@
+"""Two `berth serve` processes on one PostgreSQL and one S3 bucket (the engines of tests/engines.py): an image
+pushed through one is pulled through the other, byte for byte, and a tag moved on one is seen on the other at once.
+(The rest of issue 17's multi-node proofs build on this set-up.)"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.engines import Engines
+from tests.interop.conftest import Run
+from tests.interop.images import write_layout
+from tests.interop.test_skopeo import layout_ref, same_blobs
+from tests.serving import Server, start_server
+
+
+@pytest.fixture(scope="module")
+def nodes(engines: Engines, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
+    metadata = engines.postgres.create_database() + "?schema=registry"
+    blobs = f"s3://{engines.s3.create_bucket()}/{uuid.uuid4().hex[:8]}?endpoint={engines.s3.endpoint}"
+    base = tmp_path_factory.mktemp("nodes")
+    shared = ("--metadata", metadata, "--blobs", blobs)
+    first = start_server(base / "one", *shared, workers=1)
+    try:
+        second = start_server(base / "two", *shared, workers=1)
+    except BaseException:
+        first.stop()
+        raise
+    yield first, second
+    second.stop()
+    first.stop()
+
+
+def test_pushed_through_one_node_pulled_through_another(nodes: tuple[Server, Server], skopeo: Run,
+                                                        tmp_path: Path) -> None:
+    one, two = nodes
+    descriptors = write_layout(tmp_path / "img")
+    skopeo("copy", "--dest-tls-verify=false", f"oci:{tmp_path / 'img'}:v1", f"docker://{one.host}/lib/app:v1")
+    skopeo("copy", "--src-tls-verify=false", f"docker://{two.host}/lib/app:v1", f"oci:{tmp_path / 'back'}:v1")
+    assert layout_ref(tmp_path / "back", "v1") == descriptors["v1"]["digest"]
+    assert same_blobs(tmp_path / "img", tmp_path / "back") == 4  # manifest, config, two layers
+    # A tag moved through the second node is what the first one lists and serves at once.
+    skopeo("copy", "--src-tls-verify=false", "--dest-tls-verify=false", f"docker://{two.host}/lib/app:v1",
+           f"docker://{two.host}/lib/app:v2")
+    tags = json.loads(skopeo("list-tags", "--tls-verify=false", f"docker://{one.host}/lib/app").stdout)
+    assert tags["Tags"] == ["v1", "v2"]
