@@ -34,12 +34,14 @@ from .memory_blobs import MemoryBlobs
 from .memory_index import MemoryIndex
 from .reader import BlobReader, InvalidRange
 from .store import BlobInfo, BlobStore, StoreConfig
+from .table_shape import TableShape, ValueStruct
 from .uploads import UploadStatus
 
 __all__ = [
     "ALGORITHMS", "DEFAULT_ALGORITHM", "BlobBytes", "BlobInfo", "BlobReader", "BlobStore", "BlobUnknown", "CasError",
     "Digest", "DigestMismatch", "FsckReport", "GcReport", "IncompatibleStore", "Index", "IndexFull", "InvalidDigest",
     "InvalidHolder", "InvalidRange", "LmdbIndex", "LocalBlobs", "MemoryBlobs", "MemoryIndex", "OffsetMismatch",
-    "Retention", "SizeMismatch", "Staged", "StoreConfig", "Table", "Transaction", "UndeclaredTable",
-    "UnsupportedDigest", "UploadBusy", "UploadStatus", "UploadUnknown", "WriteTransaction", "check", "new_hasher",
+    "Retention", "SizeMismatch", "Staged", "StoreConfig", "Table", "TableShape", "Transaction", "UndeclaredTable",
+    "UnsupportedDigest", "UploadBusy", "UploadStatus", "UploadUnknown", "ValueStruct", "WriteTransaction", "check",
+    "new_hasher",
 ]

@@ -148,6 +148,9 @@ def lower_bound(fields: tuple[KeyField, ...], key: bytes) -> list[KeyValue]:
         raw = key[pos:] if end < 0 else key[pos:end]
         if field.kind == "bytea":
             values.append(bytes(raw))
+        elif SEP in raw:  # a NUL inside the last field (`key + b"\0"`: the first key after `key`); text holds none
+            values.append(raw[:raw.index(SEP)].decode("utf-8", errors="ignore"))
+            break
         else:
             try:
                 values.append(raw.decode("utf-8"))

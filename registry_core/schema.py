@@ -6,7 +6,7 @@ Tables (beside cas's own, see cas/layout.py; `\\0` separates fields: names, tags
     manifests  repo \\0 digest -> JSON ManifestRecord                 manifests put into the repository
     tags       repo \\0 tag -> digest                                 the tag's manifest (tags/list: a range scan)
     tagged     repo \\0 digest \\0 tag -> b""                          by digest (deleting a manifest untags it)
-    history    repo \\0 tag \\0 u64 µs \\0 u32 seq -> JSON HistoryEntry  every move and removal of a tag, in time order
+    history    repo \\0 tag \\0 u64 µs + u32 seq -> JSON HistoryEntry   every move and removal of a tag, in time order
     referrers  repo \\0 subject digest \\0 digest -> JSON descriptor    manifests whose `subject` is that digest
     uploading  actor \\0 session id -> b""                          open upload sessions by owner (the per-account cap;
                an entry whose cas session expired is dropped when next counted)
@@ -31,9 +31,22 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
-from cas import Digest, Index
+from cas import Digest, Index, TableShape
 
-TABLES = ("repos", "links", "manifests", "tags", "tagged", "history", "referrers", "uploading")
+# The shapes of these tables' keys and values (cas/table_shape.py), for an index that keeps fields in columns
+# (PostgreSQL: `SELECT tag, digest FROM tags WHERE repo = 'lib/app'` in psql). The other tables below are declared
+# by name only for now (one bytea key, one bytea value there).
+TABLE_SHAPES = (
+    TableShape("repos", "repo:text", "json:record"),
+    TableShape("links", "repo:text \\0 digest:text", ""),
+    TableShape("manifests", "repo:text \\0 digest:text", "json:record"),
+    TableShape("tags", "repo:text \\0 tag:text", "text:digest"),
+    TableShape("tagged", "repo:text \\0 digest:text \\0 tag:text", ""),
+    TableShape("history", "repo:text \\0 tag:text \\0 at_us:u64 seq:u32", "json:entry"),
+    TableShape("referrers", "repo:text \\0 subject:text \\0 digest:text", "json:descriptor"),
+    TableShape("uploading", "actor:text \\0 session:text", ""),
+)
+TABLES = tuple(shape.name for shape in TABLE_SHAPES)
 EVENT_TABLES = ("events", "event_counters")
 WEBHOOK_TABLES = ("webhooks", "webhook_state", "webhook_leases", "webhook_dead")
 ACCOUNT_TABLES = ("users", "pats", "pats_by_user")
@@ -44,7 +57,7 @@ ALL_TABLES = TABLES + EVENT_TABLES + WEBHOOK_TABLES + ACCOUNT_TABLES + PROJECT_T
 
 def declare(index: Index) -> None:
     """Declare every table of the registry in the store's index (idempotent; at start-up)."""
-    index.declare(ALL_TABLES)
+    index.declare((*TABLE_SHAPES, *ALL_TABLES[len(TABLES):]))
 SEP = b"\0"
 
 

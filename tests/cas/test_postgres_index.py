@@ -134,6 +134,8 @@ def test_long_scans_page_through_batches(shaped: PostgresIndex) -> None:
     with shaped.read() as txn:
         assert list(txn.keys(table, b"r\0")) == keys
         assert list(txn.keys(table, b"r\x000", start=b"r\x0001000")) == keys[1000:]
+        # The first key after a given one (tags/list's `last`): the start ends in a NUL no text field holds.
+        assert list(txn.keys(table, b"r\0", start=b"r\x0001000\0")) == keys[1001:]
 
 
 def test_a_key_of_another_shape_is_refused(shaped: PostgresIndex) -> None:
