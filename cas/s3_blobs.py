@@ -73,6 +73,7 @@ class _State:
     buffer_start: int = 0
     absorbed: bool = False
     dirty: bool = False  # the buffer differs from what the bucket holds
+    etag: str = ""  # the last segment's ETag as written by this process: a parked state is reused only if it holds
 
     @property
     def size(self) -> int:
@@ -137,7 +138,7 @@ class S3Staged(Staged):
                 state.absorbed = False
             state.dirty = False
             return
-        s3.put_object(Bucket=bucket, Key=self._key(state.buffer_start), Body=bytes(state.buffer))
+        state.etag = s3.put_object(Bucket=bucket, Key=self._key(state.buffer_start), Body=bytes(state.buffer))["ETag"]
         if state.absorbed:
             state.segments[-1] = (state.buffer_start, len(state.buffer))
         else:
@@ -362,7 +363,7 @@ class S3Blobs(BlobBytes):
     def _load(self, name: str) -> _State | None:
         """The staging's state from the bucket (its segments; the small last one read into the buffer), or the
         state this process parked if the bucket still holds exactly that. None without a session marker."""
-        marker, segments = False, []
+        marker, segments, etags = False, [], {}
         for entry in self._list(f"staging/{name}/"):
             tail = entry["Key"].rsplit("/", 1)[-1]
             if tail == "session":
@@ -370,6 +371,7 @@ class S3Blobs(BlobBytes):
             elif len(tail) == 16:
                 with contextlib.suppress(ValueError):
                     segments.append((int(tail, 16), int(entry["Size"])))
+                    etags[segments[-1][0]] = entry.get("ETag", "")
         if not marker:
             self._unpark(name)
             return None
@@ -382,7 +384,10 @@ class S3Blobs(BlobBytes):
             end += size
         with self._guard:
             parked = self._parked.pop(name, None)
-        if parked is not None and parked.segments == kept and not parked.dirty:
+        # Another node may have rewritten the last segment since (cut back, then the same length again): the ETag
+        # (the content's MD5 for a plain PUT) tells.
+        if (parked is not None and parked.segments == kept and not parked.dirty
+                and (not kept or etags.get(kept[-1][0]) == parked.etag)):
             return parked
         for start, _ in segments[len(kept):]:
             self._s3.delete_object(Bucket=self.bucket, Key=self._key(f"staging/{name}/{start:016x}"))

@@ -137,3 +137,24 @@ def test_staging_nobody_holds_is_swept_only_when_stale(nodes: tuple[S3Blobs, S3B
     assert two.sweep_staged(lambda _: True) == 0  # its session exists
     assert two.sweep_staged(lambda _: False) == 1
     assert two.resume_upload(session) is None
+
+
+def test_a_node_does_not_trust_its_parked_tail_after_another_node_rewrote_it(nodes: tuple[S3Blobs, S3Blobs]) -> None:
+    """Node one keeps the small tail it wrote (no GET when it resumes); node two cuts it back and writes other bytes
+    of the same length: node one must read node two's bytes."""
+    one, two = nodes
+    name = "s" + uuid.uuid4().hex
+    staged = one.create_upload(name)
+    writer = staged.writer(hashlib.sha256(), 0)  # type: ignore[arg-type]
+    writer.write(b"a" * 100)
+    writer.finish()
+    staged.release()
+    other = two.resume_upload(name)
+    assert other is not None
+    writer = other.writer(hashlib.sha256(), 50)  # type: ignore[arg-type]
+    writer.write(b"b" * 50)
+    writer.finish()
+    other.release()
+    again = one.resume_upload(name)
+    assert again is not None and again.read(0, 100) == b"a" * 50 + b"b" * 50
+    again.discard()
