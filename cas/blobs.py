@@ -49,6 +49,7 @@ class Staged(ABC):
     writer at a time (a file under flock, a buffer under a lock) from stage/create/resume until release/discard."""
 
     name: str
+    consumed: bool  # a publish moved the bytes into the blob: the staging is gone (its holder still reads them)
 
     @abstractmethod
     def size(self) -> int:
@@ -100,9 +101,10 @@ class BlobBytes(ABC):
 
     # -- publishing ---------------------------------------------------------------------------------------------
     @abstractmethod
-    def publish(self, staged: Staged, digest: Digest) -> None:
-        """Make the (synced, verified) staged bytes the blob `digest`, durably. Idempotent per digest: the bytes
-        of a digest are the same whoever publishes them."""
+    def publish(self, staged: Staged, digest: Digest) -> bool:
+        """Make the (synced, verified) staged bytes the blob `digest`, durably: True if they were moved there (the
+        staging is consumed), False if the blob's bytes were there already (the staging stays). The bytes of a
+        digest are the same whoever publishes them."""
 
     @abstractmethod
     def ensure(self, staged: Staged, digest: Digest) -> None:

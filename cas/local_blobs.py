@@ -31,11 +31,12 @@ _CHUNK = 1 << 20  # 1 MiB reads: 64 KiB ones hashed at a quarter of the speed
 
 
 class StagedFile(Staged):
-    __slots__ = ("name", "file")
+    __slots__ = ("name", "file", "consumed")
 
     def __init__(self, file: LockedFile) -> None:
         self.name = file.path.name
         self.file = file
+        self.consumed = False
 
     def size(self) -> int:
         return os.fstat(self.file.fd).st_size
@@ -99,17 +100,19 @@ class LocalBlobs(BlobBytes):
         return st.st_size, st.st_mtime
 
     # -- publishing ---------------------------------------------------------------------------------------------
-    def publish(self, staged: Staged, digest: Digest) -> None:
+    def publish(self, staged: Staged, digest: Digest) -> bool:
         assert isinstance(staged, StagedFile)
         final = blob_path(self.root, digest)
+        if final.exists():
+            return False  # the same bytes are there (maybe being served): leave them, keep the staging
         ensure_dir(final.parent)
-        try:
-            # A link, not a rename over: a file already there has the same bytes and may be being served; the
-            # staging name goes with Staged.discard (it unlinked a renamed-away name before: the same syscall).
-            os.link(staged.file.path, final)
-        except FileExistsError:
-            return
+        # A rename, not a link: the staging must never share an inode with a blob (an upload session that goes on
+        # after a failed publish would write into the published file). Two publishers racing here rename the same
+        # bytes over one another, which is harmless.
+        os.replace(staged.file.path, final)
         fsync_dir(final.parent)
+        staged.consumed = True
+        return True
 
     def ensure(self, staged: Staged, digest: Digest) -> None:
         assert isinstance(staged, StagedFile)

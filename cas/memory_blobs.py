@@ -37,8 +37,10 @@ class StagedBuffer(Staged):
     def __init__(self, owner: MemoryBlobs, name: str, buffer: bytearray, lock: threading.Lock) -> None:
         self.name = name
         self.buffer = buffer
+        self.consumed = False
         self._owner = owner
         self._lock = lock  # held from stage/create/resume until release/discard
+        self._held = True
 
     def size(self) -> int:
         return len(self.buffer)
@@ -57,7 +59,8 @@ class StagedBuffer(Staged):
         pass
 
     def release(self) -> None:
-        if self._lock.locked():
+        if self._held:
+            self._held = False
             self._lock.release()
 
     def discard(self) -> None:
@@ -115,11 +118,15 @@ class MemoryBlobs(BlobBytes):
                 removed += 1
         return removed
 
-    def publish(self, staged: Staged, digest: Digest) -> None:
+    def publish(self, staged: Staged, digest: Digest) -> bool:
         assert isinstance(staged, StagedBuffer)
-        data = bytes(staged.buffer)
-        with self._guard:  # as a link: bytes already here stay; the staging stays until discarded
-            self._blobs.setdefault(digest, data)
+        with self._guard:  # as files do: bytes already here stay (and so does the staging); else they move
+            if digest in self._blobs:
+                return False
+            self._blobs[digest] = bytes(staged.buffer)
+            self._staged.pop(staged.name, None)
+        staged.consumed = True
+        return True
 
     def ensure(self, staged: Staged, digest: Digest) -> None:
         assert isinstance(staged, StagedBuffer)

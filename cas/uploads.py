@@ -7,7 +7,9 @@ Rules that keep a session consistent across crashes, restarts and several proces
 - Only the holder of the staged bytes (a flock()ed file, a locked buffer) writes to them; a second writer gets
   UploadBusy, never interleaves.
 - A chunk is accepted only at the record's offset (OffsetMismatch otherwise), and accepted when the record with the
-  new offset commits (one index write per chunk). A chunk that fails in this process (the client hung up, a
+  new offset commits: one index write per chunk (format 1 kept the offset in the file's size and wrote none; it
+  measured 571 MiB/s with a durable commit per 8 MiB chunk against 706 without, before writeback was started
+  during the upload, cas/writer.py). A chunk that fails in this process (the client hung up, a
   declared length was not met) is cut off again; a process killed mid-chunk leaves bytes past the record's offset,
   which the next writer cuts off: the client resumes where the record says (the OCI status request reports it).
   After a power loss the staged bytes may be shorter than the record says (chunks are not fsynced one by one):
@@ -145,7 +147,12 @@ class Uploads:
                 if also is not None:
                     also(txn)
 
-            info = self._store.publish(expected, session.offset, session.staged, also=end_session)
+            try:
+                info = self._store.publish(expected, session.offset, session.staged, also=end_session)
+            except BaseException:
+                if session.staged.consumed:  # the bytes went to the blob (debris for GC): the session cannot go on
+                    self._discard(session)
+                raise
             session.staged.discard()  # a publish moved the bytes away, or found them stored already: drop ours
             self._forget(session.id)
             return info

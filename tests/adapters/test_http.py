@@ -6,14 +6,19 @@ import hashlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
-from tests.serving import Server, sha
+from adapters.http.app import create_app
+from cas import BlobStore
+from registry_core.registry import Registry
+from tests.serving import sha
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -21,9 +26,31 @@ CONFIG = "application/vnd.oci.image.config.v1+json"
 
 
 
-@pytest.fixture
-def http(server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as client:
+@pytest.fixture(scope="module")
+def in_memory() -> Iterator[str]:
+    """The app over the in-memory store (BlobStore.in_memory), served from this process on a loopback port: the
+    same requests as against `berth serve` on its data directory."""
+    app = create_app(Registry(BlobStore.in_memory()), policy="open")
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "the in-process server did not start"
+        time.sleep(0.01)
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(10)
+    listener.close()
+
+
+@pytest.fixture(params=["server", "memory"])
+def http(request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
+    """A client of `berth serve` (LMDB + files), then of the app over the in-memory store."""
+    url = request.getfixturevalue("server").url if request.param == "server" else request.getfixturevalue("in_memory")
+    with httpx.Client(base_url=url, timeout=30) as client:
         yield client
 
 
@@ -291,14 +318,14 @@ def test_cross_repository_mount(http: httpx.Client) -> None:
     assert http.get(r.headers["Location"]).status_code == 404
 
 
-def test_client_hanging_up_mid_upload(server: Server, http: httpx.Client) -> None:
+def test_client_hanging_up_mid_upload(http: httpx.Client) -> None:
     data = os.urandom(4 << 20)
     location = http.post("/v2/syn1/hangup/blobs/uploads/").headers["Location"]
     assert http.patch(location, content=data[:1 << 20]).status_code == 202
     # a raw client promises 3 MiB, sends 1 MiB, and hangs up
-    host, port = server.host.split(":")
-    with socket.create_connection((host, int(port))) as raw:
-        raw.sendall(f"PATCH {location} HTTP/1.1\r\nHost: {server.host}\r\nContent-Length: {3 << 20}\r\n"
+    host, port = http.base_url.host, http.base_url.port or 80
+    with socket.create_connection((host, port)) as raw:
+        raw.sendall(f"PATCH {location} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {3 << 20}\r\n"
                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + data[1 << 20:2 << 20])
     # the partial chunk is invisible: the session resumes where it was once the server has seen the hang-up
     # (until then the dead request still holds the session: 409)
