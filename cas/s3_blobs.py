@@ -111,6 +111,7 @@ class S3Staged(Staged):
         self.name = name
         self.state = state
         self.persistent = persistent  # an upload session's (kept between requests) rather than an ingest's
+        self.consumed = False  # published: its session ends (the segments stay until discard, for `ensure`)
         self._owner = owner
         self._lock = lock
 
@@ -437,12 +438,17 @@ class S3Blobs(BlobBytes):
         return removed
 
     # -- publishing -------------------------------------------------------------------------------------------------
-    def publish(self, staged: Staged, digest: Digest) -> None:
+    def publish(self, staged: Staged, digest: Digest) -> bool:
+        """Assemble the staging into the blob's object. As with files, the staging counts as consumed once it is
+        (its session ends even if the record's commit fails), but its segments stay until `discard`: `ensure` may
+        need them if a collector takes the blob before that commit (cas/gc.py)."""
         assert isinstance(staged, S3Staged)
         target = self._blob_key(digest)
         if self._exists(target):
-            return  # the same bytes, published by someone else
+            return False  # the same bytes, published by someone else
         self._assemble(staged, target)
+        staged.consumed = True
+        return True
 
     def _assemble(self, staged: S3Staged, target: str) -> None:
         state = staged.state

@@ -5,6 +5,9 @@ pushed through one is pulled through the other, byte for byte, and a tag moved o
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,15 +18,20 @@ from tests.engines import Engines
 from tests.interop.conftest import Run
 from tests.interop.images import write_layout
 from tests.interop.test_skopeo import layout_ref, same_blobs
-from tests.serving import Server, start_server
+from tests.serving import ROOT, Server, start_server
 
 
 @pytest.fixture(scope="module")
-def nodes(engines: Engines, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
+def shared(engines: Engines) -> tuple[str, ...]:
+    """The flags naming one PostgreSQL schema and one bucket prefix."""
     metadata = engines.postgres.create_database() + "?schema=registry"
     blobs = f"s3://{engines.s3.create_bucket()}/{uuid.uuid4().hex[:8]}?endpoint={engines.s3.endpoint}"
+    return ("--metadata", metadata, "--blobs", blobs)
+
+
+@pytest.fixture(scope="module")
+def nodes(shared: tuple[str, ...], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server]]:
     base = tmp_path_factory.mktemp("nodes")
-    shared = ("--metadata", metadata, "--blobs", blobs)
     first = start_server(base / "one", *shared, workers=1)
     try:
         second = start_server(base / "two", *shared, workers=1)
@@ -48,3 +56,15 @@ def test_pushed_through_one_node_pulled_through_another(nodes: tuple[Server, Ser
            f"docker://{two.host}/lib/app:v2")
     tags = json.loads(skopeo("list-tags", "--tls-verify=false", f"docker://{one.host}/lib/app").stdout)
     assert tags["Tags"] == ["v1", "v2"]
+
+
+def test_fsck_and_gc_commands_work_on_the_distributed_store(nodes: tuple[Server, Server], shared: tuple[str, ...],
+                                                            tmp_path: Path) -> None:
+    """After the pushes above (or on an empty store when run alone): fsck finds nothing wrong; gc runs a pass."""
+    def berth(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "adapters.cli", *args, *shared], capture_output=True,
+                              text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    checked = berth("fsck")
+    assert checked.returncode == 0, checked.stderr
+    collected = berth("gc")
+    assert collected.returncode == 0, collected.stderr
