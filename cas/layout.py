@@ -4,7 +4,9 @@ Format version 2. The version is stored in the index (`meta` table, key `format`
 opening one written by another version raises IncompatibleStore rather than guessing, except that a version 1
 directory is migrated when opened (below). The index and the bytes are two interfaces (cas/index.py, cas/blobs.py);
 this file describes the embedded default (LMDB + files, `BlobStore.on_disk`). The in-memory store
-(`BlobStore.in_memory`) keeps the same tables and records, and the bytes in a dict.
+(`BlobStore.in_memory`) keeps the same tables and records, and the bytes in a dict; the distributed store
+(`BlobStore.distributed`) keeps them in PostgreSQL, a column per field as TABLE_SHAPES below says
+(cas/postgres_index.py), and the bytes in an S3 bucket (key layout in cas/s3_blobs.py).
 
 Changes
 -------
