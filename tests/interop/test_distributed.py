@@ -4,13 +4,17 @@ pushed through one is pulled through the other, byte for byte, and a tag moved o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import random
 import subprocess
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,3 +72,35 @@ def test_fsck_and_gc_commands_work_on_the_distributed_store(nodes: tuple[Server,
     assert checked.returncode == 0, checked.stderr
     collected = berth("gc")
     assert collected.returncode == 0, collected.stderr
+
+
+def test_a_chunked_upload_whose_patches_alternate_between_nodes(nodes: tuple[Server, Server]) -> None:
+    """POST on one node, PATCHes alternating between both (chunks below and above S3's 5 MiB part size), the
+    closing PUT on the first: the blob is whole on both."""
+    one, two = nodes
+    data = random.Random(5).randbytes(12 * (1 << 20) + 333)
+    cuts = [0, 1000, 6 * (1 << 20), 6 * (1 << 20) + 7, len(data)]
+
+    def call(method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None) -> Any:
+        request = urllib.request.Request(url, data=body if method in ("PATCH", "PUT", "POST") else None,
+                                         method=method, headers=headers or {})
+        return urllib.request.urlopen(request, timeout=60)
+
+    with call("POST", f"{one.url}/v2/lib/chunked/blobs/uploads/") as answer:
+        assert answer.status == 202
+        location = answer.headers["Location"]
+    path = location if location.startswith("/") else "/" + location.split("/", 3)[3]
+    for turn, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False)):
+        node = (one, two)[turn % 2]
+        headers = {"Content-Type": "application/octet-stream", "Content-Range": f"{a}-{b - 1}"}
+        with call("PATCH", node.url + path, data[a:b], headers) as answer:
+            assert answer.status == 202 and answer.headers["Range"] == f"0-{b - 1}"
+            path = answer.headers["Location"]
+            path = path if path.startswith("/") else "/" + path.split("/", 3)[3]
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    separator = "&" if "?" in path else "?"
+    with call("PUT", f"{one.url}{path}{separator}digest={digest}") as answer:
+        assert answer.status == 201
+    for node in nodes:
+        with call("GET", f"{node.url}/v2/lib/chunked/blobs/{digest}") as answer:
+            assert hashlib.sha256(answer.read()).hexdigest() == digest.split(":")[1]
