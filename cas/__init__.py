@@ -20,6 +20,7 @@ from .errors import (
     InvalidHolder,
     OffsetMismatch,
     SizeMismatch,
+    StoreUnavailable,
     UndeclaredTable,
     UnsupportedDigest,
     UploadBusy,
@@ -41,7 +42,7 @@ __all__ = [
     "ALGORITHMS", "DEFAULT_ALGORITHM", "BlobBytes", "BlobInfo", "BlobReader", "BlobStore", "BlobUnknown", "CasError",
     "Digest", "DigestMismatch", "FsckReport", "GcReport", "IncompatibleStore", "Index", "IndexFull", "InvalidDigest",
     "InvalidHolder", "InvalidRange", "LmdbIndex", "LocalBlobs", "MemoryBlobs", "MemoryIndex", "OffsetMismatch",
-    "Retention", "SizeMismatch", "Staged", "StoreConfig", "Table", "TableShape", "Transaction", "UndeclaredTable",
-    "UnsupportedDigest", "UploadBusy", "UploadStatus", "UploadUnknown", "ValueStruct", "WriteTransaction", "check",
-    "new_hasher",
+    "Retention", "SizeMismatch", "Staged", "StoreConfig", "StoreUnavailable", "Table", "TableShape", "Transaction",
+    "UndeclaredTable", "UnsupportedDigest", "UploadBusy", "UploadStatus", "UploadUnknown", "ValueStruct",
+    "WriteTransaction", "check", "new_hasher",
 ]

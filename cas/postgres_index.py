@@ -39,9 +39,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg import errors as pg_errors
 from psycopg import sql
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .errors import CasError, IncompatibleStore
+from .errors import CasError, IncompatibleStore, StoreUnavailable
 from .index import Index, Table, Transaction, WriteTransaction, undeclared
 from .table_shape import (
     KeyField,
@@ -72,6 +72,13 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
      'CREATE TABLE {schema}.berth_tables (name text COLLATE "C" PRIMARY KEY, shape jsonb NOT NULL, '
      "created timestamptz NOT NULL DEFAULT now())"),
 )
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable | None:
+    """The StoreUnavailable a lost or refused connection stands for (None for any other error)."""
+    if isinstance(exc, PoolTimeout) or (isinstance(exc, psycopg.OperationalError) and not isinstance(exc, _RETRYABLE)):
+        return StoreUnavailable(f"the PostgreSQL server cannot be reached: {str(exc).strip().splitlines()[0]}")
+    return None
 
 
 class IndexConflict(CasError):
@@ -285,21 +292,30 @@ class _Reading:
         self._index = index
 
     def __enter__(self) -> Transaction:
-        self._conn = self._index._pool.getconn()
+        try:
+            self._conn = self._index._pool.getconn()
+        except PoolTimeout as exc:
+            raise _unavailable(exc) from exc  # type: ignore[misc]
         try:
             self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        except BaseException:
+        except BaseException as exc:
             self._index._pool.putconn(self._conn)
+            unavailable = _unavailable(exc)
+            if unavailable is not None:
+                raise unavailable from exc
             raise
         return PgTransaction(self._conn)
 
-    def __exit__(self, *_: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: object) -> None:
         try:
             self._conn.execute("ROLLBACK")  # read only: nothing to commit, and a rollback cannot fail to serialize
         except psycopg.Error:
             pass  # a broken connection: the pool discards it
         finally:
             self._index._pool.putconn(self._conn)
+        unavailable = _unavailable(exc) if exc is not None else None
+        if unavailable is not None:
+            raise unavailable from exc
 
 
 class PostgresIndex(Index):
@@ -307,9 +323,10 @@ class PostgresIndex(Index):
     PG* environment variables and ~/.pgpass apply)."""
 
     def __init__(self, conninfo: str, *, schema: str = DEFAULT_SCHEMA, min_size: int = 1, max_size: int = 16,
-                 tables: Iterable[TableShape | str] = ()) -> None:
+                 timeout: float = 10.0, tables: Iterable[TableShape | str] = ()) -> None:
         self.schema = schema
-        self._pool = ConnectionPool(conninfo, min_size=min_size, max_size=max_size, open=False,
+        # timeout: how long a request waits for a connection before it is answered 503 (StoreUnavailable).
+        self._pool = ConnectionPool(conninfo, min_size=min_size, max_size=max_size, open=False, timeout=timeout,
                                     kwargs={"autocommit": True}, name=f"berth-{schema}")
         self._pool.open(wait=True, timeout=30)
         self._tables: dict[str, Table] = {}
@@ -399,7 +416,10 @@ class PostgresIndex(Index):
     def write(self) -> Iterator[WriteTransaction]:
         """One SERIALIZABLE transaction; IndexConflict if it could not be serialized (nothing of it committed)."""
         pool = self._pool
-        conn = pool.getconn()
+        try:
+            conn = pool.getconn()
+        except PoolTimeout as exc:
+            raise _unavailable(exc) from exc  # type: ignore[misc]
         try:
             txn = PgWriteTransaction(conn)
             try:
@@ -411,6 +431,9 @@ class PostgresIndex(Index):
                     conn.execute("ROLLBACK")
                 if isinstance(exc, _RETRYABLE):
                     raise IndexConflict(str(exc).strip()) from exc
+                unavailable = _unavailable(exc)
+                if unavailable is not None:
+                    raise unavailable from exc
                 raise
         finally:
             pool.putconn(conn)

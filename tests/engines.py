@@ -79,6 +79,7 @@ class Postgres:
     port: int
     prefix: list[str]
     bin: Path
+    options: str  # the server's command-line options (loopback port, socket directory, fsync off)
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{database}"
@@ -95,6 +96,14 @@ class Postgres:
     def pg_ctl(self, *args: str) -> None:
         subprocess.run([*self.prefix, str(self.bin / "pg_ctl"), "-D", str(self.directory / "data"), *args],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def halt(self) -> None:
+        """Stop the server (fast mode: committed data survives, which an immediate stop with fsync and
+        synchronous_commit off would not promise); `resume` starts it again on the same port and data."""
+        self.pg_ctl("-m", "fast", "stop")
+
+    def resume(self) -> None:
+        self.pg_ctl("-l", str(self.directory / "log"), "-w", "-t", "60", "-o", self.options, "start")
 
     def stop(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
@@ -115,8 +124,8 @@ def start_postgres() -> Postgres:
     port = free_ports(1)[0]
     options = (f"-h 127.0.0.1 -p {port} -k {directory} -c fsync=off -c synchronous_commit=off "
                "-c full_page_writes=off -c max_connections=200")
-    cluster = Postgres(directory, port, prefix, bin_dir)
-    cluster.pg_ctl("-l", str(directory / "log"), "-w", "-t", "60", "-o", options, "start")
+    cluster = Postgres(directory, port, prefix, bin_dir, options)
+    cluster.resume()
     return cluster
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cas import IncompatibleStore
+from cas import IncompatibleStore, StoreUnavailable
 from cas.index import Index, WriteTransaction
 from cas.layout import TABLE_SHAPES, BlobRecord
 from cas.postgres_index import MIGRATIONS, PostgresIndex
@@ -207,3 +208,33 @@ def test_migrations_are_recorded_and_a_newer_or_changed_schema_is_refused(databa
         conn.execute(f"INSERT INTO {schema}.berth_schema (version, description) VALUES (999, 'future')")
     with pytest.raises(IncompatibleStore, match="newer Berth"):
         PostgresIndex(database, schema=schema)
+
+
+def test_a_server_down_is_store_unavailable_and_service_resumes_by_itself(engines: Engines, database: str) -> None:
+    """PostgreSQL stopped: reads and writes raise StoreUnavailable (503 for HTTP clients), promptly; started again:
+    the same index works, without being reopened (the pool replaces its broken connections)."""
+    index = PostgresIndex(database, schema="down" + uuid.uuid4().hex[:6], tables=("t",), max_size=2, timeout=1.0)
+    table = index.table("t")
+    try:
+        index.transact(lambda txn: txn.put(table, b"k", b"before"))
+        engines.postgres.halt()
+        try:
+            for _ in range(2):  # a broken pooled connection, then failed connection attempts: all the same error
+                with pytest.raises(StoreUnavailable), index.read() as txn:
+                    txn.get(table, b"k")
+                with pytest.raises(StoreUnavailable):
+                    index.transact(lambda txn: txn.put(table, b"k", b"during"))
+        finally:
+            engines.postgres.resume()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                index.transact(lambda txn: txn.put(table, b"k", b"after"))
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline, "the index did not recover within 30 s"
+                time.sleep(0.2)
+        with index.read() as txn:
+            assert txn.get(table, b"k") == b"after"
+    finally:
+        index.close()
