@@ -43,11 +43,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from .blobs import BlobBytes, Staged
 from .digest import ALGORITHMS, Digest, Hasher, new_hasher
-from .errors import BlobUnknown, UploadBusy
+from .errors import BlobUnknown, StoreUnavailable, UploadBusy
 from .reader import BlobReader
 
 MIN_PART = 5 << 20  # S3's smallest part (but the last)
@@ -61,6 +62,40 @@ _MISSING = ("NoSuchKey", "404", "NotFound", "NoSuchUpload")
 
 def _missing(exc: ClientError) -> bool:
     return str(exc.response.get("Error", {}).get("Code")) in _MISSING
+
+
+_UNAVAILABLE_CODES = ("SlowDown", "ServiceUnavailable", "503", "RequestTimeout")
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable | None:
+    if isinstance(exc, BotoConnectionError | HTTPClientError):
+        return StoreUnavailable(f"the object store cannot be reached: {exc}")
+    if isinstance(exc, ClientError) and str(exc.response.get("Error", {}).get("Code")) in _UNAVAILABLE_CODES:
+        return StoreUnavailable(f"the object store is unavailable: {exc}")
+    return None
+
+
+class _Guarded:
+    """The boto3 client, with a lost or refused connection (after botocore's own retries) raised as
+    StoreUnavailable: the adapters answer 503, and the next request simply tries again."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr) or name in ("get_paginator", "generate_presigned_url"):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attr(*args, **kwargs)
+            except (BotoConnectionError, HTTPClientError, ClientError) as exc:
+                unavailable = _unavailable(exc)
+                if unavailable is not None:
+                    raise unavailable from exc
+                raise
+        return call
 
 
 @dataclass
@@ -263,7 +298,7 @@ class S3Blobs(BlobBytes):
             config = Config(s3={"addressing_style": "path"} if endpoint_url else {},
                             retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=64)
             client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region or None, config=config)
-        self._s3 = client
+        self._s3 = _Guarded(client)
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}  # staging name -> its writer's lock, in this process
         self._parked: dict[str, _State] = {}  # upload staging released by this process: no GET on resume
@@ -311,7 +346,17 @@ class S3Blobs(BlobBytes):
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self._key(prefix)}
         if delimiter:
             kwargs["Delimiter"] = delimiter
-        for page in paginator.paginate(**kwargs):
+        pages = iter(paginator.paginate(**kwargs))
+        while True:
+            try:
+                page = next(pages, None)
+            except (BotoConnectionError, HTTPClientError, ClientError) as exc:
+                unavailable = _unavailable(exc)
+                if unavailable is not None:
+                    raise unavailable from exc
+                raise
+            if page is None:
+                return
             yield from page.get("CommonPrefixes", [])
             yield from page.get("Contents", [])
 
@@ -630,5 +675,5 @@ class S3Blobs(BlobBytes):
         try:
             self._s3.put_object(Bucket=self.bucket, Key=key, Body=b"ok")
             self._s3.delete_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
+        except (ClientError, StoreUnavailable) as exc:  # readiness probes expect OSError
             raise OSError(f"the bucket {self.bucket!r} refused a write: {exc}") from exc

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from cas import BlobStore, BlobUnknown, Digest, MemoryIndex, StoreConfig
+from cas import BlobStore, BlobUnknown, Digest, MemoryIndex, StoreConfig, StoreUnavailable
 from cas.s3_blobs import MIN_PART, S3Blobs
-from tests.engines import Engines
+from tests.engines import Engines, free_ports
 
 MiB = 1 << 20
 DATA = random.Random(17).randbytes(19 * MiB + 12345)  # three segments of 8 MiB would be two full and a tail
@@ -158,3 +158,14 @@ def test_a_node_does_not_trust_its_parked_tail_after_another_node_rewrote_it(nod
     again = one.resume_upload(name)
     assert again is not None and again.read(0, 100) == b"a" * 50 + b"b" * 50
     again.discard()
+
+
+def test_an_unreachable_object_store_is_store_unavailable() -> None:
+    """Nothing listens at the endpoint: every kind of call raises StoreUnavailable (503 for HTTP clients)."""
+    dead = S3Blobs("bucket", endpoint_url=f"http://127.0.0.1:{free_ports(1)[0]}")
+    digest = Digest.of(b"x")
+    for call in (lambda: dead.contains(digest), lambda: dead.open(digest, 1), lambda: list(dead.stored()),
+                 lambda: BlobStore(MemoryIndex(), dead).ingest(b"x"), dead.check_writable):
+        with pytest.raises((StoreUnavailable, OSError)) as raised:
+            call()
+        assert isinstance(raised.value, StoreUnavailable) or isinstance(raised.value.__cause__, StoreUnavailable)
