@@ -122,7 +122,10 @@ def existing_data(path: str) -> str:
 def _store(args: argparse.Namespace) -> BlobStore:
     """The data directory's store, with the settings' grace, lease and upload lifetime (a `gc` pass uses its grace)."""
     settings: Settings = args.settings
-    return BlobStore.on_disk(args.data, config=settings.store.store_config())
+    try:
+        return settings.store.open_store()  # the data directory's, or the distributed store --metadata/--blobs name
+    except SettingsError as exc:
+        raise Failure(str(exc)) from None
 
 
 def _registry(args: argparse.Namespace) -> Registry:
@@ -606,7 +609,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if metrics_listen:
         refuse_busy_port(*metrics_listen)
     # Create (or check) the data directory once, before the workers fork: each opens it again for itself.
-    with Registry.open(data) as registry:
+    try:
+        opened = settings.store.open_store()
+    except SettingsError as exc:
+        raise Failure(str(exc)) from None
+    with Registry(opened) as registry:
         try:
             load_policy(policy, registry)  # a bad --policy fails here, not in every worker
         except (ImportError, AttributeError) as exc:
@@ -648,7 +655,8 @@ def serve_settings(args: argparse.Namespace) -> Settings:
              "--pull-events": args.pull_events or None, "--gc-interval": args.gc_interval,
              "--public-url": args.public_url, "--forwarded-header": args.forwarded_header, "--data": args.data,
              "--log-format": args.log_format, "--log-level": args.log_level, "--metrics": args.metrics or None,
-             "--metrics-public": args.metrics_public or None, "--metrics-listen": args.metrics_listen}
+             "--metrics-public": args.metrics_public or None, "--metrics-listen": args.metrics_listen,
+             "--metadata": args.metadata, "--blobs": args.blobs}
     try:
         return Settings.load(args.config, os.environ, flags)
     except SettingsError as exc:
@@ -701,6 +709,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 + ("; created on first start" if data == "create" else ""))
             p.add_argument("--config", default=None, metavar="FILE",
                            help="a TOML settings file (default: $BERTH_CONFIG; see berth.example.toml)")
+            p.add_argument("--metadata", default=None, metavar="URL",
+                           help="the index in PostgreSQL, postgresql://user@host/db[?schema=berth] (with --blobs: "
+                                "the distributed store, shared by any number of `berth serve` processes)")
+            p.add_argument("--blobs", default=None, metavar="URL",
+                           help="the blobs in an S3 bucket, s3://bucket[/prefix][?endpoint=http://host:port] "
+                                "(credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws)")
         p.set_defaults(run=run, data_must_exist=data == "existing")
         return p
 
@@ -832,9 +846,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)  # a usage error exits here, with status 2
         if hasattr(args, "data"):  # a command on the data directory: its [store] settings (grace, lease...) too
-            args.settings = Settings.load(args.config, os.environ, {"--data": args.data})
+            args.settings = Settings.load(args.config, os.environ, {"--data": args.data, "--metadata": args.metadata,
+                                                                     "--blobs": args.blobs})
             args.data = args.settings.store.data
-        if args.data_must_exist:
+        if args.data_must_exist and not args.settings.store.metadata:  # (the distributed store has no directory)
             args.data = existing_data(args.data)
         return int(args.run(args))
     except (Failure, ValueError, CasError, RegistryError) as exc:

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
 
-from cas.store import StoreConfig
+from cas.store import BlobStore, StoreConfig
 from registry_core.manifests import DEFAULT_MAX_MANIFEST
 from registry_core.policy import BUILT_IN
 from registry_core.tokens import TOKEN_LIFETIME
@@ -69,8 +69,23 @@ class StoreSettings:
     #                      between the server's collection passes (0: only `berth gc`); hourly frees space within an
     #                      hour of the 24 h grace, and a pass over a quiet store costs milliseconds
 
+    # The distributed store (both or neither): the index in PostgreSQL, the bytes in an S3 bucket; "" keeps the
+    # embedded default (LMDB and files in `data`). Credentials from the environment (libpq's PG*, AWS_*).
+    metadata: str = _key("", "BERTH_METADATA", "--metadata")  # postgresql://user@host/db[?schema=berth]
+    blobs: str = _key("", "BERTH_BLOBS", "--blobs")  # s3://bucket[/prefix][?endpoint=http://host:port]
+
     def store_config(self) -> StoreConfig:
         return StoreConfig(grace=self.grace, lease=self.lease, upload_ttl=self.upload_ttl)
+
+    def open_store(self) -> BlobStore:
+        """The store these settings name: the distributed one when `metadata` and `blobs` are set, else the
+        embedded one in `data`."""
+        if bool(self.metadata) != bool(self.blobs):
+            raise SettingsError("store.metadata (--metadata) and store.blobs (--blobs) go together: the distributed "
+                                "store needs both, the embedded one neither")
+        if self.metadata:
+            return BlobStore.distributed(self.metadata, self.blobs, config=self.store_config())
+        return BlobStore.on_disk(self.data, config=self.store_config())
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from .errors import (
     InvalidHolder,
     OffsetMismatch,
     SizeMismatch,
+    StoreUnavailable,
     UndeclaredTable,
     UnsupportedDigest,
     UploadBusy,
@@ -35,6 +36,7 @@ from .memory_blobs import MemoryBlobs
 from .memory_index import MemoryIndex
 from .reader import BlobReader, InvalidRange
 from .store import BlobInfo, BlobStore, StoreConfig
+from .table_shape import TableShape, ValueStruct
 from .uploads import UploadStatus
 
 __all__ = [
@@ -42,7 +44,7 @@ __all__ = [
     "CompactionReport",
     "Digest", "DigestMismatch", "FsckReport", "GcReport", "IncompatibleStore", "Index", "IndexFull", "InvalidDigest",
     "InvalidHolder", "InvalidRange", "LmdbIndex", "LocalBlobs", "MemoryBlobs", "MemoryIndex", "OffsetMismatch",
-    "Retention", "SizeMismatch", "Staged", "StoreConfig", "Table", "Transaction", "UndeclaredTable",
-    "UnsupportedDigest", "UploadBusy", "UploadStatus", "UploadUnknown", "Usage", "WriteTransaction", "check",
-    "new_hasher",
+    "Retention", "SizeMismatch", "Staged", "StoreConfig", "StoreUnavailable", "Table", "TableShape", "Transaction",
+    "UndeclaredTable", "UnsupportedDigest", "UploadBusy", "UploadStatus", "UploadUnknown", "Usage", "ValueStruct",
+    "WriteTransaction", "check", "new_hasher",
 ]

@@ -134,6 +134,11 @@ class BlobBytes(ABC):
         local files. The store asks only for blobs whose record says RAW."""
         return None
 
+    def redirect_url(self, digest: Digest, expires: float = 600.0) -> str | None:
+        """Optional capability: a URL a client may fetch the blob from directly for `expires` seconds (a presigned
+        S3 URL, for a 307 instead of streaming). None when the keeper has no such URL."""
+        return None
+
     @abstractmethod
     def contains(self, digest: Digest, form: int = FORM_RAW) -> bool:
         """Whether the blob's bytes are here in `form` (published and not retired)."""

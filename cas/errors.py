@@ -94,3 +94,9 @@ class UndeclaredTable(CasError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class StoreUnavailable(CasError):
+    """An engine of the store (the PostgreSQL server, the object store) cannot be reached right now. The operation
+    may or may not have taken effect (a lost COMMIT answer); retrying it is safe for cas's own operations. Adapters
+    answer 503 with Retry-After: service resumes by itself when the engine is back."""

@@ -1,6 +1,7 @@
 """The metadata index: named tables of byte keys and values, read in snapshots and written in serializable
 transactions. This module is the interface; `cas/lmdb_index.py` (the embedded default, LMDB) and
-`cas/memory_index.py` (in process, for tests and embedding) stand behind it, and a PostgreSQL index can later.
+`cas/memory_index.py` (in process, for tests and embedding) and `cas/postgres_index.py` (PostgreSQL, shared by any
+number of processes) stand behind it.
 
 The guarantees every implementation gives, and that cas and the layers above rely on:
 
@@ -18,7 +19,8 @@ The guarantees every implementation gives, and that cas and the layers above rel
 - Declared tables. Every table is declared once, at start-up, by the layer that owns it (`declare`); `table(name)`
   of an undeclared name raises UndeclaredTable, so a misspelt name fails at once instead of creating a table.
 
-Keys are compared as bytes (scan order is byte order). Values are bytes.
+Keys are compared as bytes (scan order is byte order). Values are bytes. A table declared with a TableShape takes
+only keys and values of that shape (an index with columns refuses others with ValueError).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 from .errors import UndeclaredTable
+from .table_shape import TableShape
 
 T = TypeVar("T")
 
@@ -90,8 +93,10 @@ class Index(ABC):
     """Named tables in snapshot-read, serializable-write transactions (see the module docstring)."""
 
     @abstractmethod
-    def declare(self, names: Iterable[str]) -> None:
-        """Declare tables (idempotent): each layer declares all of its tables once, at start-up."""
+    def declare(self, names: Iterable[TableShape | str]) -> None:
+        """Declare tables (idempotent): each layer declares all of its tables once, at start-up. A TableShape
+        (cas/table_shape.py) also says how keys and values are built, for an index that keeps them in columns
+        (PostgreSQL); the others use only its name."""
 
     @abstractmethod
     def table(self, name: str) -> Table:
@@ -130,3 +135,7 @@ def undeclared(name: str, declared: Iterable[str]) -> UndeclaredTable:
     known = ", ".join(sorted(declared))
     return UndeclaredTable(f"table {name!r} was not declared (declared: {known}); a layer declares its tables "
                            "with Index.declare at start-up")
+
+
+def table_name(declared: TableShape | str) -> str:
+    return declared if isinstance(declared, str) else declared.name

@@ -5,7 +5,9 @@ Format version 3. The version is stored in the index (`meta` table, key `format`
 opening one written by another version raises IncompatibleStore rather than guessing, except that a version 1
 or 2 directory is migrated when opened (below). The index and the bytes are two interfaces (cas/index.py, cas/blobs.py);
 this file describes the embedded default (LMDB + files, `BlobStore.on_disk`). The in-memory store
-(`BlobStore.in_memory`) keeps the same tables and records, and the bytes in a dict.
+(`BlobStore.in_memory`) keeps the same tables and records, and the bytes in a dict; the distributed store
+(`BlobStore.distributed`) keeps them in PostgreSQL, a column per field as TABLE_SHAPES below says
+(cas/postgres_index.py), and the bytes in an S3 bucket (key layout in cas/s3_blobs.py).
 
 Changes
 -------
@@ -99,10 +101,27 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .digest import Digest
+from .table_shape import TableShape, ValueStruct
 
 FORMAT_VERSION = 3
 
-TABLES = ("meta", "blobs", "inline", "refs", "held", "gcqueue", "doomed", "uploads", "compaction", "superseded")
+# The shapes of the tables' keys and values (cas/table_shape.py): an index with columns (PostgreSQL) keeps each field
+# in a column of its own; LMDB and memory use only the names.
+TABLE_SHAPES = (
+    TableShape("meta", "name:text", "text:value"),
+    TableShape("blobs", "digest:text", ValueStruct("<BQQddBQ", (
+        ("state", "smallint"), ("size", "bigint"), ("refcount", "bigint"), ("zero_since", "double precision"),
+        ("lease_until", "double precision"), ("form", "smallint"), ("stored", "bigint")))),
+    TableShape("inline", "digest:text", "bytes:data"),
+    TableShape("refs", "digest:text \\0 holder:text", ""),
+    TableShape("held", "holder:text \\0 digest:text", ""),
+    TableShape("gcqueue", "zero_since_us:u64 digest:text", ""),
+    TableShape("doomed", "digest:text", ""),
+    TableShape("uploads", "session:text", "json:record"),
+    TableShape("compaction", "digest:text", ""),
+    TableShape("superseded", "digest:text \\0 form:u8", ""),
+)
+TABLES = tuple(shape.name for shape in TABLE_SHAPES)
 
 # LMDB's compiled-in maximum key size is 511 bytes; a refs key is a sha512 digest key (135) + NUL + holder.
 MAX_HOLDER_BYTES = 511 - 136 - 1

@@ -23,7 +23,8 @@ from typing import TypeVar, cast
 import lmdb
 
 from .errors import IndexFull
-from .index import Index, Table, Transaction, WriteTransaction, undeclared
+from .index import Index, Table, Transaction, WriteTransaction, table_name, undeclared
+from .table_shape import TableShape
 
 T = TypeVar("T")
 
@@ -169,7 +170,7 @@ class _Reading:
 
 class LmdbIndex(Index):
     def __init__(self, path: Path, *, map_size: int = DEFAULT_MAP_SIZE, durable: bool = True,
-                 tables: tuple[str, ...] = ()) -> None:
+                 tables: tuple[TableShape | str, ...] = ()) -> None:
         path.mkdir(parents=True, exist_ok=True)
         # sync=True (the default): a commit is durable when it returns. metasync may be relaxed without risking
         # corruption (LMDB then may lose the last commit on power loss), which we do not want either.
@@ -183,9 +184,9 @@ class LmdbIndex(Index):
         self.declare(tables)
 
     # -- tables -----------------------------------------------------------------------------------------------
-    def declare(self, names: Iterable[str]) -> None:
+    def declare(self, names: Iterable[TableShape | str]) -> None:
         """Open (creating if new) each named LMDB sub-database. Call at start-up, not inside a transaction."""
-        for name in names:
+        for name in map(table_name, names):
             if name in self._tables:
                 continue
             if len(self._tables) >= MAX_TABLES:

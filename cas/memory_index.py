@@ -14,7 +14,8 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
-from .index import Index, Table, Transaction, WriteTransaction, undeclared
+from .index import Index, Table, Transaction, WriteTransaction, table_name, undeclared
+from .table_shape import TableShape
 
 T = TypeVar("T")
 
@@ -145,16 +146,16 @@ class _Writing:
 class MemoryIndex(Index):
     """Snapshot reads, one writer at a time (a lock), commits that swap in a new set of tables."""
 
-    def __init__(self, tables: Iterable[str] = ()) -> None:
+    def __init__(self, tables: Iterable[TableShape | str] = ()) -> None:
         self._writer = threading.Lock()
         self._committed: dict[str, _Data] = {}
         self._declared: dict[str, Table] = {}
         self.declare(tables)
 
-    def declare(self, names: Iterable[str]) -> None:
+    def declare(self, names: Iterable[TableShape | str]) -> None:
         with self._writer:
             fresh = dict(self._committed)
-            for name in names:
+            for name in map(table_name, names):
                 if name not in self._declared:
                     self._declared[name] = Table(name, None)
                     fresh[name] = _Data([], {})

@@ -24,6 +24,7 @@ from .layout import (
     STATE_INLINE,
     STATE_PRESENT,
     STORED_STATES,
+    TABLE_SHAPES,
     TABLES,
     BlobRecord,
     UploadRecord,
@@ -91,7 +92,7 @@ class BlobStore:
         self.blobs = blobs
         self.config = config or StoreConfig()
         self.clock = clock
-        index.declare(TABLES)
+        index.declare(TABLE_SHAPES)
         self.tables = Tables(*(index.table(name) for name in TABLES))
         self.index.transact(self._ensure_format)
         self.refs = References(self)
@@ -108,6 +109,23 @@ class BlobStore:
 
         blobs = LocalBlobs(path)
         index = LmdbIndex(Path(path) / "index", map_size=map_size)
+        try:
+            return cls(index, blobs, config, clock)
+        except BaseException:
+            index.close()
+            raise
+
+    @classmethod
+    def distributed(cls, metadata_url: str, blobs_url: str, *, config: StoreConfig | None = None,
+                    clock: Clock = time.time) -> BlobStore:
+        """The distributed store: the index in PostgreSQL (`postgresql://…[?schema=name]`, cas/postgres_index.py),
+        the bytes in an S3 bucket (`s3://bucket[/prefix][?endpoint=…&region=…]`, cas/s3_blobs.py); credentials
+        from the environment the usual libpq and S3 ways. Any number of processes may open the same pair."""
+        from .postgres_index import PostgresIndex
+        from .s3_blobs import S3Blobs
+
+        blobs = S3Blobs.from_url(blobs_url)
+        index = PostgresIndex.from_url(metadata_url)
         try:
             return cls(index, blobs, config, clock)
         except BaseException:
@@ -249,13 +267,16 @@ class BlobStore:
         return record
 
     def _renew_lease(self, digest: Digest) -> None:
-        with self.index.write() as txn:
+        until = self.clock() + self.config.lease
+
+        def renew(txn: WriteTransaction) -> None:  # replayable: an index with conflicts (PostgreSQL) may rerun it
             raw = txn.get(self.tables.blobs, digest.key)
             if raw is None:
                 raise BlobUnknown(str(digest))  # GC took it between our read and this write
             record = BlobRecord.unpack(raw)
             if record.refcount == 0:
-                txn.put(self.tables.blobs, digest.key, _replace_lease(record, self.clock() + self.config.lease))
+                txn.put(self.tables.blobs, digest.key, _replace_lease(record, until))
+        self.index.transact(renew)
 
     # -- writing --------------------------------------------------------------------------------------------------
     def ingest(self, source: Iterable[bytes] | BinaryIO | bytes, expected: Digest | str | None = None, *,

@@ -90,10 +90,11 @@ class Uploads:
         # the staging, so staging whose record is being committed is either held (skipped) or has its record.
         staged = self._blobs.create_upload(session_id)
         try:
-            with self._store.index.write() as txn:
+            def record_session(txn: WriteTransaction) -> None:  # replayable (an index with conflicts reruns it)
                 txn.put(self._table, session_id.encode(), record.pack())
                 if also is not None:
                     also(txn, session_id)
+            self._store.index.transact(record_session)
         except BaseException:
             staged.discard()
             raise
@@ -205,8 +206,7 @@ class Uploads:
         if staged is None:
             # A record without its bytes: a crash between publishing and committing in finish(), or a file
             # removed by hand. The session cannot continue; forget it.
-            with self._store.index.write() as txn:
-                txn.delete(self._table, session_id.encode())
+            self._store.index.transact(lambda txn: txn.delete(self._table, session_id.encode()))
             raise UploadUnknown(session_id)
         try:
             record = self._record(session_id)  # re-read while holding the bytes: it may have been finished meanwhile
@@ -270,8 +270,7 @@ class Uploads:
         return _Session(session.id, record, staged)
 
     def _discard(self, session: _Session) -> None:
-        with self._store.index.write() as txn:
-            txn.delete(self._table, session.id.encode())
+        self._store.index.transact(lambda txn: txn.delete(self._table, session.id.encode()))
         session.staged.discard()
         self._forget(session.id)
 

@@ -7,7 +7,7 @@ Tables (beside cas's own, see cas/layout.py; `\\0` separates fields: names, tags
     manifests  repo \\0 digest -> JSON ManifestRecord                 manifests put into the repository
     tags       repo \\0 tag -> digest                                 the tag's manifest (tags/list: a range scan)
     tagged     repo \\0 digest \\0 tag -> b""                          by digest (deleting a manifest untags it)
-    history    repo \\0 tag \\0 u64 µs \\0 u32 seq -> JSON HistoryEntry  every move and removal of a tag, in time order
+    history    repo \\0 tag \\0 u64 µs + u32 seq -> JSON HistoryEntry   every move and removal of a tag, in time order
     referrers  repo \\0 subject digest \\0 digest -> JSON descriptor    manifests whose `subject` is that digest
     uploading  actor \\0 session id -> b""                          open upload sessions by owner (the per-account cap;
                an entry whose cas session expired is dropped when next counted)
@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
-from cas import Digest, Index, WriteTransaction
+from cas import Digest, Index, TableShape, WriteTransaction
 
 from .errors import IncompatibleRegistry
 
@@ -63,6 +63,26 @@ META_TABLE = "registry_meta"  # b"format" -> the registry's format version (docs
 DECLARED = frozenset((*TABLES, *EVENT_TABLES, *WEBHOOK_TABLES, *ACCOUNT_TABLES, *PROJECT_TABLES, LOGIN_TABLE,
                       KEY_TABLE, SESSION_TABLE, META_TABLE))
 
+# The shapes of some tables' keys and values (cas/table_shape.py), for an index that keeps fields in columns
+# (PostgreSQL: `SELECT tag, digest FROM tags WHERE repo = 'lib/app'` in psql). The other declared tables are declared
+# by name only (one bytea key, one bytea value there): tag_times because its u64 (2^64-1 - µs) does not fit a
+# bigint, the rest for now.
+TABLE_SHAPES = (
+    TableShape("repos", "repo:text", "json:record"),
+    TableShape("links", "repo:text \\0 digest:text", ""),
+    TableShape("manifests", "repo:text \\0 digest:text", "json:record"),
+    TableShape("tags", "repo:text \\0 tag:text", "text:digest"),
+    TableShape("tagged", "repo:text \\0 digest:text \\0 tag:text", ""),
+    TableShape("history", "repo:text \\0 tag:text \\0 at_us:u64 seq:u32", "json:entry"),
+    TableShape("referrers", "repo:text \\0 subject:text \\0 digest:text", "json:descriptor"),
+    TableShape("uploading", "actor:text \\0 session:text", ""),
+    TableShape("tag_pushes", "repo:text \\0 tag:text", "json:push"),
+    TableShape("passwords", "name:text", "text:hash"),
+    TableShape("pats_used", "token:text", "text:used_at"),
+    TableShape(META_TABLE, "name:text", "text:version"),
+)
+SHAPED = frozenset(shape.name for shape in TABLE_SHAPES)
+
 # The registry's tables have a format version of their own, beside cas's (cas/layout.py): docs/FORMAT.md lists both
 # and their changes. 1: every store before the version was written down (no `registry_meta` entry). 2: the signing
 # key in `signing_keys` (copied from keys/ on first use), `tag_pushes`/`tag_times` (filled from the history on first
@@ -74,7 +94,7 @@ _checked: weakref.WeakSet[Index] = weakref.WeakSet()
 def declare(index: Index) -> None:
     """Declare every table of the registry in the store's index and check the registry's format version (once per
     index; idempotent; at start-up). Raises IncompatibleRegistry for a store written by another version."""
-    index.declare(sorted(DECLARED))
+    index.declare((*TABLE_SHAPES, *sorted(DECLARED - SHAPED)))
     if index in _checked:
         return
     meta = index.table(META_TABLE)

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 from cas import BlobStore, StoreConfig
 from cas.memory_blobs import MemoryBlobs
 from cas.memory_index import MemoryIndex
+from tests.engines import Engines, start_engines
 from tests.serving import Server, start_server
 
 
@@ -32,22 +35,34 @@ def clock() -> FakeClock:
 StoreFactory = Callable[..., BlobStore]
 
 
-STORES = ("on_disk", "in_memory")
+STORES = ("on_disk", "in_memory", "distributed")
 
 
 @pytest.fixture(scope="session", params=STORES)
 def store_factory(request: pytest.FixtureRequest) -> StoreFactory:
     """How the registry_core and in-process HTTP tests make a store: the one place that picks which store they run
-    on, parametrized over every store (the test ids say which: `[on_disk]`, `[in_memory]`).
+    on, parametrized over every store (the test ids say which: `[on_disk]`, `[in_memory]`, `[distributed]`).
     `store_factory(root, config=..., clock=...)`: `root` is where a store on disk keeps its files; for the in-memory
     store it names the store, so that opening the same root again reopens the same index and bytes (what an
-    embedding application does by keeping its MemoryIndex and MemoryBlobs). Session-scoped, so that property tests
-    can make a fresh store per example."""
+    embedding application does by keeping its MemoryIndex and MemoryBlobs); for the distributed store (PostgreSQL +
+    S3, tests/engines.py) it names a schema and a key prefix of its own, the same again for the same root.
+    Session-scoped, so that property tests can make a fresh store per example."""
     if request.param == "on_disk":
         def on_disk(root: str | Path, *, config: StoreConfig | None = None,
                     clock: Callable[[], float] = time.time) -> BlobStore:
             return BlobStore.on_disk(root, config=config, clock=clock)
         return on_disk
+    if request.param == "distributed":
+        engines: Engines = request.getfixturevalue("engines")
+        database, bucket, endpoint = engines.postgres.create_database(), engines.s3.create_bucket(), engines.s3.endpoint
+        places: dict[str, str] = {}
+
+        def distributed(root: str | Path, *, config: StoreConfig | None = None,
+                        clock: Callable[[], float] = time.time) -> BlobStore:
+            place = places.setdefault(str(root), "r" + uuid.uuid4().hex[:12])
+            return BlobStore.distributed(f"{database}?schema={place}", f"s3://{bucket}/{place}?endpoint={endpoint}",
+                                         config=config, clock=clock)
+        return distributed
     kept: dict[str, tuple[MemoryIndex, MemoryBlobs]] = {}
 
     def in_memory(root: str | Path, *, config: StoreConfig | None = None,
@@ -85,3 +100,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running = start_server(tmp_path_factory.mktemp("berth") / "data")
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def engines() -> Iterator[Engines]:
+    """PostgreSQL and SeaweedFS S3, started once per test session on first use (tests/engines.py), with the S3
+    credentials in the environment the usual way (boto3 here, and `berth serve` processes started by tests)."""
+    started = start_engines()
+    saved = {name: os.environ.get(name) for name in started.s3.environment()}
+    os.environ.update(started.s3.environment())
+    yield started
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    started.stop()

@@ -38,7 +38,7 @@ from starlette.routing import Route
 
 from adapters.logs import configure as configure_logs
 from adapters.settings import Settings
-from cas import BlobInfo, BlobReader, BlobStore, Digest, InvalidRange, OffsetMismatch, UploadStatus
+from cas import BlobInfo, BlobReader, BlobStore, Digest, InvalidRange, OffsetMismatch, StoreUnavailable, UploadStatus
 from registry_core.access import Access
 from registry_core.access import challenge_scope as repository_scope
 from registry_core.errors import ManifestTooLarge
@@ -394,6 +394,9 @@ def _route(path: str) -> tuple[str, str, str]:
     return "", "", ""
 
 
+STORE_RETRY_AFTER = 5  # seconds: an engine restart (PostgreSQL, the object store) takes about that
+
+
 def error_response(request: Request, exc: BaseException) -> Response:
     found = errors.lookup(exc)
     if found is None:
@@ -408,6 +411,9 @@ def error_response(request: Request, exc: BaseException) -> Response:
         elif errors.read_only(exc):
             log.error("storage read-only on %s %s: %s", request.method, request.url.path, exc)
     headers = dict(exc.headers) if isinstance(exc, errors.ProtocolError) else {}
+    if status == 503 and isinstance(exc, StoreUnavailable):
+        log.error("store unavailable on %s %s: %s", request.method, request.url.path, exc)
+        headers["Retry-After"] = str(STORE_RETRY_AFTER)
     headers[API_VERSION[0]] = API_VERSION[1]
     detail = getattr(exc, "detail", None)
     payload = b"" if request.method == "HEAD" else errors.body(code, message, detail)
@@ -574,7 +580,7 @@ def app_from_env() -> ASGIApp:
     store, server = settings.store, settings.server
 
     def open_registry() -> Registry:
-        return Registry(BlobStore.on_disk(store.data, config=store.store_config()),
+        return Registry(store.open_store(),
                         RegistryConfig(max_manifest=store.max_manifest,
                                                                    pull_events=server.pull_events))
 

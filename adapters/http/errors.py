@@ -18,6 +18,7 @@ from cas import (
     InvalidRange,
     OffsetMismatch,
     SizeMismatch,
+    StoreUnavailable,
     UploadBusy,
     UploadUnknown,
 )
@@ -52,6 +53,7 @@ ERRORS: dict[type[BaseException], tuple[int, str]] = {
     InvalidRange: (416, "BLOB_UNKNOWN"),
     BlobInUse: (405, "UNSUPPORTED"),
     IndexFull: (507, "UNKNOWN"),
+    StoreUnavailable: (503, "UNAVAILABLE"),  # PostgreSQL or the object store unreachable: retry (Retry-After)
     Denied: (403, "DENIED"),
     TooManyUploads: (429, "TOOMANYREQUESTS"),
 }

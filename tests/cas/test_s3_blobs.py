@@ -1,0 +1,171 @@
+"""S3Blobs on a real S3 server (SeaweedFS, tests/engines.py), in what the conformance suite's small blobs leave out:
+blobs of several 5 MiB segments, uploads continued by another process ("node") with chunks of any size, chunks
+cut back mid-segment, publish by server-side assembly, ranged reads, the presigned URL, the cross-process lock,
+and the collector's three steps. Two S3Blobs objects on one bucket stand for two nodes."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import urllib.request
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from cas import BlobStore, BlobUnknown, Digest, MemoryIndex, StoreConfig, StoreUnavailable
+from cas.s3_blobs import MIN_PART, S3Blobs
+from tests.engines import Engines, free_ports
+
+MiB = 1 << 20
+DATA = random.Random(17).randbytes(19 * MiB + 12345)  # three segments of 8 MiB would be two full and a tail
+
+
+@pytest.fixture(scope="module")
+def bucket(engines: Engines) -> str:
+    return engines.s3.create_bucket()
+
+
+@pytest.fixture
+def nodes(engines: Engines, bucket: str) -> Iterator[tuple[S3Blobs, S3Blobs]]:
+    prefix = uuid.uuid4().hex[:8]
+    yield (S3Blobs(bucket, prefix=prefix, endpoint_url=engines.s3.endpoint),
+           S3Blobs(bucket, prefix=prefix, endpoint_url=engines.s3.endpoint))
+
+
+def keys(blobs: S3Blobs, under: str) -> list[str]:
+    return [e["Key"].removeprefix(blobs.prefix) for e in blobs._list(under) if "Key" in e]
+
+
+def test_a_large_ingest_streams_through_segments_and_reads_back_by_range(nodes: tuple[S3Blobs, S3Blobs]) -> None:
+    one, _ = nodes
+    store = BlobStore(MemoryIndex(), one)
+    chunks = (DATA[i:i + 3 * MiB + 7] for i in range(0, len(DATA), 3 * MiB + 7))
+    info = store.ingest(chunks, expected=Digest.of(DATA))
+    assert info.size == len(DATA)
+    assert keys(one, "staging/") == []  # the segments went with the staging
+    assert keys(one, "blobs/") == [f"blobs/sha256/{info.digest.hex}"]
+    with store.open(info.digest, 8 * MiB - 5, 10) as reader:  # across a segment boundary
+        assert reader.read() == DATA[8 * MiB - 5:8 * MiB + 5]
+    assert hashlib.sha256(store.read_bytes(info.digest)).hexdigest() == info.digest.hex
+    url = one.redirect_url(info.digest, 60)
+    assert url is not None
+    with urllib.request.urlopen(urllib.request.Request(url, headers={"Range": "bytes=0-9"})) as answer:
+        assert answer.read() == DATA[:10]
+
+
+def test_an_upload_continues_on_another_node_with_any_chunk_sizes(nodes: tuple[S3Blobs, S3Blobs]) -> None:
+    """PATCHes alternate between two nodes sharing one index; chunks are small (below the part size), large and
+    odd; a node that did not write the last chunk re-hashes what is stored; the finish assembles 5 MiB+ parts."""
+    index = MemoryIndex()
+    config = StoreConfig()
+    stores = [BlobStore(index, node, config) for node in nodes]
+    session = stores[0].uploads.create()
+    cuts = [0, 100, 1 * MiB, 1 * MiB + 1, 7 * MiB, 7 * MiB + 3, 13 * MiB, len(DATA)]
+    for turn, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False)):
+        status = stores[turn % 2].uploads.append(session.id, [DATA[a:b]], offset=a)
+        assert status.offset == b
+    staged = keys(nodes[0], f"staging/{session.id}/")
+    assert "staging/" + session.id + "/session" in staged
+    info = stores[1].uploads.finish(session.id, Digest.of(DATA))
+    assert stores[0].read_bytes(info.digest) == DATA
+    assert keys(nodes[0], "staging/") == []
+
+
+def test_a_chunk_cut_back_mid_segment_leaves_exactly_the_accepted_bytes(nodes: tuple[S3Blobs, S3Blobs]) -> None:
+    one, two = nodes
+    staged = one.create_upload("s" + uuid.uuid4().hex)
+    writer = staged.writer(hashlib.sha256(), 0)  # type: ignore[arg-type]
+    writer.write(DATA[:18 * MiB])
+    writer.finish()
+    staged.truncate(MIN_PART + 10)  # inside the first segment: it is rewritten from its head
+    assert staged.size() == MIN_PART + 10
+    staged.release()
+    again = two.resume_upload(staged.name)
+    assert again is not None and again.size() == MIN_PART + 10
+    assert again.read(MIN_PART - 3, 20) == DATA[MIN_PART - 3:MIN_PART + 10]
+    writer = again.writer(hashlib.sha256(), MIN_PART + 10)  # type: ignore[arg-type]
+    writer.write(DATA[MIN_PART + 10:9 * MiB])
+    writer.finish()
+    assert again.read(0, 9 * MiB) == DATA[:9 * MiB]
+    again.discard()
+    assert keys(one, f"staging/{staged.name}/") == []
+    assert one.resume_upload(staged.name) is None
+
+
+def test_collector_steps_and_quarantine(nodes: tuple[S3Blobs, S3Blobs]) -> None:
+    one, two = nodes
+    store = BlobStore(MemoryIndex(), one)
+    info = store.ingest(b"retire me")
+    assert one.retire(info.digest) and not one.contains(info.digest)
+    assert list(two.retired()) == [info.digest]
+    with two.open(info.digest, info.size) as reader:  # served from the retired copy meanwhile
+        assert reader.read() == b"retire me"
+    two.restore(info.digest)
+    assert one.contains(info.digest) and list(one.retired()) == []
+    assert one.retire(info.digest)
+    one.purge(info.digest)
+    assert not one.retire(info.digest)
+    with pytest.raises(BlobUnknown):
+        one.open(info.digest, info.size)
+    kept = store.ingest(b"damaged")
+    [(digest, location)] = list(one.stored())
+    assert digest == kept.digest and one.hash(location, "sha256") == (kept.digest.hex, 7)
+    moved = one.quarantine(location, "corrupt")
+    assert moved.startswith(f"s3://{one.bucket}/{one.prefix}quarantine/corrupt-")
+    assert list(one.stored()) == []
+
+
+def test_exclusive_is_one_holder_across_nodes(nodes: tuple[S3Blobs, S3Blobs]) -> None:
+    one, two = nodes
+    with one.exclusive("gc", wait=False) as first:
+        assert first
+        with two.exclusive("gc", wait=False) as second:
+            assert not second
+    with two.exclusive("gc", wait=False) as third:
+        assert third
+
+
+def test_staging_nobody_holds_is_swept_only_when_stale(nodes: tuple[S3Blobs, S3Blobs],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    one, two = nodes
+    session = "s" + uuid.uuid4().hex
+    staged = one.create_upload(session)
+    staged.release()
+    assert two.sweep_staged(lambda _: False) == 0  # too young: it may be a session being created elsewhere
+    monkeypatch.setattr("cas.s3_blobs.STALE_SESSION", -1.0)
+    assert two.sweep_staged(lambda _: True) == 0  # its session exists
+    assert two.sweep_staged(lambda _: False) == 1
+    assert two.resume_upload(session) is None
+
+
+def test_a_node_does_not_trust_its_parked_tail_after_another_node_rewrote_it(nodes: tuple[S3Blobs, S3Blobs]) -> None:
+    """Node one keeps the small tail it wrote (no GET when it resumes); node two cuts it back and writes other bytes
+    of the same length: node one must read node two's bytes."""
+    one, two = nodes
+    name = "s" + uuid.uuid4().hex
+    staged = one.create_upload(name)
+    writer = staged.writer(hashlib.sha256(), 0)  # type: ignore[arg-type]
+    writer.write(b"a" * 100)
+    writer.finish()
+    staged.release()
+    other = two.resume_upload(name)
+    assert other is not None
+    writer = other.writer(hashlib.sha256(), 50)  # type: ignore[arg-type]
+    writer.write(b"b" * 50)
+    writer.finish()
+    other.release()
+    again = one.resume_upload(name)
+    assert again is not None and again.read(0, 100) == b"a" * 50 + b"b" * 50
+    again.discard()
+
+
+def test_an_unreachable_object_store_is_store_unavailable() -> None:
+    """Nothing listens at the endpoint: every kind of call raises StoreUnavailable (503 for HTTP clients)."""
+    dead = S3Blobs("bucket", endpoint_url=f"http://127.0.0.1:{free_ports(1)[0]}")
+    digest = Digest.of(b"x")
+    for call in (lambda: dead.contains(digest), lambda: dead.open(digest, 1), lambda: list(dead.stored()),
+                 lambda: BlobStore(MemoryIndex(), dead).ingest(b"x"), dead.check_writable):
+        with pytest.raises((StoreUnavailable, OSError)) as raised:
+            call()
+        assert isinstance(raised.value, StoreUnavailable) or isinstance(raised.value.__cause__, StoreUnavailable)
