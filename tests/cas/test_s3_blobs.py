@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from cas import BlobStore, BlobUnknown, Digest, MemoryIndex, StoreConfig, StoreUnavailable
+from cas.layout import FORM_RAW
 from cas.s3_blobs import MIN_PART, S3Blobs
 from tests.engines import Engines, free_ports
 
@@ -109,7 +110,8 @@ def test_collector_steps_and_quarantine(nodes: tuple[S3Blobs, S3Blobs]) -> None:
     with pytest.raises(BlobUnknown):
         one.open(info.digest, info.size)
     kept = store.ingest(b"damaged")
-    [(digest, location)] = list(one.stored())
+    [(digest, form, location)] = list(one.stored())
+    assert form == FORM_RAW
     assert digest == kept.digest and one.hash(location, "sha256") == (kept.digest.hex, 7)
     moved = one.quarantine(location, "corrupt")
     assert moved.startswith(f"s3://{one.bucket}/{one.prefix}quarantine/corrupt-")
