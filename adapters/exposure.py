@@ -50,8 +50,10 @@ def prepare_serving(data: str, listen: str, *, enabled: bool, public: bool,
     opened: list[BlobStore] = []
 
     def store() -> BlobStore:  # opened at the first scrape, by this process's listener thread
-        if not opened:
-            opened.append(BlobStore.on_disk(os.path.abspath(data)))
+        if not opened:  # the store the workers open: the settings `berth serve` put in the environment
+            from adapters.settings import Settings
+
+            opened.append(Settings.load(env=os.environ).store.open_store())
         return opened[0]
 
     start_http_server(port, host, registry=SweepingRegistry(exposition_registry(store)))

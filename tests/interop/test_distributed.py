@@ -104,3 +104,29 @@ def test_a_chunked_upload_whose_patches_alternate_between_nodes(nodes: tuple[Ser
     for node in nodes:
         with call("GET", f"{node.url}/v2/lib/chunked/blobs/{digest}") as answer:
             assert hashlib.sha256(answer.read()).hexdigest() == digest.split(":")[1]
+
+
+def test_berth_compact_on_the_distributed_store_and_both_nodes_serve_the_original(
+        nodes: tuple[Server, Server], shared: tuple[str, ...]) -> None:
+    """A CSV-like blob pushed through one node; `berth compact` on the shared store keeps it as a .zf1 object; both
+    nodes serve it byte for byte, whole and by Range (the frames a range touches, by ranged GETs)."""
+    one, two = nodes
+    rows = random.Random(11)
+    data = b"".join(b"2026-12-02,syn1,%d,%d,alpha beta gamma\n" % (rows.randrange(10**6), i)
+                    for i in range(60_000))
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    request = urllib.request.Request(f"{one.url}/v2/lib/table/blobs/uploads/?digest={digest}", data=data,
+                                     method="POST", headers={"Content-Type": "application/octet-stream"})
+    with urllib.request.urlopen(request, timeout=60) as answer:
+        assert answer.status == 201
+    compacted = subprocess.run([sys.executable, "-m", "adapters.cli", "compact", *shared], capture_output=True,
+                               text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    assert compacted.returncode == 0, compacted.stderr
+    assert f"compressed {digest}" in compacted.stdout
+    for node in (two, one):
+        with urllib.request.urlopen(f"{node.url}/v2/lib/table/blobs/{digest}", timeout=60) as answer:
+            assert answer.read() == data
+        ranged = urllib.request.Request(f"{node.url}/v2/lib/table/blobs/{digest}",
+                                        headers={"Range": "bytes=300000-1000000"})
+        with urllib.request.urlopen(ranged, timeout=60) as answer:
+            assert answer.status == 206 and answer.read() == data[300000:1000001]
