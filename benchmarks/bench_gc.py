@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks.stores import open_store
 from cas import BlobStore, Digest, StoreConfig
 from cas.layout import STATE_PRESENT, BlobRecord, blob_path, queue_key
 
@@ -43,7 +44,7 @@ def test_gc_100k_unreferenced_blobs(benchmark: Any, figures: Any) -> None:
         if "store" in state:
             state["store"].close()
             shutil.rmtree(work / "data")
-        store = BlobStore.on_disk(work / "data", config=StoreConfig(grace=60.0), clock=lambda: now[0])
+        store = open_store(work / "data", config=StoreConfig(grace=60.0), clock=lambda: now[0])
         seed_unreferenced(store, count, now[0] - 120.0)
         os.sync()
         state["store"] = store

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.stores import open_store
 from cas import BlobStore, Digest
 
 MIB = 1 << 20
@@ -80,7 +81,7 @@ def run_against_raw(benchmark: Any, figures: Any, name: str, data: memoryview,
             state["store"].close()
             shutil.rmtree(work / "data")
         record(raw_name, "MiB/s", mib / raw_limit_seconds(data, work))
-        state["store"] = BlobStore.on_disk(work / "data")
+        state["store"] = open_store(work / "data")
         state["cpu"] = time.process_time()
         return (state["store"],), {}
 
