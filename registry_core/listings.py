@@ -10,6 +10,12 @@ gets per item shown; a filter looks at no more than SCAN_MAX tags (HIDDEN_MAX pr
 may not see) past the page before it answers with a shorter page and a marker to go on from (the catalog's rule).
 Image summaries are remembered per digest (images.py). Everything is read through the store's Transaction (get,
 scan, keys, count) and cas's blob reads: no file paths.
+
+A repository's tag count and deduplicated size walk all its tags and manifests (~80 ms for 10 000 manifests,
+measured: benchmarks/portal.py), so each process remembers them with the outbox's sequence number they were
+counted at (events.py: every change appends its event in its own transaction, no gaps). A later view reads the
+current number in its own snapshot: unchanged, the figures stand; otherwise the events since are read (at most
+STALE_MAX), and only one that may change this repository's tags or manifests has them counted again.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Generic, TypeVar
 
 from cas import Digest, InvalidDigest, Table, Transaction
 
+from . import events as ev
 from .accounts import Identity
 from .errors import RegistryError
 from .images import Detail, Images, Summary, UnknownImage
@@ -37,6 +44,11 @@ PAGE_MAX = 1000  # PORTAL-API.md: n at most 1000
 SCAN_MAX = 10_000  # tag keys a filtered page may pass over before it answers (a key costs ~0.1 µs: a few ms)
 HIDDEN_MAX = 1000  # projects or repositories a page may pass over (each asks the policy), as the catalog does
 HISTORY_MAX = 1000  # newest history entries a tag's history shows
+STALE_MAX = 1000  # events a remembered count may be carried over (each a JSON parse, ~3 µs); more: counted again
+COUNTS_KEPT = 4096  # repositories whose counts a process remembers (the oldest remembered is forgotten first)
+# The events that change no repository's tags or manifests; any other (also a type added later) may.
+_NO_COUNT_CHANGE = frozenset({ev.MANIFEST_PULLED, ev.BLOB_MOUNTED, ev.GRANT_CHANGED, ev.REPOSITORY_TRASHED,
+                              ev.REPOSITORY_RESTORED, ev.PROJECT_TRASHED, ev.PROJECT_RESTORED})
 # The actions that tell a caller's level, strongest first, with the projects module's level names (projects.LEVELS).
 LEVEL_BY_ACTION = (("admin", "admin"), ("delete", "edit-delete"), ("push", "edit"), ("pull", "download"),
                    ("view", "view"))
@@ -132,6 +144,8 @@ class Listings:
         self._trashed: Table = store.index.table("trashed")
         self.projects = Projects(store)
         self.images = Images(store, registry.config.max_manifest)
+        self._event_counters: Table = store.index.table(ev.TABLES[1])
+        self._counts: dict[str, tuple[int, int, int]] = {}  # repo -> (outbox seq, tags, size) at that seq
         with store.index.read() as txn:
             behind = txn.count(self._tags.pushes) != txn.count(self._tags.tags)
         if behind:  # a store written before tag_pushes existed: filled in once
@@ -228,8 +242,35 @@ class Listings:
     def _repository_view(self, txn: Transaction, repo: RepositoryName, access: Access) -> RepositoryView:
         name = str(repo)
         newest = self._tags.newest(txn, name)
-        return RepositoryView(repo, access, self._count(txn, self._tags.tags, key(name, b"")),
-                              self._size(txn, name), LastPush(*newest) if newest is not None else None)
+        tags, size = self._counted(txn, name)
+        return RepositoryView(repo, access, tags, size, LastPush(*newest) if newest is not None else None)
+
+    def _counted(self, txn: Transaction, repo: str) -> tuple[int, int]:
+        """(tags, deduplicated size) of the repository in this snapshot: remembered while no event since says they
+        may have changed. Entries are replaced whole (threads of one process share them): a racing view that
+        counted at an older seq may put its entry back, which is still true at its seq."""
+        raw = txn.get(self._event_counters, b"seq")
+        seq = int(raw) if raw is not None else 0
+        kept = self._counts.get(repo)
+        if kept is not None and (kept[0] == seq or self._unchanged(txn, repo, kept[0], seq)):
+            if kept[0] != seq:
+                self._counts[repo] = (seq, kept[1], kept[2])
+            return kept[1], kept[2]
+        tags, size = self._count(txn, self._tags.tags, key(repo, b"")), self._size(txn, repo)
+        if repo not in self._counts and len(self._counts) >= COUNTS_KEPT:
+            self._counts.pop(next(iter(self._counts), repo), None)
+        self._counts[repo] = (seq, tags, size)
+        return tags, size
+
+    def _unchanged(self, txn: Transaction, repo: str, since: int, now: int) -> bool:
+        """Whether no event in (since, now] may change the repository's tags or manifests. Every one of them must
+        be there (seqs have no gaps among commits): a missing one, or too many to read, answers no."""
+        if not since < now <= since + STALE_MAX:
+            return False
+        found = self._registry.outbox.after(since, now - since, txn)
+        if len(found) != now - since or found[0].seq != since + 1:
+            return False
+        return not any(e.type not in _NO_COUNT_CHANGE and e.repository in (repo, None) for e in found)
 
     def _size(self, txn: Transaction, repo: str) -> int:
         """Deduplicated bytes of every manifest of the repository and the blobs they name: one range scan of its
