@@ -10,6 +10,10 @@ reaching the app to its last byte handed to the server, `duration_ms` in the JSO
 loopback's time are left out. Each server runs one worker; requests go one at a time, alternating between the
 figures (and between the two servers for the manifest GET), so a busy moment of the machine touches them all alike.
 
+"just after a push to it" is the repository page right after a tag was pushed to it: a process remembers a
+repository's tag count and size until an event may have changed them (registry_core/listings.py), so this view is
+the one that counts them again (the worst case of a repository being pushed to while people look at it).
+
 The tags are written in process through the Registry API before the server starts (thousands of HTTP pushes would
 take minutes): each tag names its own manifest (they differ by an annotation), all sharing one config and one layer.
 """
@@ -169,6 +173,7 @@ class Probe:
     figure: str
     path: str  # with its query string
     headers: tuple[tuple[str, str], ...] = ()
+    after_push: bool = False  # a tag pushed to MANY just before (not measured): the page counts the tags again
 
 
 def probes(tags: int) -> list[Probe]:
@@ -182,11 +187,13 @@ def probes(tags: int) -> list[Probe]:
         Probe("repository page, middle page, by name", f"/repositories/{MANY}?last={middle}", html),
         Probe("repository page, first page, by push time", f"/repositories/{MANY}?sort=time", html),
         Probe("repository page, middle page, by push time", f"/repositories/{MANY}?sort=time&last={middle}", html),
+        Probe("repository page, first page, just after a push to it", f"/repositories/{MANY}", html, True),
         Probe("JSON tags, first page, by name", f"/api/v1/repositories/{MANY}/-/tags"),
         Probe("JSON tags, middle page, by name", f"/api/v1/repositories/{MANY}/-/tags?last={middle}"),
         Probe("JSON tags, first page, by push time", f"/api/v1/repositories/{MANY}/-/tags?sort=time"),
         Probe("JSON tags, middle page, by push time", f"/api/v1/repositories/{MANY}/-/tags?sort=time&last={middle}"),
         Probe("tag page, 4-platform index", f"/repositories/{MULTI}/-/tags/release", html),
+        Probe(f"tag page, a tag of {MANY}", f"/repositories/{MANY}/-/tags/{middle}", html),
         Probe("JSON tag, 4-platform index", f"/api/v1/repositories/{MULTI}/-/tags/release"),
         Probe(f"manifest GET by tag, {MANY}", f"/v2/{MANY}/manifests/{middle}", (("Accept", OCI_MANIFEST),)),
     ]
@@ -198,14 +205,22 @@ MANIFEST_GET = Probe("manifest GET by tag (one-tag repository)", f"/v2/{SMALL}/m
 
 def measure(servers: list[tuple[Server, list[Probe]]], rounds: int, client: httpx.Client) -> dict[str, list[float]]:
     """`rounds` rounds of every probe of every server, one request at a time; server milliseconds per figure."""
+    pushed = {server.label: client.get(f"{server.url}/v2/{MANY}/manifests/{_tag(0)}",
+                                       headers={"Accept": OCI_MANIFEST}).content
+              for server, wanted in servers if any(p.after_push for p in wanted)}
     for server, _ in servers:
         server.lines()  # what came before (the start, the pushes) is not measured
     samples: dict[str, list[float]] = {}
-    sent: dict[str, list[tuple[str, str]]] = {server.label: [] for server, _ in servers}
+    sent: dict[str, list[tuple[str | None, str]]] = {server.label: [] for server, _ in servers}
     for i in range(rounds):
         order = servers if i % 2 == 0 else servers[::-1]
         for server, wanted in order:
             for probe in wanted:
+                if probe.after_push:  # an existing manifest under a new tag: an event of the repository
+                    path = f"/v2/{MANY}/manifests/pushed-{i}"
+                    client.put(server.url + path, content=pushed[server.label],
+                               headers={"Content-Type": OCI_MANIFEST}).raise_for_status()
+                    sent[server.label].append((None, path))
                 r = client.get(server.url + probe.path, headers=dict(probe.headers))
                 if r.status_code != 200:
                     raise SystemExit(f"{server.label} {probe.path}: {r.status_code} {r.text[:300]}")
@@ -218,7 +233,8 @@ def measure(servers: list[tuple[Server, list[Probe]]], rounds: int, client: http
         for (figure, path), line in zip(expected, lines, strict=True):
             if line["path"] != path:
                 raise SystemExit(f"{server.label}: the access log's line for {path} names {line['path']}")
-            samples.setdefault(f"{figure} [{server.label}]", []).append(float(line["duration_ms"]))
+            if figure is not None:
+                samples.setdefault(f"{figure} [{server.label}]", []).append(float(line["duration_ms"]))
     return samples
 
 
