@@ -276,13 +276,17 @@ class Listings:
         """Deduplicated bytes of every manifest of the repository and the blobs they name: one range scan of its
         manifests, whose summaries (with their blobs) are remembered per digest after the first look."""
         prefix = key(repo, b"")
+        cut, remembered = len(prefix), self.images.remembered
         seen: dict[str, int] = {}
         for k in txn.keys(self._manifests, prefix=prefix):
-            try:
-                blobs = self.images.summary(txn, Digest.parse(k[len(prefix):].decode())).blobs
-            except (UnknownImage, InvalidDigest):
-                continue
-            seen.update(blobs)
+            text = k[cut:].decode()
+            summary = remembered(text)
+            if summary is None:
+                try:
+                    summary = self.images.summary(txn, Digest.parse(text))
+                except (UnknownImage, InvalidDigest):
+                    continue
+            seen.update(summary.blobs)
         return sum(seen.values())
 
     @staticmethod
