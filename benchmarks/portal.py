@@ -10,9 +10,9 @@ reaching the app to its last byte handed to the server, `duration_ms` in the JSO
 loopback's time are left out. Each server runs one worker; requests go one at a time, alternating between the
 figures (and between the two servers for the manifest GET), so a busy moment of the machine touches them all alike.
 
-"just after a push to it" is the repository page right after a tag was pushed to it: a process remembers a
-repository's tag count and size until an event may have changed them (registry_core/listings.py), so this view is
-the one that counts them again (the worst case of a repository being pushed to while people look at it).
+"just after a push to it" and "just after a manifest deletion" are the repository page right after such a change:
+a process remembers a repository's tag count and size and brings them up to date over the events since
+(registry_core/listings.py); a push is applied, a manifest's deletion has them counted again (the worst case).
 
 The tags are written in process through the Registry API before the server starts (thousands of HTTP pushes would
 take minutes): each tag names its own manifest (they differ by an annotation), all sharing one config and one layer.
@@ -173,7 +173,7 @@ class Probe:
     figure: str
     path: str  # with its query string
     headers: tuple[tuple[str, str], ...] = ()
-    after_push: bool = False  # a tag pushed to MANY just before (not measured): the page counts the tags again
+    after: str | None = None  # "push": a tag pushed to MANY just before; "delete": a manifest of it deleted
 
 
 def probes(tags: int) -> list[Probe]:
@@ -187,7 +187,9 @@ def probes(tags: int) -> list[Probe]:
         Probe("repository page, middle page, by name", f"/repositories/{MANY}?last={middle}", html),
         Probe("repository page, first page, by push time", f"/repositories/{MANY}?sort=time", html),
         Probe("repository page, middle page, by push time", f"/repositories/{MANY}?sort=time&last={middle}", html),
-        Probe("repository page, first page, just after a push to it", f"/repositories/{MANY}", html, True),
+        Probe("repository page, first page, just after a push to it", f"/repositories/{MANY}", html, "push"),
+        Probe("repository page, first page, just after a manifest deletion", f"/repositories/{MANY}", html,
+              "delete"),
         Probe("JSON tags, first page, by name", f"/api/v1/repositories/{MANY}/-/tags"),
         Probe("JSON tags, middle page, by name", f"/api/v1/repositories/{MANY}/-/tags?last={middle}"),
         Probe("JSON tags, first page, by push time", f"/api/v1/repositories/{MANY}/-/tags?sort=time"),
@@ -203,11 +205,26 @@ MANIFEST_GET = Probe("manifest GET by tag (one-tag repository)", f"/v2/{SMALL}/m
                      (("Accept", OCI_MANIFEST),))
 
 
+def change(client: httpx.Client, url: str, what: str, body: bytes, i: int) -> list[tuple[None, str]]:
+    """A change of MANY before a view: "push", an existing manifest under a new tag; "delete", a new manifest
+    pushed by digest and deleted. Returns the access-log paths of its requests (none measured)."""
+    if what == "push":
+        path = f"/v2/{MANY}/manifests/pushed-{i}"
+        client.put(url + path, content=body, headers={"Content-Type": OCI_MANIFEST}).raise_for_status()
+        return [(None, path)]
+    manifest = json.loads(body)
+    fresh = json.dumps(manifest | {"annotations": {"deleted": str(i)}}).encode()
+    path = f"/v2/{MANY}/manifests/sha256:{hashlib.sha256(fresh).hexdigest()}"
+    client.put(url + path, content=fresh, headers={"Content-Type": OCI_MANIFEST}).raise_for_status()
+    client.delete(url + path).raise_for_status()
+    return [(None, path), (None, path)]
+
+
 def measure(servers: list[tuple[Server, list[Probe]]], rounds: int, client: httpx.Client) -> dict[str, list[float]]:
     """`rounds` rounds of every probe of every server, one request at a time; server milliseconds per figure."""
     pushed = {server.label: client.get(f"{server.url}/v2/{MANY}/manifests/{_tag(0)}",
                                        headers={"Accept": OCI_MANIFEST}).content
-              for server, wanted in servers if any(p.after_push for p in wanted)}
+              for server, wanted in servers if any(p.after for p in wanted)}
     for server, _ in servers:
         server.lines()  # what came before (the start, the pushes) is not measured
     samples: dict[str, list[float]] = {}
@@ -216,11 +233,8 @@ def measure(servers: list[tuple[Server, list[Probe]]], rounds: int, client: http
         order = servers if i % 2 == 0 else servers[::-1]
         for server, wanted in order:
             for probe in wanted:
-                if probe.after_push:  # an existing manifest under a new tag: an event of the repository
-                    path = f"/v2/{MANY}/manifests/pushed-{i}"
-                    client.put(server.url + path, content=pushed[server.label],
-                               headers={"Content-Type": OCI_MANIFEST}).raise_for_status()
-                    sent[server.label].append((None, path))
+                if probe.after is not None:  # not measured: the change before the view
+                    sent[server.label] += change(client, server.url, probe.after, pushed[server.label], i)
                 r = client.get(server.url + probe.path, headers=dict(probe.headers))
                 if r.status_code != 200:
                     raise SystemExit(f"{server.label} {probe.path}: {r.status_code} {r.text[:300]}")
