@@ -60,6 +60,11 @@ class BlobReader:
         while chunk := self.read(CHUNK):
             yield chunk
 
+    def batches(self) -> Iterator[list[bytes]]:
+        """The rest of the range as lists of pieces, each list what a server hands over per thread hop: here one
+        CHUNK per list; a compressed blob's reader gives one batch of decompressed frames (a few MiB)."""
+        return ([chunk] for chunk in self)
+
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from cas import InvalidRange
 from cas.frames import (
+    BATCH_ORIGINAL,
     FOOTER_SIZE,
     FRAME_SIZE,
     FrameReader,
@@ -226,3 +227,34 @@ def test_a_range_costs_the_frames_it_touches(data: bytes, frame_size: int, start
 def test_a_ranged_read_source_needs_its_size() -> None:
     with pytest.raises(ValueError, match="stored_size"):
         FrameReader(lambda offset, length: b"")
+
+
+def test_a_1_mib_range_from_the_middle_is_one_read_and_one_batch() -> None:
+    """Issue 18: a 1 MiB range not aligned to frames touches 5 frames of 256 KiB; their compressed bytes are
+    fetched with one read and decompressed into one batch (one thread hop of the server)."""
+    rng = random.Random(18)
+    words = [bytes(rng.choices(b"abcdefghij ,;", k=rng.randint(2, 12))) for _ in range(500)]
+    data = b"\n".join(rng.choices(words, k=(8 * FRAME_SIZE) // 7))[:8 * FRAME_SIZE]
+    stored = compress(data)
+    fetched: list[tuple[int, int]] = []
+
+    def read_at(offset: int, size: int) -> bytes:
+        fetched.append((offset, size))
+        return stored[offset:offset + size]
+
+    reader = FrameReader(read_at, stored_size=len(stored), original_size=len(data))
+    start, length = 3 * FRAME_SIZE + 12345, 1 << 20
+    fetched.clear()
+    batches = list(reader.iter_batches(start, length))
+    assert len(fetched) == 1 and len(batches) == 1 and len(batches[0]) == 5
+    assert b"".join(batches[0]) == data[start:start + length]
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=originals, frame_size=frame_sizes, start=st.integers(0, 700), length=st.integers(0, 700))
+def test_batches_hold_at_most_a_batch_of_frames(data: bytes, frame_size: int, start: int, length: int) -> None:
+    start = start % (len(data) + 1)
+    length = min(length, len(data) - start)
+    batches = list(FrameReader(compress(data, frame_size=frame_size)).iter_batches(start, length))
+    assert b"".join(b"".join(batch) for batch in batches) == data[start:start + length]
+    assert all(0 < len(batch) <= BATCH_ORIGINAL // frame_size + 1 for batch in batches)
