@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from .errors import CasError
 
@@ -60,9 +60,9 @@ class BlobReader:
         while chunk := self.read(CHUNK):
             yield chunk
 
-    def batches(self) -> Iterator[list[bytes]]:
-        """The rest of the range as lists of pieces, each list what a server hands over per thread hop: here one
-        CHUNK per list; a compressed blob's reader gives one batch of decompressed frames (a few MiB)."""
+    def batches(self) -> Iterator[Sequence[bytes]]:
+        """The rest of the range as sequences of pieces, each what a server hands over per thread hop: here one
+        CHUNK; a compressed blob's reader gives one batch of decompressed frames (about 1 MiB, cas/frames.py)."""
         return ([chunk] for chunk in self)
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Executor
 from itertools import chain
 
@@ -42,30 +42,31 @@ class FramedBlobReader(BlobReader):
         self.offset = offset
         self.length = length
         self._pos = 0
-        self._left: deque[bytes | memoryview] = deque()  # pieces decompressed, not handed out yet
+        self._left: deque[memoryview] = deque()  # pieces decompressed, not handed out yet
         self._release = release
 
     def read(self, n: int = -1) -> bytes:
         remaining = self.length - self._pos
         if n < 0 or n > remaining:
             n = remaining
-        parts: list[bytes | memoryview] = []
+        parts: list[memoryview] = []
         wanted = n
         while wanted > 0:
             if not self._left:
                 assert self._batches is not None, "read after close"
-                self._left.extend(next(self._batches))
+                self._left.extend(map(memoryview, next(self._batches)))
             piece = self._left.popleft()
             if len(piece) > wanted:
-                self._left.appendleft(memoryview(piece)[wanted:])
-                piece = memoryview(piece)[:wanted]
+                self._left.appendleft(piece[wanted:])
+                piece = piece[:wanted]
             parts.append(piece)
             wanted -= len(piece)
         self._pos += n
-        return parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
+        return b"".join(parts)
 
-    def batches(self) -> Iterator[list[bytes]]:
-        # One batch of frames (about READ_BATCH compressed bytes) at a time, after what a read() left over.
+    def batches(self) -> Iterator[Sequence[bytes]]:
+        # One batch of frames (about 1 MiB of original bytes, one bytes object) at a time, after what a read() left
+        # over. Sent as they are: a server copying out of a memoryview may do it byte by byte (granian does).
         if self._left:
             left = [bytes(piece) for piece in self._left]
             self._left.clear()
@@ -79,7 +80,7 @@ class FramedBlobReader(BlobReader):
             yield batch
 
     def __iter__(self) -> Iterator[bytes]:
-        # Pieces of at most one frame (256 KiB) as they are decompressed.
+        # Pieces of about 1 MiB (one per batch of frames) as they are decompressed.
         return chain.from_iterable(self.batches())
 
     def close(self) -> None:
