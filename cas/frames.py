@@ -15,7 +15,11 @@ Design (issue 18). Figures: one run of `python -m benchmarks.compression` (64 Mi
   level 3 and 128 KiB frames are slower, level -1 misses the 0.35 ratio), against the issue's 1 GiB/s. zstd
   releases the GIL (checked: a pure-Python thread keeps running during decompress()), so `iter_range(ahead=...)`
   decompresses on a second thread; on the loaded machine it had no idle core to use and measured slower (~600
-  MiB/s): a quiet rerun decides whether the server passes an executor for full GETs. 256 KiB frames stay the
+  MiB/s); through `berth serve` (one granian worker, same loaded machine) it cost ~20 % more server CPU per full
+  GET for no measurable gain, so the server passes no executor (a quiet machine may decide otherwise). Serving
+  cost is in batches (`iter_batches`): one pread and one bytes object per ~1 MiB of original bytes, decompressed
+  in place across frames (no bytes per frame, no join), one thread hop and one send each: server CPU per full GET
+  of a 128 MiB text blob went from ~300 to ~200 ms (raw sendfile: ~65 ms). 256 KiB frames stay the
   default because a 1 MiB range from the middle then decompresses at most 1.25 MiB (1.4-1.9 ms measured) where
   1 MiB frames decompress up to 2 MiB (4.6 ms unaligned); a raw pread from the page cache is 0.03 ms, so the
   issue's "<= 2x the uncompressed range" holds only at the HTTP level, where the request's own cost counts.
