@@ -8,13 +8,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cas import BlobStore, Digest
+from benchmarks.stores import open_store
+from cas import Digest
 
 
 def test_stat_and_contains_rate(benchmark: Any, figures: Any) -> None:
     count = 20_000 if not benchmark.disabled else 500
     work = Path(tempfile.mkdtemp(prefix="berth-bench-"))
-    store = BlobStore.on_disk(work / "data")
+    store = open_store(work / "data")
     try:
         digests = [store.ingest(i.to_bytes(8, "big")).digest for i in range(min(count, 2000))]
         # Referenced blobs: stat() stays a pure read (leases are only written for unreferenced ones).

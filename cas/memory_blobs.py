@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from .blobs import BlobBytes, Staged
 from .digest import Digest, Hasher
 from .errors import BlobUnknown, UploadBusy
-from .layout import FORM_NAMES, FORM_RAW
+from .layout import FORM_NAMES, FORM_RAW, FORMS
 from .reader import BlobReader
 from .stored_forms import hash_form, open_form
 
@@ -165,19 +165,19 @@ class MemoryBlobs(BlobBytes):
 
     def retire(self, digest: Digest) -> bool:
         with self._guard:
-            keys = [key for key in self._blobs if key[0] == digest]
+            keys = [key for key in ((digest, form) for form in FORMS) if key in self._blobs]  # not a walk of all
             for key in keys:
                 self._trash[key] = self._blobs.pop(key)
             return bool(keys)
 
     def restore(self, digest: Digest) -> None:
         with self._guard:
-            for key in [key for key in self._trash if key[0] == digest]:
+            for key in [key for key in ((digest, form) for form in FORMS) if key in self._trash]:
                 self._blobs.setdefault(key, self._trash.pop(key))
 
     def purge(self, digest: Digest) -> None:
         with self._guard:
-            for key in [key for key in self._trash if key[0] == digest]:
+            for key in [key for key in ((digest, form) for form in FORMS) if key in self._trash]:
                 del self._trash[key]
 
     def retired(self) -> Iterator[Digest]:

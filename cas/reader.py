@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from .errors import CasError
 
@@ -59,6 +59,11 @@ class BlobReader:
     def __iter__(self) -> Iterator[bytes]:
         while chunk := self.read(CHUNK):
             yield chunk
+
+    def batches(self) -> Iterator[Sequence[bytes]]:
+        """The rest of the range as sequences of pieces, each what a server hands over per thread hop: here one
+        CHUNK; a compressed blob's reader gives one batch of decompressed frames (about 1 MiB, cas/frames.py)."""
+        return ([chunk] for chunk in self)
 
     def close(self) -> None:
         if self._fd >= 0:

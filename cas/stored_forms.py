@@ -8,7 +8,10 @@ not of where.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import Executor
+from itertools import chain
 
 from .digest import Hasher, new_hasher
 from .frames import FrameReader, RangedRead, Source, StoredFormCorrupt, StoredFormUnsupported
@@ -18,17 +21,17 @@ from .reader import CHUNK, BlobReader
 
 class FramedBlobReader(BlobReader):
     """A BlobReader over [offset, offset + length) of the original bytes of a FRAMES_V1 stored form: only the
-    frames the range touches are read and decompressed (cas/frames.py). No descriptor to sendfile (fileno -1)."""
+    frames the range touches are read and decompressed (cas/frames.py). No descriptor to sendfile (fileno -1).
+    With `ahead`, the next batches are decompressed on that executor while the caller sends the current one."""
 
-    __slots__ = ("_pieces", "_left", "_release")
+    __slots__ = ("_batches", "_left", "_release")
 
     def __init__(self, frames: FrameReader, offset: int = 0, length: int | None = None,
-                 release: Callable[[], None] | None = None) -> None:
+                 release: Callable[[], None] | None = None, ahead: Executor | None = None) -> None:
         if length is None:
             length = frames.size - offset
-        try:
-            pieces = frames.iter_range(offset, length)  # checks the range (InvalidRange) before any read
-            self._pieces: Iterator[bytes] | None = iter(pieces)
+        try:  # checks the range (InvalidRange) before any read
+            self._batches: Iterator[list[bytes]] | None = frames.iter_batches(offset, length, ahead=ahead)
         except BaseException:
             if release is not None:
                 release()
@@ -39,40 +42,51 @@ class FramedBlobReader(BlobReader):
         self.offset = offset
         self.length = length
         self._pos = 0
-        self._left = memoryview(b"")
+        self._left: deque[memoryview] = deque()  # pieces decompressed, not handed out yet
         self._release = release
 
     def read(self, n: int = -1) -> bytes:
         remaining = self.length - self._pos
         if n < 0 or n > remaining:
             n = remaining
-        parts: list[bytes | memoryview] = []
+        parts: list[memoryview] = []
         wanted = n
         while wanted > 0:
             if not self._left:
-                assert self._pieces is not None, "read after close"
-                self._left = memoryview(next(self._pieces))
-            take = self._left[:wanted]
-            parts.append(take)
-            self._left = self._left[len(take):]
-            wanted -= len(take)
+                assert self._batches is not None, "read after close"
+                self._left.extend(map(memoryview, next(self._batches)))
+            piece = self._left.popleft()
+            if len(piece) > wanted:
+                self._left.appendleft(piece[wanted:])
+                piece = piece[:wanted]
+            parts.append(piece)
+            wanted -= len(piece)
         self._pos += n
         return b"".join(parts)
 
-    def __iter__(self) -> Iterator[bytes]:
-        # Pieces of at most one frame (256 KiB) as they are decompressed, after what a read() left over.
+    def batches(self) -> Iterator[Sequence[bytes]]:
+        # One batch of frames (about 1 MiB of original bytes, one bytes object) at a time, after what a read() left
+        # over. Sent as they are: a server copying out of a memoryview may do it byte by byte (granian does).
         if self._left:
-            left, self._left = bytes(self._left), memoryview(b"")
-            self._pos += len(left)
+            left = [bytes(piece) for piece in self._left]
+            self._left.clear()
+            self._pos += sum(map(len, left))
             yield left
-        if self._pieces is None:
-            return
-        for piece in self._pieces:
-            self._pos += len(piece)
-            yield piece
+        while self._batches is not None:
+            batch = next(self._batches, None)
+            if batch is None:
+                return
+            self._pos += sum(map(len, batch))
+            yield batch
+
+    def __iter__(self) -> Iterator[bytes]:
+        # Pieces of about 1 MiB (one per batch of frames) as they are decompressed.
+        return chain.from_iterable(self.batches())
 
     def close(self) -> None:
-        self._pieces = None
+        batches, self._batches = self._batches, None
+        if isinstance(batches, Generator):
+            batches.close()  # waits for the batches in flight on a read-ahead executor: they read our source
         release, self._release = self._release, None
         if release is not None:
             release()

@@ -119,6 +119,11 @@ class Images:
         self._max_manifest = max_manifest
         self._summaries = SUMMARIES
 
+    def remembered(self, digest: str) -> Summary | None:
+        """The summary of a digest (its canonical text) if this process has it, without parsing the digest: a
+        repository's size looks up every manifest of it (listings.py), where the parse was most of the cost."""
+        return self._summaries.get(digest)
+
     def summary(self, txn: Transaction, digest: Digest) -> Summary:
         cached = self._summaries.get(str(digest))
         if cached is not None:

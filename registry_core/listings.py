@@ -10,10 +10,19 @@ gets per item shown; a filter looks at no more than SCAN_MAX tags (HIDDEN_MAX pr
 may not see) past the page before it answers with a shorter page and a marker to go on from (the catalog's rule).
 Image summaries are remembered per digest (images.py). Everything is read through the store's Transaction (get,
 scan, keys, count) and cas's blob reads: no file paths.
+
+A repository's tag count and deduplicated size walk all its tags and manifests (~35 ms for 10 000 manifests,
+~80 ms before Images.remembered; benchmarks/portal.py), so each process remembers them, with the blobs the size is
+made of, and the outbox's sequence number they were counted at (events.py: every change appends its event in its
+own transaction, no gaps). A later view reads the current number in its own snapshot: unchanged, the figures
+stand; otherwise the events since are read (at most STALE_MAX) and applied (a tag created or deleted, a manifest
+pushed: its blobs added), and only a change they cannot be applied for (a manifest deleted, a purge) has them
+counted again.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -21,6 +30,7 @@ from typing import Generic, TypeVar
 
 from cas import Digest, InvalidDigest, Table, Transaction
 
+from . import events as ev
 from .accounts import Identity
 from .errors import RegistryError
 from .images import Detail, Images, Summary, UnknownImage
@@ -37,6 +47,12 @@ PAGE_MAX = 1000  # PORTAL-API.md: n at most 1000
 SCAN_MAX = 10_000  # tag keys a filtered page may pass over before it answers (a key costs ~0.1 µs: a few ms)
 HIDDEN_MAX = 1000  # projects or repositories a page may pass over (each asks the policy), as the catalog does
 HISTORY_MAX = 1000  # newest history entries a tag's history shows
+STALE_MAX = 1000  # events a remembered count may be carried over (each a JSON parse, ~3 µs); more: counted again
+COUNTS_KEPT = 4096  # repositories whose counts a process remembers (the oldest remembered is forgotten first)
+BLOBS_KEPT = 200_000  # blobs their counts name, all together (~150 B each: ~30 MiB); more: the oldest forgotten
+# The events that change no repository's tags or manifests; any other (also a type added later) may.
+_NO_COUNT_CHANGE = frozenset({ev.MANIFEST_PULLED, ev.BLOB_MOUNTED, ev.GRANT_CHANGED, ev.REPOSITORY_TRASHED,
+                              ev.REPOSITORY_RESTORED, ev.PROJECT_TRASHED, ev.PROJECT_RESTORED})
 # The actions that tell a caller's level, strongest first, with the projects module's level names (projects.LEVELS).
 LEVEL_BY_ACTION = (("admin", "admin"), ("delete", "edit-delete"), ("push", "edit"), ("pull", "download"),
                    ("view", "view"))
@@ -71,6 +87,15 @@ class Access:
     @property
     def visible(self) -> bool:
         return "admin" in self.granted if self.trashed else "view" in self.granted
+
+
+@dataclass(frozen=True, slots=True)
+class _Counted:
+    """A repository's tag count and deduplicated size as of an outbox seq, with the blobs that size is made of."""
+    seq: int
+    tags: int
+    blobs: dict[str, int]  # every blob and manifest a manifest of the repository names -> its size
+    size: int  # sum(blobs.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +157,10 @@ class Listings:
         self._trashed: Table = store.index.table("trashed")
         self.projects = Projects(store)
         self.images = Images(store, registry.config.max_manifest)
+        self._event_counters: Table = store.index.table(ev.TABLES[1])
+        self._counts: dict[str, _Counted] = {}  # by repository, the oldest remembered first
+        self._counts_lock = threading.Lock()
+        self._blobs_kept = 0  # blobs named in self._counts, all repositories together
         with store.index.read() as txn:
             behind = txn.count(self._tags.pushes) != txn.count(self._tags.tags)
         if behind:  # a store written before tag_pushes existed: filled in once
@@ -228,21 +257,89 @@ class Listings:
     def _repository_view(self, txn: Transaction, repo: RepositoryName, access: Access) -> RepositoryView:
         name = str(repo)
         newest = self._tags.newest(txn, name)
-        return RepositoryView(repo, access, self._count(txn, self._tags.tags, key(name, b"")),
-                              self._size(txn, name), LastPush(*newest) if newest is not None else None)
+        tags, size = self._counted(txn, name)
+        return RepositoryView(repo, access, tags, size, LastPush(*newest) if newest is not None else None)
 
-    def _size(self, txn: Transaction, repo: str) -> int:
-        """Deduplicated bytes of every manifest of the repository and the blobs they name: one range scan of its
+    def _counted(self, txn: Transaction, repo: str) -> tuple[int, int]:
+        """(tags, deduplicated size) of the repository in this snapshot: remembered, and brought up to date over
+        the events since. Entries are replaced whole, never changed (threads of one process share them): a racing
+        view that counted at an older seq may put its entry back, which is still true at its seq."""
+        raw = txn.get(self._event_counters, b"seq")
+        seq = int(raw) if raw is not None else 0
+        kept = self._counts.get(repo)
+        if kept is not None and kept.seq != seq:
+            kept = self._carried(txn, repo, kept, seq)
+            if kept is not None:
+                self._remember(repo, kept)
+        if kept is None:
+            blobs = self._blobs(txn, repo)
+            kept = _Counted(seq, self._count(txn, self._tags.tags, key(repo, b"")), blobs, sum(blobs.values()))
+            self._remember(repo, kept)
+        return kept.tags, kept.size
+
+    def _remember(self, repo: str, counted: _Counted) -> None:
+        with self._counts_lock:
+            old = self._counts.pop(repo, None)
+            self._blobs_kept -= len(old.blobs) if old is not None else 0
+            while self._counts and (len(self._counts) >= COUNTS_KEPT or
+                                    self._blobs_kept + len(counted.blobs) > BLOBS_KEPT):
+                self._blobs_kept -= len(self._counts.pop(next(iter(self._counts))).blobs)  # the oldest first
+            if len(counted.blobs) <= BLOBS_KEPT:
+                self._counts[repo] = counted
+                self._blobs_kept += len(counted.blobs)
+
+    def _carried(self, txn: Transaction, repo: str, kept: _Counted, now: int) -> _Counted | None:
+        """`kept` brought from its seq to `now` over the events between, or None when they must be counted again:
+        too many events, one missing (seqs have no gaps among commits), or one that is not a tag's creation, move
+        or deletion or a manifest's push (a manifest deleted or a repository purged: which blobs are still named
+        is not known without the walk)."""
+        since = kept.seq
+        if not since < now <= since + STALE_MAX:
+            return None
+        found = self._registry.outbox.after(since, now - since, txn)
+        if len(found) != now - since or found[0].seq != since + 1:
+            return None
+        tags, blobs, size = kept.tags, kept.blobs, kept.size
+        for event in found:
+            if event.type in _NO_COUNT_CHANGE or (event.repository != repo and event.repository is not None):
+                continue
+            if event.repository is None:  # a change of a whole project (a purge) or of the registry
+                return None
+            if event.type == ev.TAG_CREATED:
+                tags += 1
+            elif event.type == ev.TAG_DELETED:
+                tags -= 1
+            elif event.type == ev.MANIFEST_PUSHED:
+                # a manifest already there names only blobs already counted (its own digest among them): no change
+                try:
+                    named = self.images.summary(txn, Digest.parse(str(event.data["digest"]))).blobs
+                except (UnknownImage, InvalidDigest, KeyError):
+                    return None
+                fresh = {blob: bytes_ for blob, bytes_ in named if blob not in blobs}
+                if fresh:
+                    blobs = dict(blobs) if blobs is kept.blobs else blobs
+                    blobs.update(fresh)
+                    size += sum(fresh.values())
+            elif event.type != ev.TAG_MOVED:
+                return None
+        return _Counted(now, tags, blobs, size)
+
+    def _blobs(self, txn: Transaction, repo: str) -> dict[str, int]:
+        """Every blob (and manifest) that a manifest of the repository names, with its size: one range scan of its
         manifests, whose summaries (with their blobs) are remembered per digest after the first look."""
         prefix = key(repo, b"")
+        cut, remembered = len(prefix), self.images.remembered
         seen: dict[str, int] = {}
         for k in txn.keys(self._manifests, prefix=prefix):
-            try:
-                blobs = self.images.summary(txn, Digest.parse(k[len(prefix):].decode())).blobs
-            except (UnknownImage, InvalidDigest):
-                continue
-            seen.update(blobs)
-        return sum(seen.values())
+            text = k[cut:].decode()
+            summary = remembered(text)
+            if summary is None:
+                try:
+                    summary = self.images.summary(txn, Digest.parse(text))
+                except (UnknownImage, InvalidDigest):
+                    continue
+            seen.update(summary.blobs)
+        return seen
 
     @staticmethod
     def _count(txn: Transaction, table: Table, prefix: bytes) -> int:

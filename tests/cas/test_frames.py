@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from cas import InvalidRange
 from cas.frames import (
+    BATCH_ORIGINAL,
     FOOTER_SIZE,
     FRAME_SIZE,
     FrameReader,
@@ -91,7 +92,7 @@ def test_any_range_serves_the_original_bytes(tmp_path: Path, data: bytes, frame_
             length = min(length, len(data) - start)
             pieces = list(reader.iter_range(start, length))
             assert b"".join(pieces) == data[start:start + length]
-            assert all(0 < len(piece) <= frame_size for piece in pieces)  # a piece never exceeds one frame
+            assert all(0 < len(piece) <= (BATCH_ORIGINAL // frame_size + 1) * frame_size for piece in pieces)
 
 
 @pytest.mark.parametrize("size", [0, 1, FRAME_SIZE - 1, FRAME_SIZE, FRAME_SIZE + 1, 3 * FRAME_SIZE + 1])
@@ -226,3 +227,35 @@ def test_a_range_costs_the_frames_it_touches(data: bytes, frame_size: int, start
 def test_a_ranged_read_source_needs_its_size() -> None:
     with pytest.raises(ValueError, match="stored_size"):
         FrameReader(lambda offset, length: b"")
+
+
+def test_a_1_mib_range_from_the_middle_is_one_read_and_one_batch() -> None:
+    """Issue 18: a 1 MiB range not aligned to frames touches 5 frames of 256 KiB; their compressed bytes are
+    fetched with one read and decompressed into one batch (one thread hop of the server)."""
+    rng = random.Random(18)
+    words = [bytes(rng.choices(b"abcdefghij ,;", k=rng.randint(2, 12))) for _ in range(500)]
+    data = b"\n".join(rng.choices(words, k=(8 * FRAME_SIZE) // 7))[:8 * FRAME_SIZE]
+    stored = compress(data)
+    fetched: list[tuple[int, int]] = []
+
+    def read_at(offset: int, size: int) -> bytes:
+        fetched.append((offset, size))
+        return stored[offset:offset + size]
+
+    reader = FrameReader(read_at, stored_size=len(stored), original_size=len(data))
+    start, length = 3 * FRAME_SIZE + 12345, 1 << 20
+    fetched.clear()
+    batches = list(reader.iter_batches(start, length))
+    assert len(fetched) == 1 and batches == [[data[start:start + length]]]  # one batch of one piece
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=originals, frame_size=frame_sizes, start=st.integers(0, 700), length=st.integers(0, 700))
+def test_batches_hold_at_most_a_batch_of_frames(data: bytes, frame_size: int, start: int, length: int) -> None:
+    start = start % (len(data) + 1)
+    length = min(length, len(data) - start)
+    batches = list(FrameReader(compress(data, frame_size=frame_size)).iter_batches(start, length))
+    assert b"".join(b"".join(batch) for batch in batches) == data[start:start + length]
+    # one piece per batch, of at most the frames a batch may hold
+    assert all(len(batch) == 1 and 0 < len(batch[0]) <= (BATCH_ORIGINAL // frame_size + 1) * frame_size
+               for batch in batches)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from cas import BlobStore, Digest, Transaction
 from registry_core.accounts import Accounts
+from registry_core.errors import RegistryError
 from registry_core.listings import SCAN_MAX, InvalidQuery, Listings, NotFound
 from registry_core.policy import OpenPolicy, ProjectPolicy
 from registry_core.projects import Projects
@@ -117,6 +118,57 @@ def test_pages_concatenate_to_the_model(world: tuple[Registry, Clock, list[Diges
     view = listings.repository(None, repo)
     assert view.tags == len(model)
     assert (view.last_push.tag if view.last_push else None) == (rows[0].tag if rows else None)
+
+
+changes = st.lists(st.tuples(st.sampled_from(["tag", "digest", "untag", "delete", "purge", "pull", "other"]),
+                              st.sampled_from(["t1", "t2", "t3"]), st.integers(0, 2)), max_size=25)
+
+
+@given(steps=changes)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+def test_remembered_counts_follow_every_change(world: tuple[Registry, Clock, list[Digest]],
+                                               steps: list[tuple[str, str, int]]) -> None:
+    """One long-lived Listings (it remembers each repository's tag count and size by outbox seq) against a fresh one
+    after each change through the Registry: pushes by tag and by digest, tag and manifest deletions, a purge, pulls
+    and changes of another repository. Only a manifest's deletion or a purge may have it walk the manifests again;
+    every other change is applied to what it remembers."""
+    registry, _, _ = world
+    repo, other = f"kept/r{os.urandom(4).hex()}", f"kept/o{os.urandom(4).hex()}"
+    bodies = [image(registry, name, seed) for name in (repo, other) for seed in "xyz"]
+    registry.put_manifest(name_of(repo), ref_of("t0"), bodies[0], None)
+    kept = Listings(registry, OpenPolicy())
+    counted: list[str] = []
+    walk = kept._blobs
+    kept._blobs = lambda txn, name: counted.append(name) or walk(txn, name)  # type: ignore[method-assign]
+    kept.repository(None, repo)
+    for op, tag, which in steps:
+        before = len(counted)
+        body, ref = bodies[which], digest_of(sha(bodies[which]))
+        try:
+            if op == "tag":
+                registry.put_manifest(name_of(repo), ref_of(tag), body, None)
+            elif op == "digest":
+                registry.put_manifest(name_of(repo), ref, body, None)
+            elif op == "untag":
+                registry.delete_manifest(name_of(repo), ref_of(tag))
+            elif op == "delete":
+                registry.delete_manifest(name_of(repo), ref)
+            elif op == "purge":
+                registry.purge_repository(name_of(repo))
+                registry.put_manifest(name_of(repo), ref_of("t0"), image(registry, repo, "x"), None)
+            elif op == "pull":
+                registry.get_manifest(name_of(repo), ref_of(tag))
+            else:
+                registry.put_manifest(name_of(other), ref_of(tag), bodies[3 + which], None)
+        except RegistryError:  # no such tag or manifest: nothing changed
+            pass
+        fresh = Listings(registry, OpenPolicy()).repository(None, repo)
+        view = kept.repository(None, repo)
+        assert (view.tags, view.size) == (fresh.tags, fresh.size), (op, tag, which)
+        if op not in ("delete", "purge"):  # tags created, moved, deleted, manifests pushed: carried over
+            assert len(counted) == before, op
+        with registry.store.index.read() as txn:
+            assert view.tags == sum(1 for _ in txn.keys(registry.tags.tags, prefix=f"{repo}\0".encode()))
 
 
 class CountingTransaction:
