@@ -201,3 +201,15 @@ def queue_key(zero_since: float, digest_key: bytes) -> bytes:
 
 def queue_key_time(key: bytes) -> float:
     return int.from_bytes(key[:8], "big") / 1_000_000
+
+
+def split_form(name: str) -> tuple[str, int | None]:
+    """A stored blob's name (a file's, an object's) without its form's suffix, and the form (None: a suffix no
+    form has)."""
+    stem, dot, suffix = name.partition(".")
+    if not dot:
+        return name, FORM_RAW
+    for form, known in FORM_SUFFIX.items():
+        if known and known == dot + suffix:
+            return stem, form
+    return name, None

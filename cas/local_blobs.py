@@ -23,7 +23,7 @@ from .blobs import BlobBytes, ChunkWriter, Staged
 from .digest import ALGORITHMS, Digest, Hasher
 from .errors import BlobUnknown, UploadBusy
 from .files import LockedFile, ensure_dir, fsync_dir, remove_debris
-from .layout import FORM_RAW, FORM_SUFFIX, FORMS, blob_path
+from .layout import FORM_RAW, FORM_SUFFIX, FORMS, blob_path, split_form
 from .reader import BlobReader
 from .stored_forms import hash_form, open_form
 from .writer import HashingWriter, write_all
@@ -209,7 +209,7 @@ class LocalBlobs(BlobBytes):
         seen = set()
         for entry in os.scandir(self._trash):
             algorithm, _, name = entry.name.partition("-")
-            hexdigest, form = _split_form(name)
+            hexdigest, form = split_form(name)
             try:
                 digest = Digest.parse(f"{algorithm}:{hexdigest}")
             except ValueError:  # not a retired blob: nothing of ours, remove it
@@ -234,14 +234,14 @@ class LocalBlobs(BlobBytes):
                     yield None, FORM_RAW, pre_dir
                     continue
                 for name in sorted(os.listdir(pre_dir)):
-                    hexdigest, form = _split_form(name)
+                    hexdigest, form = split_form(name)
                     digest = _digest_of(algorithm, prefix, hexdigest) if form is not None else None
                     yield digest, FORM_RAW if form is None else form, os.path.join(pre_dir, name)
 
     def hash(self, location: str, algorithm: str) -> tuple[str, int]:
         fd = os.open(location, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            return hash_form(_split_form(os.path.basename(location))[1] or FORM_RAW, fd, algorithm)
+            return hash_form(split_form(os.path.basename(location))[1] or FORM_RAW, fd, algorithm)
         finally:
             os.close(fd)
 
@@ -278,15 +278,6 @@ class LocalBlobs(BlobBytes):
         os.unlink(probe)
 
 
-def _split_form(name: str) -> tuple[str, int | None]:
-    """A blob file's name without its form's suffix, and the form (None: a suffix no form has)."""
-    stem, dot, suffix = name.partition(".")
-    if not dot:
-        return name, FORM_RAW
-    for form, known in FORM_SUFFIX.items():
-        if known and known == dot + suffix:
-            return stem, form
-    return name, None
 
 
 def _digest_of(algorithm: str, prefix: str, name: str) -> Digest | None:

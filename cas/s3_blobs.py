@@ -52,7 +52,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from .blobs import BlobBytes, Staged
 from .digest import ALGORITHMS, Digest, Hasher, new_hasher
 from .errors import BlobUnknown, StoreUnavailable, UploadBusy
-from .layout import FORM_RAW, FORM_SUFFIX, FORMS
+from .layout import FORM_RAW, FORM_SUFFIX, FORMS, split_form
 from .reader import BlobReader
 from .stored_forms import hash_form, open_form
 
@@ -650,7 +650,7 @@ class S3Blobs(BlobBytes):
         seen: set[Digest] = set()
         for entry in list(self._list("trash/")):
             algorithm, _, name = entry["Key"].rsplit("/", 1)[-1].partition("-")
-            hexdigest, form = _split_form(name)
+            hexdigest, form = split_form(name)
             digest = None
             if form is not None:
                 with contextlib.suppress(ValueError):
@@ -665,7 +665,7 @@ class S3Blobs(BlobBytes):
         for entry in self._list("blobs/"):
             key: str = entry["Key"]
             algorithm, _, name = key[len(self.prefix) + len("blobs/"):].partition("/")
-            hexdigest, form = _split_form(name)
+            hexdigest, form = split_form(name)
             digest = None
             if algorithm in ALGORITHMS and form is not None:
                 with contextlib.suppress(ValueError):
@@ -673,7 +673,7 @@ class S3Blobs(BlobBytes):
             yield digest, FORM_RAW if form is None else form, key
 
     def hash(self, location: str, algorithm: str) -> tuple[str, int]:
-        form = _split_form(location.rsplit("/", 1)[-1])[1]
+        form = split_form(location.rsplit("/", 1)[-1])[1]
         try:
             if form not in (None, FORM_RAW):
                 head = self._s3.head_object(Bucket=self.bucket, Key=location)
@@ -753,14 +753,3 @@ class S3Blobs(BlobBytes):
             self._s3.delete_object(Bucket=self.bucket, Key=key)
         except (ClientError, StoreUnavailable) as exc:  # readiness probes expect OSError
             raise OSError(f"the bucket {self.bucket!r} refused a write: {exc}") from exc
-
-
-def _split_form(name: str) -> tuple[str, int | None]:
-    """An object's name without its form's suffix, and the form (None: a suffix no form has)."""
-    stem, dot, suffix = name.partition(".")
-    if not dot:
-        return name, FORM_RAW
-    for form, known in FORM_SUFFIX.items():
-        if known and known == dot + suffix:
-            return stem, form
-    return name, None
