@@ -25,7 +25,9 @@ def test_compare_distributed_smoke(tmp_path: Path) -> None:
     assert report["targets"] == TARGETS == [REFERENCE, DISTRIBUTED, EMBEDDED]
     assert [name for name, _ in DISTRIBUTED_CASES] == list(CASE_NAMES)
     medians = report["medians"]
-    assert medians[REFERENCE].keys() == medians[DISTRIBUTED].keys() == medians[EMBEDDED].keys()
+    # (the disk figure only where the data is on this machine's disk: Berth embedded)
+    assert medians[REFERENCE].keys() == medians[DISTRIBUTED].keys() == \
+        medians[EMBEDDED].keys() - {"disk used after `many` / unique bytes"}
     for target, figures in medians.items():
         assert all(math.isfinite(v) and v >= 0 for v in figures.values()), target
         for case_name in CASE_NAMES:

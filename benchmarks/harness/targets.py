@@ -222,7 +222,11 @@ def start_distribution(workdir: Path, s3: dict[str, str] | None = None) -> Targe
     storage = S3.format(**s3) if s3 else FILESYSTEM.format(data=data)
     config.write_text(DISTRIBUTION_CONFIG.format(storage=storage, port=port))
     log = workdir / f"{name}.log"
-    process = subprocess.Popen([binary, "serve", str(config)], stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    # Without AWS_CA_BUNDLE: aws-sdk-go (v1) cannot apply a CA bundle to the HTTP transport Distribution gives it and
+    # panics at start ("unable to load custom CA bundle"); the S3 server here is plain HTTP on loopback anyway.
+    env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+    process = subprocess.Popen([binary, "serve", str(config)], stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                               env=env)
     target = Target(name, f"http://127.0.0.1:{port}", process=process, data=None if s3 else data)
     _wait(target.url, process, log)
     return target
