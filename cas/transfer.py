@@ -99,9 +99,9 @@ def occupied(target: BlobStore, tables: Iterable[str]) -> list[str]:
     """What the target holds already, for a refusal: '12 row(s) in users', ...; empty if nothing."""
     t = target.tables
     found: list[str] = []
-    with target.index.read() as txn:
-        for table in (t.blobs, t.inline, t.refs, t.held, t.gcqueue, t.doomed, t.uploads, t.compaction,
-                      t.superseded, *map(target.index.table, tables)):
+    with target.index.read() as txn:  # the caller's tables first: what a person recognises (users, repositories)
+        for table in (*map(target.index.table, tables), t.blobs, t.inline, t.refs, t.held, t.gcqueue, t.doomed,
+                      t.uploads, t.compaction, t.superseded):
             count = txn.count(table)
             if count:
                 found.append(f"{count} row(s) in {table.name}")

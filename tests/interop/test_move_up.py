@@ -24,8 +24,11 @@ from typing import Any
 import pytest
 
 from cas import BlobStore
+from registry_core.accounts import Accounts
 from registry_core.names import RepositoryName
+from registry_core.projects import Projects
 from registry_core.registry import Registry
+from registry_core.webhooks import Webhooks
 from tests.engines import Engines
 from tests.interop.conftest import Run
 from tests.interop.images import write_layout
@@ -79,15 +82,29 @@ class Moved:
     jwt: str  # a bearer token the source's server signed before the move
     table: bytes  # a compressible blob the source kept compressed
     before: dict[str, str]  # CLI listings of the source
+    before_state: dict[str, Any]  # and what its registry reads
     report: dict[str, Any]  # move-up --json
 
 
-LISTINGS = ("user list", "project list", "token list admin", "token list alice", "grants {p}", "grants {p}/app",
-            "grants {p}/gone", "webhook list")
+LISTINGS = ("user list", "project list", "grants {p}/app")
 
 
 def listings(flags: tuple[str, ...], project: str) -> dict[str, str]:
+    """What the CLI lists, as an operator compares it."""
     return {line: ok(*line.format(p=project).split(), *flags) for line in LISTINGS}
+
+
+def state(registry: Registry, project: str) -> dict[str, Any]:
+    """Accounts, tokens, projects, grants, trash and webhooks as the registry reads them (one open of the store:
+    a CLI call per listing costs seconds on the distributed store, which declares its tables at every start)."""
+    accounts, projects, webhooks = Accounts(registry.store), Projects(registry.store), Webhooks(registry.store)
+    targets = (project, f"{project}/app", f"{project}/gone", *(p.id for p in projects.all()))
+    state = webhooks.state("ci")
+    return {"users": accounts.users(), "tokens": [accounts.tokens(u.name) for u in accounts.users()],
+            "projects": projects.all(), "grants": [projects.sharing(t) for t in targets],
+            "trash": [projects.is_trashed(t) for t in targets], "webhooks": webhooks.endpoints(),
+            "delivered": state.cursor if state else None, "dead": webhooks.dead(),
+            "password": accounts.check_password("admin", "a passphrase of our own")[0] is not None}
 
 
 @pytest.fixture(scope="module")
@@ -136,10 +153,12 @@ def moved(engines: Engines, tmp_path_factory: pytest.TempPathFactory, skopeo_mod
     finally:
         server.stop()
     before = listings(flags, project)
+    with Registry.open(data) as source:
+        before_state = state(source, project)
     target = _target(engines, "moved")
     report = json.loads(ok("move-up", "--json", *flags, *target))
     node = start_server(base / "node", *target, policy="project", workers=1)
-    yield Moved(data, layout, target, node, project, admin, alice, revoked, jwt, table, before, report)
+    yield Moved(data, layout, target, node, project, admin, alice, revoked, jwt, table, before, before_state, report)
     node.stop()
 
 
@@ -219,9 +238,11 @@ def test_listings_history_grants_and_trash_are_the_same(moved: Moved, skopeo_mod
     app, gone = RepositoryName.parse(f"{moved.project}/app"), RepositoryName.parse(f"{moved.project}/gone")
     with Registry.open(moved.source) as source, \
             Registry(BlobStore.distributed(moved.target[1], moved.target[3])) as target:
+        assert state(target, moved.project) == moved.before_state
+        assert moved.before_state["password"] and moved.before_state["trash"].count(True) == 2
         for repo in (app, gone):
             assert target.list_tags(repo) == source.list_tags(repo)
-            for tag in source.list_tags(repo):
+            for tag in source.list_tags(repo)[0]:
                 assert target.tag_history(repo, tag) == source.tag_history(repo, tag)
         assert len(target.tag_history(app, "latest")) == 2
     trashed = subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--creds", f"admin:{moved.admin}",
