@@ -32,6 +32,7 @@ import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
 
 from .digest import Digest, new_hasher
@@ -182,12 +183,14 @@ def _copy_bytes(source: BlobStore, target: BlobStore, root: Path, report: Transf
 
 
 def _records(txn: Transaction, store: BlobStore, start: bytes | None) -> list[tuple[bytes, BlobRecord]]:
-    found: list[tuple[bytes, BlobRecord]] = []
-    for key, raw in txn.scan(store.tables.blobs, start=start):
-        found.append((key, BlobRecord.unpack(raw)))
-        if len(found) == 1000:
-            break
-    return found
+    """The next (up to) 1000 blob records from `start` on."""
+    scan = txn.scan(store.tables.blobs, start=start)
+    try:
+        return [(key, BlobRecord.unpack(raw)) for key, raw in islice(scan, 1000)]
+    finally:
+        close = getattr(scan, "close", None)
+        if close is not None:
+            close()  # (a generator's cursor, closed inside its transaction)
 
 
 def _count(report: TransferReport, record: BlobRecord) -> None:
