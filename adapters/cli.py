@@ -14,18 +14,21 @@ import argparse
 import contextlib
 import dataclasses
 import errno
+import json
 import os
 import socket
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from adapters.logs import granian_config
 from adapters.settings import CONFIG_ENV, Settings, SettingsError, parse_listen, policy_problem, render, workers
 from cas import BlobStore, CasError, Digest, Usage, check
 from cas.gc import utc
+from cas.transfer import TransferReport
 from registry_core.accounts import Accounts, PersonalToken, User
 from registry_core.errors import RegistryError
 from registry_core.events import EVENT_TYPES
@@ -538,6 +541,79 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 1 if report.damaged else 0
 
 
+# -- moving up --------------------------------------------------------------------------------------------------------
+def cmd_move_up(args: argparse.Namespace) -> int:
+    """Copy the data directory (--data) into the distributed store (--metadata, --blobs), which must be empty."""
+    from cas.lmdb_index import open_elsewhere
+    from registry_core.relocation import LEFT_BEHIND, counts, relocate
+
+    store = args.settings.store
+    if not (store.metadata and store.blobs):
+        raise Failure("move-up copies the data directory (--data) into the distributed store: name it with "
+                      "--metadata postgresql://… and --blobs s3://…")
+    data = existing_data(args.data)
+    if open_elsewhere(Path(data) / "index"):
+        raise Failure(f"another process has {data} open (a running `berth serve`, or another berth command): stop "
+                      "it first; move-up copies a data directory nobody writes meanwhile")
+    last = [time.monotonic()]
+
+    def progress(report: TransferReport) -> None:
+        if time.monotonic() - last[0] >= 10:  # a line now and then for a long move, not one per blob
+            last[0] = time.monotonic()
+            _say(f"... {report.blobs} blob(s), {_mib(report.blob_bytes)} so far")
+
+    with BlobStore.on_disk(data) as source, _store(args) as target:
+        report = relocate(source, target, progress)
+    copied = counts(report)
+    if args.json:
+        print(json.dumps({
+            "source": data, "resumed": report.resumed, **{what.replace(" ", "_"): n for what, n in copied.items()},
+            "blobs": report.blobs + report.inline, "blob_bytes": report.blob_bytes + report.inline_bytes,
+            "files": {"count": report.blobs, "bytes": report.blob_bytes, "stored_bytes": report.stored_bytes,
+                      "compressed": report.compressed, "already_in_target": report.already},
+            "inline": {"count": report.inline, "bytes": report.inline_bytes},
+            "failed": [{"digest": f.digest, "reason": f.reason, "holders": f.holders, "outcome": f.outcome()}
+                       for f in report.failed],
+            "skipped": _left_out(report, LEFT_BEHIND), "rows": report.rows}, indent=2))
+    else:
+        print(f"blobs\t{report.blobs + report.inline}\t{_mib(report.blob_bytes + report.inline_bytes)}"
+              f"\t({report.blobs} in the bucket, {_mib(report.stored_bytes)} stored, {report.compressed} compressed"
+              + (f", {report.already} copied by the earlier run" if report.already else "")
+              + f"; {report.inline} inline in the index)")
+        for what, count in copied.items():
+            print(f"{what}\t{count}")
+        for failure in report.failed:
+            print(f"failed\t{failure.digest}\t{failure.reason}: {failure.outcome()}")
+        for item in _left_out(report, LEFT_BEHIND):
+            print(f"skipped\t{item['what']}\t{item['reason']}")
+    moved = f"moved {data} into the distributed store" + (" (resumed)" if report.resumed else "")
+    if report.failed:
+        _say(f"{moved}, but {len(report.failed)} blob(s) failed verification and were not copied as good (above; "
+             f"`berth fsck --data {data}` says more); pushing the same bytes again heals them")
+        return 1
+    _say(f"{moved}: every blob verified. Start `berth serve --metadata … --blobs …` on each node; the data "
+         "directory is left as it was")
+    return 0
+
+
+def _left_out(report: TransferReport, behind: dict[str, str]) -> list[dict[str, str | int]]:
+    """What the move did not copy, and why (beside the failed blobs)."""
+    out: list[dict[str, str | int]] = []
+    if report.uploads:
+        out.append({"what": f"{report.uploads} open upload session(s)", "count": report.uploads,
+                    "reason": behind["uploading"]})
+    if report.collecting:
+        out.append({"what": f"{report.collecting} blob(s) being collected", "count": report.collecting,
+                    "reason": "a collection pass of the source had claimed them (nothing references them)"})
+    if report.missing:
+        out.append({"what": f"{report.missing} blob record(s) already missing in the source", "count": report.missing,
+                    "reason": "copied as missing records (the holders that name them kept): push them again"})
+    for table, reason in behind.items():
+        if table != "uploading":
+            out.append({"what": f"table {table}", "count": 0, "reason": reason})
+    return out
+
+
 # -- serve ------------------------------------------------------------------------------------------------------------
 POLICIES = {"project": "log in with a personal access token; projects and grants decide who may do what",
             "open": "no login, everyone may do everything: local development only"}
@@ -826,6 +902,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(sub, "gc", cmd_gc, "delete blobs nobody references once their grace period is over")
     p.add_argument("--dry-run", action="store_true", help="report what would be deleted, delete nothing")
     p.add_argument("--explain", nargs="+", metavar="DIGEST", help="say why these blobs are retained")
+
+    p = command(sub, "move-up", cmd_move_up, "copy the data directory (--data) into the distributed store "
+                                             "(--metadata, --blobs), which must be empty; every blob verified")
+    p.add_argument("--json", action="store_true", help="the report as JSON")
 
     p = command(sub, "compact", cmd_compact, "keep compressible blobs zstd-compressed at rest (served byte for byte); "
                                              "the server does this after each collection pass")

@@ -54,7 +54,8 @@ gone reads the record again.
 
 Index tables (LMDB named databases; all keys and values are bytes)
 ------------------------------------------------------------------
-    meta      b"format" -> b"3"
+    meta      b"format" -> b"3"; b"transfer" -> JSON {source, started} only while a transfer (cas/transfer.py,
+              `berth move-up`) copies a store into this one
     blobs     digest key -> BlobRecord (struct "<BQQddBQ": state, size, refcount, zero_since, lease_until, form,
               stored); size is the original's, stored the size of the bytes kept in the record's form
     inline    digest key -> the blob's bytes, for blobs stored inside the index (state INLINE: small blobs such as

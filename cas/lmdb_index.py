@@ -13,6 +13,7 @@ transaction" rule for threads; other processes adopt a bigger map on MapResizedE
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -166,6 +167,26 @@ class _Reading:
             self._txn.abort()
         finally:
             self._index._gate.leave()
+
+
+def open_elsewhere(path: Path) -> bool:
+    """Whether another process has the LMDB environment at `path` open (a running `berth serve`, a CLI command).
+    LMDB holds a shared fcntl lock on the first byte of lock.mdb for as long as a process has the environment open
+    (mdb_env_excl_lock / mdb_env_share_locks): a write lock on it is refused exactly then. Call it before this
+    process opens the environment: closing any descriptor of the file drops this process's own fcntl locks."""
+    import fcntl
+
+    try:
+        fd = os.open(path / "lock.mdb", os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # (releases the probe's lock with the descriptor)
+    return False
 
 
 class LmdbIndex(Index):

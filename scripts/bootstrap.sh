@@ -11,9 +11,13 @@ bootstrap_venv() {
   [ -x .venv/bin/python ] || python3 -m venv .venv
   local stamp=".venv/.installed-${extra:-run}" spec="." installed
   [ -n "$extra" ] && spec=".[$extra]"
-  if [ -z "$extra" ]; then  # every extra's install includes the base one
+  # Every extra's install includes the base one, and the test extra includes the distributed one.
+  local covered="run bench distributed test"
+  [ "$extra" = distributed ] && covered="distributed test"
+  if [ -z "$extra" ] || [ "$extra" = distributed ]; then
     for installed in .venv/.installed-*; do
-      if [ -f "$installed" ] && [ ! pyproject.toml -nt "$installed" ]; then stamp="$installed"; fi
+      if [ -f "$installed" ] && [ ! pyproject.toml -nt "$installed" ] \
+         && [[ " $covered " == *" ${installed##*/.installed-} "* ]]; then stamp="$installed"; fi
     done
   fi
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then

@@ -4,7 +4,9 @@ Each fenced block carries a marker on the line before it, `<!-- readme: KIND -->
 - `serve`: its `scripts/berth serve ...` line starts in the background (from the same text), is waited for and
   stopped at the end; its `scripts/test` line is the suite that is running this very test. Any other line fails.
 - `run`: the block as one bash script under `set -e`, in "the same shell" as the `run` blocks before it (the
-  variables they set, such as TOKEN and PROJECT, are carried over).
+  variables they set, such as TOKEN and PROJECT, are carried over). A `run` marker whose note mentions Ctrl-C
+  ("after Ctrl-C in the server's shell") stands for the reader stopping the server: the `serve` blocks' servers are
+  stopped before the block runs.
 - `python`: the block as a Python script.
 - `skip — why`: not run; the reason is required.
 A block without a marker, or with an unknown one, fails the test: nothing new escapes it.
@@ -16,7 +18,11 @@ would otherwise build a virtualenv there). Relative paths in the README (`./bert
 in that directory, and nothing is written to the checkout.
 
 The port is the README's own, 127.0.0.1:5000, never substituted: a runner rewriting the README's text would no
-longer check what a reader runs. When something already listens there the test fails saying so.
+longer check what a reader runs. When something already listens there the test fails saying so. The one exception
+is what only the reader has: their PostgreSQL database and S3 bucket. The README writes them as the URLs of such
+servers on their usual ports (PLACEHOLDERS); the test puts a fresh database and bucket of its engines there
+(tests/engines.py; their credentials are in the environment, where the reader's are), and fails if the README no
+longer holds a placeholder.
 
 What would make the README noisy for a reader but is needed to keep the test off the machine's own state goes into
 the environment, never into the README: podman's storage (CONTAINERS_STORAGE_CONF: vfs under the temporary
@@ -44,12 +50,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.engines import Engines
 from tests.interop.dockerd import Dockerd, start_dockerd
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 LISTEN = "127.0.0.1:5000"  # as the README prints it
 KINDS = ("serve", "run", "python", "skip")
+
+# The reader's own engines, as the README writes them (PostgreSQL's port, SeaweedFS's S3 port).
+PLACEHOLDERS = ("postgresql://berth@127.0.0.1:5432/berth", "s3://berth?endpoint=http://127.0.0.1:8333")
 
 _FENCE = re.compile(r"^(```+)(\S*)\s*$")
 _MARKER = re.compile(r"^<!--\s*readme:\s*(?P<kind>[a-z]+)\s*(?:—\s*(?P<why>.*?))?\s*-->$")
@@ -151,8 +161,9 @@ class Background:
 class Reader:
     """A newcomer at a shell in `workdir`: runs the README's blocks in order, keeping the shell's variables."""
 
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str], engines: dict[str, str] | None = None) -> None:
         self.workdir, self.env = workdir, env
+        self.engines = engines or {}  # placeholder -> the test's own engine's URL
         self.state = workdir.parent / "shell-state.sh"  # `declare -p` of what the blocks so far assigned
         self.state.write_text("")
         self.servers: list[Background] = []
@@ -194,9 +205,14 @@ class Reader:
                                  f"{log.read_text(errors='replace')}")
 
     def run(self, block: Block) -> str:
-        names = sorted(set(_ASSIGNED.findall(block.text)))
+        if "Ctrl-C" in block.why:
+            self.stop()
+        text = block.text
+        for placeholder, url in self.engines.items():
+            text = text.replace(placeholder, url)
+        names = sorted(set(_ASSIGNED.findall(text)))
         script = "\n".join([
-            "set -e", f"source {shlex.quote(str(self.state))}", block.text,
+            "set -e", f"source {shlex.quote(str(self.state))}", text,
             # Only after the whole block succeeded: what it assigned, for the blocks after it.
             # (`NAME=value command` sets nothing in the shell: such names are not kept.)
             *[f"! declare -p {name} >/dev/null 2>&1 || declare -p {name} >> {shlex.quote(str(self.state))}"
@@ -233,20 +249,25 @@ def _environment(tmp_path: Path, runroot: Path, daemon: Dockerd) -> dict[str, st
     del env["DOCKER_BUILDKIT"]  # the README sets it where it needs it
     env.update(CONTAINERS_STORAGE_CONF=str(storage), REGISTRY_AUTH_FILE=str(tmp_path / "auth.json"),
                XDG_DATA_HOME=str(tmp_path / "xdg"), PYTHONPATH=str(ROOT))
-    for name in ("BERTH_DATA", "BERTH_POLICY", "BERTH_PUBLIC_URL", "BERTH_FORWARDED_HEADER"):
+    for name in ("BERTH_DATA", "BERTH_POLICY", "BERTH_PUBLIC_URL", "BERTH_FORWARDED_HEADER", "BERTH_METADATA",
+                 "BERTH_BLOBS"):
         env.pop(name, None)  # the README's defaults, not the caller's
     return env
 
 
-def test_readme_runs_as_written(tmp_path: Path, dockerd: Dockerd) -> None:
-    readme = blocks(README.read_text())
+def test_readme_runs_as_written(tmp_path: Path, dockerd: Dockerd, engines: Engines) -> None:
+    text = README.read_text()
+    readme = blocks(text)
+    assert all(placeholder in text for placeholder in PLACEHOLDERS), f"the README no longer shows {PLACEHOLDERS}"
+    places = dict(zip(PLACEHOLDERS, (engines.postgres.create_database(), engines.s3.url(engines.s3.create_bucket())),
+                      strict=True))
     workdir = tmp_path / "checkout"
     workdir.mkdir()
     (workdir / "scripts").symlink_to(ROOT / "scripts")
     (workdir / "clients").symlink_to(ROOT / "clients")  # the R package the README installs
     (workdir / ".venv").symlink_to(ROOT / ".venv")
     runroot = Path(tempfile.mkdtemp(prefix="berth-readme-", dir="/tmp"))  # podman wants a short runroot
-    reader = Reader(workdir, _environment(tmp_path, runroot, dockerd))
+    reader = Reader(workdir, _environment(tmp_path, runroot, dockerd), places)
     ran: list[str] = []
     try:
         for block in readme:
