@@ -168,8 +168,9 @@ class Collector:
         if not digests:
             return 0
         if retire:
-            for digest in digests:
-                self._blobs.retire(digest)
+            # On the pool: a retire is a rename of a file, or three requests to an object store (copy, a miss for
+            # the other form, delete: ~0.1 s measured on SeaweedFS beside pushes, one blob after another).
+            list(pool.map(self._blobs.retire, digests))
             crashpoints.reached("gc.after_trash")
         t = self._t
 
@@ -186,15 +187,11 @@ class Collector:
 
         keep = self._store.index.transact(decide)
         crashpoints.reached("gc.after_decide")
-        purges = []
-        for digest, kept in zip(digests, keep, strict=True):
-            if kept:
-                self._blobs.restore(digest)
-            else:
-                purges.append(pool.submit(self._blobs.purge, digest))
-        for purge in purges:
-            purge.result()  # surface anything but "already gone"
-        return len(purges)
+        steps = [pool.submit(self._blobs.restore if kept else self._blobs.purge, digest)
+                 for digest, kept in zip(digests, keep, strict=True)]
+        for step in steps:
+            step.result()  # surface anything but "already gone"
+        return keep.count(False)
 
     def _recover(self, pool: ThreadPoolExecutor) -> None:
         """Finish what a crashed pass left: claims not yet decided, retired copies not yet purged or restored."""
