@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -21,13 +22,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from tests.engines import Engines
 from tests.interop.conftest import Run
-from tests.interop.images import write_layout
+from tests.interop.images import Layout, write_layout
+from tests.interop.test_skopeo import layout_ref, same_blobs
 from tests.serving import ROOT, Server, sha, start_server
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -147,6 +150,7 @@ class Pusher(threading.Thread):
         self.refused = 0  # manifests refused because a blob was collected between its upload and the PUT
         self.again = 0  # blobs uploaded before (by any pusher) and found gone (collected) when pushed again
         self.failure: BaseException | None = None
+        self.broken: list[str] = []  # what was found missing or damaged of an image before it was deleted
 
     def run(self) -> None:
         try:
@@ -157,6 +161,7 @@ class Pusher(threading.Thread):
                     self.push_one(http, count)
                     if len(self.kept) > KEPT:
                         gone = self.kept.pop(self.rng.randrange(len(self.kept)))
+                        self.broken.extend(damage(http, gone))  # whole until the moment it is deleted
                         answer = http.delete(f"/v2/{gone.repo}/manifests/{gone.digest}")
                         assert answer.status_code == 202, answer.text
                         self.deleted += 1
@@ -194,9 +199,22 @@ class Pusher(threading.Thread):
         raise AssertionError(f"image {count} of {self.name} was refused 20 times in a row")
 
 
-def collected_blobs(server: Server, http: httpx.Client) -> float:
+def damage(http: httpx.Client, image: Pushed) -> list[str]:
+    """What is missing or damaged of an acknowledged image: its manifest and each of its blobs, byte for byte."""
+    answer = http.get(f"/v2/{image.repo}/manifests/{image.digest}")
+    if answer.status_code != 200 or answer.content != image.body:
+        return [f"{image.repo}@{image.digest}: manifest {answer.status_code}"]
+    found = []
+    for digest, size in image.blobs:
+        blob = http.get(f"/v2/{image.repo}/blobs/{digest}")
+        if blob.status_code != 200 or len(blob.content) != size or sha(blob.content) != digest:
+            found.append(f"{image.repo}@{image.digest}: blob {digest} {blob.status_code}")
+    return found
+
+
+def collected_blobs(http: httpx.Client) -> float:
     """berth_gc_blobs_collected on the collector node's /metrics."""
-    text = http.get(f"{server.url}/metrics").text
+    text = http.get("/metrics").text
     found = re.search(r"^berth_gc_blobs_collected_total ([0-9.e+]+)$", text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
 
@@ -218,21 +236,14 @@ def test_collection_passes_on_one_node_while_two_others_push_lose_no_blob(
             assert not pusher.is_alive(), f"{pusher.name} did not finish"
         failures = [f"{p.name}: {p.failure!r}" for p in pushers if p.failure is not None]
         assert not failures, failures
-        with httpx.Client(timeout=60) as http:
-            collected = collected_blobs(collector, http)
-            # Every image acknowledged and not deleted is whole: its manifest and each of its blobs, byte for byte
-            # (checked through the collector's own node, which serves as any other).
-            kept = [image for pusher in pushers for image in pusher.kept]
-            broken = []
+        # Every image acknowledged was whole until its pusher deleted it (checked just before), and the ones kept
+        # are whole now (checked through the collector's own node, which serves as any other).
+        broken = [line for pusher in pushers for line in pusher.broken]
+        kept = [image for pusher in pushers for image in pusher.kept]
+        with httpx.Client(base_url=collector.url, timeout=60) as http:
+            collected = collected_blobs(http)
             for image in kept:
-                answer = http.get(f"{collector.url}/v2/{image.repo}/manifests/{image.digest}")
-                if answer.status_code != 200 or answer.content != image.body:
-                    broken.append(f"{image.repo}@{image.digest}: manifest {answer.status_code}")
-                    continue
-                for digest, size in image.blobs:
-                    blob = http.get(f"{collector.url}/v2/{image.repo}/blobs/{digest}")
-                    if blob.status_code != 200 or len(blob.content) != size or sha(blob.content) != digest:
-                        broken.append(f"{image.repo}@{image.digest}: blob {digest} {blob.status_code}")
+                broken.extend(damage(http, image))
         summary = (f"{len(kept)} images kept, {sum(p.deleted for p in pushers)} deleted, "
                    f"{sum(p.refused for p in pushers)} manifest PUTs refused, {collected:.0f} blobs collected, "
                    f"{sum(p.again for p in pushers)} pushed again after their collection")
@@ -255,9 +266,9 @@ def location(answer: httpx.Response) -> str:
 def test_a_node_killed_mid_push_loses_nothing_acknowledged_and_the_retry_elsewhere_succeeds(
         nodes: tuple[Server, ...], shared: tuple[str, ...], tmp_path: Path) -> None:
     """Through node A: the config and a small layer uploaded (201), a large layer's first chunk accepted (202), its
-    second chunk half sent when A is killed with SIGKILL. Through node B, the client asks where the upload stands
-    (exactly the acknowledged bytes), sends the rest, closes it and puts the manifest; node C serves the image byte
-    for byte, and fsck finds nothing wrong."""
+    second chunk half sent when A is killed with SIGKILL. fsck finds nothing wrong. Through node B, the client asks
+    where the upload stands (exactly the acknowledged bytes), sends the rest, closes it and puts the manifest; node C
+    serves the image byte for byte."""
     _, b, c = nodes
     with environment(BERTH_STORE_LEASE=LEASE):
         a = start_server(tmp_path / "a", *shared, "--gc-interval", "0", workers=1)
@@ -308,7 +319,8 @@ def test_a_node_killed_mid_push_loses_nothing_acknowledged_and_the_retry_elsewhe
             assert outcome and isinstance(outcome[0], httpx.TransportError), outcome  # never acknowledged
     finally:
         killed.set()
-        a.kill() if a.process.poll() is None else None
+        if a.process.poll() is None:
+            a.kill()
     assert_fsck_clean(shared)
 
     with httpx.Client(base_url=b.url, timeout=60) as http:
@@ -331,4 +343,45 @@ def test_a_node_killed_mid_push_loses_nothing_acknowledged_and_the_retry_elsewhe
             answer = http.get(f"/v2/{repo}/blobs/{sha(blob)}")
             assert answer.status_code == 200 and hashlib.sha256(answer.content).digest() == \
                 hashlib.sha256(blob).digest()
+
+
+def test_skopeo_killed_with_its_node_mid_layer_pushes_again_through_another(
+        nodes: tuple[Server, ...], shared: tuple[str, ...], engines: Engines, skopeo: Run,
+        client_env: dict[str, str], tmp_path: Path) -> None:
+    """skopeo pushes an image with a 48 MiB layer through node A, killed with SIGKILL once the layer's first staged
+    segment is in the bucket (so surely mid-layer): skopeo fails, fsck is clean, the same copy through node B
+    succeeds, and node C serves the image back byte for byte."""
+    _, b, c = nodes
+    layout = Layout(tmp_path / "img")
+    layout.tag(layout.raw_image([layout.raw_layer(48, 48 << 20)], note="killed"), "v1")
+    parts = urlsplit(shared[shared.index("--blobs") + 1])
+    bucket, staging = parts.netloc, parts.path.strip("/") + "/staging/"
+    s3 = engines.s3.client()
+    a = start_server(tmp_path / "a", *shared, "--gc-interval", "0", workers=1)
+    try:
+        push = subprocess.Popen(
+            [shutil.which("skopeo") or "skopeo", "--policy", client_env["BERTH_POLICY"], "copy",
+             "--dest-tls-verify=false", f"oci:{tmp_path / 'img'}:v1", f"docker://{a.host}/lib/big:v1"],
+            env=client_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not any(item["Key"].rsplit("/", 1)[-1] != "session"
+                          for item in s3.list_objects_v2(Bucket=bucket, Prefix=staging).get("Contents", [])):
+                assert push.poll() is None, f"skopeo ended before its layer was staged: {push.stderr}"
+                assert time.monotonic() < deadline, "the layer's first segment never reached the bucket"
+                time.sleep(0.02)
+            a.kill()
+            _, errors = push.communicate(timeout=120)
+            assert push.returncode != 0, "skopeo finished before its node was killed: nothing was tested"
+        finally:
+            if push.poll() is None:
+                push.kill()
+                push.wait()
+    finally:
+        if a.process.poll() is None:
+            a.kill()
     assert_fsck_clean(shared)
+    skopeo("copy", "--dest-tls-verify=false", f"oci:{tmp_path / 'img'}:v1", f"docker://{b.host}/lib/big:v1")
+    skopeo("copy", "--src-tls-verify=false", f"docker://{c.host}/lib/big:v1", f"oci:{tmp_path / 'back'}:v1")
+    assert layout_ref(tmp_path / "back", "v1") == layout_ref(tmp_path / "img", "v1")
+    assert same_blobs(tmp_path / "img", tmp_path / "back") == 3  # manifest, config, the layer
