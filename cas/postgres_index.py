@@ -27,7 +27,9 @@ connection of its own opened for the holder (not a pooled one: a pooled connecti
 its session lock), in autocommit: no transaction is open and no row is locked while it is held, so a collection
 pass holding it across its calls to the object store delays no request. PostgreSQL frees the lock when the session
 ends: the holder closes it, or its process dies (the socket closes), or its machine vanishes (the server's TCP
-keepalives on that session, set below, notice within about a minute).
+keepalives on that session, set below, notice within about a minute). A holder that loses its session (the server
+restarted, the network between them cut) loses the lock while it may still be working; a collection pass then
+fails at its next transaction, which needs the same server (its claims stay listed in `doomed` for the next pass).
 """
 
 from __future__ import annotations
