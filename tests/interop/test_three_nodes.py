@@ -123,7 +123,7 @@ def test_a_delete_on_one_node_is_seen_on_the_others_at_once(nodes: tuple[Server,
 
 
 # -- collection beside pushes ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pushed:
     repo: str
     digest: str
