@@ -2,10 +2,12 @@
 collected once their grace period is over (the online GC of DESIGN: it never stops the world), and compressible
 blobs compacted after each collection pass (cas/compaction.py; `berth compact` by hand).
 
-A collection pass runs in one process at a time per data directory: the first worker to take the flock of
-`DATA/gc.lock` runs it, the others skip their turn (and `berth gc` waits for the lock, so a pass by hand never runs
-beside the server's). cas's collector is safe beside pushes: a blob is doomed in the same write transaction that
-checks it is still unreferenced and past its grace and lease, and a publish of the same digest undoes that.
+A collection pass runs in one process at a time per store: the first worker (of any node) to take the store's
+collection lock runs it, the others skip their turn (and `berth gc` waits for the lock, so a pass by hand never runs
+beside the server's). The lock is the index's (cas/index.py `exclusive`): the flock of `DATA/gc.lock` on the
+embedded store, a PostgreSQL advisory lock on the distributed one, freed by PostgreSQL if its node dies. cas's
+collector is safe beside pushes: a blob is doomed in the same write transaction that checks it is still
+unreferenced and past its grace and lease, and a publish of the same digest undoes that.
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol
 
@@ -193,11 +192,6 @@ class BlobBytes(ABC):
     def debris(self) -> int:
         """How many leftovers (staging, retired copies) are waiting for a collection pass."""
         return 0
-
-    @abstractmethod
-    def exclusive(self, name: str, wait: bool) -> AbstractContextManager[bool]:
-        """Hold a named lock shared with every process that opens the same bytes: True if taken (always, when
-        `wait`), False if held elsewhere. A collection pass holds "gc"."""
 
     @abstractmethod
     def check_writable(self) -> None:

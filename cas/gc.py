@@ -42,6 +42,12 @@ record. Recovery from a crash mid-pass: `doomed` lists the claims not yet decide
 are decided again (restored if their record is PRESENT, purged otherwise) at the start of the next pass.
 
 Last, debris of staging: files of crashed ingests, idle upload sessions and staging without a session.
+
+One pass at a time per store, among all processes and machines: callers hold `exclusive()`, the index's named lock
+"gc" (cas/index.py; a PostgreSQL advisory lock on the distributed store), which is no transaction. Every index
+transaction of a pass is short and none is open across a call to the keeper of bytes (an S3 request on the
+distributed store): claims and decisions commit before the bytes are touched, and the orphan sweep lists the bytes
+first and reads their records after, a batch at a time.
 """
 
 from __future__ import annotations
@@ -120,8 +126,10 @@ class Collector:
 
     def exclusive(self, wait: bool) -> AbstractContextManager[bool]:
         """The store's collection lock, shared by every process that opens it: True if taken (always, when
-        `wait`), False if another pass holds it. Hold it around run() when several processes may collect."""
-        return self._blobs.exclusive("gc", wait)
+        `wait`), False if another pass holds it. Hold it around run() when several processes may collect. It is
+        the index's named lock "gc" (cas/index.py: a flock of DATA/gc.lock, or a PostgreSQL advisory lock), not a
+        transaction: the pass's own transactions stay short, and none is open across a call to the bytes."""
+        return self._store.index.exclusive("gc", wait)
 
     def run(self, dry_run: bool = False, sweep_orphans: bool = True) -> GcReport:
         report = GcReport(dry_run=dry_run, grace=self._store.config.grace)
@@ -160,8 +168,9 @@ class Collector:
         if not digests:
             return 0
         if retire:
-            for digest in digests:
-                self._blobs.retire(digest)
+            # On the pool: a retire is a rename of a file, or three requests to an object store (copy, a miss for
+            # the other form, delete: ~0.1 s measured on SeaweedFS beside pushes, one blob after another).
+            list(pool.map(self._blobs.retire, digests))
             crashpoints.reached("gc.after_trash")
         t = self._t
 
@@ -178,15 +187,11 @@ class Collector:
 
         keep = self._store.index.transact(decide)
         crashpoints.reached("gc.after_decide")
-        purges = []
-        for digest, kept in zip(digests, keep, strict=True):
-            if kept:
-                self._blobs.restore(digest)
-            else:
-                purges.append(pool.submit(self._blobs.purge, digest))
-        for purge in purges:
-            purge.result()  # surface anything but "already gone"
-        return len(purges)
+        steps = [pool.submit(self._blobs.restore if kept else self._blobs.purge, digest)
+                 for digest, kept in zip(digests, keep, strict=True)]
+        for step in steps:
+            step.result()  # surface anything but "already gone"
+        return keep.count(False)
 
     def _recover(self, pool: ThreadPoolExecutor) -> None:
         """Finish what a crashed pass left: claims not yet decided, retired copies not yet purged or restored."""
@@ -259,13 +264,27 @@ class Collector:
         """Blob bytes with no record, or beside an INLINE record: settled by the same protocol as a claim, which
         a publish in flight overrules (module docstring)."""
         candidates: list[Digest] = []
-        with self._store.index.read() as txn:
-            for digest, _form, _location in self._blobs.stored():
-                if digest is None or (candidates and candidates[-1] == digest):
-                    continue  # a stray name (fsck reports it), or the other form of a blob just seen
-                raw = txn.get(self._t.blobs, digest.key)
-                if raw is None or BlobRecord.unpack(raw).state == STATE_INLINE:
-                    candidates.append(digest)
+        listed: list[Digest] = []
+
+        def check() -> None:
+            # The records of a batch listed, in a read transaction of their own: listing the bytes is a walk of a
+            # directory or of a bucket (S3 calls), and no index transaction is held across that.
+            with self._store.index.read() as txn:
+                for digest in listed:
+                    raw = txn.get(self._t.blobs, digest.key)
+                    if raw is None or BlobRecord.unpack(raw).state == STATE_INLINE:
+                        candidates.append(digest)
+            listed.clear()
+
+        last: Digest | None = None
+        for digest, _form, _location in self._blobs.stored():
+            if digest is None or digest == last:
+                continue  # a stray name (fsck reports it), or the other form of a blob just seen
+            listed.append(digest)
+            last = digest
+            if len(listed) >= BATCH:
+                check()
+        check()
         return sum(self._settle(candidates[at:at + BATCH], pool, retire=True)
                    for at in range(0, len(candidates), BATCH))
 

@@ -18,6 +18,10 @@ The guarantees every implementation gives, and that cas and the layers above rel
 - Durability. A commit that returned survives a crash of the process (and, for the LMDB index, of the machine).
 - Declared tables. Every table is declared once, at start-up, by the layer that owns it (`declare`); `table(name)`
   of an undeclared name raises UndeclaredTable, so a misspelt name fails at once instead of creating a table.
+- Named locks. `exclusive(name, wait)` is held by one holder at a time among every process (on every machine) that
+  opens the same index, and freed when its holder ends, however it ends (LMDB: a flock; memory: a lock;
+  PostgreSQL: a session advisory lock on a connection of its own). It is no transaction and locks no row: holding
+  it across slow work (a collection pass's calls to the object store) blocks nobody but the next holder.
 
 Keys are compared as bytes (scan order is byte order). Values are bytes. A table declared with a TableShape takes
 only keys and values of that shape (an index with columns refuses others with ValueError).
@@ -121,6 +125,11 @@ class Index(ABC):
         """How many keys `table` holds (for gauges read at every scrape)."""
         with self.read() as txn:
             return txn.count(table)
+
+    @abstractmethod
+    def exclusive(self, name: str, wait: bool) -> AbstractContextManager[bool]:
+        """Hold the lock `name` (see the module docstring) for a `with` block: True if taken (always, when
+        `wait`), False at once if another holder has it. A collection pass holds "gc" (cas/gc.py)."""
 
     def space(self) -> tuple[int, int] | None:
         """(bytes used, bytes the index may grow to) when the implementation has such a bound, else None."""

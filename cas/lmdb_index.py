@@ -9,10 +9,15 @@ process (mdb_env_set_mapsize). We reserve a large map once (address space only: 
 pages are written), grow it by doubling before a write when it is over half full, and after MapFullError in
 `Index.transact`. A process-wide gate (shared for transactions, exclusive for a resize) enforces the "no open
 transaction" rule for threads; other processes adopt a bigger map on MapResizedError (set_mapsize(0)).
+
+Named locks (`exclusive`) are flock()s of `<name>.lock` files in the directory given as `locks` (the data
+directory: DATA/gc.lock, cas/layout.py): every process on the machine that opens the directory shares them, and the
+kernel frees one when its holder dies.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -174,8 +179,6 @@ def open_elsewhere(path: Path) -> bool:
     LMDB holds a shared fcntl lock on the first byte of lock.mdb for as long as a process has the environment open
     (mdb_env_excl_lock / mdb_env_share_locks): a write lock on it is refused exactly then. Call it before this
     process opens the environment: closing any descriptor of the file drops this process's own fcntl locks."""
-    import fcntl
-
     try:
         fd = os.open(path / "lock.mdb", os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -191,8 +194,9 @@ def open_elsewhere(path: Path) -> bool:
 
 class LmdbIndex(Index):
     def __init__(self, path: Path, *, map_size: int = DEFAULT_MAP_SIZE, durable: bool = True,
-                 tables: tuple[TableShape | str, ...] = ()) -> None:
+                 tables: tuple[TableShape | str, ...] = (), locks: Path | None = None) -> None:
         path.mkdir(parents=True, exist_ok=True)
+        self._locks = locks or path  # where the named locks' files are (module docstring)
         # sync=True (the default): a commit is durable when it returns. metasync may be relaxed without risking
         # corruption (LMDB then may lose the last commit on power loss), which we do not want either.
         self._env = lmdb.open(
@@ -294,6 +298,19 @@ class LmdbIndex(Index):
     def _grow(self, factor: int) -> None:
         with self._gate.exclusive():
             self._env.set_mapsize(self._env.info()["map_size"] * factor)
+
+    @contextmanager
+    def exclusive(self, name: str, wait: bool) -> Iterator[bool]:
+        fd = os.open(self._locks / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)  # closing releases the lock (a flock belongs to the open file, so threads exclude too)
 
     def space(self) -> tuple[int, int]:
         return self.used_bytes(), self.map_size

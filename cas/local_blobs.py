@@ -10,13 +10,11 @@ same name with the form's suffix (`<hex>.zf1`), in blobs/ and in trash/ alike.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from .blobs import BlobBytes, ChunkWriter, Staged
@@ -257,19 +255,6 @@ class LocalBlobs(BlobBytes):
 
     def debris(self) -> int:
         return sum(1 for sub in ("tmp", "trash") for _ in (self.root / sub).iterdir())
-
-    @contextmanager
-    def exclusive(self, name: str, wait: bool) -> Iterator[bool]:
-        fd = os.open(self.root / f"{name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            yield True
-        finally:
-            os.close(fd)  # closing releases the lock
 
     def check_writable(self) -> None:
         probe = self.root / "tmp" / f".health-{os.getpid()}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 from .blobs import BlobBytes, Staged
 from .digest import Digest, Hasher
@@ -81,7 +80,6 @@ class MemoryBlobs(BlobBytes):
         self._trash: dict[Key, bytes] = {}
         self._staged: dict[str, tuple[bytearray, threading.Lock]] = {}
         self._quarantine: dict[str, bytes] = {}
-        self._locks: dict[str, threading.Lock] = {}
 
     def _new(self, name: str) -> StagedBuffer:
         buffer, lock = bytearray(), threading.Lock()
@@ -208,18 +206,6 @@ class MemoryBlobs(BlobBytes):
 
     def debris(self) -> int:
         return len(self._trash)
-
-    @contextmanager
-    def exclusive(self, name: str, wait: bool) -> Iterator[bool]:
-        with self._guard:
-            lock = self._locks.setdefault(name, threading.Lock())
-        if not lock.acquire(blocking=wait):
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            lock.release()
 
     def check_writable(self) -> None:
         pass

@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from .index import Index, Table, Transaction, WriteTransaction, table_name, undeclared
@@ -219,6 +220,8 @@ class MemoryIndex(Index):
         self._writer = threading.Lock()
         self._committed: dict[str, _Data] = {}
         self._declared: dict[str, Table] = {}
+        self._locks: dict[str, threading.Lock] = {}  # exclusive(): this process is every holder there is
+        self._guard = threading.Lock()
         self.declare(tables)
 
     def declare(self, names: Iterable[TableShape | str]) -> None:
@@ -245,6 +248,18 @@ class MemoryIndex(Index):
     def transact(self, work: Callable[[WriteTransaction], T]) -> T:
         with self.write() as txn:
             return work(txn)
+
+    @contextmanager
+    def exclusive(self, name: str, wait: bool) -> Iterator[bool]:
+        with self._guard:  # not the writer lock: a holder may take a named lock inside a write transaction
+            lock = self._locks.setdefault(name, threading.Lock())
+        if not lock.acquire(blocking=wait):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
 
     def close(self) -> None:
         pass

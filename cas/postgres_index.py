@@ -21,6 +21,15 @@ Tables live in one PostgreSQL schema (namespace; `berth` unless told otherwise),
     berth_tables  (name, shape, created)            every declared table and the shape it was created with
 Opening applies the missing migrations under an advisory lock; a database migrated by a newer Berth is refused
 (IncompatibleStore), and so is a declaration whose shape differs from the table's: that needs a migration.
+
+Named locks (`exclusive`, the collection lock "gc" of every node) are session advisory locks, each held on a
+connection of its own opened for the holder (not a pooled one: a pooled connection outlives its user, and so would
+its session lock), in autocommit: no transaction is open and no row is locked while it is held, so a collection
+pass holding it across its calls to the object store delays no request. PostgreSQL frees the lock when the session
+ends: the holder closes it, or its process dies (the socket closes), or its machine vanishes (the server's TCP
+keepalives on that session, set below, notice within about a minute). A holder that loses its session (the server
+restarted, the network between them cut) loses the lock while it may still be working; a collection pass then
+fails at its next transaction, which needs the same server (its claims stay listed in `doomed` for the next pass).
 """
 
 from __future__ import annotations
@@ -63,6 +72,11 @@ DEFAULT_SCHEMA = "berth"
 FIRST_BATCH = 64
 BATCH = 1000
 MAX_ATTEMPTS = 1000  # of one write function, on conflicts; a pathological livelock surfaces instead of hanging
+# A named lock's advisory key: "lock" in the high half (the DDL lock has "bert"), the CRC of schema and name below.
+LOCK_SPACE = 0x6C6F636B
+# The server side of a lock holder's connection probes an idle peer after 30 s, then every 10 s, 3 times: a lock
+# whose holder's machine vanished is free in about a minute (PostgreSQL's default follows the OS: 2 hours).
+LOCK_KEEPALIVES = (("tcp_keepalives_idle", 30), ("tcp_keepalives_interval", 10), ("tcp_keepalives_count", 3))
 _RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected)
 
 # Migrations of the bookkeeping tables, applied in order, each once (berth_schema). The declared tables are created
@@ -325,6 +339,7 @@ class PostgresIndex(Index):
     def __init__(self, conninfo: str, *, schema: str = DEFAULT_SCHEMA, min_size: int = 1, max_size: int = 16,
                  timeout: float = 10.0, tables: Iterable[TableShape | str] = ()) -> None:
         self.schema = schema
+        self._conninfo = conninfo
         # timeout: how long a request waits for a connection before it is answered 503 (StoreUnavailable).
         self._pool = ConnectionPool(conninfo, min_size=min_size, max_size=max_size, open=False, timeout=timeout,
                                     kwargs={"autocommit": True}, name=f"berth-{schema}")
@@ -450,6 +465,35 @@ class PostgresIndex(Index):
                 # Back off a little, at random: two transactions that conflicted once would conflict again.
                 time.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** min(attempt, 6))))
         raise IndexConflict(f"a write transaction failed to serialize {MAX_ATTEMPTS} times")
+
+    # -- named locks ------------------------------------------------------------------------------------------------
+    @contextmanager
+    def exclusive(self, name: str, wait: bool) -> Iterator[bool]:
+        """A session advisory lock on a connection of its own (module docstring); StoreUnavailable if the server
+        cannot be reached."""
+        key = LOCK_SPACE << 32 | zlib.crc32(f"{self.schema}\0{name}".encode())
+        try:
+            conn = psycopg.connect(self._conninfo, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise _unavailable(exc) from exc  # type: ignore[misc]
+        try:
+            try:
+                for setting, value in LOCK_KEEPALIVES:  # ignored (and harmless) on a Unix socket
+                    conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(setting), sql.Literal(value)))
+                if wait:
+                    conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+                    taken = True
+                else:
+                    row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+                    taken = row is not None and bool(row[0])
+            except psycopg.OperationalError as exc:
+                unavailable = _unavailable(exc)
+                if unavailable is not None:
+                    raise unavailable from exc
+                raise
+            yield taken
+        finally:
+            conn.close()  # ends the session: PostgreSQL releases the lock (no unlock to forget or to fail)
 
     def close(self) -> None:
         self._pool.close()

@@ -7,7 +7,6 @@ Keys, under an optional prefix:
     staging/<name>/<start, 16 hex>    the staged bytes, as segments: objects of consecutive byte ranges
     trash/<alg>-<hex>[.zf1]           blobs a collector retired and has yet to purge or restore (cas/gc.py)
     quarantine/<label>-<time>-<name>  damaged bytes fsck moved aside; never served, never deleted by Berth
-    locks/<name>                      a lease object taken with a conditional PUT (`exclusive`)
 
 Why segments and not one multipart upload per staging: the parts of a multipart upload cannot be read before it
 completes, and staged bytes must be readable (an upload continued on another node re-hashes them) and cut back
@@ -23,7 +22,8 @@ Retire is a copy to trash/ and a delete (a reader that misses blobs/ reads trash
 blob is there; purge a delete; each for every stored form of the digest. A compressed form is just another object:
 `open` reads its frames through ranged GETs (cas/stored_forms.py over cas/frames.py's FrameReader), only the frames
 a range touches. Nothing here runs inside an index transaction, and no lock of this process is held
-across an S3 call except a staging's own (held by its one writer) and `exclusive`'s.
+across an S3 call except a staging's own (held by its one writer). The collection lock is the index's
+(PostgreSQL's advisory lock, cas/postgres_index.py), not an object here.
 
 The staging lock is this process's (one writer per staging per process); across processes, the upload record's
 offset check serializes chunks (cas/uploads.py). Credentials come from boto3's usual chain (AWS_ACCESS_KEY_ID /
@@ -39,7 +39,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -59,7 +58,6 @@ from .stored_forms import hash_form, open_form
 MIN_PART = 5 << 20  # S3's smallest part (but the last)
 SEGMENT = 8 << 20  # a staging segment is written when the buffer reaches this
 _READ = 1 << 20
-LOCK_TTL = 900.0  # an `exclusive` lease older than this was left by a dead process: taken over
 STALE_STAGING = 3600.0  # an ingest's staging untouched this long is debris (its process died)
 STALE_SESSION = 60.0  # staging without a session record, older than this, is debris (not one being created)
 _MISSING = ("NoSuchKey", "404", "NotFound", "NoSuchUpload")
@@ -307,7 +305,6 @@ class S3Blobs(BlobBytes):
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}  # staging name -> its writer's lock, in this process
         self._parked: dict[str, _State] = {}  # upload staging released by this process: no GET on resume
-        self._exclusive: dict[str, threading.Lock] = {}
 
     @classmethod
     def from_url(cls, url: str) -> S3Blobs:
@@ -705,46 +702,6 @@ class S3Blobs(BlobBytes):
 
     def debris(self) -> int:
         return sum(1 for _ in self._list("trash/"))
-
-    @contextmanager
-    def exclusive(self, name: str, wait: bool) -> Iterator[bool]:
-        """This process's lock, then a lease object created with a conditional PUT (If-None-Match: *): one
-        holder among all the processes sharing the bucket. A lease older than LOCK_TTL is a dead holder's."""
-        with self._guard:
-            local = self._exclusive.setdefault(name, threading.Lock())
-        if not local.acquire(blocking=wait):
-            yield False
-            return
-        key = self._key(f"locks/{name}")
-        try:
-            while True:
-                try:
-                    self._s3.put_object(Bucket=self.bucket, Key=key, Body=socket.gethostname().encode(),
-                                        IfNoneMatch="*")
-                    break
-                except ClientError as exc:
-                    code = str(exc.response.get("Error", {}).get("Code"))
-                    if code not in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
-                        raise
-                try:
-                    head = self._s3.head_object(Bucket=self.bucket, Key=key)
-                    if time.time() - head["LastModified"].timestamp() > LOCK_TTL:
-                        self._s3.delete_object(Bucket=self.bucket, Key=key)
-                        continue
-                except ClientError as exc:
-                    if _missing(exc):
-                        continue
-                    raise
-                if not wait:
-                    yield False
-                    return
-                time.sleep(0.5)
-            try:
-                yield True
-            finally:
-                self._s3.delete_object(Bucket=self.bucket, Key=key)
-        finally:
-            local.release()
 
     def check_writable(self) -> None:
         key = self._key(f"probe/{socket.gethostname()}-{os.getpid()}")

@@ -108,7 +108,7 @@ class BlobStore:
         from .local_blobs import LocalBlobs
 
         blobs = LocalBlobs(path)
-        index = LmdbIndex(Path(path) / "index", map_size=map_size)
+        index = LmdbIndex(Path(path) / "index", map_size=map_size, locks=Path(path))  # DATA/gc.lock
         try:
             return cls(index, blobs, config, clock)
         except BaseException:

@@ -140,3 +140,38 @@ def test_writers_are_serial(make: Make) -> None:
             thread.join()
         with index.read() as txn:
             assert txn.get(table, b"n") == b"200"
+
+
+@INDEXES
+def test_a_named_lock_has_one_holder_and_a_waiter_gets_it_next(make: Make) -> None:
+    """exclusive(): one holder per name (each holder here on a thread of its own, as each would be a process); a
+    try fails at once while it is held, a wait returns once it is released; other names are independent."""
+    with make(("t",)) as index:
+        def attempt(name: str) -> bool:
+            with index.exclusive(name, wait=False) as taken:
+                return taken
+
+        def on_thread(work: Callable[[], bool]) -> bool:
+            answers: list[bool] = []
+            thread = threading.Thread(target=lambda: answers.append(work()))
+            thread.start()
+            thread.join(10)
+            return answers == [True]
+
+        waited = threading.Event()
+
+        def waiter() -> None:
+            with index.exclusive("gc", wait=True) as taken:
+                assert taken
+                waited.set()
+
+        with index.exclusive("gc", wait=False) as first:
+            assert first
+            assert not on_thread(lambda: attempt("gc"))
+            assert on_thread(lambda: attempt("other"))
+            thread = threading.Thread(target=waiter)
+            thread.start()
+            assert not waited.wait(0.3)
+        thread.join(10)
+        assert waited.is_set()
+        assert on_thread(lambda: attempt("gc"))

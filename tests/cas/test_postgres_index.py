@@ -4,7 +4,10 @@ columns an operator reads with psql, replayed writes under real conflicts, versi
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -23,6 +26,7 @@ from cas.postgres_index import MIGRATIONS, PostgresIndex
 from cas.table_shape import TableShape
 from tests.cas import test_index as shared
 from tests.engines import Engines
+from tests.serving import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +65,42 @@ def test_writes_are_all_or_nothing_and_after_commit_runs_on_commit_only(make: sh
 
 def test_writers_are_serial(make: shared.Make) -> None:
     shared.test_writers_are_serial(make)
+
+
+def test_a_named_lock_has_one_holder_and_a_waiter_gets_it_next(make: shared.Make) -> None:
+    shared.test_a_named_lock_has_one_holder_and_a_waiter_gets_it_next(make)
+
+
+def test_a_named_lock_is_freed_when_its_holder_is_killed(database: str) -> None:
+    """The collection lock of a node killed mid-pass (kill -9: no unlock runs) is free for the next node at once:
+    PostgreSQL ends the session when its socket closes."""
+    schema = "t" + uuid.uuid4().hex[:10]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from cas.postgres_index import PostgresIndex\n"
+         f"lock = PostgresIndex({database!r}, schema={schema!r}).exclusive('gc', wait=True)\n"
+         "lock.__enter__()\nprint('held', flush=True)\ntime.sleep(120)\n"],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        index = PostgresIndex(database, schema=schema)
+        try:
+            with index.exclusive("gc", wait=False) as taken:
+                assert not taken
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(10)
+            deadline = time.monotonic() + 10
+            while True:  # the server notices the closed socket within moments
+                with index.exclusive("gc", wait=False) as taken:
+                    if taken:
+                        break
+                assert time.monotonic() < deadline, "the dead holder's lock was never freed"
+                time.sleep(0.05)
+        finally:
+            index.close()
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 # -- shaped tables ----------------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """S3Blobs on a real S3 server (SeaweedFS, tests/engines.py), in what the conformance suite's small blobs leave out:
 blobs of several 5 MiB segments, uploads continued by another process ("node") with chunks of any size, chunks
-cut back mid-segment, publish by server-side assembly, ranged reads, the presigned URL, the cross-process lock,
+cut back mid-segment, publish by server-side assembly, ranged reads, the presigned URL,
 and the collector's three steps. Two S3Blobs objects on one bucket stand for two nodes."""
 
 from __future__ import annotations
@@ -116,16 +116,6 @@ def test_collector_steps_and_quarantine(nodes: tuple[S3Blobs, S3Blobs]) -> None:
     moved = one.quarantine(location, "corrupt")
     assert moved.startswith(f"s3://{one.bucket}/{one.prefix}quarantine/corrupt-")
     assert list(one.stored()) == []
-
-
-def test_exclusive_is_one_holder_across_nodes(nodes: tuple[S3Blobs, S3Blobs]) -> None:
-    one, two = nodes
-    with one.exclusive("gc", wait=False) as first:
-        assert first
-        with two.exclusive("gc", wait=False) as second:
-            assert not second
-    with two.exclusive("gc", wait=False) as third:
-        assert third
 
 
 def test_staging_nobody_holds_is_swept_only_when_stale(nodes: tuple[S3Blobs, S3Blobs],
