@@ -74,6 +74,12 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
 )
 
 
+# How long a request waits for a connection once the server was found unreachable (the pool's own `timeout` applies
+# otherwise): while PostgreSQL is down, a request is answered 503 within about this, not after the full wait. The
+# pool keeps reconnecting in the background meanwhile; the first transaction that begins ends the fast failing.
+FAIL_FAST = 1.0
+
+
 def _unavailable(exc: BaseException) -> StoreUnavailable | None:
     """The StoreUnavailable a lost or refused connection stands for (None for any other error)."""
     if isinstance(exc, PoolTimeout) or (isinstance(exc, psycopg.OperationalError) and not isinstance(exc, _RETRYABLE)):
@@ -292,18 +298,17 @@ class _Reading:
         self._index = index
 
     def __enter__(self) -> Transaction:
-        try:
-            self._conn = self._index._pool.getconn()
-        except PoolTimeout as exc:
-            raise _unavailable(exc) from exc  # type: ignore[misc]
+        index = self._index
+        self._conn = index._connection()
         try:
             self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         except BaseException as exc:
-            self._index._pool.putconn(self._conn)
-            unavailable = _unavailable(exc)
+            index._pool.putconn(self._conn)
+            unavailable = index._lost(exc)
             if unavailable is not None:
                 raise unavailable from exc
             raise
+        index.unreachable = False
         return PgTransaction(self._conn)
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: object) -> None:
@@ -313,7 +318,7 @@ class _Reading:
             pass  # a broken connection: the pool discards it
         finally:
             self._index._pool.putconn(self._conn)
-        unavailable = _unavailable(exc) if exc is not None else None
+        unavailable = self._index._lost(exc) if exc is not None else None
         if unavailable is not None:
             raise unavailable from exc
 
@@ -329,6 +334,7 @@ class PostgresIndex(Index):
         self._pool = ConnectionPool(conninfo, min_size=min_size, max_size=max_size, open=False, timeout=timeout,
                                     kwargs={"autocommit": True}, name=f"berth-{schema}")
         self._pool.open(wait=True, timeout=30)
+        self._timeout = timeout
         self._tables: dict[str, Table] = {}
         self._declaring = threading.Lock()
         try:
@@ -409,6 +415,23 @@ class PostgresIndex(Index):
         return found
 
     # -- transactions -------------------------------------------------------------------------------------------
+    def _connection(self) -> psycopg.Connection[Any]:
+        try:
+            return self._pool.getconn(FAIL_FAST if self.unreachable else self._timeout)
+        except PoolTimeout as exc:  # (a busy pool too: not a reason to fail fast, the flag stays as it is)
+            raise _unavailable(exc) from exc  # type: ignore[misc]
+
+    def _lost(self, exc: BaseException) -> StoreUnavailable | None:
+        """The StoreUnavailable `exc` stands for, if any. A lost connection means the server went away (or is going):
+        the other idle connections of the pool are checked now (a restart broke them all), so that the requests
+        after its return do not each find one broken, and requests fail fast until a transaction begins again."""
+        unavailable = _unavailable(exc)
+        if unavailable is not None and not isinstance(exc, PoolTimeout):
+            self.unreachable = True
+            with contextlib.suppress(Exception):  # a check that fails changes nothing: the pool reconnects anyway
+                self._pool.check()
+        return unavailable
+
     def read(self) -> _Reading:
         return _Reading(self)
 
@@ -416,14 +439,12 @@ class PostgresIndex(Index):
     def write(self) -> Iterator[WriteTransaction]:
         """One SERIALIZABLE transaction; IndexConflict if it could not be serialized (nothing of it committed)."""
         pool = self._pool
-        try:
-            conn = pool.getconn()
-        except PoolTimeout as exc:
-            raise _unavailable(exc) from exc  # type: ignore[misc]
+        conn = self._connection()
         try:
             txn = PgWriteTransaction(conn)
             try:
                 conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+                self.unreachable = False
                 yield txn
                 conn.execute("COMMIT")
             except BaseException as exc:
@@ -431,7 +452,7 @@ class PostgresIndex(Index):
                     conn.execute("ROLLBACK")
                 if isinstance(exc, _RETRYABLE):
                     raise IndexConflict(str(exc).strip()) from exc
-                unavailable = _unavailable(exc)
+                unavailable = self._lost(exc)
                 if unavailable is not None:
                     raise unavailable from exc
                 raise

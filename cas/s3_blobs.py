@@ -62,6 +62,12 @@ _READ = 1 << 20
 LOCK_TTL = 900.0  # an `exclusive` lease older than this was left by a dead process: taken over
 STALE_STAGING = 3600.0  # an ingest's staging untouched this long is debris (its process died)
 STALE_SESSION = 60.0  # staging without a session record, older than this, is debris (not one being created)
+# Client limits (see S3Blobs.__init__). READ_TIMEOUT is the longest silence within one answer: S3 answers a PUT of a
+# segment (8 MiB) or an UploadPartCopy well within it, and a CompleteMultipartUpload keeps its connection alive
+# with whitespace while it works.
+CONNECT_TIMEOUT = 3.0
+READ_TIMEOUT = 10.0
+ATTEMPTS = 2  # the first try and one retry (botocore's "standard" mode: a backoff of up to 1 s before it)
 _MISSING = ("NoSuchKey", "404", "NotFound", "NoSuchUpload")
 
 
@@ -300,8 +306,13 @@ class S3Blobs(BlobBytes):
         self.min_part = min_part
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         if client is None:
+            # Timeouts of our own: botocore waits 60 s to connect and 60 s for each read by default, and retries
+            # that 3 times, so an object store that is down or frozen held a request for minutes. A refused
+            # connection fails at once (retried once after a short backoff, then 503); a server that accepts and
+            # never answers costs at most ATTEMPTS x READ_TIMEOUT before the 503.
             config = Config(s3={"addressing_style": "path"} if endpoint_url else {},
-                            retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=64)
+                            connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
+                            retries={"max_attempts": ATTEMPTS, "mode": "standard"}, max_pool_connections=64)
             client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region or None, config=config)
         self._s3 = _Guarded(client)
         self._guard = threading.Lock()
