@@ -298,7 +298,7 @@ class S3Reader(BlobReader):
 class S3Blobs(BlobBytes):
     def __init__(self, bucket: str, *, prefix: str = "", endpoint_url: str | None = None,
                  region: str | None = None, client: Any = None, segment: int = SEGMENT,
-                 min_part: int = MIN_PART) -> None:
+                 min_part: int = MIN_PART, read_timeout: float = READ_TIMEOUT) -> None:
         if not 0 < min_part <= segment:
             raise ValueError("0 < min_part <= segment")
         self.bucket = bucket
@@ -306,13 +306,13 @@ class S3Blobs(BlobBytes):
         self.min_part = min_part
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         if client is None:
-            # Timeouts of our own: botocore waits 60 s to connect and 60 s for each read by default, and retries
-            # that 3 times, so an object store that is down or frozen held a request for minutes. A refused
-            # connection fails at once (retried once after a short backoff, then 503); a server that accepts and
-            # never answers costs at most ATTEMPTS x READ_TIMEOUT before the 503.
+            # Timeouts of our own: botocore waits 60 s to connect and 60 s for each read by default, and tries
+            # 4 times in all, so an object store that is down or frozen held a request for minutes. A refused
+            # connection fails at once (retried once after a backoff under 1 s, then 503); a server that accepts
+            # and never answers costs at most ATTEMPTS x (CONNECT_TIMEOUT + read_timeout) before the 503.
             config = Config(s3={"addressing_style": "path"} if endpoint_url else {},
-                            connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
-                            retries={"max_attempts": ATTEMPTS, "mode": "standard"}, max_pool_connections=64)
+                            connect_timeout=CONNECT_TIMEOUT, read_timeout=read_timeout,
+                            retries={"total_max_attempts": ATTEMPTS, "mode": "standard"}, max_pool_connections=64)
             client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region or None, config=config)
         self._s3 = _Guarded(client)
         self._guard = threading.Lock()
@@ -322,12 +322,16 @@ class S3Blobs(BlobBytes):
 
     @classmethod
     def from_url(cls, url: str) -> S3Blobs:
-        """`s3://bucket[/prefix][?endpoint=http://host:port&region=…]`."""
+        """`s3://bucket[/prefix][?endpoint=http://host:port&region=…&read_timeout=seconds]`."""
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc:
             raise ValueError(f"not an s3://bucket URL: {url!r}")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        return cls(parts.netloc, prefix=parts.path, endpoint_url=query.get("endpoint"), region=query.get("region"))
+        read_timeout = float(query.get("read_timeout", READ_TIMEOUT))
+        if not 0 < read_timeout < float("inf"):
+            raise ValueError(f"read_timeout: seconds above 0, not {query['read_timeout']!r}")
+        return cls(parts.netloc, prefix=parts.path, endpoint_url=query.get("endpoint"), region=query.get("region"),
+                   read_timeout=read_timeout)
 
     # -- keys and small helpers -----------------------------------------------------------------------------------
     def _key(self, name: str) -> str:
@@ -344,7 +348,10 @@ class S3Blobs(BlobBytes):
             return b""
         body = self._s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}")["Body"]
         with contextlib.closing(body):
-            data: bytes = body.read()
+            try:
+                data: bytes = body.read()
+            except HTTPClientError as exc:  # the store went away (or froze) while sending: outside _Guarded's call
+                raise StoreUnavailable(f"the object store stopped answering: {exc}") from exc
         return data
 
     def _exists(self, key: str) -> bool:
