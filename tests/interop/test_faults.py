@@ -13,7 +13,7 @@ time. What must hold:
   listed resolves to a whole image (a manifest PUT answered 503 may have committed: then it is whole too);
 - a blob upload refused mid-way (a PATCH answered 503) is absent (HEAD 404); one refused at its closing PUT is
   absent or whole (a COMMIT whose answer was lost may have taken effect), never half-written;
-- `berth fsck` against the same URLs finds nothing wrong.
+- `berth fsck` against the same URLs finds nothing wrong afterwards.
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ from cas.s3_blobs import CONNECT_TIMEOUT as S3_CONNECT_TIMEOUT
 from tests.engines import Engines
 from tests.serving import ROOT, Server, sha, start_server
 
-WARM_UP = 2.0  # seconds of load before the engine goes down
-DOWN = 5.0  # seconds the engine stays down while requests go on
+WARM_UP = 1.5  # seconds of load before the engine goes down
+DOWN = 4.0  # seconds the engine stays down while requests go on
 RECOVERY = 30.0  # after the engine is back: a push and a pull must have succeeded within this
-SETTLE = 5.0  # after recovery: every request from then on succeeds; the load runs this much longer
-FROZEN = 9.0  # seconds SeaweedFS is frozen in the slow case: longer than the node's S3 client waits (below)
+SETTLE = 3.0  # after recovery: every request from then on succeeds; the load runs this much longer
+FROZEN = 8.0  # seconds SeaweedFS is frozen in the slow case: longer than the node's S3 client waits (below)
 S3_READ_TIMEOUT = 3.0  # the node's (`read_timeout` in its --blobs URL; cas/s3_blobs.py's default is longer)
 UNAVAILABLE_WITHIN = 5.0  # an engine down is answered 503 this fast (about 1 s: cas/postgres_index.py FAIL_FAST,
 #                          and the object store's refused connection retried once, cas/s3_blobs.py ATTEMPTS)
@@ -153,14 +153,14 @@ def push_chunked(client: Client, repo: str, data: bytes) -> str:
 
 def pusher(server: Server, ledger: Ledger, number: int, stop: threading.Event) -> None:
     client = Client(server, ledger)
-    chance = random.Random(number)
     repo = f"faults/w{number}-{uuid.uuid4().hex[:6]}"
+    chance = random.Random(repo)  # not the same bytes as in another test of the module: none exists beforehand
     for turn in range(1_000_000):
         if stop.is_set():
             return
         try:  # fresh bytes every time: a refused blob is never pushed again, so its absence can be checked
-            layers = [chance.randbytes(chance.randrange(1_000, 200_000)),
-                      chance.randbytes(chance.randrange(2_000, 300_000))]
+            layers = [chance.randbytes(chance.randrange(1_000, 100_000)),
+                      chance.randbytes(chance.randrange(2_000, 150_000))]
             config_bytes = json.dumps({"turn": turn, "salt": chance.random()}).encode()
             first = push_monolithic(client, repo, layers[0])
             second = push_chunked(client, repo, layers[1])
@@ -261,21 +261,25 @@ def summary(ledger: Ledger, since: float = 0.0) -> str:
     return ", ".join(f"{key}: {n}" for key, n in sorted(counts.items()))
 
 
-def check_answers(ledger: Ledger, engine_word: str, recovered: float, unavailable_within: float) -> None:
+def check_answers(ledger: Ledger, engine_word: str, fault: tuple[float, float], recovered: float,
+                  unavailable_within: float) -> None:
     """Every answer is a normal one or a well-formed 503 naming `engine_word`, which comes within
     `unavailable_within` seconds (not after a client's long wait); none hangs; after `recovered` + a short settling
-    time (connections of the pools found broken and replaced), none is refused."""
+    time (connections of the pools found broken and replaced), none is refused. One exception: a blob GET under
+    way when the fault began (`fault`: from, to) may be cut off — its 200 and headers are sent, the body can only
+    stop short (the client sees the length unmet, and a digest would not verify)."""
     unavailable = 0
     for answer in ledger.answers:
         seen = f"{answer.what} -> {answer.status} {answer.error} {answer.body[:300]!r}"
+        if answer.status == 0 and answer.what == "GET blob" and fault[0] - 1.0 < answer.started < fault[1] \
+                and not answer.error.startswith(("ReadTimeout", "ConnectTimeout", "PoolTimeout")):
+            continue
         assert answer.status != 0, f"no answer: {seen}"
         assert answer.ended - answer.started < CLIENT_TIMEOUT, f"took {answer.ended - answer.started:.1f} s: {seen}"
         assert b"Traceback" not in answer.body, seen
         if answer.status == 503:
             unavailable += 1
             assert answer.retry_after is not None and int(answer.retry_after) > 0, f"no Retry-After: {seen}"
-            if answer.what.startswith("HEAD"):
-                continue
             error = json.loads(answer.body)["errors"][0]
             assert error["code"] == "UNAVAILABLE", seen
             assert engine_word in error["message"], seen
@@ -289,14 +293,20 @@ def check_answers(ledger: Ledger, engine_word: str, recovered: float, unavailabl
     assert unavailable, f"no request was answered 503: the fault was never seen ({summary(ledger)})"
 
 
-def check_store(server: Server, shared: tuple[str, ...], ledger: Ledger) -> None:
-    """Everything acknowledged is there and whole; nothing refused mid-way is visible; fsck is clean."""
+def check_store(server: Server, ledger: Ledger) -> None:
+    """Everything acknowledged is there and whole; nothing refused mid-way is visible (fsck: the module's last
+    test)."""
     with httpx.Client(base_url=server.url, timeout=CLIENT_TIMEOUT) as http:
+        verified: set[tuple[str, str]] = set()
+
         def whole(repo: str, reference: str, expected: bytes | None = None) -> None:
             got = http.get(f"/v2/{repo}/manifests/{reference}", headers={"Accept": MANIFEST})
             assert got.status_code == 200, f"{repo}:{reference} -> {got.status_code} {got.text[:200]}"
             if expected is not None:
                 assert got.content == expected
+            if (repo, sha(got.content)) in verified:
+                return
+            verified.add((repo, sha(got.content)))
             body = json.loads(got.content)
             for descriptor in [body["config"], *body["layers"]]:
                 blob = http.get(f"/v2/{repo}/blobs/{descriptor['digest']}")
@@ -319,9 +329,6 @@ def check_store(server: Server, shared: tuple[str, ...], ledger: Ledger) -> None
             blob = http.get(f"/v2/{repo}/blobs/{digest}")
             assert blob.status_code == 404 or (blob.status_code == 200 and sha(blob.content) == digest), \
                 f"{digest}: refused at its close, yet half-written ({blob.status_code})"
-    checked = subprocess.run([sys.executable, "-m", "adapters.cli", "fsck", *shared], capture_output=True,
-                             text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 @pytest.fixture(scope="module")
@@ -339,53 +346,49 @@ def node(shared: tuple[str, ...], tmp_path_factory: pytest.TempPathFactory) -> I
     server.stop()
 
 
-def outage(node: Server, shared: tuple[str, ...], halt: Callable[[], None], resume: Callable[[], None],
-           engine_word: str) -> None:
+def under_load(node: Server, begin: Callable[[], None], end: Callable[[], None], seconds: float,
+               engine_word: str, unavailable_within: float) -> None:
+    """The load on `node`; after WARM_UP, the fault `begin`s, lasts `seconds`, `end`s (the engine is back when
+    `end` returns); the load goes on until it recovered and SETTLE seconds more. Then the checks above."""
     load = Load(node)
     try:
         time.sleep(WARM_UP)
-        halt()
+        began = time.monotonic()
+        begin()
         try:
-            time.sleep(DOWN)
+            time.sleep(seconds)
         finally:
-            resume()
+            end()
         back = time.monotonic()
         recovered = load.wait_recovered(back)
         time.sleep(SETTLE)
     finally:
         ledger = load.finish()
-    check_answers(ledger, engine_word, recovered, UNAVAILABLE_WITHIN)
-    check_store(node, shared, ledger)
+    check_answers(ledger, engine_word, (began, back), recovered, unavailable_within)
+    check_store(node, ledger)
 
 
-def test_postgresql_stopped_and_started_under_pushes_and_pulls(node: Server, shared: tuple[str, ...],
-                                                               engines: Engines) -> None:
-    outage(node, shared, engines.postgres.halt, engines.postgres.resume, "PostgreSQL")
+def test_postgresql_stopped_and_started_under_pushes_and_pulls(node: Server, engines: Engines) -> None:
+    under_load(node, engines.postgres.halt, engines.postgres.resume, DOWN, "PostgreSQL", UNAVAILABLE_WITHIN)
 
 
-def test_object_store_stopped_and_started_under_pushes_and_pulls(node: Server, shared: tuple[str, ...],
-                                                                 engines: Engines) -> None:
-    outage(node, shared, engines.s3.halt, engines.s3.resume, "object store")
+def test_object_store_stopped_and_started_under_pushes_and_pulls(node: Server, engines: Engines) -> None:
+    under_load(node, engines.s3.halt, engines.s3.resume, DOWN, "object store", UNAVAILABLE_WITHIN)
 
 
-def test_object_store_frozen_requests_end_in_bounded_time(node: Server, shared: tuple[str, ...],
-                                                          engines: Engines) -> None:
+def test_object_store_frozen_requests_end_in_bounded_time(node: Server, engines: Engines) -> None:
     """SeaweedFS frozen (SIGSTOP) for FROZEN seconds: connections are accepted and never answered. Every request
     ends in bounded time: a success once the engine goes on, or a 503 when the node's read timeout (shortened to
-    S3_READ_TIMEOUT for this module) runs out first; and the node serves normally once the engine goes on."""
-    load = Load(node)
-    try:
-        time.sleep(WARM_UP)
-        engines.s3.pause()
-        try:
-            time.sleep(FROZEN)
-        finally:
-            engines.s3.unpause()
-        recovered = load.wait_recovered(time.monotonic())
-        time.sleep(SETTLE)
-    finally:
-        ledger = load.finish()
-    # A frozen store is given up on after ATTEMPTS x (a connection, when the frozen server's backlog is full, and
-    # an answer) plus botocore's backoff between them (under 1 s), and a little more for the rest of the request.
-    check_answers(ledger, "object store", recovered, S3_ATTEMPTS * (S3_CONNECT_TIMEOUT + S3_READ_TIMEOUT) + 3.0)
-    check_store(node, shared, ledger)
+    S3_READ_TIMEOUT for this module) runs out first; and the node serves normally once the engine goes on.
+    A frozen store is given up on after ATTEMPTS x (a connection, when the frozen server's backlog is full, and an
+    answer) plus botocore's backoff between them (under 1 s), and a little more for the rest of the request."""
+    under_load(node, engines.s3.pause, engines.s3.unpause, FROZEN, "object store",
+               S3_ATTEMPTS * (S3_CONNECT_TIMEOUT + S3_READ_TIMEOUT) + 3.0)
+
+
+def test_fsck_finds_nothing_wrong_after_the_faults(node: Server, shared: tuple[str, ...]) -> None:
+    """Last in the module: `berth fsck` against the same URLs re-hashes every blob the faults above left and
+    cross-checks the index (once for all of them: it costs seconds)."""
+    checked = subprocess.run([sys.executable, "-m", "adapters.cli", "fsck", *shared], capture_output=True,
+                             text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
