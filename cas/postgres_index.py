@@ -308,7 +308,7 @@ class _Reading:
             if unavailable is not None:
                 raise unavailable from exc
             raise
-        index.unreachable = False
+        index._reached()
         return PgTransaction(self._conn)
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: object) -> None:
@@ -335,6 +335,8 @@ class PostgresIndex(Index):
                                     kwargs={"autocommit": True}, name=f"berth-{schema}")
         self._pool.open(wait=True, timeout=30)
         self._timeout = timeout
+        # The pool's count of failed connection attempts when the server was last reached.
+        self._connect_errors = self._pool.get_stats().get("connections_errors", 0)
         self._tables: dict[str, Table] = {}
         self._declaring = threading.Lock()
         try:
@@ -416,10 +418,25 @@ class PostgresIndex(Index):
 
     # -- transactions -------------------------------------------------------------------------------------------
     def _connection(self) -> psycopg.Connection[Any]:
-        try:
-            return self._pool.getconn(FAIL_FAST if self.unreachable else self._timeout)
-        except PoolTimeout as exc:  # (a busy pool too: not a reason to fail fast, the flag stays as it is)
-            raise _unavailable(exc) from exc  # type: ignore[misc]
+        """A connection of the pool, waiting up to the pool's timeout for one — in slices of FAIL_FAST, so that a
+        request already waiting when the server is found unreachable (by another request, or by the pool's own
+        connection attempts failing) gives up then too, rather than at the end of its full wait."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                return self._pool.getconn(max(0.001, min(FAIL_FAST, deadline - time.monotonic())))
+            except PoolTimeout as exc:  # a busy pool, or no server: only the latter ends the wait early
+                failed = self._pool.get_stats().get("connections_errors", 0) > self._connect_errors
+                if failed:
+                    self.unreachable = True
+                if self.unreachable or time.monotonic() >= deadline:
+                    raise _unavailable(exc) from exc  # type: ignore[misc]
+
+    def _reached(self) -> None:
+        """A transaction began: the server is there (and connection errors counted so far are past)."""
+        if self.unreachable:
+            self._connect_errors = self._pool.get_stats().get("connections_errors", 0)
+            self.unreachable = False
 
     def _lost(self, exc: BaseException) -> StoreUnavailable | None:
         """The StoreUnavailable `exc` stands for, if any. A lost connection means the server went away (or is going):
@@ -444,7 +461,7 @@ class PostgresIndex(Index):
             txn = PgWriteTransaction(conn)
             try:
                 conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
-                self.unreachable = False
+                self._reached()
                 yield txn
                 conn.execute("COMMIT")
             except BaseException as exc:

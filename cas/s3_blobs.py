@@ -79,10 +79,17 @@ _UNAVAILABLE_CODES = ("SlowDown", "ServiceUnavailable", "503", "RequestTimeout")
 
 
 def _unavailable(exc: BaseException) -> StoreUnavailable | None:
+    """The StoreUnavailable `exc` stands for: no connection or answer, or an answer the store gives when it cannot
+    serve right now — a 5xx (S3's InternalError 500 says "please try again"; SeaweedFS answers it while its filer
+    and volume servers are still starting) or a throttling code. A 4xx other than those is a request of ours the
+    store refused: a bug, kept an error (500), never a 503."""
     if isinstance(exc, BotoConnectionError | HTTPClientError):
         return StoreUnavailable(f"the object store cannot be reached: {exc}")
-    if isinstance(exc, ClientError) and str(exc.response.get("Error", {}).get("Code")) in _UNAVAILABLE_CODES:
-        return StoreUnavailable(f"the object store is unavailable: {exc}")
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if str(exc.response.get("Error", {}).get("Code")) in _UNAVAILABLE_CODES or (
+                isinstance(status, int) and status >= 500):
+            return StoreUnavailable(f"the object store is unavailable: {exc}")
     return None
 
 
