@@ -46,7 +46,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from .blobs import BlobBytes, Staged
@@ -91,6 +91,15 @@ def _unavailable(exc: BaseException) -> StoreUnavailable | None:
                 isinstance(status, int) and status >= 500):
             return StoreUnavailable(f"the object store is unavailable: {exc}")
     return None
+
+
+# What reading an answer's body raises when the store goes away (or freezes) while sending it: outside the call
+# _Guarded wraps, so mapped where bodies are read (a whole small blob is read before its answer starts: a 503 then).
+_CUT_OFF = (HTTPClientError, IncompleteReadError)
+
+
+def _cut_off(exc: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(f"the object store stopped answering: {exc}")
 
 
 class _Guarded:
@@ -288,7 +297,10 @@ class S3Reader(BlobReader):
             return b""
         parts = []
         while n > 0:
-            data = self._body.read(n)
+            try:
+                data = self._body.read(n)
+            except _CUT_OFF as exc:
+                raise _cut_off(exc) from exc
             if not data:
                 raise OSError(f"blob object ended {n} bytes early")
             parts.append(data)
@@ -357,8 +369,8 @@ class S3Blobs(BlobBytes):
         with contextlib.closing(body):
             try:
                 data: bytes = body.read()
-            except HTTPClientError as exc:  # the store went away (or froze) while sending: outside _Guarded's call
-                raise StoreUnavailable(f"the object store stopped answering: {exc}") from exc
+            except _CUT_OFF as exc:
+                raise _cut_off(exc) from exc
         return data
 
     def _exists(self, key: str) -> bool:
@@ -708,9 +720,12 @@ class S3Blobs(BlobBytes):
             size = 0
             body = self._s3.get_object(Bucket=self.bucket, Key=location)["Body"]
             with contextlib.closing(body):
-                while chunk := body.read(_READ):
-                    hasher.update(chunk)
-                    size += len(chunk)
+                try:
+                    while chunk := body.read(_READ):
+                        hasher.update(chunk)
+                        size += len(chunk)
+                except _CUT_OFF as exc:
+                    raise _cut_off(exc) from exc
             return hasher.hexdigest(), size
         except ClientError as exc:  # as a file would: gone since it was listed (a compaction or collection pass)
             if _missing(exc):
