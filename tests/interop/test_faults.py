@@ -6,7 +6,9 @@ One `berth serve` node (two workers) on the engines of tests/engines.py; real HT
 (a monolithic and a chunked blob upload, then a manifest PUT) and pull acknowledged ones, in threads, for a bounded
 time. What must hold:
 - every answer is the protocol's normal one or 503 with Retry-After and a JSON OCI error (code UNAVAILABLE) whose
-  message names the engine that is down; never a 500, never a traceback, never a request left hanging;
+  message names the engine that is down; never a 500, never a traceback, never a request left hanging: a request
+  made while an engine is stopped is answered within UNAVAILABLE_WITHIN (seconds, not the minute-long waits of
+  the clients' defaults), and one made while it is frozen within the node's S3 client limits;
 - after the engine is back, without restarting Berth, pushes and pulls succeed within RECOVERY seconds, and from a
   little later on every request does;
 - every manifest acknowledged (201) is there afterwards, and every blob it names verifies by digest; every tag
@@ -48,7 +50,6 @@ UNAVAILABLE_WITHIN = 4.5  # an engine down is answered 503 this fast (about 1 s:
 CLIENT_TIMEOUT = 45.0  # a request taking longer than this counts as hanging (Berth's own limits are far shorter)
 PUSHERS, PULLERS = 2, 1
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-CHUNKED_STATUS = {"POST": 202, "PATCH": 202, "PUT": 201}
 
 
 @dataclass
