@@ -789,8 +789,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="the index in PostgreSQL, postgresql://user@host/db[?schema=berth] (with --blobs: "
                                 "the distributed store, shared by any number of `berth serve` processes)")
             p.add_argument("--blobs", default=None, metavar="URL",
-                           help="the blobs in an S3 bucket, s3://bucket[/prefix][?endpoint=http://host:port] "
-                                "(credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws)")
+                           help="the blobs in an S3 bucket, s3://bucket[/prefix][?endpoint=http://host:port"
+                                "&region=…&read_timeout=10] (credentials from AWS_ACCESS_KEY_ID/"
+                                "AWS_SECRET_ACCESS_KEY or ~/.aws; read_timeout: seconds of silence before a request "
+                                "to the store is given up and answered 503)")
         p.set_defaults(run=run, data_must_exist=data == "existing")
         return p
 

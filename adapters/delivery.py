@@ -32,6 +32,7 @@ import uuid
 import anyio.to_thread
 
 from adapters.hookclient import HookClient, ProtocolError
+from cas import StoreUnavailable
 from registry_core.events import (
     CLOUDEVENTS_BATCH_MEDIA_TYPE,
     CLOUDEVENTS_MEDIA_TYPE,
@@ -103,6 +104,8 @@ class Delivery:
                         running = tasks.get(endpoint.name)
                         if (running is None or running.done()) and await self._renew(endpoint.name, force=True):
                             tasks[endpoint.name] = asyncio.create_task(self._deliver(client, endpoint.name))
+                except StoreUnavailable as exc:  # an engine down: one line a poll, not a traceback each time
+                    log.warning("webhook delivery: looking for endpoints failed: %s", exc)
                 except Exception:  # the index said no (a full disk...): look again later, never stop serving
                     log.exception("webhook delivery: looking for endpoints failed")
                 await asyncio.sleep(self.poll)

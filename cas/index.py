@@ -96,6 +96,11 @@ class WriteTransaction(Transaction):
 class Index(ABC):
     """Named tables in snapshot-read, serializable-write transactions (see the module docstring)."""
 
+    # True while the server behind the index is known to be unreachable (cas/postgres_index.py: set by a lost
+    # connection, cleared when a transaction begins again). Code that must not wait — on an event loop — leaves the
+    # request to code that may (a worker thread), where it ends in StoreUnavailable within about a second.
+    unreachable: bool = False
+
     @abstractmethod
     def declare(self, names: Iterable[TableShape | str]) -> None:
         """Declare tables (idempotent): each layer declares all of its tables once, at start-up. A TableShape

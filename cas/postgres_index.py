@@ -88,6 +88,12 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
 )
 
 
+# How long a request waits for a connection once the server was found unreachable (the pool's own `timeout` applies
+# otherwise): while PostgreSQL is down, a request is answered 503 within about this, not after the full wait. The
+# pool keeps reconnecting in the background meanwhile; the first transaction that begins ends the fast failing.
+FAIL_FAST = 1.0
+
+
 def _unavailable(exc: BaseException) -> StoreUnavailable | None:
     """The StoreUnavailable a lost or refused connection stands for (None for any other error)."""
     if isinstance(exc, PoolTimeout) or (isinstance(exc, psycopg.OperationalError) and not isinstance(exc, _RETRYABLE)):
@@ -306,18 +312,17 @@ class _Reading:
         self._index = index
 
     def __enter__(self) -> Transaction:
-        try:
-            self._conn = self._index._pool.getconn()
-        except PoolTimeout as exc:
-            raise _unavailable(exc) from exc  # type: ignore[misc]
+        index = self._index
+        self._conn = index._connection()
         try:
             self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         except BaseException as exc:
-            self._index._pool.putconn(self._conn)
-            unavailable = _unavailable(exc)
+            index._pool.putconn(self._conn)
+            unavailable = index._lost(exc)
             if unavailable is not None:
                 raise unavailable from exc
             raise
+        index._reached()
         return PgTransaction(self._conn)
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: object) -> None:
@@ -327,7 +332,7 @@ class _Reading:
             pass  # a broken connection: the pool discards it
         finally:
             self._index._pool.putconn(self._conn)
-        unavailable = _unavailable(exc) if exc is not None else None
+        unavailable = self._index._lost(exc) if exc is not None else None
         if unavailable is not None:
             raise unavailable from exc
 
@@ -344,6 +349,9 @@ class PostgresIndex(Index):
         self._pool = ConnectionPool(conninfo, min_size=min_size, max_size=max_size, open=False, timeout=timeout,
                                     kwargs={"autocommit": True}, name=f"berth-{schema}")
         self._pool.open(wait=True, timeout=30)
+        self._timeout = timeout
+        # The pool's count of failed connection attempts when the server was last reached.
+        self._connect_errors = self._pool.get_stats().get("connections_errors", 0)
         self._tables: dict[str, Table] = {}
         self._declaring = threading.Lock()
         try:
@@ -424,6 +432,38 @@ class PostgresIndex(Index):
         return found
 
     # -- transactions -------------------------------------------------------------------------------------------
+    def _connection(self) -> psycopg.Connection[Any]:
+        """A connection of the pool, waiting up to the pool's timeout for one — in slices of FAIL_FAST, so that a
+        request already waiting when the server is found unreachable (by another request, or by the pool's own
+        connection attempts failing) gives up then too, rather than at the end of its full wait."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                return self._pool.getconn(max(0.001, min(FAIL_FAST, deadline - time.monotonic())))
+            except PoolTimeout as exc:  # a busy pool, or no server: only the latter ends the wait early
+                failed = self._pool.get_stats().get("connections_errors", 0) > self._connect_errors
+                if failed:
+                    self.unreachable = True
+                if self.unreachable or time.monotonic() >= deadline:
+                    raise _unavailable(exc) from exc  # type: ignore[misc]
+
+    def _reached(self) -> None:
+        """A transaction began: the server is there (and connection errors counted so far are past)."""
+        if self.unreachable:
+            self._connect_errors = self._pool.get_stats().get("connections_errors", 0)
+            self.unreachable = False
+
+    def _lost(self, exc: BaseException) -> StoreUnavailable | None:
+        """The StoreUnavailable `exc` stands for, if any. A lost connection means the server went away (or is going):
+        the other idle connections of the pool are checked now (a restart broke them all), so that the requests
+        after its return do not each find one broken, and requests fail fast until a transaction begins again."""
+        unavailable = _unavailable(exc)
+        if unavailable is not None and not isinstance(exc, PoolTimeout):
+            self.unreachable = True
+            with contextlib.suppress(Exception):  # a check that fails changes nothing: the pool reconnects anyway
+                self._pool.check()
+        return unavailable
+
     def read(self) -> _Reading:
         return _Reading(self)
 
@@ -431,14 +471,12 @@ class PostgresIndex(Index):
     def write(self) -> Iterator[WriteTransaction]:
         """One SERIALIZABLE transaction; IndexConflict if it could not be serialized (nothing of it committed)."""
         pool = self._pool
-        try:
-            conn = pool.getconn()
-        except PoolTimeout as exc:
-            raise _unavailable(exc) from exc  # type: ignore[misc]
+        conn = self._connection()
         try:
             txn = PgWriteTransaction(conn)
             try:
                 conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+                self._reached()
                 yield txn
                 conn.execute("COMMIT")
             except BaseException as exc:
@@ -446,7 +484,7 @@ class PostgresIndex(Index):
                     conn.execute("ROLLBACK")
                 if isinstance(exc, _RETRYABLE):
                     raise IndexConflict(str(exc).strip()) from exc
-                unavailable = _unavailable(exc)
+                unavailable = self._lost(exc)
                 if unavailable is not None:
                     raise unavailable from exc
                 raise

@@ -45,7 +45,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from .blobs import BlobBytes, Staged
@@ -60,6 +60,12 @@ SEGMENT = 8 << 20  # a staging segment is written when the buffer reaches this
 _READ = 1 << 20
 STALE_STAGING = 3600.0  # an ingest's staging untouched this long is debris (its process died)
 STALE_SESSION = 60.0  # staging without a session record, older than this, is debris (not one being created)
+# Client limits (see S3Blobs.__init__). READ_TIMEOUT is the longest silence within one answer: S3 answers a PUT of a
+# segment (8 MiB) or an UploadPartCopy well within it, and a CompleteMultipartUpload keeps its connection alive
+# with whitespace while it works.
+CONNECT_TIMEOUT = 3.0
+READ_TIMEOUT = 10.0
+ATTEMPTS = 2  # the first try and one retry (botocore's "standard" mode: a backoff of up to 1 s before it)
 _MISSING = ("NoSuchKey", "404", "NotFound", "NoSuchUpload")
 
 
@@ -71,11 +77,27 @@ _UNAVAILABLE_CODES = ("SlowDown", "ServiceUnavailable", "503", "RequestTimeout")
 
 
 def _unavailable(exc: BaseException) -> StoreUnavailable | None:
+    """The StoreUnavailable `exc` stands for: no connection or answer, or an answer the store gives when it cannot
+    serve right now — a 5xx (S3's InternalError 500 says "please try again"; SeaweedFS answers it while its filer
+    and volume servers are still starting) or a throttling code. A 4xx other than those is a request of ours the
+    store refused: a bug, kept an error (500), never a 503."""
     if isinstance(exc, BotoConnectionError | HTTPClientError):
         return StoreUnavailable(f"the object store cannot be reached: {exc}")
-    if isinstance(exc, ClientError) and str(exc.response.get("Error", {}).get("Code")) in _UNAVAILABLE_CODES:
-        return StoreUnavailable(f"the object store is unavailable: {exc}")
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if str(exc.response.get("Error", {}).get("Code")) in _UNAVAILABLE_CODES or (
+                isinstance(status, int) and status >= 500):
+            return StoreUnavailable(f"the object store is unavailable: {exc}")
     return None
+
+
+# What reading an answer's body raises when the store goes away (or freezes) while sending it: outside the call
+# _Guarded wraps, so mapped where bodies are read (a whole small blob is read before its answer starts: a 503 then).
+_CUT_OFF = (HTTPClientError, IncompleteReadError)
+
+
+def _cut_off(exc: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(f"the object store stopped answering: {exc}")
 
 
 class _Guarded:
@@ -273,7 +295,10 @@ class S3Reader(BlobReader):
             return b""
         parts = []
         while n > 0:
-            data = self._body.read(n)
+            try:
+                data = self._body.read(n)
+            except _CUT_OFF as exc:
+                raise _cut_off(exc) from exc
             if not data:
                 raise OSError(f"blob object ended {n} bytes early")
             parts.append(data)
@@ -290,7 +315,7 @@ class S3Reader(BlobReader):
 class S3Blobs(BlobBytes):
     def __init__(self, bucket: str, *, prefix: str = "", endpoint_url: str | None = None,
                  region: str | None = None, client: Any = None, segment: int = SEGMENT,
-                 min_part: int = MIN_PART) -> None:
+                 min_part: int = MIN_PART, read_timeout: float = READ_TIMEOUT) -> None:
         if not 0 < min_part <= segment:
             raise ValueError("0 < min_part <= segment")
         self.bucket = bucket
@@ -298,8 +323,13 @@ class S3Blobs(BlobBytes):
         self.min_part = min_part
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         if client is None:
+            # Timeouts of our own: botocore waits 60 s to connect and 60 s for each read by default, and tries
+            # 4 times in all, so an object store that is down or frozen held a request for minutes. A refused
+            # connection fails at once (retried once after a backoff under 1 s, then 503); a server that accepts
+            # and never answers costs at most ATTEMPTS x (CONNECT_TIMEOUT + read_timeout) before the 503.
             config = Config(s3={"addressing_style": "path"} if endpoint_url else {},
-                            retries={"max_attempts": 3, "mode": "standard"}, max_pool_connections=64)
+                            connect_timeout=CONNECT_TIMEOUT, read_timeout=read_timeout,
+                            retries={"total_max_attempts": ATTEMPTS, "mode": "standard"}, max_pool_connections=64)
             client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region or None, config=config)
         self._s3 = _Guarded(client)
         self._guard = threading.Lock()
@@ -308,12 +338,16 @@ class S3Blobs(BlobBytes):
 
     @classmethod
     def from_url(cls, url: str) -> S3Blobs:
-        """`s3://bucket[/prefix][?endpoint=http://host:port&region=…]`."""
+        """`s3://bucket[/prefix][?endpoint=http://host:port&region=…&read_timeout=seconds]`."""
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc:
             raise ValueError(f"not an s3://bucket URL: {url!r}")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        return cls(parts.netloc, prefix=parts.path, endpoint_url=query.get("endpoint"), region=query.get("region"))
+        read_timeout = float(query.get("read_timeout", READ_TIMEOUT))
+        if not 0 < read_timeout < float("inf"):
+            raise ValueError(f"read_timeout: seconds above 0, not {query['read_timeout']!r}")
+        return cls(parts.netloc, prefix=parts.path, endpoint_url=query.get("endpoint"), region=query.get("region"),
+                   read_timeout=read_timeout)
 
     # -- keys and small helpers -----------------------------------------------------------------------------------
     def _key(self, name: str) -> str:
@@ -330,7 +364,10 @@ class S3Blobs(BlobBytes):
             return b""
         body = self._s3.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={offset}-{offset + length - 1}")["Body"]
         with contextlib.closing(body):
-            data: bytes = body.read()
+            try:
+                data: bytes = body.read()
+            except _CUT_OFF as exc:
+                raise _cut_off(exc) from exc
         return data
 
     def _exists(self, key: str) -> bool:
@@ -680,9 +717,12 @@ class S3Blobs(BlobBytes):
             size = 0
             body = self._s3.get_object(Bucket=self.bucket, Key=location)["Body"]
             with contextlib.closing(body):
-                while chunk := body.read(_READ):
-                    hasher.update(chunk)
-                    size += len(chunk)
+                try:
+                    while chunk := body.read(_READ):
+                        hasher.update(chunk)
+                        size += len(chunk)
+                except _CUT_OFF as exc:
+                    raise _cut_off(exc) from exc
             return hasher.hexdigest(), size
         except ClientError as exc:  # as a file would: gone since it was listed (a compaction or collection pass)
             if _missing(exc):

