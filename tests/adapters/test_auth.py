@@ -20,7 +20,7 @@ from registry_core.projects import Projects
 from registry_core.registry import Registry
 from registry_core.tokens import Claims, Scope, TokenService
 from tests.registry_core.values import name_of
-from tests.serving import Server, sha, start_server
+from tests.serving import Place, Server, sha, start_server
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -46,10 +46,11 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    data = tmp_path_factory.mktemp("auth") / "data"
-    server = start_server(data, policy="project")
-    registry = Registry.open(data)  # the CLI's way: the same data directory, while the server runs
+def setup(place: Place) -> Iterator[Setup]:
+    """On each store in turn (tests/conftest.py `place`): accounts, tokens, grants and trash are written beside
+    the running server, as the CLI writes them, and the server sees them at the next request."""
+    server = start_server(place, policy="project")
+    registry = place.open_registry()  # the CLI's way: the same store, while the server runs
     accounts, projects = Accounts(registry.store), Projects(registry.store)
     secrets = {}
     for name, certified in (("owner", True), ("alice", True), ("carol", False), ("dave", True), ("erin", True)):
