@@ -45,7 +45,7 @@ class Place:
     store, on the engines of tests/engines.py). Tests serve a place, then open the same store beside the server
     (`open_registry`), as the CLI does. `str(place)` is the test id: `embedded` or `distributed`."""
     directory: Path  # the embedded store's data directory; for the distributed store, only `berth serve --data`
-    #                  (where the metrics of its workers go), created empty
+    #                  (where the metrics of its workers would go); the server's log goes beside it
     metadata: str = ""  # postgresql://…?schema=…, "" for the embedded store
     blobs: str = ""  # s3://bucket/prefix?endpoint=…
 
