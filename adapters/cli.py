@@ -16,16 +16,27 @@ import dataclasses
 import errno
 import json
 import os
+import shlex
 import socket
 import sys
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from adapters.logs import granian_config
-from adapters.settings import CONFIG_ENV, Settings, SettingsError, parse_listen, policy_problem, render, workers
+from adapters.settings import (
+    CONFIG_ENV,
+    Settings,
+    SettingsError,
+    StoreSettings,
+    parse_listen,
+    policy_problem,
+    render,
+    workers,
+)
 from cas import BlobStore, CasError, Digest, Usage, check
 from cas.gc import utc
 from cas.transfer import TransferReport
@@ -619,15 +630,29 @@ POLICIES = {"project": "log in with a personal access token; projects and grants
             "open": "no login, everyone may do everything: local development only"}
 
 
-def first_start(registry: Registry, data: str, listen: str) -> None:
-    """On an empty data directory under the project policy: an admin account, and how to get going."""
+def store_flags(store: StoreSettings) -> str:
+    """How a berth command names this store, for the hints `serve` prints: the data directory, or the distributed
+    store's two URLs (shell-quoted: an S3 URL holds `?` and `&`; a password in the PostgreSQL URL masked, since a
+    log is no place for it and libpq takes it from PGPASSWORD)."""
+    if not store.metadata:
+        return f"--data {shlex.quote(store.data)}"
+    metadata = urllib.parse.urlsplit(store.metadata)
+    if metadata.password is not None:
+        netloc = f"{metadata.username or ''}:***@{metadata.netloc.rpartition('@')[2]}"
+        metadata = metadata._replace(netloc=netloc)
+    return f"--metadata {shlex.quote(metadata.geturl())} --blobs {shlex.quote(store.blobs)}"
+
+
+def first_start(registry: Registry, flags: str, listen: str) -> None:
+    """On an empty store under the project policy: an admin account, and how to get going (`flags`: how a berth
+    command names the store, `store_flags`)."""
     accounts = Accounts(registry.store)
     if accounts.users():
         return
     accounts.add_user("admin", certified=True, admin=True)
     _say("berth: first start: created the site admin 'admin'. To push within a minute:\n"
-         f"  TOKEN=$(scripts/berth token create admin --scope view,download,modify --data {data})\n"
-         f"  PROJECT=$(scripts/berth project create demo --owner admin --data {data})\n"
+         f"  TOKEN=$(scripts/berth token create admin --scope view,download,modify {flags})\n"
+         f"  PROJECT=$(scripts/berth project create demo --owner admin {flags})\n"
          f"  echo \"$TOKEN\" | podman login --tls-verify=false -u admin --password-stdin {listen}\n"
          f"  podman push --tls-verify=false IMAGE {listen}/$PROJECT/my-repo:v1")
 
@@ -695,14 +720,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except (ImportError, AttributeError) as exc:
             raise Failure(f"--policy {policy}: {exc}") from None
         if policy == "project":
-            first_start(registry, data, where)
+            first_start(registry, store_flags(settings.store), where)
     # The workers read every setting from the environment (adapters/http/app.py app_from_env), resolved here once.
     os.environ.update(dataclasses.replace(settings, store=dataclasses.replace(
         settings.store, data=os.path.abspath(data))).environment())
     os.environ.pop(CONFIG_ENV, None)  # resolved above: a worker must not read the file again over flags
     public = f" (clients reach it as {settings.server.public_url})" if settings.server.public_url else ""
     count = workers(settings)
-    _say(f"berth: serving http://{where}/{public} (the registry API at /v2/) from {os.environ['BERTH_DATA']}, "
+    source = os.environ["BERTH_DATA"] if not settings.store.metadata else "PostgreSQL and S3 (" + store_flags(
+        settings.store) + ")"
+    _say(f"berth: serving http://{where}/{public} (the registry API at /v2/) from {source}, "
          f"{count} worker(s); policy {policy}: {POLICIES.get(policy, 'a policy of your own')}")
     from adapters.exposure import prepare_serving  # sets PROMETHEUS_MULTIPROC_DIR before the app imports
 

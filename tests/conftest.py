@@ -13,7 +13,7 @@ from cas import BlobStore, StoreConfig
 from cas.memory_blobs import MemoryBlobs
 from cas.memory_index import MemoryIndex
 from tests.engines import Engines, start_engines
-from tests.serving import Server, start_server
+from tests.serving import Place, Server, start_server
 
 
 class FakeClock:
@@ -94,12 +94,48 @@ def store(make_store: Callable[..., BlobStore]) -> BlobStore:
     return make_store()
 
 
+PLACES = ("embedded", "distributed")
+
+
+def new_place(kind: str, request: pytest.FixtureRequest) -> Place:
+    """A fresh place of `kind` (PLACES): a data directory, or a database and a bucket of its own on the engines
+    (started on first use)."""
+    directory = request.getfixturevalue("tmp_path_factory").mktemp(f"berth-{kind}") / "data"
+    if kind == "distributed":
+        return Place.distributed(request.getfixturevalue("engines"), directory)
+    return Place.embedded(directory)
+
+
+@pytest.fixture(scope="module", params=PLACES)
+def place(request: pytest.FixtureRequest) -> Place:
+    """Where a module's server keeps its data, once per store (test ids `[embedded]`, `[distributed]`): the HTTP,
+    auth and interop suites prove both stores with the same requests and clients."""
+    return new_place(request.param, request)
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def embedded_server(request: pytest.FixtureRequest) -> Iterator[Server]:
     """A running `berth serve` (open policy) on a fresh data directory, shared by one test module."""
-    running = start_server(tmp_path_factory.mktemp("berth") / "data")
+    running = start_server(new_place("embedded", request))
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="module")
+def distributed_server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """A running `berth serve --metadata … --blobs …` (open policy) on a fresh database and bucket, shared by one
+    test module."""
+    running = start_server(new_place("distributed", request))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module", params=PLACES)
+def server(request: pytest.FixtureRequest) -> Server:
+    """A running `berth serve` (open policy) shared by one test module, on each store in turn (`[embedded]`,
+    `[distributed]`). A module about the files of the embedded store overrides it with `embedded_server`."""
+    running: Server = request.getfixturevalue(f"{request.param}_server")
+    return running
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """A real `berth serve` process on a free loopback port, for tests that speak HTTP to it (or the app served on a
-thread of the test process, over a Registry the test holds: `serve_in_process`)."""
+thread of the test process, over a Registry the test holds: `serve_in_process`), and the `Place` its store keeps
+its data in: a data directory (the embedded store) or PostgreSQL + S3 (the distributed store)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from cas import BlobStore
     from registry_core.registry import Registry
+    from tests.engines import Engines
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,16 +38,70 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Place:
+    """Where the store a test serves keeps its data: a data directory (the embedded store, LMDB and files: what
+    `berth serve` starts with no options), or a PostgreSQL schema and an S3 prefix of its own (the distributed
+    store, on the engines of tests/engines.py). Tests serve a place, then open the same store beside the server
+    (`open_registry`), as the CLI does. `str(place)` is the test id: `embedded` or `distributed`."""
+    directory: Path  # the embedded store's data directory; for the distributed store, only `berth serve --data`
+    #                  (where the metrics of its workers would go); the server's log goes beside it
+    metadata: str = ""  # postgresql://…?schema=…, "" for the embedded store
+    blobs: str = ""  # s3://bucket/prefix?endpoint=…
+
+    @classmethod
+    def embedded(cls, directory: Path) -> Place:
+        return cls(directory)
+
+    @classmethod
+    def distributed(cls, engines: Engines, directory: Path) -> Place:
+        """A fresh database (its schema `berth`) and a fresh bucket (under a prefix, as an operator sharing one
+        would): nothing another test wrote is visible here."""
+        metadata = engines.postgres.create_database() + "?schema=berth"
+        blobs = f"s3://{engines.s3.create_bucket()}/{uuid.uuid4().hex[:8]}?endpoint={engines.s3.endpoint}"
+        return cls(directory, metadata, blobs)
+
+    @property
+    def is_distributed(self) -> bool:
+        return bool(self.metadata)
+
+    def __str__(self) -> str:
+        return "distributed" if self.is_distributed else "embedded"
+
+    def flags(self) -> tuple[str, ...]:
+        """What names this store to `berth serve` and to every other berth command."""
+        store = ("--metadata", self.metadata, "--blobs", self.blobs) if self.is_distributed else ()
+        return ("--data", str(self.directory), *store)
+
+    def open_store(self) -> BlobStore:
+        """The same store as the server's, opened in the test's process (as a CLI command opens it)."""
+        from cas import BlobStore
+
+        if self.is_distributed:
+            return BlobStore.distributed(self.metadata, self.blobs)
+        return BlobStore.on_disk(self.directory)
+
+    def open_registry(self) -> Registry:
+        from registry_core.registry import Registry
+
+        return Registry(self.open_store())
+
+
 @dataclass
 class Server:
     process: subprocess.Popen[bytes]
     host: str  # 127.0.0.1:PORT
-    data: Path
+    place: Place
     log: Path
 
     @property
     def url(self) -> str:
         return f"http://{self.host}"
+
+    @property
+    def data(self) -> Path:
+        """The data directory it was given (the embedded store's; for the distributed one, its metrics' only)."""
+        return self.place.directory
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -76,15 +134,18 @@ class Server:
                 self.process.wait()
 
 
-def start_server(data: Path, *extra: str, workers: int = 2, port: int | None = None, policy: str = "open") -> Server:
+def start_server(place: Place | Path, *extra: str, workers: int = 2, port: int | None = None,
+                 policy: str = "open") -> Server:
+    """`berth serve` on `place` (a path: the embedded store in that data directory), once it answers."""
+    place = place if isinstance(place, Place) else Place.embedded(place)
     port = port or free_port()
-    log = data.parent / f"server-{port}.log"
+    log = place.directory.parent / f"server-{port}.log"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     process = subprocess.Popen(
-        [sys.executable, "-m", "adapters.cli", "serve", "--data", str(data), "--listen", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "adapters.cli", "serve", *place.flags(), "--listen", f"127.0.0.1:{port}",
          "--workers", str(workers), "--access-log", "--policy", policy, *extra],
         stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
-    server = Server(process, f"127.0.0.1:{port}", data, log)
+    server = Server(process, f"127.0.0.1:{port}", place, log)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import subprocess
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -20,7 +23,7 @@ from registry_core.projects import Projects
 from registry_core.registry import Registry
 from registry_core.tokens import Claims, Scope, TokenService
 from tests.registry_core.values import name_of
-from tests.serving import Server, sha, start_server
+from tests.serving import ROOT, Place, Server, sha, start_server
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -46,10 +49,11 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    data = tmp_path_factory.mktemp("auth") / "data"
-    server = start_server(data, policy="project")
-    registry = Registry.open(data)  # the CLI's way: the same data directory, while the server runs
+def setup(place: Place) -> Iterator[Setup]:
+    """On each store in turn (tests/conftest.py `place`): accounts, tokens, grants and trash are written beside
+    the running server, as the CLI writes them, and the server sees them at the next request."""
+    server = start_server(place, policy="project")
+    registry = place.open_registry()  # the CLI's way: the same store, while the server runs
     accounts, projects = Accounts(registry.store), Projects(registry.store)
     secrets = {}
     for name, certified in (("owner", True), ("alice", True), ("carol", False), ("dave", True), ("erin", True)):
@@ -332,6 +336,24 @@ def test_hostile_token_requests_are_bounded(setup: Setup) -> None:
     huge = "a" * (TOKEN_MAX + 1)
     r = httpx.get(f"{setup.server.url}/v2/", headers={"Authorization": f"Bearer {huge}"})
     assert r.status_code == 401 and "longer than" in r.json()["errors"][0]["message"]
+
+
+def test_the_first_start_hint_names_the_store_it_runs_on(setup: Setup) -> None:
+    """On an empty store the server created the site admin and printed how to go on: the token command it printed,
+    run as printed, makes a token of the admin's on the store the server runs on (the data directory, or the
+    distributed store's two URLs), and the server honours it."""
+    printed = next(line for line in setup.server.log_text().splitlines() if "token create admin" in line)
+    command = shlex.split(printed.strip().removeprefix("TOKEN=$(").removesuffix(")"))
+    assert command[:3] == ["scripts/berth", "token", "create"]
+    assert (command[-4:] == ["--metadata", setup.server.place.metadata, "--blobs", setup.server.place.blobs]
+            if setup.server.place.is_distributed else command[-2:] == ["--data", str(setup.server.data)])
+    done = subprocess.run([sys.executable, "-m", "adapters.cli", *command[1:]], capture_output=True, text=True,
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    assert done.returncode == 0, done.stderr
+    r = httpx.get(f"{setup.server.url}/token", auth=("admin", done.stdout.strip()),
+                  params={"service": "berth", "scope": "registry:catalog:*"})
+    assert r.status_code == 200 and TokenService(signing_key(setup.registry.store), "berth").verify(
+        r.json()["token"], time.time()).subject == "admin"
 
 
 def test_realm_never_echoes_a_hostile_host(setup: Setup) -> None:

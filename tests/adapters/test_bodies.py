@@ -17,17 +17,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serving import Server, sha, start_server
+from tests.serving import Place, Server, sha, start_server
 
 MiB = 1 << 20
 
 
 
-def serve(tmp: Path, **limits: str) -> Iterator[Server]:
+def serve(place: Place | Path, **limits: str) -> Iterator[Server]:
     with pytest.MonkeyPatch.context() as env:
         for key, value in limits.items():
             env.setenv(f"BERTH_BODY_{key.upper()}", value)
-        server = start_server(tmp / "data", workers=1)  # one process: the per-process caps are exact
+        server = start_server(place, workers=1)  # one process: the per-process caps are exact
     try:
         yield server
     finally:
@@ -36,15 +36,17 @@ def serve(tmp: Path, **limits: str) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from serve(tmp_path_factory.mktemp("bodies"))
+    """The caps on threads and on one client's bodies are the adapter's, the same on any store: the embedded one."""
+    yield from serve(tmp_path_factory.mktemp("bodies") / "data")
 
 
 STRICT = {"grace": "2", "min_rate": "1000", "idle": "2"}
 
 
 @pytest.fixture(scope="module")
-def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from serve(tmp_path_factory.mktemp("strict"), **STRICT)
+def strict_server(place: Place) -> Iterator[Server]:
+    """On each store (tests/conftest.py `place`): what a cut-off body leaves behind is the store's to keep or drop."""
+    yield from serve(place, **STRICT)
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import socket
 import stat
@@ -17,6 +18,8 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cas import BlobStore, Digest
 from registry_core.accounts import Accounts
@@ -266,3 +269,22 @@ def test_scripts_berth_keeps_the_callers_working_directory(home: Path, tmp_path_
     assert ok(script("user", "list", "--data", "data")).stdout.startswith("ann\t")
     fails(script("user", "list", "--data", "./missing"), f"no data directory {home / 'missing'}")
     assert not (checkout / "data").exists() and not (checkout / "missing").exists()
+
+
+@given(data=st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1),
+       password=st.text(st.characters(whitelist_categories=("L", "N"), whitelist_characters="!$&*;?#[]'\" "),
+                        min_size=1), prefix=st.from_regex(r"[a-z0-9]{1,8}", fullmatch=True))
+def test_store_flags_read_back_as_the_store_without_its_password(data: str, password: str, prefix: str) -> None:
+    """What `serve` prints as the store's flags splits back (shlex) into the flags that name the same store, and a
+    password in the PostgreSQL URL never reaches the log."""
+    from urllib.parse import quote
+
+    from adapters.cli import store_flags
+    from adapters.settings import StoreSettings
+
+    assert shlex.split(store_flags(StoreSettings(data=data))) == ["--data", data]
+    blobs = f"s3://bucket/{prefix}?endpoint=http://127.0.0.1:9000&region=us-east-1"
+    metadata = f"postgresql://berth:{quote(password, safe='')}@127.0.0.1:5432/db?schema=berth"
+    flags = store_flags(StoreSettings(data=data, metadata=metadata, blobs=blobs))
+    assert shlex.split(flags) == ["--metadata", "postgresql://berth:***@127.0.0.1:5432/db?schema=berth",
+                                  "--blobs", blobs]  # whatever the password, `***` in its place

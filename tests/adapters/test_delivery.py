@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from tests.adapters.test_http import image, put_manifest
+from tests.conftest import PLACES, new_place
 from tests.serving import ROOT, Server, free_port, start_server
 
 TIMEOUT = 0.5  # BERTH_WEBHOOK_TIMEOUT below
@@ -138,16 +139,19 @@ def receivers() -> Iterator[Callable[..., Receiver]]:
         r.close()
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Server]:
-    server = start_server(tmp_path / "data")
+@pytest.fixture(params=PLACES)
+def served(request: pytest.FixtureRequest) -> Iterator[Server]:
+    """A server on a fresh store of each kind (`[embedded]`, `[distributed]`): webhooks, their outbox and their
+    delivery state live in the store."""
+    server = start_server(new_place(request.param, request))
     yield server
     server.stop()
 
 
 def berth(server: Server | Path, *args: str) -> subprocess.CompletedProcess[str]:
-    data = server if isinstance(server, Path) else server.data
-    return subprocess.run([sys.executable, "-m", "adapters.cli", *args, "--data", str(data)], cwd=ROOT,
+    """A berth command on the server's store (a path: on that data directory)."""
+    flags = server.place.flags() if isinstance(server, Server) else ("--data", str(server))
+    return subprocess.run([sys.executable, "-m", "adapters.cli", *args, *flags], cwd=ROOT,
                           capture_output=True, text=True, timeout=30)
 
 
@@ -202,6 +206,7 @@ def test_every_event_arrives_in_order_through_failures(served: Server, receivers
         assert by_id.setdefault(got.id, got.body) == got.body
 
 
+@pytest.mark.parametrize("served", ["embedded"], indirect=True)  # the format of a batch: no store's business
 def test_cloudevents_batches_arrive_whole_signed_and_in_order(served: Server,
                                                               receivers: Callable[..., Receiver]) -> None:
     batched = receivers()

@@ -19,7 +19,7 @@ from registry_core.accounts import Accounts
 from registry_core.projects import Projects
 from registry_core.registry import Registry
 from tests.interop.images import write_layout
-from tests.serving import Server, sha, start_server
+from tests.serving import Place, Server, sha, start_server
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -44,10 +44,10 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    data = tmp_path_factory.mktemp("events") / "data"
-    server = start_server(data, policy="project", workers=1)
-    registry = Registry.open(data)  # the CLI's way: the same data directory, while the server runs
+def setup(place: Place) -> Iterator[Setup]:
+    """On each store in turn (tests/conftest.py `place`)."""
+    server = start_server(place, policy="project", workers=1)
+    registry = place.open_registry()  # the CLI's way: the same store, while the server runs
     accounts, projects = Accounts(registry.store), Projects(registry.store)
     secrets = {}
     for name in ("owner", "alice", "bob"):

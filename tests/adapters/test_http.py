@@ -33,10 +33,14 @@ def in_memory() -> Iterator[str]:
         server.stop()
 
 
-@pytest.fixture(params=["server", "memory"])
+@pytest.fixture(params=["embedded", "distributed", "memory"])
 def http(request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
-    """A client of `berth serve` (LMDB + files), then of the app over the in-memory store."""
-    url = request.getfixturevalue("server").url if request.param == "server" else request.getfixturevalue("in_memory")
+    """A client of `berth serve` on the embedded store (LMDB + files), on the distributed store (PostgreSQL + S3),
+    then of the app over the in-memory store (tests/conftest.py `embedded_server`, `distributed_server`)."""
+    if request.param == "memory":
+        url = request.getfixturevalue("in_memory")
+    else:
+        url = request.getfixturevalue(f"{request.param}_server").url
     with httpx.Client(base_url=url, timeout=30) as client:
         yield client
 

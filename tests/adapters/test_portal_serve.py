@@ -17,7 +17,7 @@ import pytest
 from registry_core.accounts import Accounts
 from registry_core.projects import Projects
 from registry_core.registry import Registry
-from tests.serving import ROOT, Server, sha, start_server
+from tests.serving import ROOT, Place, Server, sha, start_server
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -41,10 +41,11 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    data = tmp_path_factory.mktemp("portal-serve") / "data"
-    server = start_server(data, policy="project")
-    with Registry.open(data) as registry:  # the CLI's way: the same data directory, while the server runs
+def setup(place: Place) -> Iterator[Setup]:
+    """On each store in turn (tests/conftest.py `place`): on the distributed one, the sharing change made through
+    one worker holds at once on the other, through PostgreSQL."""
+    server = start_server(place, policy="project")
+    with place.open_registry() as registry:  # the CLI's way: the same store, while the server runs
         accounts = Accounts(registry.store)
         secrets = {}
         for name in ("owner", "friend"):

@@ -4,6 +4,9 @@ The test command (scripts/test) installs skopeo, podman and docker.io (dockerd) 
 here is a failure, never a skip. Every client runs isolated from the machine's own state: its own blob-info cache
 (c/image keeps one that short-cuts pushes and decides mounts), its own podman storage (vfs, under the test's
 directory), no policy file of the system's, its own dockerd and docker config dir.
+
+The `server` they talk to is tests/conftest.py's: once on the embedded store, once on the distributed one (test
+ids `[embedded]`, `[distributed]`); the project-policy modules serve tests/conftest.py's `place` the same way.
 """
 
 from __future__ import annotations
@@ -19,16 +22,8 @@ from pathlib import Path
 import pytest
 
 from tests.interop.dockerd import Dockerd, start_dockerd
-from tests.serving import Server, start_server
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(tmp_path_factory.mktemp("berth") / "data")
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Compression at rest with real clients (issue 18): skopeo pushes an image whose layers are uncompressed tars of
 text and the oras SDK an artifact of CSV files; `berth compact` (the CLI, beside the running server) keeps them
-compressed; both pull back byte for byte, digests checked by the clients and here."""
+compressed; both pull back byte for byte, digests checked by the clients and here. On both stores: the files of a
+data directory and the objects of an S3 bucket."""
 
 from __future__ import annotations
 
@@ -16,21 +17,21 @@ import pytest
 
 from benchmarks.compression import csv_rows
 from benchmarks.compression_at_rest import OCI_TAR, text_image
-from cas import BlobStore, Digest
+from cas import Digest
 from cas.layout import FORM_FRAMES_V1
 from tests.interop.conftest import Run
 from tests.serving import ROOT, Server
 
 
 def berth_compact(server: Server) -> str:
-    done = subprocess.run([sys.executable, "-m", "adapters.cli", "compact", "--data", str(server.data)], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "adapters.cli", "compact", *server.place.flags()], cwd=ROOT,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
 
 def forms(server: Server, digests: list[str]) -> list[int]:
-    with BlobStore.on_disk(server.data) as store:  # a second process on the server's directory, as the CLI is
+    with server.place.open_store() as store:  # a second opening of the server's store, as the CLI's
         return [store.stat(Digest.parse(d)).form for d in digests]
 
 

@@ -22,9 +22,8 @@ import pytest
 
 from registry_core.accounts import Accounts
 from registry_core.projects import Projects
-from registry_core.registry import Registry
 from tests.interop.dockerd import Dockerd, tool
-from tests.serving import Server, start_server
+from tests.serving import Place, Server, start_server
 
 # What `docker push` prints last: "<tag>: digest: sha256:<hex> size: <manifest bytes>".
 _PUSHED = re.compile(r"^(\S+): digest: (sha256:[0-9a-f]{64}) size: (\d+)$", re.MULTILINE)
@@ -47,10 +46,10 @@ class Site:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    data = tmp_path_factory.mktemp("docker") / "data"
-    server = start_server(data, policy="project")
-    with Registry.open(data) as registry:
+def site(place: Place) -> Iterator[Site]:
+    """On each store in turn (tests/conftest.py `place`)."""
+    server = start_server(place, policy="project")
+    with place.open_registry() as registry:
         accounts, projects = Accounts(registry.store), Projects(registry.store)
         for name, certified in (("pusher", True), ("reader", False), ("novice", False), ("outsider", True)):
             accounts.add_user(name, certified=certified)

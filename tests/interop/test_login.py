@@ -11,18 +11,17 @@ import pytest
 
 from registry_core.accounts import Accounts
 from registry_core.projects import Projects
-from registry_core.registry import Registry
 from tests.interop.conftest import Run
 from tests.interop.images import write_layout
-from tests.serving import Server, start_server
+from tests.serving import Place, Server, start_server
 
 
 @pytest.fixture(scope="module")
-def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str, str, str]]:
-    """A project-policy server with a certified pusher and a download-only reader on one project."""
-    data = tmp_path_factory.mktemp("login") / "data"
-    server = start_server(data, policy="project")
-    with Registry.open(data) as registry:
+def secured(place: Place) -> Iterator[tuple[Server, str, str, str]]:
+    """A project-policy server with a certified pusher and a download-only reader on one project (on each store,
+    tests/conftest.py `place`)."""
+    server = start_server(place, policy="project")
+    with place.open_registry() as registry:
         accounts, projects = Accounts(registry.store), Projects(registry.store)
         accounts.add_user("pusher", certified=True)
         accounts.add_user("reader")
