@@ -88,6 +88,13 @@ class Staged(ABC):
 
 
 class BlobBytes(ABC):
+    # The smallest chunk of an upload this keeper stores without rewriting anything (OCI-Chunk-Min-Length; smaller
+    # chunks are accepted all the same). Files take any size: 1 MiB keeps the per-request cost negligible.
+    chunk_min: int = 1 << 20
+    # Whether the staging lock is this process's only (S3: no flock across nodes): the upload record then carries a
+    # writer lease, taken and released in index transactions (cas/uploads.py).
+    local_staging_lock: bool = False
+
     # -- staging ------------------------------------------------------------------------------------------------
     @abstractmethod
     def stage(self) -> Staged:

@@ -290,6 +290,8 @@ class S3Reader(BlobReader):
 
 
 class S3Blobs(BlobBytes):
+    local_staging_lock = True  # the staging lock is this process's: cas/uploads.py leases the session in its record
+
     def __init__(self, bucket: str, *, prefix: str = "", endpoint_url: str | None = None,
                  region: str | None = None, client: Any = None, segment: int = SEGMENT,
                  min_part: int = MIN_PART) -> None:
@@ -298,6 +300,7 @@ class S3Blobs(BlobBytes):
         self.bucket = bucket
         self.segment = segment  # (tests make both small to exercise many segments; S3 itself wants 5 MiB parts)
         self.min_part = min_part
+        self.chunk_min = min_part  # a chunk below a part's minimum is buffered and its segment rewritten later
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         if client is None:
             config = Config(s3={"addressing_style": "path"} if endpoint_url else {},

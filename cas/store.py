@@ -141,6 +141,12 @@ class BlobStore:
         return cls(MemoryIndex(), MemoryBlobs(), config, clock)
 
     @property
+    def chunk_min_length(self) -> int:
+        """The smallest upload chunk the store keeps without rewriting (OCI-Chunk-Min-Length): S3's 5 MiB part
+        minimum on an object store; smaller chunks are accepted all the same."""
+        return self.blobs.chunk_min
+
+    @property
     def root(self) -> Path | None:
         """The data directory of a store over local files (None otherwise). Not for serving blobs: see
         local_path()."""
@@ -220,6 +226,14 @@ class BlobStore:
         if blob.inline or blob.form != FORM_RAW:
             return None
         return self.blobs.local_path(blob.digest)
+
+    def redirect_url(self, info: BlobInfo, expires: float) -> str | None:
+        """Optional capability, for a 307: a URL the client may fetch the blob's original bytes from directly for
+        `expires` seconds (a presigned S3 URL); None when there is none (inline, kept compressed, a keeper without
+        URLs: then stream `open()`). `info` is a stat()'s answer: the index is not read again."""
+        if info.inline or info.form != FORM_RAW:
+            return None
+        return self.blobs.redirect_url(info.digest, expires)
 
     def open(self, blob: Digest | str | BlobInfo, offset: int = 0, length: int | None = None) -> BlobReader:
         """A reader over [offset, offset+length) of a blob's original bytes (to its end if length is None),
