@@ -86,6 +86,11 @@ class Staged(ABC):
     def discard(self) -> None:
         """Remove the bytes (if still staged: a publish may have taken them) and let go."""
 
+    def abandon(self) -> None:
+        """Let go without writing anything more: another writer took the staging over (a writer lease that ran
+        out, cas/uploads.py). Only keepers with a per-process staging lock lose one; the others just release."""
+        self.release()
+
 
 class BlobBytes(ABC):
     # The smallest chunk of an upload this keeper stores without rewriting anything (OCI-Chunk-Min-Length; smaller

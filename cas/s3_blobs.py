@@ -248,6 +248,11 @@ class S3Staged(Staged):
                     self._owner._park(self.name, self.state)
             self._lock.release()
 
+    def abandon(self) -> None:
+        if self._lock.locked():
+            self._lock.release()
+        self._owner._unpark(self.name)  # what this process knew is stale: the next writer reads the bucket
+
     def discard(self) -> None:
         try:
             if self.persistent or self.state.segments:  # an ingest that never left its buffer wrote nothing

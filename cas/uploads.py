@@ -5,7 +5,11 @@ The record holds what is fixed at creation (running-hash algorithm, creation tim
 session's progress: `offset`, the bytes accepted so far, and `updated`, its last activity by the store's clock.
 Rules that keep a session consistent across crashes, restarts and several processes:
 - Only the holder of the staged bytes (a flock()ed file, a locked buffer) writes to them; a second writer gets
-  UploadBusy, never interleaves.
+  UploadBusy, never interleaves. Where that lock is only this process's (S3 staging: BlobBytes.local_staging_lock),
+  the record carries a writer lease too: taken in an index transaction before the staged bytes are touched,
+  renewed while a long chunk streams, checked by the commit that accepts the chunk (a writer whose lease was taken
+  over accepts nothing) and released in a last transaction. No lock is held across an object-store call: a node
+  that dies mid-chunk leaves a lease that simply runs out (WRITER_LEASE).
 - A chunk is accepted only at the record's offset (OffsetMismatch otherwise), and accepted when the record with the
   new offset commits: one index write per chunk (format 1 kept the offset in the file's size and wrote none; it
   measured 571 MiB/s with a durable commit per 8 MiB chunk against 706 without, before writeback was started
@@ -20,6 +24,8 @@ Rules that keep a session consistent across crashes, restarts and several proces
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import uuid
 from collections import OrderedDict
@@ -31,7 +37,7 @@ from typing import TYPE_CHECKING
 from . import crashpoints
 from .blobs import Staged
 from .digest import DEFAULT_ALGORITHM, Digest, Hasher, new_hasher
-from .errors import DigestMismatch, OffsetMismatch, SizeMismatch, UploadBusy, UploadUnknown
+from .errors import DigestMismatch, OffsetMismatch, SizeMismatch, UploadBusy, UploadUnknown, WriterLeaseLost
 from .index import WriteTransaction
 from .layout import UploadRecord
 
@@ -40,6 +46,11 @@ if TYPE_CHECKING:
 
 _REHASH_CHUNK = 1 << 20
 _MAX_CACHED_HASHERS = 4096
+# A writer lease lasts this long and is renewed after a third of it while a chunk streams: long enough that a
+# slow object-store request (botocore retries 3 times, 60 s read timeout each) ends well inside it, short enough
+# that a session whose node died mid-chunk is writable again within two minutes.
+WRITER_LEASE = 120.0
+_NODE = f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +72,7 @@ class _Session:
     id: str
     record: UploadRecord
     staged: Staged
+    lease: str = ""  # this writer's lease token (the record's `writer`), "" where the staging lock suffices
 
     @property
     def offset(self) -> int:
@@ -74,6 +86,7 @@ class Uploads:
         self._blobs = store.blobs
         self._hashers: OrderedDict[str, tuple[int, Hasher]] = OrderedDict()
         self._lock = threading.Lock()
+        self._leased = store.blobs.local_staging_lock
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def create(self, algorithm: str = DEFAULT_ALGORITHM, meta: dict[str, str] | None = None,
@@ -154,6 +167,8 @@ class Uploads:
                 self._discard(session)
                 raise DigestMismatch(str(expected), str(actual))
             session.staged.sync()
+            if session.lease:  # the publish below must end inside the lease: renewed (or lost) here
+                self._renew_lease(session)
             crashpoints.reached("upload.before_publish")
 
             def end_session(txn: WriteTransaction) -> None:
@@ -201,28 +216,89 @@ class Uploads:
 
     @contextmanager
     def _locked(self, session_id: str, check: Check | None = None) -> Iterator[_Session]:
-        self._record(session_id)  # UploadUnknown before touching the bytes
-        staged = self._blobs.resume_upload(session_id)
-        if staged is None:
-            # A record without its bytes: a crash between publishing and committing in finish(), or a file
-            # removed by hand. The session cannot continue; forget it.
-            self._store.index.transact(lambda txn: txn.delete(self._table, session_id.encode()))
-            raise UploadUnknown(session_id)
+        if self._leased:
+            lease = f"{_NODE}:{uuid.uuid4().hex[:12]}"
+            self._take_lease(session_id, lease)  # UploadUnknown or UploadBusy before touching the bytes
+        else:
+            lease = ""
+            self._record(session_id)  # UploadUnknown before touching the bytes
         try:
-            record = self._record(session_id)  # re-read while holding the bytes: it may have been finished meanwhile
-            session = _Session(session_id, record, staged)
-            if check is not None:
-                check(_status(session))
-            yield session
+            staged = self._blobs.resume_upload(session_id)
+            if staged is None:
+                # A record without its bytes: a crash between publishing and committing in finish(), or a file
+                # removed by hand. The session cannot continue; forget it.
+                self._store.index.transact(lambda txn: txn.delete(self._table, session_id.encode()))
+                raise UploadUnknown(session_id)
+            abandoned = False
+            try:
+                record = self._record(session_id)  # re-read while holding the bytes: it may have been finished
+                session = _Session(session_id, record, staged, lease)
+                if check is not None:
+                    check(_status(session))
+                yield session
+            except WriterLeaseLost:
+                abandoned = True
+                staged.abandon()  # the bytes are the new writer's: write nothing more
+                raise
+            finally:
+                if not abandoned:
+                    staged.release()  # (an S3 staging writes its buffered tail here: still under the lease)
         finally:
-            staged.release()
+            if lease:
+                self._release_lease(session_id, lease)
+
+    def _take_lease(self, session_id: str, lease: str) -> None:
+        key = session_id.encode()
+
+        def take(txn: WriteTransaction) -> None:
+            raw = txn.get(self._table, key) if _plausible_id(session_id) else None
+            if raw is None:
+                raise UploadUnknown(session_id)
+            record = UploadRecord.unpack(raw)
+            now = self._store.clock()
+            if record.writer and record.lease_until > now:
+                raise UploadBusy(session_id, f"a writer on {record.writer.rsplit(':', 1)[0]} holds it for at most "
+                                             f"{record.lease_until - now:.0f} s more")
+            txn.put(self._table, key, replace(record, writer=lease, lease_until=now + WRITER_LEASE).pack())
+        self._store.index.transact(take)
+
+    def _renew_lease(self, session: _Session) -> None:
+        """Extend this writer's lease (UploadBusy if it ran out and another writer took the session over)."""
+        key = session.id.encode()
+
+        def renew(txn: WriteTransaction) -> None:
+            raw = txn.get(self._table, key)
+            if raw is None:
+                raise UploadUnknown(session.id)
+            record = UploadRecord.unpack(raw)
+            if record.writer != session.lease:
+                raise WriterLeaseLost(session.id)
+            txn.put(self._table, key, replace(record, lease_until=self._store.clock() + WRITER_LEASE).pack())
+        self._store.index.transact(renew)
+
+    def _release_lease(self, session_id: str, lease: str) -> None:
+        key = session_id.encode()
+
+        def release(txn: WriteTransaction) -> None:
+            raw = txn.get(self._table, key)
+            record = UploadRecord.unpack(raw) if raw is not None else None
+            if record is not None and record.writer == lease:  # (finished or cancelled: the record is gone)
+                txn.put(self._table, key, replace(record, writer="", lease_until=0.0).pack())
+        self._store.index.transact(release)
 
     def _commit_progress(self, session: _Session) -> None:
         def work(txn: WriteTransaction) -> None:
             key = session.id.encode()
-            if txn.get(self._table, key) is None:
+            raw = txn.get(self._table, key)
+            if raw is None:
                 raise UploadUnknown(session.id)  # discarded by hand meanwhile (the bytes' holder would be us)
-            txn.put(self._table, key, session.record.pack())
+            record = session.record
+            if session.lease:
+                current = UploadRecord.unpack(raw)
+                if current.writer != session.lease:  # fenced: another writer took the session over
+                    raise WriterLeaseLost(session.id)
+                record = replace(record, writer=session.lease, lease_until=current.lease_until)
+            txn.put(self._table, key, record.pack())
         self._store.index.transact(work)
 
     def _write(self, session: _Session, chunks: Iterable[bytes], offset: int | None,
@@ -239,7 +315,7 @@ class Uploads:
             # truth. The client learns the offset from the refusal (or, without an offset, just goes on).
             self._forget(session.id)
             start = held
-            session = _Session(session.id, replace(session.record, offset=held), staged)
+            session = replace(session, record=replace(session.record, offset=held))
             self._commit_progress(session)
             if offset is not None and offset != start:
                 raise OffsetMismatch(session.id, start, offset)
@@ -249,17 +325,22 @@ class Uploads:
         if hasher is None:
             hasher = _hash_staged(staged, start, session.record.algorithm)
         writer = staged.writer(hasher, start, expected_size=length)
+        renew_at = self._store.clock() + WRITER_LEASE / 3 if session.lease else float("inf")
         try:
             for chunk in chunks:
+                if renew_at <= self._store.clock():  # a long chunk: keep the session ours while it streams
+                    self._renew_lease(session)
+                    renew_at = self._store.clock() + WRITER_LEASE / 3
                 writer.write(chunk)
             writer.finish(fsync=False)
             if length is not None and writer.size != length:
                 raise SizeMismatch(length, writer.size)
-        except BaseException:
+        except BaseException as exc:
             writer.abort()
-            # All or nothing while we live: cut the failed chunk off. The hasher saw part of the chunk and is
-            # dropped; the next request re-hashes.
-            staged.truncate(start)
+            # All or nothing while we live: cut the failed chunk off (unless the session is another writer's now).
+            # The hasher saw part of the chunk and is dropped; the next request re-hashes.
+            if not isinstance(exc, WriterLeaseLost):
+                staged.truncate(start)
             raise
         if writer.size == 0:
             self._keep_hasher(session.id, start, hasher)
@@ -267,7 +348,7 @@ class Uploads:
         crashpoints.reached("upload.after_chunk")
         record = replace(session.record, offset=start + writer.size, updated=self._store.clock())
         self._keep_hasher(session.id, record.offset, hasher)
-        return _Session(session.id, record, staged)
+        return replace(session, record=record)
 
     def _discard(self, session: _Session) -> None:
         self._store.index.transact(lambda txn: txn.delete(self._table, session.id.encode()))

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from cas import BlobStore, BlobUnknown, Digest, MemoryIndex, StoreConfig, StoreUnavailable
+from cas import BlobStore, BlobUnknown, Digest, MemoryIndex, StoreConfig, StoreUnavailable, UploadBusy
+from cas.errors import WriterLeaseLost
 from cas.layout import FORM_RAW
 from cas.s3_blobs import MIN_PART, S3Blobs
+from cas.uploads import WRITER_LEASE
+from tests.conftest import FakeClock
 from tests.engines import Engines, free_ports
 
 MiB = 1 << 20
@@ -171,3 +175,74 @@ def test_an_unreachable_object_store_is_store_unavailable() -> None:
         with pytest.raises((StoreUnavailable, OSError)) as raised:
             call()
         assert isinstance(raised.value, StoreUnavailable) or isinstance(raised.value.__cause__, StoreUnavailable)
+
+
+def _paused(chunks: list[bytes], started: threading.Event, go: threading.Event) -> Iterator[bytes]:
+    """The chunks of one request body, stalling after the first until `go` (a slow client mid-PATCH)."""
+    yield chunks[0]
+    started.set()
+    assert go.wait(30)
+    yield from chunks[1:]
+
+
+def _in_thread(call: Callable[[], object]) -> tuple[threading.Thread, dict[str, object]]:
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome["error"] = exc
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_chunk_on_another_node_is_refused_while_one_writes_and_the_upload_stays_whole(
+        nodes: tuple[S3Blobs, S3Blobs]) -> None:
+    """Node one streams a chunk (stalled mid-body); node two's chunk on the same session is refused with
+    UploadBusy (its staging lock is its own process's: the record's writer lease refuses it) and writes nothing;
+    one's chunk is then accepted, two continues from there, and the blob verifies."""
+    clock = FakeClock()
+    index = MemoryIndex()
+    one, two = (BlobStore(index, node, StoreConfig(), clock) for node in nodes)
+    session = one.uploads.create()
+    started, go = threading.Event(), threading.Event()
+    first = [DATA[:3 * MiB], DATA[3 * MiB:6 * MiB]]
+    thread, outcome = _in_thread(lambda: one.uploads.append(session.id, _paused(first, started, go), offset=0))
+    assert started.wait(30)
+    for offset in (0, 3 * MiB):
+        with pytest.raises(UploadBusy, match="being written by another request"):
+            two.uploads.append(session.id, [DATA[offset:offset + MiB]], offset=offset)
+    with pytest.raises(UploadBusy):
+        two.uploads.finish(session.id, Digest.of(DATA[:MiB]), [DATA[:MiB]], offset=0)
+    assert two.uploads.status(session.id).offset == 0
+    go.set()
+    thread.join(60)
+    assert "error" not in outcome, outcome
+    two.uploads.append(session.id, [DATA[6 * MiB:11 * MiB]], offset=6 * MiB)
+    info = one.uploads.finish(session.id, Digest.of(DATA), [DATA[11 * MiB:]], offset=11 * MiB)
+    assert two.read_bytes(info.digest) == DATA
+
+
+def test_a_writer_whose_lease_ran_out_is_fenced_and_leaves_the_staging_to_its_successor(
+        nodes: tuple[S3Blobs, S3Blobs]) -> None:
+    """A node stalls mid-chunk past WRITER_LEASE (a dead node looks the same): another node takes the session
+    over; the stalled writer then writes and accepts nothing, and the successor's bytes stand."""
+    clock = FakeClock()
+    index = MemoryIndex()
+    one, two = (BlobStore(index, node, StoreConfig(), clock) for node in nodes)
+    session = one.uploads.create()
+    one.uploads.append(session.id, [DATA[:MiB]], offset=0)
+    started, go = threading.Event(), threading.Event()
+    stalled = [DATA[MiB:2 * MiB], b"x" * MiB]  # the stalled writer's bytes differ from the successor's
+    thread, outcome = _in_thread(lambda: one.uploads.append(session.id, _paused(stalled, started, go), offset=MiB))
+    assert started.wait(30)
+    clock.advance(WRITER_LEASE + 1)
+    two.uploads.append(session.id, [DATA[MiB:7 * MiB]], offset=MiB)
+    go.set()
+    thread.join(60)
+    assert isinstance(outcome.get("error"), WriterLeaseLost), outcome
+    assert two.uploads.status(session.id).offset == 7 * MiB
+    info = one.uploads.finish(session.id, Digest.of(DATA), [DATA[7 * MiB:]], offset=7 * MiB)
+    assert one.read_bytes(info.digest) == DATA
