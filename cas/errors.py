@@ -106,6 +106,11 @@ class UndeclaredTable(CasError, KeyError):
         return str(self.args[0])
 
 
+class StagingGone(CasError):
+    """`ensure` found a blob's bytes gone and has nothing to put them back from: a direct write (cas/blobs.py
+    BlobBytes.direct) whose object a collector took between the publish's move and its commit (cas/gc.py)."""
+
+
 class StoreUnavailable(CasError):
     """An engine of the store (the PostgreSQL server, the object store) cannot be reached right now. The operation
     may or may not have taken effect (a lost COMMIT answer); retrying it is safe for cas's own operations. Adapters

@@ -51,7 +51,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from .blobs import BlobBytes, Staged
 from .digest import ALGORITHMS, Digest, Hasher, new_hasher
-from .errors import BlobUnknown, StoreUnavailable, UploadBusy
+from .errors import BlobUnknown, StagingGone, StoreUnavailable, UploadBusy
 from .layout import FORM_RAW, FORM_SUFFIX, FORMS, split_form
 from .reader import BlobReader
 from .stored_forms import hash_form, open_form
@@ -263,6 +263,99 @@ class S3Staged(Staged):
             self._owner._unpark(self.name)
 
 
+class _PartWriter:
+    """The ChunkWriter of a direct staging: appends to its part buffer while hashing, sending a part when full."""
+
+    def __init__(self, staged: S3Direct, hasher: Hasher) -> None:
+        self._staged = staged
+        self._hasher = hasher
+        self.size = 0
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        self._hasher.update(memoryview(chunk))
+        staged = self._staged
+        staged.buffer += chunk
+        staged.written += len(chunk)
+        self.size += len(chunk)
+        if len(staged.buffer) >= staged.owner.segment:
+            staged.send_part()
+
+    def finish(self, fsync: bool = True) -> str:
+        return self._hasher.hexdigest()
+
+    def abort(self) -> None:
+        pass
+
+
+class S3Direct(Staged):
+    """A monolithic upload's bytes on their way straight to the blob's object: one multipart upload onto
+    blobs/<alg>/<hex> of SEGMENT-sized parts (S3 wants 5 MiB but the last), completed by `publish` once the caller
+    verified the digest, aborted by `discard` otherwise; a blob smaller than one part is one PUT at publish. Nothing
+    is copied afterwards, and the multipart upload's parts are invisible until completed: wrong bytes never appear
+    at the key. Memory: one part buffer."""
+
+    def __init__(self, owner: S3Blobs, digest: Digest) -> None:
+        self.name = f"direct-{digest.algorithm}-{digest.hex}"
+        self.consumed = False
+        self.owner = owner
+        self.target = owner._blob_key(digest)
+        self.buffer = bytearray()
+        self.written = 0
+        self._upload: str | None = None
+        self._parts: list[dict[str, Any]] = []
+
+    def size(self) -> int:
+        return self.written
+
+    def writer(self, hasher: Hasher, offset: int, expected_size: int | None = None) -> _PartWriter:
+        if offset != 0 or self.written:
+            raise ValueError("a direct staging is written once, from its start")
+        return _PartWriter(self, hasher)
+
+    def send_part(self) -> None:
+        s3, bucket = self.owner._s3, self.owner.bucket
+        if self._upload is None:
+            self._upload = s3.create_multipart_upload(Bucket=bucket, Key=self.target)["UploadId"]
+        number = len(self._parts) + 1
+        sent = s3.upload_part(Bucket=bucket, Key=self.target, UploadId=self._upload, PartNumber=number,
+                              Body=bytes(self.buffer))
+        self._parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+        self.buffer = bytearray()
+
+    def complete(self) -> None:
+        """Make the bytes the object at the blob's key (the caller verified them)."""
+        s3, bucket = self.owner._s3, self.owner.bucket
+        if self._upload is None:
+            s3.put_object(Bucket=bucket, Key=self.target, Body=bytes(self.buffer))
+        else:
+            if self.buffer:
+                self.send_part()
+            s3.complete_multipart_upload(Bucket=bucket, Key=self.target, UploadId=self._upload,
+                                         MultipartUpload={"Parts": self._parts})
+            self._upload = None
+        self.buffer = bytearray()
+        self.consumed = True
+
+    def truncate(self, size: int) -> None:
+        raise ValueError("a direct staging cannot be cut back")
+
+    def read(self, offset: int, length: int) -> bytes:
+        raise ValueError("a direct staging cannot be read back")
+
+    def sync(self) -> None:
+        pass
+
+    def release(self) -> None:
+        self.discard()
+
+    def discard(self) -> None:
+        self.buffer = bytearray()
+        if self._upload is not None:
+            upload, self._upload = self._upload, None
+            with contextlib.suppress(ClientError, StoreUnavailable):  # left behind: sweep_staged aborts it later
+                self.owner._s3.abort_multipart_upload(Bucket=self.owner.bucket, Key=self.target, UploadId=upload)
+
+
 class S3Reader(BlobReader):
     """A BlobReader over the body of a ranged GET (streamed: never more than one read's bytes in memory)."""
 
@@ -296,6 +389,7 @@ class S3Reader(BlobReader):
 
 class S3Blobs(BlobBytes):
     local_staging_lock = True  # the staging lock is this process's: cas/uploads.py leases the session in its record
+    writes_direct = True  # a monolithic upload goes straight to its object (S3Direct)
 
     def __init__(self, bucket: str, *, prefix: str = "", endpoint_url: str | None = None,
                  region: str | None = None, client: Any = None, segment: int = SEGMENT,
@@ -393,6 +487,9 @@ class S3Blobs(BlobBytes):
         lock = self._lock_for(name)
         lock.acquire()
         return S3Staged(self, name, _State(), lock, persistent=False)
+
+    def direct(self, digest: Digest) -> S3Direct:
+        return S3Direct(self, digest)
 
     def create_upload(self, session_id: str) -> S3Staged:
         lock = self._lock_for(session_id)
@@ -497,13 +594,17 @@ class S3Blobs(BlobBytes):
 
     # -- publishing -------------------------------------------------------------------------------------------------
     def publish(self, staged: Staged, digest: Digest) -> bool:
-        """Assemble the staging into the blob's object. As with files, the staging counts as consumed once it is
-        (its session ends even if the record's commit fails), but its segments stay until `discard`: `ensure` may
-        need them if a collector takes the blob before that commit (cas/gc.py)."""
-        assert isinstance(staged, S3Staged)
+        """Assemble the staging into the blob's object (a direct staging: complete its multipart upload). As with
+        files, the staging counts as consumed once it is (its session ends even if the record's commit fails),
+        but its segments stay until `discard`: `ensure` may need them if a collector takes the blob before that
+        commit (cas/gc.py). A direct staging has no segments: see `ensure`."""
+        assert isinstance(staged, S3Staged | S3Direct)
         target = self._blob_key(digest)
         if self._exists(target):
-            return False  # the same bytes, published by someone else
+            return False  # the same bytes, published by someone else: not rewritten
+        if isinstance(staged, S3Direct):
+            staged.complete()
+            return True
         self._assemble(staged, target)
         staged.consumed = True
         return True
@@ -538,7 +639,7 @@ class S3Blobs(BlobBytes):
             raise
 
     def ensure(self, staged: Staged, digest: Digest) -> None:
-        assert isinstance(staged, S3Staged)
+        assert isinstance(staged, S3Staged | S3Direct)
         target = self._blob_key(digest)
         if self._exists(target):
             return
@@ -549,6 +650,11 @@ class S3Blobs(BlobBytes):
         except ClientError as exc:
             if not _missing(exc):
                 raise
+            if isinstance(staged, S3Direct):
+                if staged.consumed:  # its parts became the object the collector took: nothing left to copy
+                    raise StagingGone(str(digest)) from None
+                staged.complete()  # publish found the blob there and kept its multipart upload open
+                return
             self._assemble(staged, target)
 
     # -- reading ----------------------------------------------------------------------------------------------------

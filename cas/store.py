@@ -15,13 +15,14 @@ from typing import BinaryIO
 from . import crashpoints
 from .blobs import BlobBytes, Staged
 from .digest import DEFAULT_ALGORITHM, Digest, Hasher, new_hasher
-from .errors import BlobUnknown, DigestMismatch, IncompatibleStore, SizeMismatch
+from .errors import BlobUnknown, DigestMismatch, IncompatibleStore, SizeMismatch, StagingGone, StoreUnavailable
 from .index import Index, Table, Transaction, WriteTransaction
 from .layout import (
     FORM_RAW,
     FORMAT_VERSION,
     STATE_DELETING,
     STATE_INLINE,
+    STATE_MISSING,
     STATE_PRESENT,
     STORED_STATES,
     TABLE_SHAPES,
@@ -300,7 +301,9 @@ class BlobStore:
 
         With `expected`, the bytes must hash to it (the algorithm is the expected digest's); with `size`, they must
         be that long. On a mismatch, DigestMismatch/SizeMismatch is raised and nothing is left behind. Content
-        already stored is not written again: a dedup hit only hashes the incoming bytes to verify them.
+        already stored is not written again: a dedup hit only hashes the incoming bytes to verify them. Named in
+        advance, the bytes go straight to the blob's place where the keeper can (an object store: BlobBytes.direct),
+        else through staging.
         """
         expected = _as_digest(expected) if expected is not None else None
         if expected is not None:
@@ -308,7 +311,8 @@ class BlobStore:
         hasher = new_hasher(algorithm)
         if expected is not None and self._lease_if_present(expected):
             return self._ingest_known(source, expected, hasher, size, also)
-        staged = self.blobs.stage()
+        direct = expected is not None and self.blobs.writes_direct
+        staged = self.blobs.direct(expected) if direct and expected is not None else self.blobs.stage()
         try:
             writer = staged.writer(hasher, 0, expected_size=size)
             try:
@@ -396,8 +400,24 @@ class BlobStore:
         claimed = self.index.transact(commit)
         crashpoints.reached("publish.after_commit")
         if claimed:
-            self.blobs.ensure(staged, digest)
+            try:
+                self.blobs.ensure(staged, digest)
+            except StagingGone:
+                self._lost(digest)
+                raise StoreUnavailable(f"blob {digest} was collected while it was being stored (an old copy of the "
+                                       f"same bytes, in the same moment): nothing was kept; send it again") from None
         return BlobInfo(digest, size)
+
+    def _lost(self, digest: Digest) -> None:
+        """A direct write's claim taken back (cas/gc.py, "Direct writes"): its bytes went with a collector's purge
+        between its move and its commit, so the record it made PRESENT says MISSING, as fsck would; the next
+        ingest of the bytes heals it, and the caller was not told the blob is stored."""
+        def work(txn: WriteTransaction) -> None:
+            raw = txn.get(self.tables.blobs, digest.key)
+            record = BlobRecord.unpack(raw) if raw is not None else None
+            if record is not None and record.state == STATE_PRESENT and record.form == FORM_RAW:
+                txn.put(self.tables.blobs, digest.key, replace(record, state=STATE_MISSING).pack())
+        self.index.transact(work)
 
     def ingest_inline(self, txn: WriteTransaction, data: bytes, algorithm: str = DEFAULT_ALGORITHM, *,
                       digest: Digest | None = None) -> BlobInfo:

@@ -156,6 +156,8 @@ class Uploads:
         expected = expected if isinstance(expected, Digest) else Digest.parse(expected)
         new_hasher(expected.algorithm)
         with self._locked(session_id, check) as session:
+            if session.offset == 0 and self._blobs.writes_direct:
+                return self._finish_whole(session, expected, chunks, offset, length, also)
             session = self._write(session, chunks, offset, length)
             cached = self._take_hasher(session.id, session.offset)
             if expected.algorithm == session.record.algorithm and cached is not None:
@@ -185,6 +187,29 @@ class Uploads:
             session.staged.discard()  # a publish moved the bytes away, or found them stored already: drop ours
             self._forget(session.id)
             return info
+
+    def _finish_whole(self, session: _Session, expected: Digest, chunks: Iterable[bytes], offset: int | None,
+                      length: int | None, also: Callable[[WriteTransaction], None] | None) -> BlobInfo:
+        """A whole blob PUT to a fresh session, on a keeper that writes straight to the blob's place: a monolithic
+        ingest (no staging segments, no copy), the session ending in the commit that stores the blob."""
+        if offset is not None and offset != 0:
+            raise OffsetMismatch(session.id, 0, offset)
+        if session.lease:
+            self._renew_lease(session)
+
+        def end_session(txn: WriteTransaction) -> None:
+            txn.delete(self._table, session.id.encode())
+            if also is not None:
+                also(txn)
+
+        try:
+            info = self._store.ingest(chunks, expected, size=length, also=end_session)
+        except DigestMismatch:
+            self._discard(session)  # as for a chunked upload: the bytes are not what the client said
+            raise
+        session.staged.discard()  # the session's (empty) staging
+        self._forget(session.id)
+        return info
 
     def expire(self) -> int:
         """Remove sessions idle for at least config.upload_ttl, and partial files with no session.

@@ -11,13 +11,26 @@ import threading
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
-from cas import BlobStore, BlobUnknown, Digest, MemoryIndex, StoreConfig, StoreUnavailable, UploadBusy
+from cas import (
+    BlobStore,
+    BlobUnknown,
+    Digest,
+    DigestMismatch,
+    MemoryIndex,
+    SizeMismatch,
+    StoreConfig,
+    StoreUnavailable,
+    UploadBusy,
+    UploadUnknown,
+)
+from cas.blobs import Staged
 from cas.errors import WriterLeaseLost
 from cas.layout import FORM_RAW
-from cas.s3_blobs import MIN_PART, S3Blobs
+from cas.s3_blobs import MIN_PART, S3Blobs, _Guarded
 from cas.uploads import WRITER_LEASE
 from tests.conftest import FakeClock
 from tests.engines import Engines, free_ports
@@ -246,3 +259,146 @@ def test_a_writer_whose_lease_ran_out_is_fenced_and_leaves_the_staging_to_its_su
     assert two.uploads.status(session.id).offset == 7 * MiB
     info = one.uploads.finish(session.id, Digest.of(DATA), [DATA[7 * MiB:]], offset=7 * MiB)
     assert one.read_bytes(info.digest) == DATA
+
+
+class _Recording:
+    """A boto3 client that notes every call (operation, key): what a direct write sends, and what it does not."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.calls: list[tuple[str, str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr) or name in ("get_paginator", "generate_presigned_url"):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, str(kwargs.get("Key", ""))))
+            return attr(*args, **kwargs)
+        return call
+
+
+def _recorded(blobs: S3Blobs) -> _Recording:
+    recording = _Recording(blobs._s3._client)
+    blobs._s3 = _Guarded(recording)
+    return recording
+
+
+def _pending_uploads(blobs: S3Blobs) -> list[str]:
+    listed = blobs._s3.list_multipart_uploads(Bucket=blobs.bucket, Prefix=blobs.prefix)
+    return [upload["Key"] for upload in listed.get("Uploads", [])]
+
+
+def test_a_monolithic_upload_streams_straight_to_its_object(nodes: tuple[S3Blobs, S3Blobs]) -> None:
+    """With the digest named in advance, the bytes go to blobs/<alg>/<hex> as one multipart upload of 8 MiB
+    parts, completed once verified: no staging object, no copy. A blob below one part is one PUT."""
+    one, _ = nodes
+    calls = _recorded(one)
+    store = BlobStore(MemoryIndex(), one)
+    chunks = (DATA[i:i + MiB + 3] for i in range(0, len(DATA), MiB + 3))
+    info = store.ingest(chunks, expected=Digest.of(DATA))
+    target = f"{one.prefix}blobs/sha256/{info.digest.hex}"
+    writes = [(op, key) for op, key in calls.calls if op not in ("head_object", "get_object")]
+    assert writes == [("create_multipart_upload", target)] + [("upload_part", target)] * 3 + [
+        ("complete_multipart_upload", target)]
+    assert keys(one, "staging/") == [] and _pending_uploads(one) == []
+    assert store.read_bytes(info.digest) == DATA
+    calls.calls.clear()
+    small = store.ingest([b"a small ", b"blob"], expected=Digest.of(b"a small blob"))
+    assert [c for c in calls.calls if c[0] not in ("head_object", "get_object")] == [
+        ("put_object", f"{one.prefix}blobs/sha256/{small.digest.hex}")]
+
+
+@pytest.mark.parametrize("size", [10, 9 * MiB])
+def test_a_wrong_digest_never_leaves_an_object_at_the_final_key(nodes: tuple[S3Blobs, S3Blobs], size: int) -> None:
+    one, _ = nodes
+    store = BlobStore(MemoryIndex(), one)
+    claimed = Digest.of(b"something else")
+    with pytest.raises(DigestMismatch):
+        store.ingest([DATA[:size]], expected=claimed)
+    assert keys(one, "blobs/") == [] and keys(one, "staging/") == []
+    assert _pending_uploads(one) == []  # the parts went with the aborted multipart upload
+    with pytest.raises(SizeMismatch):
+        store.ingest([DATA[:size]], expected=Digest.of(DATA[:size]), size=size + 1)
+    assert keys(one, "blobs/") == [] and _pending_uploads(one) == []
+
+
+def test_a_blob_already_in_the_bucket_is_not_rewritten(nodes: tuple[S3Blobs, S3Blobs]) -> None:
+    """An object at the blob's key with no record (a crashed publish's): the direct write finds it there, keeps it
+    and completes nothing."""
+    one, _ = nodes
+    digest = Digest.of(DATA[:9 * MiB])
+    target = f"{one.prefix}blobs/sha256/{digest.hex}"
+    one._s3.put_object(Bucket=one.bucket, Key=target, Body=DATA[:9 * MiB])
+    calls = _recorded(one)
+    store = BlobStore(MemoryIndex(), one)
+    store.ingest([DATA[:9 * MiB]], expected=digest)
+    assert not [c for c in calls.calls if c[0] in ("complete_multipart_upload", "put_object", "copy_object")]
+    assert _pending_uploads(one) == [] and store.read_bytes(digest) == DATA[:9 * MiB]
+
+
+class _CollectedInTheMoment(S3Blobs):
+    """A keeper whose blob a collector retires and purges between the publish's move and its commit (the one
+    interleaving of cas/gc.py where `ensure` must put the bytes back itself)."""
+
+    def publish(self, staged: Staged, digest: Digest) -> bool:
+        moved = super().publish(staged, digest)
+        if self.retire(digest):
+            self.purge(digest)
+        return moved
+
+
+def test_a_direct_write_collected_before_its_commit_takes_its_claim_back(engines: Engines, bucket: str) -> None:
+    """Its parts became the object the collector purged: nothing to put back. The record says MISSING (not
+    served, never PRESENT without bytes), the caller gets StoreUnavailable (503: send it again), and the next
+    ingest heals the record."""
+    prefix = uuid.uuid4().hex[:8]
+    racing = _CollectedInTheMoment(bucket, prefix=prefix, endpoint_url=engines.s3.endpoint)
+    index = MemoryIndex()
+    store = BlobStore(index, racing)
+    digest = Digest.of(DATA[:6 * MiB])
+    with pytest.raises(StoreUnavailable, match="send it again"):
+        store.ingest([DATA[:6 * MiB]], expected=digest)
+    assert not store.contains(digest)
+    with pytest.raises(BlobUnknown):
+        store.stat(digest)
+    calm = BlobStore(index, S3Blobs(bucket, prefix=prefix, endpoint_url=engines.s3.endpoint))
+    calm.ingest([DATA[:6 * MiB]], expected=digest)
+    assert calm.read_bytes(digest) == DATA[:6 * MiB]
+
+
+def test_a_direct_write_that_found_the_blob_there_puts_it_back_from_its_open_upload(engines: Engines,
+                                                                                    bucket: str) -> None:
+    """The object was there (a crashed publish's), so publish kept its multipart upload open; a collector purged
+    that object before the commit: `ensure` completes the upload, and the blob is whole."""
+    prefix = uuid.uuid4().hex[:8]
+    racing = _CollectedInTheMoment(bucket, prefix=prefix, endpoint_url=engines.s3.endpoint)
+    digest = Digest.of(DATA[:9 * MiB])
+    racing._s3.put_object(Bucket=bucket, Key=racing._blob_key(digest), Body=DATA[:9 * MiB])
+    store = BlobStore(MemoryIndex(), racing)
+    store.ingest([DATA[:9 * MiB]], expected=digest)
+    assert store.read_bytes(digest) == DATA[:9 * MiB] and _pending_uploads(racing) == []
+
+
+def test_a_whole_blob_put_to_a_fresh_session_goes_straight_to_its_object(nodes: tuple[S3Blobs, S3Blobs]) -> None:
+    """POST then one PUT with the whole body (what skopeo and docker do): no staging segment, the session ends
+    in the blob's commit; a wrong digest ends the session and leaves nothing at the key."""
+    one, two = nodes
+    index = MemoryIndex()
+    store, other = BlobStore(index, one), BlobStore(index, two)
+    calls = _recorded(one)
+    session = store.uploads.create()
+    info = store.uploads.finish(session.id, Digest.of(DATA), iter([DATA[:4 * MiB], DATA[4 * MiB:]]), offset=0)
+    segments = [key for op, key in calls.calls if "/staging/" in key and op == "put_object"]
+    assert segments == [f"{one.prefix}staging/{session.id}/session"]  # the POST's marker, and no segment
+    assert not [op for op, _ in calls.calls if op in ("copy_object", "upload_part_copy")]
+    assert keys(one, "staging/") == [] and other.read_bytes(info.digest) == DATA
+    with pytest.raises(UploadUnknown):
+        store.uploads.status(session.id)
+    wrong = store.uploads.create()
+    with pytest.raises(DigestMismatch):
+        other.uploads.finish(wrong.id, Digest.of(b"not these bytes"), [DATA[:MiB]])
+    with pytest.raises(UploadUnknown):
+        store.uploads.status(wrong.id)
+    assert keys(one, "blobs/") == [f"blobs/sha256/{info.digest.hex}"] and _pending_uploads(one) == []
