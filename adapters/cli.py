@@ -739,9 +739,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--blobs-redirect", action="store_true",
                    help="answer a blob GET with 307 to a presigned URL of the bucket (with --blobs s3://…; the "
                         "clients must reach the object store)")
-    p.add_argument("--blobs-redirect", action="store_true",
-                   help="answer a blob GET with 307 to a presigned URL of the bucket (with --blobs s3://...; the "
-                        "clients must reach the object store)")
     p.add_argument("--pull-events", action="store_true", help="record an event for every manifest pull (GET) in "
                    "the event feed (off by default: it makes every pull a write)")
     p.add_argument("--access-log", action="store_true", help="log every request, one line each")

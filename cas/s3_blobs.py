@@ -61,6 +61,7 @@ SEGMENT = 8 << 20  # a staging segment is written when the buffer reaches this
 _READ = 1 << 20
 LOCK_TTL = 900.0  # an `exclusive` lease older than this was left by a dead process: taken over
 STALE_STAGING = 3600.0  # an ingest's staging untouched this long is debris (its process died)
+STALE_DIRECT = 24 * 3600.0  # a direct write's multipart upload begun this long ago was left (as an idle session)
 STALE_SESSION = 60.0  # staging without a session record, older than this, is debris (not one being created)
 _MISSING = ("NoSuchKey", "404", "NotFound", "NoSuchUpload")
 
@@ -590,7 +591,19 @@ class S3Blobs(BlobBytes):
                 lock.release()
             if stale:
                 self._unpark(name)
-        return removed
+        return removed + self._abort_stale_direct(now)
+
+    def _abort_stale_direct(self, now: float) -> int:
+        """Multipart uploads of direct writes whose process died before completing or aborting them (their parts
+        cost storage until aborted), begun more than STALE_DIRECT ago."""
+        aborted = 0
+        listed = self._s3.list_multipart_uploads(Bucket=self.bucket, Prefix=self._key("blobs/"))
+        for upload in listed.get("Uploads", []):
+            if now - upload["Initiated"].timestamp() > STALE_DIRECT:
+                with contextlib.suppress(ClientError):  # completed or aborted meanwhile
+                    self._s3.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                    aborted += 1
+        return aborted
 
     # -- publishing -------------------------------------------------------------------------------------------------
     def publish(self, staged: Staged, digest: Digest) -> bool:
