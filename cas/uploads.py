@@ -282,8 +282,7 @@ class Uploads:
             record = UploadRecord.unpack(raw)
             now = self._store.clock()
             if record.writer and record.lease_until > now:
-                raise UploadBusy(session_id, f"a writer on {record.writer.rsplit(':', 1)[0]} holds it for at most "
-                                             f"{record.lease_until - now:.0f} s more")
+                raise UploadBusy(session_id, f"it holds the session for at most {record.lease_until - now:.0f} s more")
             txn.put(self._table, key, replace(record, writer=lease, lease_until=now + WRITER_LEASE).pack())
         self._store.index.transact(take)
 
