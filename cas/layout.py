@@ -68,8 +68,8 @@ Index tables (LMDB named databases; all keys and values are bytes)
     superseded  digest key + b"\0" + form (one byte) -> b""   stored bytes of a form the record no longer uses,
               to be removed by the next compaction pass (a crash between a switch's commit and its unlink)
     uploads   session id (ASCII) -> JSON UploadRecord {algorithm, created, meta, offset, updated, writer,
-              lease_until}: the running hash's algorithm, creation time, the caller's metadata, bytes accepted so
-              far, last activity, and the writer lease on a store without a cross-process staging lock
+              lease_until, takeovers}: the running hash's algorithm, creation time, the caller's metadata, bytes
+              accepted so far, last activity, and the writer lease on a store without a cross-process staging lock
               (see cas/uploads.py; the partial file may be longer than `offset` after a crash: cut back on resume)
 
 A *digest key* is the canonical digest string in ASCII (`sha256:<64 hex>`). A *holder* is an opaque UTF-8 name
@@ -182,6 +182,7 @@ class UploadRecord:
     # when (cas/uploads.py). "" / 0: nobody. Older records lack both: nobody.
     writer: str = ""
     lease_until: float = 0.0
+    takeovers: int = 0  # leases taken from a writer whose lease ran out: the finish then re-hashes what is stored
 
     def pack(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()

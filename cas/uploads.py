@@ -8,8 +8,13 @@ Rules that keep a session consistent across crashes, restarts and several proces
   UploadBusy, never interleaves. Where that lock is only this process's (S3 staging: BlobBytes.local_staging_lock),
   the record carries a writer lease too: taken in an index transaction before the staged bytes are touched,
   renewed while a long chunk streams, checked by the commit that accepts the chunk (a writer whose lease was taken
-  over accepts nothing) and released in a last transaction. No lock is held across an object-store call: a node
-  that dies mid-chunk leaves a lease that simply runs out (WRITER_LEASE).
+  over accepts nothing, and writes nothing more to the staging) and released in a last transaction. No lock is
+  held across an object-store call: a node that dies mid-chunk leaves a lease that simply runs out (WRITER_LEASE).
+  Leases are timed by the store's clock: nodes' clocks must agree to well within WRITER_LEASE (NTP does). What
+  remains is owned up to: a writer whose segment PUT is still in flight when its lease runs out (a request
+  stalled for most of WRITER_LEASE after its last renewal) may overwrite a successor's segment; its own commit is
+  then refused. So a session taken over from a writer that ran out of time counts it (`takeovers`), and its
+  finish re-hashes the staged bytes instead of trusting a running hash: overwritten bytes fail the digest.
 - A chunk is accepted only at the record's offset (OffsetMismatch otherwise), and accepted when the record with the
   new offset commits: one index write per chunk (format 1 kept the offset in the file's size and wrote none; it
   measured 571 MiB/s with a durable commit per 8 MiB chunk against 706 without, before writeback was started
@@ -160,7 +165,7 @@ class Uploads:
                 return self._finish_whole(session, expected, chunks, offset, length, also)
             session = self._write(session, chunks, offset, length)
             cached = self._take_hasher(session.id, session.offset)
-            if expected.algorithm == session.record.algorithm and cached is not None:
+            if expected.algorithm == session.record.algorithm and cached is not None and not session.record.takeovers:
                 actual = Digest(expected.algorithm, cached.hexdigest())
             else:
                 rehashed = _hash_staged(session.staged, session.offset, expected.algorithm)
@@ -283,7 +288,9 @@ class Uploads:
             now = self._store.clock()
             if record.writer and record.lease_until > now:
                 raise UploadBusy(session_id, f"it holds the session for at most {record.lease_until - now:.0f} s more")
-            txn.put(self._table, key, replace(record, writer=lease, lease_until=now + WRITER_LEASE).pack())
+            takeovers = record.takeovers + 1 if record.writer else record.takeovers  # its lease ran out
+            txn.put(self._table, key, replace(record, writer=lease, lease_until=now + WRITER_LEASE,
+                                              takeovers=takeovers).pack())
         self._store.index.transact(take)
 
     def _renew_lease(self, session: _Session) -> None:

@@ -29,7 +29,7 @@ from cas import (
 )
 from cas.blobs import Staged
 from cas.errors import WriterLeaseLost
-from cas.layout import FORM_RAW
+from cas.layout import FORM_RAW, UploadRecord
 from cas.s3_blobs import MIN_PART, S3Blobs, _Guarded
 from cas.uploads import WRITER_LEASE
 from tests.conftest import FakeClock
@@ -257,6 +257,9 @@ def test_a_writer_whose_lease_ran_out_is_fenced_and_leaves_the_staging_to_its_su
     thread.join(60)
     assert isinstance(outcome.get("error"), WriterLeaseLost), outcome
     assert two.uploads.status(session.id).offset == 7 * MiB
+    with index.read() as txn:  # counted: the finish re-hashes what is stored rather than trust a running hash
+        raw = txn.get(two.tables.uploads, session.id.encode())
+    assert raw is not None and UploadRecord.unpack(raw).takeovers == 1
     info = one.uploads.finish(session.id, Digest.of(DATA), [DATA[7 * MiB:]], offset=7 * MiB)
     assert one.read_bytes(info.digest) == DATA
 
