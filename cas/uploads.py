@@ -160,9 +160,14 @@ class Uploads:
         """
         expected = expected if isinstance(expected, Digest) else Digest.parse(expected)
         new_hasher(expected.algorithm)
-        with self._locked(session_id, check) as session:
-            if session.offset == 0 and self._blobs.writes_direct:
+        if self._blobs.writes_direct and self._record(session_id).offset == 0:
+            # A whole blob to a fresh session: it never touches the staged bytes, so it takes no writer lease (one
+            # commit, as on any store); its commit checks that the session is still fresh and nobody writes it.
+            with self._locked(session_id, check, leased=False) as session:
+                if session.offset != 0:
+                    raise UploadBusy(session_id, "it wrote a chunk while this request began")
                 return self._finish_whole(session, expected, chunks, offset, length, also)
+        with self._locked(session_id, check) as session:
             session = self._write(session, chunks, offset, length)
             cached = self._take_hasher(session.id, session.offset)
             if expected.algorithm == session.record.algorithm and cached is not None and not session.record.takeovers:
@@ -174,8 +179,8 @@ class Uploads:
                 self._discard(session)
                 raise DigestMismatch(str(expected), str(actual))
             session.staged.sync()
-            if session.lease:  # the publish below must end inside the lease: renewed (or lost) here
-                self._renew_lease(session)
+            if session.lease and self._store.clock() >= session.record.lease_until - WRITER_LEASE * 2 / 3:
+                self._renew_lease(session)  # the publish below must end inside the lease: renewed (or lost) here
             crashpoints.reached("upload.before_publish")
 
             def end_session(txn: WriteTransaction) -> None:
@@ -199,11 +204,18 @@ class Uploads:
         ingest (no staging segments, no copy), the session ending in the commit that stores the blob."""
         if offset is not None and offset != 0:
             raise OffsetMismatch(session.id, 0, offset)
-        if session.lease:
-            self._renew_lease(session)
 
         def end_session(txn: WriteTransaction) -> None:
-            txn.delete(self._table, session.id.encode())
+            key = session.id.encode()
+            raw = txn.get(self._table, key)
+            if raw is None:
+                raise UploadUnknown(session.id)
+            record = UploadRecord.unpack(raw)
+            if record.offset != 0 or (record.writer and record.lease_until > self._store.clock()):
+                # A chunk on another node meanwhile: the session is its writer's (the blob's object just
+                # completed is debris for GC's orphan sweep, cas/gc.py).
+                raise UploadBusy(session.id, "it took the session while this request sent the whole blob")
+            txn.delete(self._table, key)
             if also is not None:
                 also(txn)
 
@@ -245,8 +257,8 @@ class Uploads:
         return UploadRecord.unpack(raw)
 
     @contextmanager
-    def _locked(self, session_id: str, check: Check | None = None) -> Iterator[_Session]:
-        if self._leased:
+    def _locked(self, session_id: str, check: Check | None = None, leased: bool = True) -> Iterator[_Session]:
+        if self._leased and leased:
             lease = f"{_NODE}:{uuid.uuid4().hex[:12]}"
             self._take_lease(session_id, lease)  # UploadUnknown or UploadBusy before touching the bytes
         else:
@@ -310,12 +322,19 @@ class Uploads:
     def _release_lease(self, session_id: str, lease: str) -> None:
         key = session_id.encode()
 
-        def release(txn: WriteTransaction) -> None:
-            raw = txn.get(self._table, key)
+        def ours(raw: bytes | None) -> UploadRecord | None:
             record = UploadRecord.unpack(raw) if raw is not None else None
-            if record is not None and record.writer == lease:  # (finished or cancelled: the record is gone)
+            return record if record is not None and record.writer == lease else None
+
+        def release(txn: WriteTransaction) -> None:
+            record = ours(txn.get(self._table, key))
+            if record is not None:
                 txn.put(self._table, key, replace(record, writer="", lease_until=0.0).pack())
-        self._store.index.transact(release)
+
+        with self._store.index.read() as txn:
+            held = ours(txn.get(self._table, key)) is not None
+        if held:  # (not when finished or cancelled: the record is gone; nor when taken over)
+            self._store.index.transact(release)
 
     def _commit_progress(self, session: _Session) -> None:
         def work(txn: WriteTransaction) -> None:
