@@ -19,6 +19,12 @@ segments server-side: a multipart upload of UploadPartCopy parts (or one CopyObj
 blob that never left it: small ingests cost one request). Memory per writer: one segment (SEGMENT, 8 MiB) plus a
 chunk; a blob may have up to 10,000 segments (S3's part limit): 80 GiB.
 
+A monolithic upload (its digest named in advance: BlobBytes.direct) skips staging altogether: its bytes go to
+blobs/<alg>/<hex> as one multipart upload of SEGMENT-sized parts, completed only once the digest was verified and
+aborted otherwise (parts are invisible until completed: wrong bytes never appear at the key), or one PUT for a
+blob smaller than a part. No copy afterwards; memory: one part. A blob already there is not rewritten. Multipart
+uploads a dead process left are aborted by sweep_staged after STALE_DIRECT.
+
 Retire is a copy to trash/ and a delete (a reader that misses blobs/ reads trash/); restore a copy back unless the
 blob is there; purge a delete; each for every stored form of the digest. A compressed form is just another object:
 `open` reads its frames through ranged GETs (cas/stored_forms.py over cas/frames.py's FrameReader), only the frames
@@ -26,7 +32,7 @@ a range touches. Nothing here runs inside an index transaction, and no lock of t
 across an S3 call except a staging's own (held by its one writer) and `exclusive`'s.
 
 The staging lock is this process's (one writer per staging per process); across processes, the upload record's
-offset check serializes chunks (cas/uploads.py). Credentials come from boto3's usual chain (AWS_ACCESS_KEY_ID /
+writer lease does (cas/uploads.py: taken and released in index transactions, no lock held across an S3 call). Credentials come from boto3's usual chain (AWS_ACCESS_KEY_ID /
 AWS_SECRET_ACCESS_KEY, ~/.aws, instance roles).
 """
 
