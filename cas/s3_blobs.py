@@ -32,8 +32,8 @@ a range touches. Nothing here runs inside an index transaction, and no lock of t
 across an S3 call except a staging's own (held by its one writer) and `exclusive`'s.
 
 The staging lock is this process's (one writer per staging per process); across processes, the upload record's
-writer lease does (cas/uploads.py: taken and released in index transactions, no lock held across an S3 call). Credentials come from boto3's usual chain (AWS_ACCESS_KEY_ID /
-AWS_SECRET_ACCESS_KEY, ~/.aws, instance roles).
+writer lease does (cas/uploads.py: taken and released in index transactions, no lock held across an S3 call).
+Credentials come from boto3's usual chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws, instance roles).
 """
 
 from __future__ import annotations
