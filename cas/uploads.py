@@ -219,11 +219,30 @@ class Uploads:
             if also is not None:
                 also(txn)
 
+        # As a chunked finish does (its bytes are written, verified, then published, whatever the store holds): the
+        # same outcomes on every store, only without the staging segments and the copy.
+        staged = self._blobs.direct(expected)
         try:
-            info = self._store.ingest(chunks, expected, size=length, also=end_session)
-        except DigestMismatch:
-            self._discard(session)  # as for a chunked upload: the bytes are not what the client said
-            raise
+            writer = staged.writer(new_hasher(expected.algorithm), 0, expected_size=length)
+            for chunk in chunks:
+                writer.write(chunk)
+            actual = Digest(expected.algorithm, writer.finish(fsync=False))
+            if length is not None and writer.size != length:
+                raise SizeMismatch(length, writer.size)
+            if actual != expected:
+                self._discard(session)  # the bytes are not what the client said they are
+                raise DigestMismatch(str(expected), str(actual))
+            crashpoints.reached("upload.before_publish")
+            try:
+                info = self._store.publish(expected, writer.size, staged, also=end_session)
+            except UploadBusy:
+                raise  # the session is another writer's now
+            except BaseException:
+                if staged.consumed:  # the bytes went to the blob (debris for GC): the session cannot go on
+                    self._discard(session)
+                raise
+        finally:
+            staged.discard()  # (nothing once published: else the multipart upload is aborted)
         session.staged.discard()  # the session's (empty) staging
         self._forget(session.id)
         return info
