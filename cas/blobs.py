@@ -91,7 +91,7 @@ class Staged(ABC):
 
     def abandon(self) -> None:
         """Let go without writing anything more: another writer took the staging over (a writer lease that ran
-        out, cas/uploads.py). Only keepers with a per-process staging lock lose one; the others just release."""
+        out, cas/writer_leases.py). Only keepers with a per-process staging lock lose one; the others just release."""
         self.release()
 
 
@@ -100,7 +100,7 @@ class BlobBytes(ABC):
     # chunks are accepted all the same). Files take any size: 1 MiB keeps the per-request cost negligible.
     chunk_min: int = 1 << 20
     # Whether the staging lock is this process's only (S3: no flock across nodes): the upload record then carries a
-    # writer lease, taken and released in index transactions (cas/uploads.py).
+    # writer lease, taken and released in index transactions (cas/writer_leases.py).
     local_staging_lock: bool = False
     # Whether `direct` writes a monolithic upload straight to the blob's place (an object store: no staging
     # segments to copy afterwards). Files have no need: a staged file is renamed into place for free.

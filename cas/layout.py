@@ -179,7 +179,7 @@ class UploadRecord:
     offset: int = 0  # bytes accepted so far (format 2)
     updated: float = 0.0  # last activity, by the store's clock (format 2)
     # The writer lease of a store whose staging lock is per process (S3): who writes the session now, and until
-    # when (cas/uploads.py). "" / 0: nobody. Older records lack both: nobody.
+    # when (cas/writer_leases.py). "" / 0: nobody. Older records lack both: nobody.
     writer: str = ""
     lease_until: float = 0.0
     takeovers: int = 0  # leases taken from a writer whose lease ran out: the finish then re-hashes what is stored

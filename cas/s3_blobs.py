@@ -32,7 +32,7 @@ a range touches. Nothing here runs inside an index transaction, and no lock of t
 across an S3 call except a staging's own (held by its one writer) and `exclusive`'s.
 
 The staging lock is this process's (one writer per staging per process); across processes, the upload record's
-writer lease does (cas/uploads.py: taken and released in index transactions, no lock held across an S3 call).
+writer lease does (cas/writer_leases.py: taken and released in index transactions, no lock held across an S3 call).
 Credentials come from boto3's usual chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws, instance roles).
 """
 
@@ -395,7 +395,7 @@ class S3Reader(BlobReader):
 
 
 class S3Blobs(BlobBytes):
-    local_staging_lock = True  # the staging lock is this process's: cas/uploads.py leases the session in its record
+    local_staging_lock = True  # the staging lock is this process's: the record holds a lease (cas/writer_leases.py)
     writes_direct = True  # a monolithic upload goes straight to its object (S3Direct)
 
     def __init__(self, bucket: str, *, prefix: str = "", endpoint_url: str | None = None,

@@ -6,15 +6,8 @@ session's progress: `offset`, the bytes accepted so far, and `updated`, its last
 Rules that keep a session consistent across crashes, restarts and several processes:
 - Only the holder of the staged bytes (a flock()ed file, a locked buffer) writes to them; a second writer gets
   UploadBusy, never interleaves. Where that lock is only this process's (S3 staging: BlobBytes.local_staging_lock),
-  the record carries a writer lease too: taken in an index transaction before the staged bytes are touched,
-  renewed while a long chunk streams, checked by the commit that accepts the chunk (a writer whose lease was taken
-  over accepts nothing, and writes nothing more to the staging) and released in a last transaction. No lock is
-  held across an object-store call: a node that dies mid-chunk leaves a lease that simply runs out (WRITER_LEASE).
-  Leases are timed by the store's clock: nodes' clocks must agree to well within WRITER_LEASE (NTP does). What
-  remains is owned up to: a writer whose segment PUT is still in flight when its lease runs out (a request
-  stalled for most of WRITER_LEASE after its last renewal) may overwrite a successor's segment; its own commit is
-  then refused. So a session taken over from a writer that ran out of time counts it (`takeovers`), and its
-  finish re-hashes the staged bytes instead of trusting a running hash: overwritten bytes fail the digest.
+  the record carries a writer lease too (cas/writer_leases.py): taken before the staged bytes are touched, renewed
+  while a long chunk streams, checked by the commit that accepts the chunk, released last.
 - A chunk is accepted only at the record's offset (OffsetMismatch otherwise), and accepted when the record with the
   new offset commits: one index write per chunk (format 1 kept the offset in the file's size and wrote none; it
   measured 571 MiB/s with a durable commit per 8 MiB chunk against 706 without, before writeback was started
@@ -29,8 +22,6 @@ Rules that keep a session consistent across crashes, restarts and several proces
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import uuid
 from collections import OrderedDict
@@ -45,17 +36,13 @@ from .digest import DEFAULT_ALGORITHM, Digest, Hasher, new_hasher
 from .errors import DigestMismatch, OffsetMismatch, SizeMismatch, UploadBusy, UploadUnknown, WriterLeaseLost
 from .index import WriteTransaction
 from .layout import UploadRecord
+from .writer_leases import WRITER_LEASE, WriterLeases, plausible_id
 
 if TYPE_CHECKING:
     from .store import BlobInfo, BlobStore
 
 _REHASH_CHUNK = 1 << 20
 _MAX_CACHED_HASHERS = 4096
-# A writer lease lasts this long and is renewed after a third of it while a chunk streams: long enough that a
-# slow object-store request (botocore retries 3 times, 60 s read timeout each) ends well inside it, short enough
-# that a session whose node died mid-chunk is writable again within two minutes.
-WRITER_LEASE = 120.0
-_NODE = f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +78,7 @@ class Uploads:
         self._blobs = store.blobs
         self._hashers: OrderedDict[str, tuple[int, Hasher]] = OrderedDict()
         self._lock = threading.Lock()
-        self._leased = store.blobs.local_staging_lock
+        self._leases = WriterLeases(store) if store.blobs.local_staging_lock else None
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def create(self, algorithm: str = DEFAULT_ALGORITHM, meta: dict[str, str] | None = None,
@@ -122,7 +109,7 @@ class Uploads:
     def exists(self, session_id: str) -> bool:
         """Whether the session is open (its record exists): one index read."""
         with self._store.index.read() as txn:
-            return _plausible_id(session_id) and txn.get(self._table, session_id.encode()) is not None
+            return plausible_id(session_id) and txn.get(self._table, session_id.encode()) is not None
 
     def status(self, session_id: str, check: Check | None = None) -> UploadStatus:
         """Where the session is: the bytes accepted so far (a chunk being written counts once it is accepted).
@@ -180,7 +167,7 @@ class Uploads:
                 raise DigestMismatch(str(expected), str(actual))
             session.staged.sync()
             if session.lease and self._store.clock() >= session.record.lease_until - WRITER_LEASE * 2 / 3:
-                self._renew_lease(session)  # the publish below must end inside the lease: renewed (or lost) here
+                self._renew(session)  # the publish below must end inside the lease: renewed (or lost) here
             crashpoints.reached("upload.before_publish")
 
             def end_session(txn: WriteTransaction) -> None:
@@ -270,16 +257,15 @@ class Uploads:
     # -- internals ------------------------------------------------------------------------------------------------
     def _record(self, session_id: str) -> UploadRecord:
         with self._store.index.read() as txn:
-            raw = txn.get(self._table, session_id.encode()) if _plausible_id(session_id) else None
+            raw = txn.get(self._table, session_id.encode()) if plausible_id(session_id) else None
         if raw is None:
             raise UploadUnknown(session_id)
         return UploadRecord.unpack(raw)
 
     @contextmanager
     def _locked(self, session_id: str, check: Check | None = None, leased: bool = True) -> Iterator[_Session]:
-        if self._leased and leased:
-            lease = f"{_NODE}:{uuid.uuid4().hex[:12]}"
-            self._take_lease(session_id, lease)  # UploadUnknown or UploadBusy before touching the bytes
+        if self._leases is not None and leased:
+            lease = self._leases.take(session_id)  # UploadUnknown or UploadBusy before touching the bytes
         else:
             lease = ""
             self._record(session_id)  # UploadUnknown before touching the bytes
@@ -305,55 +291,12 @@ class Uploads:
                 if not abandoned:
                     staged.release()  # (an S3 staging writes its buffered tail here: still under the lease)
         finally:
-            if lease:
-                self._release_lease(session_id, lease)
+            if lease and self._leases is not None:
+                self._leases.release(session_id, lease)
 
-    def _take_lease(self, session_id: str, lease: str) -> None:
-        key = session_id.encode()
-
-        def take(txn: WriteTransaction) -> None:
-            raw = txn.get(self._table, key) if _plausible_id(session_id) else None
-            if raw is None:
-                raise UploadUnknown(session_id)
-            record = UploadRecord.unpack(raw)
-            now = self._store.clock()
-            if record.writer and record.lease_until > now:
-                raise UploadBusy(session_id, f"it holds the session for at most {record.lease_until - now:.0f} s more")
-            takeovers = record.takeovers + 1 if record.writer else record.takeovers  # its lease ran out
-            txn.put(self._table, key, replace(record, writer=lease, lease_until=now + WRITER_LEASE,
-                                              takeovers=takeovers).pack())
-        self._store.index.transact(take)
-
-    def _renew_lease(self, session: _Session) -> None:
-        """Extend this writer's lease (UploadBusy if it ran out and another writer took the session over)."""
-        key = session.id.encode()
-
-        def renew(txn: WriteTransaction) -> None:
-            raw = txn.get(self._table, key)
-            if raw is None:
-                raise UploadUnknown(session.id)
-            record = UploadRecord.unpack(raw)
-            if record.writer != session.lease:
-                raise WriterLeaseLost(session.id)
-            txn.put(self._table, key, replace(record, lease_until=self._store.clock() + WRITER_LEASE).pack())
-        self._store.index.transact(renew)
-
-    def _release_lease(self, session_id: str, lease: str) -> None:
-        key = session_id.encode()
-
-        def ours(raw: bytes | None) -> UploadRecord | None:
-            record = UploadRecord.unpack(raw) if raw is not None else None
-            return record if record is not None and record.writer == lease else None
-
-        def release(txn: WriteTransaction) -> None:
-            record = ours(txn.get(self._table, key))
-            if record is not None:
-                txn.put(self._table, key, replace(record, writer="", lease_until=0.0).pack())
-
-        with self._store.index.read() as txn:
-            held = ours(txn.get(self._table, key)) is not None
-        if held:  # (not when finished or cancelled: the record is gone; nor when taken over)
-            self._store.index.transact(release)
+    def _renew(self, session: _Session) -> None:
+        assert self._leases is not None
+        self._leases.renew(session.id, session.lease)
 
     def _commit_progress(self, session: _Session) -> None:
         def work(txn: WriteTransaction) -> None:
@@ -398,7 +341,7 @@ class Uploads:
         try:
             for chunk in chunks:
                 if renew_at <= self._store.clock():  # a long chunk: keep the session ours while it streams
-                    self._renew_lease(session)
+                    self._renew(session)
                     renew_at = self._store.clock() + WRITER_LEASE / 3
                 writer.write(chunk)
             writer.finish(fsync=False)
@@ -452,10 +395,6 @@ def _hash_staged(staged: Staged, length: int, algorithm: str) -> Hasher:
         hasher.update(data)
         position += len(data)
     return hasher
-
-
-def _plausible_id(session_id: str) -> bool:
-    return len(session_id) == 32 and all(c in "0123456789abcdef" for c in session_id)
 
 
 def _status(session: _Session) -> UploadStatus:

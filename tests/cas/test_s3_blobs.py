@@ -31,7 +31,7 @@ from cas.blobs import Staged
 from cas.errors import WriterLeaseLost
 from cas.layout import FORM_RAW, UploadRecord
 from cas.s3_blobs import MIN_PART, S3Blobs, _Guarded
-from cas.uploads import WRITER_LEASE
+from cas.writer_leases import WRITER_LEASE
 from tests.conftest import FakeClock
 from tests.engines import Engines, free_ports
 

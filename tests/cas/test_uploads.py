@@ -23,7 +23,7 @@ from cas.files import LockedFile
 from cas.layout import UploadRecord
 from cas.memory_blobs import MemoryBlobs
 from cas.memory_index import MemoryIndex
-from cas.uploads import WRITER_LEASE
+from cas.writer_leases import WRITER_LEASE
 from tests.conftest import FakeClock
 
 
