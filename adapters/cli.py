@@ -759,7 +759,7 @@ def serve_settings(args: argparse.Namespace) -> Settings:
              "--public-url": args.public_url, "--forwarded-header": args.forwarded_header, "--data": args.data,
              "--log-format": args.log_format, "--log-level": args.log_level, "--metrics": args.metrics or None,
              "--metrics-public": args.metrics_public or None, "--metrics-listen": args.metrics_listen,
-             "--metadata": args.metadata, "--blobs": args.blobs}
+             "--metadata": args.metadata, "--blobs": args.blobs, "--blobs-redirect": args.blobs_redirect or None}
     try:
         return Settings.load(args.config, os.environ, flags)
     except SettingsError as exc:
@@ -841,6 +841,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest manifest accepted (default: 4 MiB; the spec requires at least 4 MiB)")
     p.add_argument("--gc-interval", type=float, default=None, metavar="SECONDS",
                    help="seconds between the server's own collection passes (default: 3600; 0: only `berth gc`)")
+    p.add_argument("--blobs-redirect", action="store_true",
+                   help="answer a blob GET with 307 to a presigned URL of the bucket (with --blobs s3://…; the "
+                        "clients must reach the object store)")
     p.add_argument("--pull-events", action="store_true", help="record an event for every manifest pull (GET) in "
                    "the event feed (off by default: it makes every pull a write)")
     p.add_argument("--access-log", action="store_true", help="log every request, one line each")

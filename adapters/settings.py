@@ -73,6 +73,9 @@ class StoreSettings:
     # embedded default (LMDB and files in `data`). Credentials from the environment (libpq's PG*, AWS_*).
     metadata: str = _key("", "BERTH_METADATA", "--metadata")  # postgresql://user@host/db[?schema=berth]
     blobs: str = _key("", "BERTH_BLOBS", "--blobs")  # s3://bucket[/prefix][?endpoint=http://host:port]
+    # A blob GET answers 307 to a presigned URL of the bucket instead of streaming the bytes through Berth (as
+    # Distribution's `redirect` middleware does). Off: the bucket need not be reachable by clients.
+    blobs_redirect: bool = _key(False, "BERTH_BLOBS_REDIRECT", "--blobs-redirect")
 
     def store_config(self) -> StoreConfig:
         return StoreConfig(grace=self.grace, lease=self.lease, upload_ttl=self.upload_ttl)
@@ -83,6 +86,10 @@ class StoreSettings:
         if bool(self.metadata) != bool(self.blobs):
             raise SettingsError("store.metadata (--metadata) and store.blobs (--blobs) go together: the distributed "
                                 "store needs both, the embedded one neither")
+        if self.blobs_redirect and not self.blobs:
+            raise SettingsError("store.blobs_redirect (--blobs-redirect) redirects blob downloads to the object "
+                                "store: it needs the distributed store (--metadata and --blobs s3://…); the "
+                                "embedded store serves its files itself")
         if self.metadata:
             return BlobStore.distributed(self.metadata, self.blobs, config=self.store_config())
         return BlobStore.on_disk(self.data, config=self.store_config())

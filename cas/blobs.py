@@ -6,6 +6,9 @@ of a data directory (the embedded default), `cas/memory_blobs.py` in this proces
 
 Life of a blob's bytes:
     stage()/create_upload() -> Staged   written while hashed (Staged.writer), held by one writer at a time
+    direct(digest) -> Staged            optional: bytes whose digest is named in advance, written straight to
+                                        the blob's place (a multipart upload onto its object, completed only by
+                                        publish, aborted by discard: wrong bytes never appear there)
     publish(staged, digest)             the staged bytes become the blob's; durable when it returns
     ensure(staged, digest)              after the record's commit: the bytes are under the digest (see below)
     open(digest, ...) / local_path()    read a range; a local file for sendfile, when there is one
@@ -85,8 +88,23 @@ class Staged(ABC):
     def discard(self) -> None:
         """Remove the bytes (if still staged: a publish may have taken them) and let go."""
 
+    def abandon(self) -> None:
+        """Let go without writing anything more: another writer took the staging over (a writer lease that ran
+        out, cas/writer_leases.py). Only keepers with a per-process staging lock lose one; the others just release."""
+        self.release()
+
 
 class BlobBytes(ABC):
+    # The smallest chunk of an upload this keeper stores without rewriting anything (OCI-Chunk-Min-Length; smaller
+    # chunks are accepted all the same). Files take any size: 1 MiB keeps the per-request cost negligible.
+    chunk_min: int = 1 << 20
+    # Whether the staging lock is this process's only (S3: no flock across nodes): the upload record then carries a
+    # writer lease, taken and released in index transactions (cas/writer_leases.py).
+    local_staging_lock: bool = False
+    # Whether `direct` writes a monolithic upload straight to the blob's place (an object store: no staging
+    # segments to copy afterwards). Files have no need: a staged file is renamed into place for free.
+    writes_direct: bool = False
+
     # -- staging ------------------------------------------------------------------------------------------------
     @abstractmethod
     def stage(self) -> Staged:
@@ -99,6 +117,13 @@ class BlobBytes(ABC):
     @abstractmethod
     def resume_upload(self, session_id: str) -> Staged | None:
         """The session's staged bytes, held by the caller; None if there are none; UploadBusy if held."""
+
+    def direct(self, digest: Digest) -> Staged:
+        """Optional capability (`writes_direct`): a staging written once, from its start, straight to the place of
+        the blob `digest`: `publish` (after the caller verified the digest) makes it the blob's, `discard` leaves
+        nothing. It cannot be read, cut back or resumed. `ensure` raises StagingGone when a collector took the
+        bytes before the record committed and no retired copy is left (cas/gc.py)."""
+        raise NotImplementedError(f"{type(self).__name__} writes through staging only")
 
     @abstractmethod
     def sweep_staged(self, has_session: Callable[[str], bool]) -> int:

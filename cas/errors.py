@@ -72,9 +72,19 @@ class OffsetMismatch(CasError):
 class UploadBusy(CasError):
     """Another writer is appending to or finishing this session right now."""
 
-    def __init__(self, session_id: str) -> None:
-        super().__init__(f"upload {session_id} is being written by another request")
+    def __init__(self, session_id: str, holder: str = "") -> None:
+        where = f" ({holder})" if holder else ""
+        super().__init__(f"upload {session_id} is being written by another request{where}: send the chunk again "
+                         f"once that one is answered (the upload's status says where it stands)")
         self.session_id = session_id
+
+
+class WriterLeaseLost(UploadBusy):
+    """This writer's lease on an upload session ran out and another writer took the session over: what this one
+    wrote is not accepted, and it leaves the staged bytes to the new writer."""
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(session_id, "this request stalled past its writer lease and another request took over")
 
 
 class InvalidHolder(CasError, ValueError):
@@ -94,6 +104,11 @@ class UndeclaredTable(CasError, KeyError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class StagingGone(CasError):
+    """`ensure` found a blob's bytes gone and has nothing to put them back from: a direct write (cas/blobs.py
+    BlobBytes.direct) whose object a collector took between the publish's move and its commit (cas/gc.py)."""
 
 
 class StoreUnavailable(CasError):

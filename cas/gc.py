@@ -36,6 +36,15 @@ microseconds after its commit; a read in between answers BlobUnknown (a 404 the 
 unreferenced past its grace and lease, collected in the very moment the same bytes are published again.
 tests/cas/test_gc_protocol.py runs every interleaving of the steps of one publish and one collection.
 
+Direct writes (an object store's monolithic upload, BlobBytes.direct) move their bytes by completing a multipart
+upload onto the blob's key: once completed there is no staging left to put back from. The argument above holds
+with one change: when ensure finds neither the object nor a retired copy (a pass retired and purged the very
+object between that publish's move and its commit), it cannot put the bytes back, so the publish takes its claim
+back (the record it made PRESENT becomes MISSING, as fsck would mark it) and its caller is told to send the bytes
+again (StoreUnavailable; no success was answered); the next ingest heals the record. A direct write that found the
+blob's object already there completes nothing and keeps its upload open until ensure returns: its parts are then
+its staging.
+
 The same three steps remove debris, with the same argument: a blob file without a record (a crash between a
 publish's rename and its commit, or a publish in flight: the protocol overrules the sweep) or beside an INLINE
 record. Recovery from a crash mid-pass: `doomed` lists the claims not yet decided, and retired copies left behind

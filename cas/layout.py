@@ -68,8 +68,9 @@ Index tables (LMDB named databases; all keys and values are bytes)
               when a record becomes PRESENT, dropped once assessed whatever the verdict)
     superseded  digest key + b"\0" + form (one byte) -> b""   stored bytes of a form the record no longer uses,
               to be removed by the next compaction pass (a crash between a switch's commit and its unlink)
-    uploads   session id (ASCII) -> JSON UploadRecord {algorithm, created, meta, offset, updated}: the running
-              hash's algorithm, creation time, the caller's metadata, bytes accepted so far, last activity
+    uploads   session id (ASCII) -> JSON UploadRecord {algorithm, created, meta, offset, updated, writer,
+              lease_until, takeovers}: the running hash's algorithm, creation time, the caller's metadata, bytes
+              accepted so far, last activity, and the writer lease on a store without a cross-process staging lock
               (see cas/uploads.py; the partial file may be longer than `offset` after a crash: cut back on resume)
 
 A *digest key* is the canonical digest string in ASCII (`sha256:<64 hex>`). A *holder* is an opaque UTF-8 name
@@ -178,6 +179,11 @@ class UploadRecord:
     meta: dict[str, str] = field(default_factory=dict)  # opaque to cas: owner, repository, …
     offset: int = 0  # bytes accepted so far (format 2)
     updated: float = 0.0  # last activity, by the store's clock (format 2)
+    # The writer lease of a store whose staging lock is per process (S3): who writes the session now, and until
+    # when (cas/writer_leases.py). "" / 0: nobody. Older records lack both: nobody.
+    writer: str = ""
+    lease_until: float = 0.0
+    takeovers: int = 0  # leases taken from a writer whose lease ran out: the finish then re-hashes what is stored
 
     def pack(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()

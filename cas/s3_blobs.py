@@ -18,6 +18,12 @@ segments server-side: a multipart upload of UploadPartCopy parts (or one CopyObj
 blob that never left it: small ingests cost one request). Memory per writer: one segment (SEGMENT, 8 MiB) plus a
 chunk; a blob may have up to 10,000 segments (S3's part limit): 80 GiB.
 
+A monolithic upload (its digest named in advance: BlobBytes.direct) skips staging altogether: its bytes go to
+blobs/<alg>/<hex> as one multipart upload of SEGMENT-sized parts, completed only once the digest was verified and
+aborted otherwise (parts are invisible until completed: wrong bytes never appear at the key), or one PUT for a
+blob smaller than a part. No copy afterwards; memory: one part. A blob already there is not rewritten. Multipart
+uploads a dead process left are aborted by sweep_staged after STALE_DIRECT.
+
 Retire is a copy to trash/ and a delete (a reader that misses blobs/ reads trash/); restore a copy back unless the
 blob is there; purge a delete; each for every stored form of the digest. A compressed form is just another object:
 `open` reads its frames through ranged GETs (cas/stored_forms.py over cas/frames.py's FrameReader), only the frames
@@ -26,8 +32,8 @@ across an S3 call except a staging's own (held by its one writer). The collectio
 (PostgreSQL's advisory lock, cas/postgres_index.py), not an object here.
 
 The staging lock is this process's (one writer per staging per process); across processes, the upload record's
-offset check serializes chunks (cas/uploads.py). Credentials come from boto3's usual chain (AWS_ACCESS_KEY_ID /
-AWS_SECRET_ACCESS_KEY, ~/.aws, instance roles).
+writer lease does (cas/writer_leases.py: taken and released in index transactions, no lock held across an S3 call).
+Credentials come from boto3's usual chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws, instance roles).
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from .blobs import BlobBytes, Staged
 from .digest import ALGORITHMS, Digest, Hasher, new_hasher
-from .errors import BlobUnknown, StoreUnavailable, UploadBusy
+from .errors import BlobUnknown, StagingGone, StoreUnavailable, UploadBusy
 from .layout import FORM_RAW, FORM_SUFFIX, FORMS, split_form
 from .reader import BlobReader
 from .stored_forms import hash_form, open_form
@@ -59,6 +65,7 @@ MIN_PART = 5 << 20  # S3's smallest part (but the last)
 SEGMENT = 8 << 20  # a staging segment is written when the buffer reaches this
 _READ = 1 << 20
 STALE_STAGING = 3600.0  # an ingest's staging untouched this long is debris (its process died)
+STALE_DIRECT = 24 * 3600.0  # a direct write's multipart upload begun this long ago was left (as an idle session)
 STALE_SESSION = 60.0  # staging without a session record, older than this, is debris (not one being created)
 # Client limits (see S3Blobs.__init__). READ_TIMEOUT is the longest silence within one answer: S3 answers a PUT of a
 # segment (8 MiB) or an UploadPartCopy well within it, and a CompleteMultipartUpload keeps its connection alive
@@ -268,6 +275,11 @@ class S3Staged(Staged):
                     self._owner._park(self.name, self.state)
             self._lock.release()
 
+    def abandon(self) -> None:
+        if self._lock.locked():
+            self._lock.release()
+        self._owner._unpark(self.name)  # what this process knew is stale: the next writer reads the bucket
+
     def discard(self) -> None:
         try:
             if self.persistent or self.state.segments:  # an ingest that never left its buffer wrote nothing
@@ -276,6 +288,99 @@ class S3Staged(Staged):
             if self._lock.locked():
                 self._lock.release()
             self._owner._unpark(self.name)
+
+
+class _PartWriter:
+    """The ChunkWriter of a direct staging: appends to its part buffer while hashing, sending a part when full."""
+
+    def __init__(self, staged: S3Direct, hasher: Hasher) -> None:
+        self._staged = staged
+        self._hasher = hasher
+        self.size = 0
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        self._hasher.update(memoryview(chunk))
+        staged = self._staged
+        staged.buffer += chunk
+        staged.written += len(chunk)
+        self.size += len(chunk)
+        if len(staged.buffer) >= staged.owner.segment:
+            staged.send_part()
+
+    def finish(self, fsync: bool = True) -> str:
+        return self._hasher.hexdigest()
+
+    def abort(self) -> None:
+        pass
+
+
+class S3Direct(Staged):
+    """A monolithic upload's bytes on their way straight to the blob's object: one multipart upload onto
+    blobs/<alg>/<hex> of SEGMENT-sized parts (S3 wants 5 MiB but the last), completed by `publish` once the caller
+    verified the digest, aborted by `discard` otherwise; a blob smaller than one part is one PUT at publish. Nothing
+    is copied afterwards, and the multipart upload's parts are invisible until completed: wrong bytes never appear
+    at the key. Memory: one part buffer."""
+
+    def __init__(self, owner: S3Blobs, digest: Digest) -> None:
+        self.name = f"direct-{digest.algorithm}-{digest.hex}"
+        self.consumed = False
+        self.owner = owner
+        self.target = owner._blob_key(digest)
+        self.buffer = bytearray()
+        self.written = 0
+        self._upload: str | None = None
+        self._parts: list[dict[str, Any]] = []
+
+    def size(self) -> int:
+        return self.written
+
+    def writer(self, hasher: Hasher, offset: int, expected_size: int | None = None) -> _PartWriter:
+        if offset != 0 or self.written:
+            raise ValueError("a direct staging is written once, from its start")
+        return _PartWriter(self, hasher)
+
+    def send_part(self) -> None:
+        s3, bucket = self.owner._s3, self.owner.bucket
+        if self._upload is None:
+            self._upload = s3.create_multipart_upload(Bucket=bucket, Key=self.target)["UploadId"]
+        number = len(self._parts) + 1
+        sent = s3.upload_part(Bucket=bucket, Key=self.target, UploadId=self._upload, PartNumber=number,
+                              Body=bytes(self.buffer))
+        self._parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+        self.buffer = bytearray()
+
+    def complete(self) -> None:
+        """Make the bytes the object at the blob's key (the caller verified them)."""
+        s3, bucket = self.owner._s3, self.owner.bucket
+        if self._upload is None:
+            s3.put_object(Bucket=bucket, Key=self.target, Body=bytes(self.buffer))
+        else:
+            if self.buffer:
+                self.send_part()
+            s3.complete_multipart_upload(Bucket=bucket, Key=self.target, UploadId=self._upload,
+                                         MultipartUpload={"Parts": self._parts})
+            self._upload = None
+        self.buffer = bytearray()
+        self.consumed = True
+
+    def truncate(self, size: int) -> None:
+        raise ValueError("a direct staging cannot be cut back")
+
+    def read(self, offset: int, length: int) -> bytes:
+        raise ValueError("a direct staging cannot be read back")
+
+    def sync(self) -> None:
+        pass
+
+    def release(self) -> None:
+        self.discard()
+
+    def discard(self) -> None:
+        self.buffer = bytearray()
+        if self._upload is not None:
+            upload, self._upload = self._upload, None
+            with contextlib.suppress(ClientError, StoreUnavailable):  # left behind: sweep_staged aborts it later
+                self.owner._s3.abort_multipart_upload(Bucket=self.owner.bucket, Key=self.target, UploadId=upload)
 
 
 class S3Reader(BlobReader):
@@ -313,6 +418,9 @@ class S3Reader(BlobReader):
 
 
 class S3Blobs(BlobBytes):
+    local_staging_lock = True  # the staging lock is this process's: the record holds a lease (cas/writer_leases.py)
+    writes_direct = True  # a monolithic upload goes straight to its object (S3Direct)
+
     def __init__(self, bucket: str, *, prefix: str = "", endpoint_url: str | None = None,
                  region: str | None = None, client: Any = None, segment: int = SEGMENT,
                  min_part: int = MIN_PART, read_timeout: float = READ_TIMEOUT) -> None:
@@ -321,6 +429,7 @@ class S3Blobs(BlobBytes):
         self.bucket = bucket
         self.segment = segment  # (tests make both small to exercise many segments; S3 itself wants 5 MiB parts)
         self.min_part = min_part
+        self.chunk_min = min_part  # a chunk below a part's minimum is buffered and its segment rewritten later
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         if client is None:
             # Timeouts of our own: botocore waits 60 s to connect and 60 s for each read by default, and tries
@@ -419,6 +528,9 @@ class S3Blobs(BlobBytes):
         lock = self._lock_for(name)
         lock.acquire()
         return S3Staged(self, name, _State(), lock, persistent=False)
+
+    def direct(self, digest: Digest) -> S3Direct:
+        return S3Direct(self, digest)
 
     def create_upload(self, session_id: str) -> S3Staged:
         lock = self._lock_for(session_id)
@@ -519,17 +631,33 @@ class S3Blobs(BlobBytes):
                 lock.release()
             if stale:
                 self._unpark(name)
-        return removed
+        return removed + self._abort_stale_direct(now)
+
+    def _abort_stale_direct(self, now: float) -> int:
+        """Multipart uploads of direct writes whose process died before completing or aborting them (their parts
+        cost storage until aborted), begun more than STALE_DIRECT ago."""
+        aborted = 0
+        listed = self._s3.list_multipart_uploads(Bucket=self.bucket, Prefix=self._key("blobs/"))
+        for upload in listed.get("Uploads", []):
+            if now - upload["Initiated"].timestamp() > STALE_DIRECT:
+                with contextlib.suppress(ClientError):  # completed or aborted meanwhile
+                    self._s3.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                    aborted += 1
+        return aborted
 
     # -- publishing -------------------------------------------------------------------------------------------------
     def publish(self, staged: Staged, digest: Digest) -> bool:
-        """Assemble the staging into the blob's object. As with files, the staging counts as consumed once it is
-        (its session ends even if the record's commit fails), but its segments stay until `discard`: `ensure` may
-        need them if a collector takes the blob before that commit (cas/gc.py)."""
-        assert isinstance(staged, S3Staged)
+        """Assemble the staging into the blob's object (a direct staging: complete its multipart upload). As with
+        files, the staging counts as consumed once it is (its session ends even if the record's commit fails),
+        but its segments stay until `discard`: `ensure` may need them if a collector takes the blob before that
+        commit (cas/gc.py). A direct staging has no segments: see `ensure`."""
+        assert isinstance(staged, S3Staged | S3Direct)
         target = self._blob_key(digest)
         if self._exists(target):
-            return False  # the same bytes, published by someone else
+            return False  # the same bytes, published by someone else: not rewritten
+        if isinstance(staged, S3Direct):
+            staged.complete()
+            return True
         self._assemble(staged, target)
         staged.consumed = True
         return True
@@ -564,7 +692,7 @@ class S3Blobs(BlobBytes):
             raise
 
     def ensure(self, staged: Staged, digest: Digest) -> None:
-        assert isinstance(staged, S3Staged)
+        assert isinstance(staged, S3Staged | S3Direct)
         target = self._blob_key(digest)
         if self._exists(target):
             return
@@ -575,6 +703,11 @@ class S3Blobs(BlobBytes):
         except ClientError as exc:
             if not _missing(exc):
                 raise
+            if isinstance(staged, S3Direct):
+                if staged.consumed:  # its parts became the object the collector took: nothing left to copy
+                    raise StagingGone(str(digest)) from None
+                staged.complete()  # publish found the blob there and kept its multipart upload open
+                return
             self._assemble(staged, target)
 
     # -- reading ----------------------------------------------------------------------------------------------------

@@ -15,13 +15,14 @@ from typing import BinaryIO
 from . import crashpoints
 from .blobs import BlobBytes, Staged
 from .digest import DEFAULT_ALGORITHM, Digest, Hasher, new_hasher
-from .errors import BlobUnknown, DigestMismatch, IncompatibleStore, SizeMismatch
+from .errors import BlobUnknown, DigestMismatch, IncompatibleStore, SizeMismatch, StagingGone, StoreUnavailable
 from .index import Index, Table, Transaction, WriteTransaction
 from .layout import (
     FORM_RAW,
     FORMAT_VERSION,
     STATE_DELETING,
     STATE_INLINE,
+    STATE_MISSING,
     STATE_PRESENT,
     STORED_STATES,
     TABLE_SHAPES,
@@ -141,6 +142,12 @@ class BlobStore:
         return cls(MemoryIndex(), MemoryBlobs(), config, clock)
 
     @property
+    def chunk_min_length(self) -> int:
+        """The smallest upload chunk the store keeps without rewriting (OCI-Chunk-Min-Length): S3's 5 MiB part
+        minimum on an object store; smaller chunks are accepted all the same."""
+        return self.blobs.chunk_min
+
+    @property
     def root(self) -> Path | None:
         """The data directory of a store over local files (None otherwise). Not for serving blobs: see
         local_path()."""
@@ -221,6 +228,14 @@ class BlobStore:
             return None
         return self.blobs.local_path(blob.digest)
 
+    def redirect_url(self, info: BlobInfo, expires: float) -> str | None:
+        """Optional capability, for a 307: a URL the client may fetch the blob's original bytes from directly for
+        `expires` seconds (a presigned S3 URL); None when there is none (inline, kept compressed, a keeper without
+        URLs: then stream `open()`). `info` is a stat()'s answer: the index is not read again."""
+        if info.inline or info.form != FORM_RAW:
+            return None
+        return self.blobs.redirect_url(info.digest, expires)
+
     def open(self, blob: Digest | str | BlobInfo, offset: int = 0, length: int | None = None) -> BlobReader:
         """A reader over [offset, offset+length) of a blob's original bytes (to its end if length is None),
         whatever form they are kept in. Given the BlobInfo of a stat() just made, it is not stat'ed again."""
@@ -286,7 +301,9 @@ class BlobStore:
 
         With `expected`, the bytes must hash to it (the algorithm is the expected digest's); with `size`, they must
         be that long. On a mismatch, DigestMismatch/SizeMismatch is raised and nothing is left behind. Content
-        already stored is not written again: a dedup hit only hashes the incoming bytes to verify them.
+        already stored is not written again: a dedup hit only hashes the incoming bytes to verify them. Named in
+        advance, the bytes go straight to the blob's place where the keeper can (an object store: BlobBytes.direct),
+        else through staging.
         """
         expected = _as_digest(expected) if expected is not None else None
         if expected is not None:
@@ -294,7 +311,8 @@ class BlobStore:
         hasher = new_hasher(algorithm)
         if expected is not None and self._lease_if_present(expected):
             return self._ingest_known(source, expected, hasher, size, also)
-        staged = self.blobs.stage()
+        direct = expected is not None and self.blobs.writes_direct
+        staged = self.blobs.direct(expected) if direct and expected is not None else self.blobs.stage()
         try:
             writer = staged.writer(hasher, 0, expected_size=size)
             try:
@@ -382,8 +400,24 @@ class BlobStore:
         claimed = self.index.transact(commit)
         crashpoints.reached("publish.after_commit")
         if claimed:
-            self.blobs.ensure(staged, digest)
+            try:
+                self.blobs.ensure(staged, digest)
+            except StagingGone:
+                self._lost(digest)
+                raise StoreUnavailable(f"blob {digest} was collected while it was being stored (an old copy of the "
+                                       f"same bytes, in the same moment): nothing was kept; send it again") from None
         return BlobInfo(digest, size)
+
+    def _lost(self, digest: Digest) -> None:
+        """A direct write's claim taken back (cas/gc.py, "Direct writes"): its bytes went with a collector's purge
+        between its move and its commit, so the record it made PRESENT says MISSING, as fsck would; the next
+        ingest of the bytes heals it, and the caller was not told the blob is stored."""
+        def work(txn: WriteTransaction) -> None:
+            raw = txn.get(self.tables.blobs, digest.key)
+            record = BlobRecord.unpack(raw) if raw is not None else None
+            if record is not None and record.state == STATE_PRESENT and record.form == FORM_RAW:
+                txn.put(self.tables.blobs, digest.key, replace(record, state=STATE_MISSING).pack())
+        self.index.transact(work)
 
     def ingest_inline(self, txn: WriteTransaction, data: bytes, algorithm: str = DEFAULT_ALGORITHM, *,
                       digest: Digest | None = None) -> BlobInfo:

@@ -5,7 +5,9 @@ The record holds what is fixed at creation (running-hash algorithm, creation tim
 session's progress: `offset`, the bytes accepted so far, and `updated`, its last activity by the store's clock.
 Rules that keep a session consistent across crashes, restarts and several processes:
 - Only the holder of the staged bytes (a flock()ed file, a locked buffer) writes to them; a second writer gets
-  UploadBusy, never interleaves.
+  UploadBusy, never interleaves. Where that lock is only this process's (S3 staging: BlobBytes.local_staging_lock),
+  the record carries a writer lease too (cas/writer_leases.py): taken before the staged bytes are touched, renewed
+  while a long chunk streams, checked by the commit that accepts the chunk, released last.
 - A chunk is accepted only at the record's offset (OffsetMismatch otherwise), and accepted when the record with the
   new offset commits: one index write per chunk (format 1 kept the offset in the file's size and wrote none; it
   measured 571 MiB/s with a durable commit per 8 MiB chunk against 706 without, before writeback was started
@@ -31,9 +33,10 @@ from typing import TYPE_CHECKING
 from . import crashpoints
 from .blobs import Staged
 from .digest import DEFAULT_ALGORITHM, Digest, Hasher, new_hasher
-from .errors import DigestMismatch, OffsetMismatch, SizeMismatch, UploadBusy, UploadUnknown
+from .errors import DigestMismatch, OffsetMismatch, SizeMismatch, UploadBusy, UploadUnknown, WriterLeaseLost
 from .index import WriteTransaction
 from .layout import UploadRecord
+from .writer_leases import WRITER_LEASE, WriterLeases, plausible_id
 
 if TYPE_CHECKING:
     from .store import BlobInfo, BlobStore
@@ -61,6 +64,7 @@ class _Session:
     id: str
     record: UploadRecord
     staged: Staged
+    lease: str = ""  # this writer's lease token (the record's `writer`), "" where the staging lock suffices
 
     @property
     def offset(self) -> int:
@@ -74,6 +78,7 @@ class Uploads:
         self._blobs = store.blobs
         self._hashers: OrderedDict[str, tuple[int, Hasher]] = OrderedDict()
         self._lock = threading.Lock()
+        self._leases = WriterLeases(store) if store.blobs.local_staging_lock else None
 
     # -- lifecycle ------------------------------------------------------------------------------------------------
     def create(self, algorithm: str = DEFAULT_ALGORITHM, meta: dict[str, str] | None = None,
@@ -104,7 +109,7 @@ class Uploads:
     def exists(self, session_id: str) -> bool:
         """Whether the session is open (its record exists): one index read."""
         with self._store.index.read() as txn:
-            return _plausible_id(session_id) and txn.get(self._table, session_id.encode()) is not None
+            return plausible_id(session_id) and txn.get(self._table, session_id.encode()) is not None
 
     def status(self, session_id: str, check: Check | None = None) -> UploadStatus:
         """Where the session is: the bytes accepted so far (a chunk being written counts once it is accepted).
@@ -142,10 +147,17 @@ class Uploads:
         """
         expected = expected if isinstance(expected, Digest) else Digest.parse(expected)
         new_hasher(expected.algorithm)
+        if self._blobs.writes_direct and self._record(session_id).offset == 0:
+            # A whole blob to a fresh session: it never touches the staged bytes, so it takes no writer lease (one
+            # commit, as on any store); its commit checks that the session is still fresh and nobody writes it.
+            with self._locked(session_id, check, leased=False) as session:
+                if session.offset != 0:
+                    raise UploadBusy(session_id, "it wrote a chunk while this request began")
+                return self._finish_whole(session, expected, chunks, offset, length, also)
         with self._locked(session_id, check) as session:
             session = self._write(session, chunks, offset, length)
             cached = self._take_hasher(session.id, session.offset)
-            if expected.algorithm == session.record.algorithm and cached is not None:
+            if expected.algorithm == session.record.algorithm and cached is not None and not session.record.takeovers:
                 actual = Digest(expected.algorithm, cached.hexdigest())
             else:
                 rehashed = _hash_staged(session.staged, session.offset, expected.algorithm)
@@ -154,6 +166,8 @@ class Uploads:
                 self._discard(session)
                 raise DigestMismatch(str(expected), str(actual))
             session.staged.sync()
+            if session.lease and self._store.clock() >= session.record.lease_until - WRITER_LEASE * 2 / 3:
+                self._renew(session)  # the publish below must end inside the lease: renewed (or lost) here
             crashpoints.reached("upload.before_publish")
 
             def end_session(txn: WriteTransaction) -> None:
@@ -170,6 +184,55 @@ class Uploads:
             session.staged.discard()  # a publish moved the bytes away, or found them stored already: drop ours
             self._forget(session.id)
             return info
+
+    def _finish_whole(self, session: _Session, expected: Digest, chunks: Iterable[bytes], offset: int | None,
+                      length: int | None, also: Callable[[WriteTransaction], None] | None) -> BlobInfo:
+        """A whole blob PUT to a fresh session, on a keeper that writes straight to the blob's place: a monolithic
+        ingest (no staging segments, no copy), the session ending in the commit that stores the blob."""
+        if offset is not None and offset != 0:
+            raise OffsetMismatch(session.id, 0, offset)
+
+        def end_session(txn: WriteTransaction) -> None:
+            key = session.id.encode()
+            raw = txn.get(self._table, key)
+            if raw is None:
+                raise UploadUnknown(session.id)
+            record = UploadRecord.unpack(raw)
+            if record.offset != 0 or (record.writer and record.lease_until > self._store.clock()):
+                # A chunk on another node meanwhile: the session is its writer's (the blob's object just
+                # completed is debris for GC's orphan sweep, cas/gc.py).
+                raise UploadBusy(session.id, "it took the session while this request sent the whole blob")
+            txn.delete(self._table, key)
+            if also is not None:
+                also(txn)
+
+        # As a chunked finish does (its bytes are written, verified, then published, whatever the store holds): the
+        # same outcomes on every store, only without the staging segments and the copy.
+        staged = self._blobs.direct(expected)
+        try:
+            writer = staged.writer(new_hasher(expected.algorithm), 0, expected_size=length)
+            for chunk in chunks:
+                writer.write(chunk)
+            actual = Digest(expected.algorithm, writer.finish(fsync=False))
+            if length is not None and writer.size != length:
+                raise SizeMismatch(length, writer.size)
+            if actual != expected:
+                self._discard(session)  # the bytes are not what the client said they are
+                raise DigestMismatch(str(expected), str(actual))
+            crashpoints.reached("upload.before_publish")
+            try:
+                info = self._store.publish(expected, writer.size, staged, also=end_session)
+            except UploadBusy:
+                raise  # the session is another writer's now
+            except BaseException:
+                if staged.consumed:  # the bytes went to the blob (debris for GC): the session cannot go on
+                    self._discard(session)
+                raise
+        finally:
+            staged.discard()  # (nothing once published: else the multipart upload is aborted)
+        session.staged.discard()  # the session's (empty) staging
+        self._forget(session.id)
+        return info
 
     def expire(self) -> int:
         """Remove sessions idle for at least config.upload_ttl, and partial files with no session.
@@ -194,35 +257,60 @@ class Uploads:
     # -- internals ------------------------------------------------------------------------------------------------
     def _record(self, session_id: str) -> UploadRecord:
         with self._store.index.read() as txn:
-            raw = txn.get(self._table, session_id.encode()) if _plausible_id(session_id) else None
+            raw = txn.get(self._table, session_id.encode()) if plausible_id(session_id) else None
         if raw is None:
             raise UploadUnknown(session_id)
         return UploadRecord.unpack(raw)
 
     @contextmanager
-    def _locked(self, session_id: str, check: Check | None = None) -> Iterator[_Session]:
-        self._record(session_id)  # UploadUnknown before touching the bytes
-        staged = self._blobs.resume_upload(session_id)
-        if staged is None:
-            # A record without its bytes: a crash between publishing and committing in finish(), or a file
-            # removed by hand. The session cannot continue; forget it.
-            self._store.index.transact(lambda txn: txn.delete(self._table, session_id.encode()))
-            raise UploadUnknown(session_id)
+    def _locked(self, session_id: str, check: Check | None = None, leased: bool = True) -> Iterator[_Session]:
+        if self._leases is not None and leased:
+            lease = self._leases.take(session_id)  # UploadUnknown or UploadBusy before touching the bytes
+        else:
+            lease = ""
+            self._record(session_id)  # UploadUnknown before touching the bytes
         try:
-            record = self._record(session_id)  # re-read while holding the bytes: it may have been finished meanwhile
-            session = _Session(session_id, record, staged)
-            if check is not None:
-                check(_status(session))
-            yield session
+            staged = self._blobs.resume_upload(session_id)
+            if staged is None:
+                # A record without its bytes: a crash between publishing and committing in finish(), or a file
+                # removed by hand. The session cannot continue; forget it.
+                self._store.index.transact(lambda txn: txn.delete(self._table, session_id.encode()))
+                raise UploadUnknown(session_id)
+            abandoned = False
+            try:
+                record = self._record(session_id)  # re-read while holding the bytes: it may have been finished
+                session = _Session(session_id, record, staged, lease)
+                if check is not None:
+                    check(_status(session))
+                yield session
+            except WriterLeaseLost:
+                abandoned = True
+                staged.abandon()  # the bytes are the new writer's: write nothing more
+                raise
+            finally:
+                if not abandoned:
+                    staged.release()  # (an S3 staging writes its buffered tail here: still under the lease)
         finally:
-            staged.release()
+            if lease and self._leases is not None:
+                self._leases.release(session_id, lease)
+
+    def _renew(self, session: _Session) -> None:
+        assert self._leases is not None
+        self._leases.renew(session.id, session.lease)
 
     def _commit_progress(self, session: _Session) -> None:
         def work(txn: WriteTransaction) -> None:
             key = session.id.encode()
-            if txn.get(self._table, key) is None:
+            raw = txn.get(self._table, key)
+            if raw is None:
                 raise UploadUnknown(session.id)  # discarded by hand meanwhile (the bytes' holder would be us)
-            txn.put(self._table, key, session.record.pack())
+            record = session.record
+            if session.lease:
+                current = UploadRecord.unpack(raw)
+                if current.writer != session.lease:  # fenced: another writer took the session over
+                    raise WriterLeaseLost(session.id)
+                record = replace(record, writer=session.lease, lease_until=current.lease_until)
+            txn.put(self._table, key, record.pack())
         self._store.index.transact(work)
 
     def _write(self, session: _Session, chunks: Iterable[bytes], offset: int | None,
@@ -239,7 +327,7 @@ class Uploads:
             # truth. The client learns the offset from the refusal (or, without an offset, just goes on).
             self._forget(session.id)
             start = held
-            session = _Session(session.id, replace(session.record, offset=held), staged)
+            session = replace(session, record=replace(session.record, offset=held))
             self._commit_progress(session)
             if offset is not None and offset != start:
                 raise OffsetMismatch(session.id, start, offset)
@@ -249,17 +337,22 @@ class Uploads:
         if hasher is None:
             hasher = _hash_staged(staged, start, session.record.algorithm)
         writer = staged.writer(hasher, start, expected_size=length)
+        renew_at = self._store.clock() + WRITER_LEASE / 3 if session.lease else float("inf")
         try:
             for chunk in chunks:
+                if renew_at <= self._store.clock():  # a long chunk: keep the session ours while it streams
+                    self._renew(session)
+                    renew_at = self._store.clock() + WRITER_LEASE / 3
                 writer.write(chunk)
             writer.finish(fsync=False)
             if length is not None and writer.size != length:
                 raise SizeMismatch(length, writer.size)
-        except BaseException:
+        except BaseException as exc:
             writer.abort()
-            # All or nothing while we live: cut the failed chunk off. The hasher saw part of the chunk and is
-            # dropped; the next request re-hashes.
-            staged.truncate(start)
+            # All or nothing while we live: cut the failed chunk off (unless the session is another writer's now).
+            # The hasher saw part of the chunk and is dropped; the next request re-hashes.
+            if not isinstance(exc, WriterLeaseLost):
+                staged.truncate(start)
             raise
         if writer.size == 0:
             self._keep_hasher(session.id, start, hasher)
@@ -267,7 +360,7 @@ class Uploads:
         crashpoints.reached("upload.after_chunk")
         record = replace(session.record, offset=start + writer.size, updated=self._store.clock())
         self._keep_hasher(session.id, record.offset, hasher)
-        return _Session(session.id, record, staged)
+        return replace(session, record=record)
 
     def _discard(self, session: _Session) -> None:
         self._store.index.transact(lambda txn: txn.delete(self._table, session.id.encode()))
@@ -302,10 +395,6 @@ def _hash_staged(staged: Staged, length: int, algorithm: str) -> Hasher:
         hasher.update(data)
         position += len(data)
     return hasher
-
-
-def _plausible_id(session_id: str) -> bool:
-    return len(session_id) == 32 and all(c in "0123456789abcdef" for c in session_id)
 
 
 def _status(session: _Session) -> UploadStatus:

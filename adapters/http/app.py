@@ -78,11 +78,12 @@ from .streaming import ASGIApp, BodyTooLarge, CloseAfterUnreadBody, read_body, s
 log = logging.getLogger("berth.http")
 
 API_VERSION = ("Docker-Distribution-API-Version", "registry/2.0")  # Docker registry v2 API; clients probe /v2/ for it
-CHUNK_MIN = str(1 << 20)  # OCI-Chunk-Min-Length: advisory; 1 MiB chunks keep the per-request cost negligible
 READ_CHUNK = 1 << 20  # docs/PERFORMANCE.md: 1 MiB reads serve 4-6x faster than Starlette's 64 KiB default
 # A range (or a blob without a file) up to this size is opened and read in one thread hop and sent in one piece:
 # a 1 MiB Range then costs one hop instead of three (open, read, end) and, compressed, not one per frame.
 WHOLE_BODY = 4 << 20
+# How long a presigned URL of a 307 stays valid: Distribution's s3 driver signs its redirects for 20 minutes.
+REDIRECT_EXPIRES = 20 * 60.0
 
 EVENTS_PAGE = 100  # events per feed page when the client gives no `n`
 EVENTS_PAGE_MAX = 1000  # the most one feed page holds (a larger n is cut to it, as the catalog does)
@@ -122,15 +123,19 @@ def _range_header(status: UploadStatus) -> str:
     return f"0-{max(status.offset - 1, 0)}"
 
 
-def _upload_headers(name: RepositoryName, status: UploadStatus) -> dict[str, str]:
-    return {"Location": f"/v2/{name}/blobs/uploads/{status.id}", "Range": _range_header(status),
-            "Docker-Upload-UUID": status.id}
+def _upload_headers(name: RepositoryName, status: UploadStatus, chunk_min: int | None = None) -> dict[str, str]:
+    headers = {"Location": f"/v2/{name}/blobs/uploads/{status.id}", "Range": _range_header(status),
+               "Docker-Upload-UUID": status.id}
+    if chunk_min is not None:  # OCI-Chunk-Min-Length (spec, end-4a): advisory, the store's own minimum
+        headers["OCI-Chunk-Min-Length"] = str(chunk_min)
+    return headers
 
 
 class RegistryApi:
-    def __init__(self, registry: Registry, auth: Auth) -> None:
+    def __init__(self, registry: Registry, auth: Auth, blobs_redirect: bool = False) -> None:
         self.registry = registry
         self.auth = auth
+        self.blobs_redirect = blobs_redirect  # a blob GET answers 307 to the store's URL when it has one
 
     # -- end-1 ----------------------------------------------------------------------------------------------------
     async def base(self, request: Request) -> Response:
@@ -168,6 +173,11 @@ class RegistryApi:
                    API_VERSION[0]: API_VERSION[1]}
         if request.method == "HEAD":
             return Response(b"", 200, headers | {"Content-Length": str(info.size)}, "application/octet-stream")
+        if self.blobs_redirect:  # after the access check and the stat; a Range goes along (S3 honours it)
+            url = self.registry.store.redirect_url(info, REDIRECT_EXPIRES)  # signing is local: no request
+            if url is not None:
+                return Response(b"", 307, {"Location": url, "Docker-Content-Digest": str(info.digest),
+                                           API_VERSION[0]: API_VERSION[1]})
         try:
             span = wire.byte_range(wanted, info.size) if wanted else None
         except InvalidRange as exc:
@@ -221,7 +231,7 @@ class RegistryApi:
             return _created(f"/v2/{name}/blobs/{info.digest}", info.digest)
         status = await anyio.to_thread.run_sync(self.registry.start_upload, name, caller.subject)
         count_safely(UPLOADS_STARTED.inc)
-        return _response(202, headers=_upload_headers(name, status) | {"OCI-Chunk-Min-Length": CHUNK_MIN})
+        return _response(202, headers=_upload_headers(name, status, self.registry.store.chunk_min_length))
 
     async def upload_status(self, request: Request, name: RepositoryName, session_id: str,
                             caller: Caller) -> Response:
@@ -241,7 +251,7 @@ class RegistryApi:
             current = await anyio.to_thread.run_sync(self.registry.upload_status, name, session_id, caller.subject)
             raise errors.ProtocolError(416, "BLOB_UPLOAD_INVALID", str(exc)).with_headers(
                 _upload_headers(name, current)) from None
-        return _response(202, headers=_upload_headers(name, status))
+        return _response(202, headers=_upload_headers(name, status, self.registry.store.chunk_min_length))
 
     async def finish_upload(self, request: Request, name: RepositoryName, session_id: str,
                             caller: Caller) -> Response:
@@ -484,7 +494,7 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
                service: str = "berth", public_url: str | None = None,
                forwarded_header: str | None = None, token_lifetime: int = TOKEN_LIFETIME,
                access_log: bool = False, metrics: str | None = None, metrics_public: bool = False,
-               gc_interval: float = 0.0) -> ASGIApp:
+               gc_interval: float = 0.0, blobs_redirect: bool = False) -> ASGIApp:
     """The ASGI app. Pass a Registry, or a callable that opens one when the app starts (after a server forked its
     workers: py-lmdb refuses an environment inherited across fork). `policy` is a built-in policy name or
     `module:callable` (see registry_core/policy.py). `public_url` is how clients reach the registry (the token
@@ -503,7 +513,7 @@ def create_app(registry: Registry | Callable[[], Registry], *, policy: str,
                 reg = registry()
                 opened_here.append(reg)
             access = Access(reg, load_policy(policy, reg), service, token_lifetime)
-            holder["api"] = RegistryApi(reg, Auth(access, public_url, forwarded_header))
+            holder["api"] = RegistryApi(reg, Auth(access, public_url, forwarded_header), blobs_redirect)
         return holder["api"]
 
     @contextlib.asynccontextmanager
@@ -624,4 +634,4 @@ def app_from_env() -> ASGIApp:
                       public_url=server.public_url or None, forwarded_header=server.forwarded_header or None,
                       token_lifetime=settings.limits.token_lifetime, access_log=settings.access_log,
                       metrics=os.environ.get(EXPOSE_ENV) or None, metrics_public=bool(os.environ.get(PUBLIC_ENV)),
-                      gc_interval=store.gc_interval)
+                      gc_interval=store.gc_interval, blobs_redirect=store.blobs_redirect)

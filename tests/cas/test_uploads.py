@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import pytest
 
@@ -18,6 +20,10 @@ from cas import (
 )
 from cas.digest import Hasher, new_hasher
 from cas.files import LockedFile
+from cas.layout import UploadRecord
+from cas.memory_blobs import MemoryBlobs
+from cas.memory_index import MemoryIndex
+from cas.writer_leases import WRITER_LEASE
 from tests.conftest import FakeClock
 
 
@@ -196,3 +202,64 @@ def test_partial_files_without_a_session_are_debris(store: BlobStore) -> None:
     assert store.uploads.expire() == 1
     assert not orphan.exists() and locked.path.exists()
     locked.remove()
+
+
+class _NodeLocalBlobs(MemoryBlobs):
+    """Bytes whose staging lock is this process's only (as S3's): the upload record's writer lease decides."""
+
+    local_staging_lock = True
+
+
+def test_a_writer_lease_left_by_a_dead_node_refuses_until_it_runs_out(clock: FakeClock) -> None:
+    """A node died mid-chunk, its lease in the record: other writers get UploadBusy (409) until the lease runs
+    out, then one takes the session over (counted), goes on, and its finish re-hashes what is stored."""
+    store = BlobStore(MemoryIndex(), _NodeLocalBlobs(), clock=clock)
+    session = store.uploads.create()
+    store.uploads.append(session.id, [b"a" * 1000], offset=0)
+    key = session.id.encode()
+
+    def record() -> UploadRecord:
+        with store.index.read() as txn:
+            raw = txn.get(store.tables.uploads, key)
+        assert raw is not None
+        return UploadRecord.unpack(raw)
+
+    assert record().writer == "" and record().offset == 1000  # released after the chunk
+    dead = replace(record(), writer="elsewhere:1:dead", lease_until=clock() + 30)
+    store.index.transact(lambda txn: txn.put(store.tables.uploads, key, dead.pack()))
+    for call in (lambda: store.uploads.append(session.id, [b"b"], offset=1000),
+                 lambda: store.uploads.finish(session.id, Digest.of(b"a" * 1000)),
+                 lambda: store.uploads.cancel(session.id)):
+        with pytest.raises(UploadBusy, match="at most 30 s more"):
+            call()
+    assert store.uploads.status(session.id).offset == 1000
+    clock.advance(31)
+    store.uploads.append(session.id, [b"b" * 10], offset=1000)
+    assert record().takeovers == 1 and record().writer == ""
+    info = store.uploads.finish(session.id, Digest.of(b"a" * 1000 + b"b" * 10))
+    assert store.read_bytes(info.digest) == b"a" * 1000 + b"b" * 10
+
+
+def test_a_second_writer_is_refused_by_the_lease_while_the_first_streams(clock: FakeClock) -> None:
+    store = BlobStore(MemoryIndex(), _NodeLocalBlobs(), clock=clock)
+    session = store.uploads.create()
+    started, go = threading.Event(), threading.Event()
+
+    def body() -> Iterator[bytes]:
+        yield b"x" * 100
+        started.set()
+        assert go.wait(30)
+        yield b"y" * 100
+
+    outcome: list[object] = []
+    writer = threading.Thread(target=lambda: outcome.append(store.uploads.append(session.id, body(), offset=0)))
+    writer.start()
+    assert started.wait(30)
+    with pytest.raises(UploadBusy, match="being written by another request"):
+        store.uploads.append(session.id, [b"z"], offset=0)
+    clock.advance(WRITER_LEASE / 2)  # past a third of the lease: the writer renews it at its next chunk
+    go.set()
+    writer.join(30)
+    assert len(outcome) == 1 and store.uploads.status(session.id).offset == 200
+    info = store.uploads.finish(session.id, Digest.of(b"x" * 100 + b"y" * 100))
+    assert info.size == 200
