@@ -329,9 +329,10 @@ class Registry:
             entries = list(txn.keys(self._t.uploading, prefix=prefix))
         gone = [k for k in entries if not self.store.uploads.exists(k[len(prefix):].decode())]
         if gone:
-            with self.store.index.write() as txn:
+            def drop(txn: WriteTransaction) -> None:  # deletes only: the same on a replay
                 for k in gone:
                     txn.delete(self._t.uploading, k)
+            self.store.index.transact(drop)
         return len(entries) - len(gone)
 
     def _end_upload(self, txn: WriteTransaction, actor: str | None, session_id: str) -> None:
