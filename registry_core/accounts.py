@@ -216,7 +216,8 @@ class Accounts:
         token_id = secrets.token_hex(8)
         secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
         now = self._store.clock()
-        record = PersonalToken(token_id, user, tuple(sorted(set(scopes))), label[:200], now,
+        label = label.replace("\0", "")[:200]  # no NUL: JSON in PostgreSQL (jsonb) cannot hold one
+        record = PersonalToken(token_id, user, tuple(sorted(set(scopes))), label, now,
                                now + expires_in if expires_in else None, False,
                                hashlib.sha256(secret.encode()).hexdigest())
         def work(txn: WriteTransaction) -> None:

@@ -102,8 +102,8 @@ class Projects:
                             data={"repository": repo, "project": project, **data}, time=self._store.clock())
 
     def create(self, name: str, owner: str) -> Project:
-        if not name or len(name) > 200:
-            raise ProjectError("a project name must be 1..200 characters")
+        if not name or len(name) > 200 or "\0" in name:
+            raise ProjectError("a project name must be 1..200 characters, none of them NUL")
         created = self._store.clock()
 
         def work(txn: WriteTransaction) -> Project:
