@@ -1,7 +1,9 @@
 """The metadata index in PostgreSQL: the guarantees of cas/index.py for any number of processes on any machines.
 
 How each guarantee is given:
-- Snapshot reads: a read is a REPEATABLE READ READ ONLY transaction (one snapshot for all its statements).
+- Snapshot reads: a read is a REPEATABLE READ READ ONLY transaction (one snapshot for all its statements). Its
+  BEGIN goes with its first statement in one round trip (pipeline mode); one that runs nothing sends nothing.
+  `lookup` (a chained lookup, cas/table_shape.py) is one SELECT outside any transaction: a statement is a snapshot.
 - Serializable writes: a write is a SERIALIZABLE transaction. PostgreSQL aborts one of two transactions that could
   not have run one after the other (SQLSTATE 40001, or a deadlock, 40P01): `transact` runs the work again on a
   fresh transaction, which is exactly why write functions must be replayable. `write()` cannot replay its block:
@@ -17,10 +19,12 @@ bound, keyset pagination in batches), in the byte order of LMDB's keys. A table 
 to (key bytea primary key, value bytea). Key bytes that do not fit a declared shape are refused (ValueError).
 
 Tables live in one PostgreSQL schema (namespace; `berth` unless told otherwise), beside:
-    berth_schema  (version, description, applied)  the migrations applied, in order (MIGRATIONS below)
-    berth_tables  (name, shape, created)            every declared table and the shape it was created with
+    berth_schema    (version, description, applied)  the migrations applied, in order (MIGRATIONS below)
+    berth_tables    (name, shape, created)            every declared table and its shape
+    berth_reshapes  (name, old_shape, new_shape, rows, applied)   every table rewritten to another shape
 Opening applies the missing migrations under an advisory lock; a database migrated by a newer Berth is refused
-(IncompatibleStore), and so is a declaration whose shape differs from the table's: that needs a migration.
+(IncompatibleStore). A declaration whose shape differs from the table's reshapes it (`_reshape`: the rows through
+both shapes' codecs, in the declaring transaction), or is refused when a row does not fit the new shape.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ the module that owns it:
     signing_keys                                          keys.py: the token signing key (`token-es256` -> PEM) and
                                                           other secrets (`portal-session`: the cookie key)
     sessions                                              sessions.py: the portal's sign-in sessions
+Every table has a TableShape below (`TABLE_SHAPES`): on PostgreSQL, columns an operator reads with psql.
 `declare(index)` declares them all in the store's index (cas refuses to open a table nobody declared); every class
 that opens one calls it first.
 (`repo` is the full repository name, `digest` its canonical string, all UTF-8/ASCII.)
