@@ -245,9 +245,11 @@ class PgTransaction(Transaction):
         conn = self._conn
         if self._begin is not None:
             begin, self._begin = self._begin, None
+            # Not prepared: psycopg's cache of prepared statements can go wrong when a statement being prepared
+            # fails inside a pipeline ("prepared statement does not exist" afterwards).
             with conn.pipeline():
                 conn.execute(begin)
-                cursor = conn.execute(query, params)
+                cursor = conn.execute(query, params, prepare=False)
         else:
             cursor = conn.execute(query, params)
         return cursor.fetchall() if fetch else []
