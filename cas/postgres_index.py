@@ -226,29 +226,42 @@ WRITE_BEGIN = "BEGIN ISOLATION LEVEL SERIALIZABLE"
 
 
 class PgTransaction(Transaction):
-    __slots__ = ("_conn", "_index", "_begin")
+    __slots__ = ("_conn", "_index", "_begin", "_pipelined")
 
-    def __init__(self, index: PostgresIndex, conn: psycopg.Connection[Any], begin: str) -> None:
+    def __init__(self, index: PostgresIndex, conn: psycopg.Connection[Any], begin: str,
+                 pipelined: bool = False) -> None:
         self._index = index
         self._conn = conn
         # BEGIN is sent with the first statement, in one round trip (psycopg's pipeline mode): a snapshot is taken
         # at the first statement anyway, and a transaction that runs none costs nothing.
         self._begin: str | None = begin
+        # A write transaction runs in pipeline mode throughout: a statement whose answer is not needed (a put) goes
+        # with the next one that is (a get, a delete, the COMMIT), and its errors are raised there.
+        self._pipelined = pipelined
 
     @property
     def begun(self) -> bool:
         return self._begin is None
 
     def _run(self, query: sql.Composed, params: Sequence[Any] = (), fetch: bool = True) -> list[tuple[Any, ...]]:
-        """One statement, one round trip (its BEGIN rides with the first)."""
-        self._index.count_round_trip()
+        """One statement, one round trip (its BEGIN rides with the first); none for a statement without an answer
+        in a pipelined transaction. Statements in a pipeline are not prepared: psycopg's cache of prepared
+        statements can go wrong when one being prepared fails there ("prepared statement does not exist")."""
         conn = self._conn
+        if self._pipelined:
+            if self._begin is not None:
+                conn.execute(self._begin, prepare=False)
+                self._begin = None
+            cursor = conn.execute(query, params, prepare=False)
+            if not fetch:
+                return []
+            self._index.count_round_trip()
+            return cursor.fetchall()
+        self._index.count_round_trip()
         if self._begin is not None:
             begin, self._begin = self._begin, None
-            # Not prepared: psycopg's cache of prepared statements can go wrong when a statement being prepared
-            # fails inside a pipeline ("prepared statement does not exist" afterwards).
             with conn.pipeline():
-                conn.execute(begin)
+                conn.execute(begin, prepare=False)
                 cursor = conn.execute(query, params, prepare=False)
         else:
             cursor = conn.execute(query, params)
@@ -335,7 +348,7 @@ class PgWriteTransaction(PgTransaction, WriteTransaction):
     __slots__ = ("_after_commit",)
 
     def __init__(self, index: PostgresIndex, conn: psycopg.Connection[Any]) -> None:
-        super().__init__(index, conn, WRITE_BEGIN)
+        super().__init__(index, conn, WRITE_BEGIN, pipelined=True)
         self._after_commit: list[Callable[[], None]] = []
 
     def put(self, table: Table, key: bytes, value: bytes) -> None:
@@ -357,7 +370,7 @@ class PgWriteTransaction(PgTransaction, WriteTransaction):
         """COMMIT or ROLLBACK, when anything began."""
         if self.begun:
             self._index.count_round_trip()
-            self._conn.execute(statement)
+            self._conn.execute(statement, prepare=False)
 
 
 class _Reading:
@@ -378,7 +391,7 @@ class _Reading:
         try:
             if self._txn.begun:  # read only: nothing to commit, and a rollback cannot fail to serialize
                 self._index.count_round_trip()
-                self._conn.execute("ROLLBACK")
+                self._conn.execute("ROLLBACK", prepare=False)
         except psycopg.Error:
             pass  # a broken connection: the pool discards it
         finally:
@@ -628,8 +641,9 @@ class PostgresIndex(Index):
         try:
             txn = PgWriteTransaction(self, conn)
             try:
-                yield txn
-                txn.end("COMMIT")
+                with conn.pipeline():
+                    yield txn
+                    txn.end("COMMIT")  # sent with the puts before it as the pipeline ends: one round trip
             except BaseException as exc:
                 with contextlib.suppress(psycopg.Error):  # a broken connection: the pool discards it
                     txn.end("ROLLBACK")
