@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 
 KEY_KINDS = ("text", "bytea", "u64", "u32", "u8", "rev64")
 VALUE_KINDS = ("bytes", "json", "text", "int")
@@ -106,6 +107,7 @@ class TableShape:
         return json.dumps({"key": self.key, "value": value}, separators=(",", ":"))
 
 
+@lru_cache(maxsize=256)  # a chained lookup joins keys by their fields on every manifest GET: parse a spec once
 def parse_key(spec: str) -> tuple[KeyField, ...]:
     tokens = spec.split()
     fields: list[KeyField] = []

@@ -121,7 +121,8 @@ _checked: weakref.WeakSet[Index] = weakref.WeakSet()
 def declare(index: Index) -> None:
     """Declare every table of the registry in the store's index and check the registry's format version (once per
     index; idempotent; at start-up). Raises IncompatibleRegistry for a store written by another version."""
-    index.declare((*TABLE_SHAPES, *sorted(DECLARED - {shape.name for shape in TABLE_SHAPES})))  # all, today
+    # Every table has a shape; one without would be declared by its name (bytea key and value on PostgreSQL).
+    index.declare((*TABLE_SHAPES, *sorted(DECLARED - {shape.name for shape in TABLE_SHAPES})))
     if index in _checked:
         return
     meta = index.table(META_TABLE)
