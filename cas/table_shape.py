@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 KEY_KINDS = ("text", "bytea", "u64", "u32", "u8", "rev64")
-VALUE_KINDS = ("bytes", "json", "text", "int")
 _FIXED = {"u64": 8, "u32": 4, "u8": 1, "rev64": 8}
 _TOP = (1 << 64) - 1  # rev64: the bytes hold _TOP - n, the column -n
 _BIGINT_MIN, _BIGINT_MAX = -(1 << 63), (1 << 63) - 1

@@ -134,10 +134,10 @@ CHAIN_SHAPES = (
     TableShape("crecords", "repo:text \\0 digest:text", "json:record"),
     TableShape("cbytes", "digest:text", "bytes:data"),
     TableShape("cblobs", "digest:text", ValueStruct("<BQ", (("state", "smallint"), ("size", "bigint")))),
-    TableShape("csizes", "size:u64", "text:what"),
+    TableShape("csizes", "n:u64", "text:what"),
 )
 CHAIN = Chain(("repo", "tag"), (Step(CHAIN_SHAPES[0]), Step(CHAIN_SHAPES[1]), Step(CHAIN_SHAPES[2]),
-                                Step(CHAIN_SHAPES[3]), Step(CHAIN_SHAPES[4])))
+                                Step(CHAIN_SHAPES[3]), Step(CHAIN_SHAPES[4], using=(("n", "size"),))))
 
 
 @pytest.fixture(scope="module")
@@ -186,6 +186,13 @@ def test_a_chain_is_one_query_that_answers_as_its_gets_do(chained: PostgresIndex
     assert chained.round_trips - before == 1
     with chained.read() as txn:
         assert _as_json(txn.chain(chained.chain(CHAIN), start)) == _as_json(expected)
+
+
+def test_a_chain_names_only_what_comes_before_each_step() -> None:
+    with pytest.raises(ValueError, match="nothing before it gives tag"):
+        Chain(("repo",), (Step(CHAIN_SHAPES[0]),))
+    with pytest.raises(ValueError, match="nothing before it gives record"):  # JSON is no key material
+        Chain(("repo", "digest"), (Step(CHAIN_SHAPES[1]), Step(TableShape("x", "record:text"))))
 
 
 def _as_json(found: tuple[bytes | None, ...]) -> list[object]:
