@@ -35,7 +35,7 @@ from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 from .errors import UndeclaredTable
-from .table_shape import TableShape
+from .table_shape import Chain, KeyValue, TableShape, join_key, value_fields
 
 T = TypeVar("T")
 
@@ -51,6 +51,18 @@ class Table:
 
     def __repr__(self) -> str:
         return f"Table({self.name!r})"
+
+
+class Lookup:
+    """A Chain (cas/table_shape.py) bound to an index's tables, as returned by Index.chain(spec) at start-up.
+    `handle` belongs to the index implementation (PostgreSQL: the compiled query)."""
+
+    __slots__ = ("chain", "tables", "handle")
+
+    def __init__(self, chain: Chain, tables: tuple[Table, ...], handle: Any = None) -> None:
+        self.chain = chain
+        self.tables = tables
+        self.handle = handle
 
 
 class Transaction(ABC):
@@ -73,6 +85,22 @@ class Transaction(ABC):
     @abstractmethod
     def keys(self, table: Table, prefix: bytes = b"", start: bytes | None = None) -> Iterator[bytes]:
         """The keys `scan` would give, without the values."""
+
+    def chain(self, lookup: Lookup, start: tuple[KeyValue, ...]) -> tuple[bytes | None, ...]:
+        """Each step's value (None: absent) of a chained lookup from the `start` values, in this snapshot. Here a
+        get per step, each key joined from what came before; an index with columns answers in one query."""
+        chain = lookup.chain
+        slots: list[Any] = [*start, *([None] * (chain.slots - len(start)))]
+        found: list[bytes | None] = []
+        for step, table, sources, outputs in zip(chain.steps, lookup.tables, chain.sources, chain.outputs,
+                                                 strict=True):
+            parts = tuple(slots[i] for i in sources)
+            raw = None if None in parts else self.get(table, join_key(step.shape.fields, parts))
+            found.append(raw)
+            if raw is not None and outputs:
+                for i, value in zip(outputs, value_fields(step.shape, raw), strict=True):
+                    slots[i] = value
+        return tuple(found)
 
 
 class WriteTransaction(Transaction):
@@ -125,6 +153,16 @@ class Index(ABC):
     def transact(self, work: Callable[[WriteTransaction], T]) -> T:
         """Run `work` in a write transaction and commit; `work` may be run more than once (see the module
         docstring), so it has no side effects outside the transaction."""
+
+    def chain(self, chain: Chain) -> Lookup:
+        """Bind a chained lookup to the declared tables of its steps (at start-up, as `table`)."""
+        return Lookup(chain, tuple(self.table(step.shape.name) for step in chain.steps))
+
+    def lookup(self, lookup: Lookup, start: tuple[KeyValue, ...]) -> tuple[bytes | None, ...]:
+        """`Transaction.chain` in a read of its own: for the answer that needs nothing else of the snapshot (one
+        statement, without a transaction around it, where the index can: PostgreSQL)."""
+        with self.read() as txn:
+            return txn.chain(lookup, start)
 
     def entries(self, table: Table) -> int:
         """How many keys `table` holds (for gauges read at every scrape)."""

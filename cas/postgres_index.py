@@ -1,7 +1,9 @@
 """The metadata index in PostgreSQL: the guarantees of cas/index.py for any number of processes on any machines.
 
 How each guarantee is given:
-- Snapshot reads: a read is a REPEATABLE READ READ ONLY transaction (one snapshot for all its statements).
+- Snapshot reads: a read is a REPEATABLE READ READ ONLY transaction (one snapshot for all its statements). Its
+  BEGIN goes with its first statement in one round trip (pipeline mode); one that runs nothing sends nothing.
+  `lookup` (a chained lookup, cas/table_shape.py) is one SELECT outside any transaction: a statement is a snapshot.
 - Serializable writes: a write is a SERIALIZABLE transaction. PostgreSQL aborts one of two transactions that could
   not have run one after the other (SQLSTATE 40001, or a deadlock, 40P01): `transact` runs the work again on a
   fresh transaction, which is exactly why write functions must be replayable. `write()` cannot replay its block:
@@ -17,10 +19,12 @@ bound, keyset pagination in batches), in the byte order of LMDB's keys. A table 
 to (key bytea primary key, value bytea). Key bytes that do not fit a declared shape are refused (ValueError).
 
 Tables live in one PostgreSQL schema (namespace; `berth` unless told otherwise), beside:
-    berth_schema  (version, description, applied)  the migrations applied, in order (MIGRATIONS below)
-    berth_tables  (name, shape, created)            every declared table and the shape it was created with
+    berth_schema    (version, description, applied)  the migrations applied, in order (MIGRATIONS below)
+    berth_tables    (name, shape, created)            every declared table and its shape
+    berth_reshapes  (name, old_shape, new_shape, rows, applied)   every table rewritten to another shape
 Opening applies the missing migrations under an advisory lock; a database migrated by a newer Berth is refused
-(IncompatibleStore), and so is a declaration whose shape differs from the table's: that needs a migration.
+(IncompatibleStore). A declaration whose shape differs from the table's reshapes it (`_reshape`: the rows through
+both shapes' codecs, in the declaring transaction), or is refused when a row does not fit the new shape.
 
 Named locks (`exclusive`, the collection lock "gc" of every node) are session advisory locks, each held on a
 connection of its own opened for the holder (not a pooled one: a pooled connection outlives its user, and so would
@@ -35,6 +39,7 @@ fails at its next transaction, which needs the same server (its claims stay list
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import threading
 import time
@@ -51,12 +56,14 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from .errors import CasError, IncompatibleStore, StoreUnavailable
-from .index import Index, Table, Transaction, WriteTransaction, undeclared
+from .index import Index, Lookup, Table, Transaction, WriteTransaction, table_name, undeclared
 from .table_shape import (
+    Chain,
     KeyField,
     KeyValue,
     TableShape,
     ValueStruct,
+    fits,
     fixed_fields,
     join_key,
     lower_bound,
@@ -85,6 +92,9 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     (1, "the catalog of declared tables",
      'CREATE TABLE {schema}.berth_tables (name text COLLATE "C" PRIMARY KEY, shape jsonb NOT NULL, '
      "created timestamptz NOT NULL DEFAULT now())"),
+    (2, "declared tables are reshaped on open, each reshape logged",
+     'CREATE TABLE {schema}.berth_reshapes (name text COLLATE "C" NOT NULL, old_shape jsonb NOT NULL, '
+     "new_shape jsonb NOT NULL, rows bigint NOT NULL, applied timestamptz NOT NULL DEFAULT now())"),
 )
 
 
@@ -119,6 +129,7 @@ class _Compiled:
     delete: sql.Composed
     count: sql.Composed
     table: sql.Composed
+    description: str  # the shape as berth_tables keeps it
 
     def key_values(self, key: bytes) -> tuple[KeyValue, ...]:
         return (bytes(key),) if self.fields is None else split_key(self.fields, key)
@@ -138,6 +149,11 @@ class _Compiled:
             return ()
         if kind.startswith("text:") or kind.startswith("json:"):
             return (value.decode("utf-8"),)
+        if kind.startswith("int:"):
+            number = int(value)
+            if str(number).encode() != value or not fits(number):
+                raise ValueError(f"table {self.name!r} holds decimal numbers (a bigint), not {value[:40]!r}")
+            return (number,)
         return (bytes(value),)
 
     def value_of(self, row: Sequence[Any]) -> bytes:
@@ -149,10 +165,14 @@ class _Compiled:
         if kind.startswith("text:") or kind.startswith("json:"):
             text: str = row[0]
             return text.encode("utf-8")
+        if kind.startswith("int:"):
+            return str(row[0]).encode()
         return bytes(row[0])
 
 
-_SQL_TYPES = {"text": 'text COLLATE "C"', "bytea": "bytea", "u64": "bigint", "u32": "bigint", "u8": "smallint"}
+_SQL_TYPES = {"text": 'text COLLATE "C"', "bytea": "bytea", "u64": "bigint", "u32": "bigint", "u8": "smallint",
+              "rev64": "bigint"}
+_VALUE_TYPES = {"bytes": "bytea", "json": "jsonb", "text": "text", "int": "bigint"}
 
 
 def _compile(schema: str, shape: TableShape | str) -> tuple[_Compiled, sql.Composed]:
@@ -172,7 +192,7 @@ def _compile(schema: str, shape: TableShape | str) -> tuple[_Compiled, sql.Compo
         value_defs = []
     else:
         kind, _, column = value.partition(":")
-        value_defs = [(column, {"bytes": "bytea", "json": "jsonb", "text": "text"}[kind])]
+        value_defs = [(column, _VALUE_TYPES[kind])]
     keys = tuple(c for c, _ in key_defs)
     values = tuple(c for c, _ in value_defs)
     ident = [sql.Identifier(c) for c in keys]
@@ -194,19 +214,78 @@ def _compile(schema: str, shape: TableShape | str) -> tuple[_Compiled, sql.Compo
         table, sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t))
                                   for c, t in key_defs + value_defs),
         sql.SQL(", ").join(ident))
-    compiled = _Compiled(name, fields, value, keys, values, get, put, delete, count, table)
+    compiled = _Compiled(name, fields, value, keys, values, get, put, delete, count, table, _describe(shape))
     return compiled, create
 
 
 def _describe(shape: TableShape | str) -> str:
-    return '{"fallback":"key bytea, value bytea"}' if isinstance(shape, str) else shape.describe()
+    return FALLBACK if isinstance(shape, str) else shape.describe()
+
+
+FALLBACK = '{"fallback":"key bytea, value bytea"}'
+
+
+def _shape_of(name: str, described: str) -> TableShape | str:
+    """The shape berth_tables describes (TableShape.describe, or the fallback)."""
+    data = json.loads(described)
+    if "fallback" in data:
+        return name
+    value = data["value"]
+    if value.startswith("["):
+        fmt, columns = json.loads(value)
+        return TableShape(name, data["key"], ValueStruct(fmt, tuple((c, t) for c, t in columns)))
+    return TableShape(name, data["key"], value)
+
+
+def _renamed(shape: TableShape | str, name: str) -> TableShape | str:
+    return name if isinstance(shape, str) else TableShape(name, shape.key, shape.value)
+
+
+READ_BEGIN = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+WRITE_BEGIN = "BEGIN ISOLATION LEVEL SERIALIZABLE"
 
 
 class PgTransaction(Transaction):
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "_index", "_begin", "_pipelined")
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, index: PostgresIndex, conn: psycopg.Connection[Any], begin: str,
+                 pipelined: bool = False) -> None:
+        self._index = index
         self._conn = conn
+        # BEGIN is sent with the first statement, in one round trip (psycopg's pipeline mode): a snapshot is taken
+        # at the first statement anyway, and a transaction that runs none costs nothing.
+        self._begin: str | None = begin
+        # A write transaction runs in pipeline mode throughout: a statement whose answer is not needed (a put) goes
+        # with the next one that is (a get, a delete, the COMMIT), and its errors are raised there.
+        self._pipelined = pipelined
+
+    @property
+    def begun(self) -> bool:
+        return self._begin is None
+
+    def _run(self, query: sql.Composed, params: Sequence[Any] = (), fetch: bool = True) -> list[tuple[Any, ...]]:
+        """One statement, one round trip (its BEGIN rides with the first); none for a statement without an answer
+        in a pipelined transaction. Statements in a pipeline are not prepared: psycopg's cache of prepared
+        statements can go wrong when one being prepared fails there ("prepared statement does not exist")."""
+        conn = self._conn
+        if self._pipelined:
+            if self._begin is not None:
+                conn.execute(self._begin, prepare=False)
+                self._begin = None
+            cursor = conn.execute(query, params, prepare=False)
+            if not fetch:
+                return []
+            self._index.count_round_trip()
+            return cursor.fetchall()
+        self._index.count_round_trip()
+        if self._begin is not None:
+            begin, self._begin = self._begin, None
+            with conn.pipeline():
+                conn.execute(begin, prepare=False)
+                cursor = conn.execute(query, params, prepare=False)
+        else:
+            cursor = conn.execute(query, params)
+        return cursor.fetchall() if fetch else []
 
     def get(self, table: Table, key: bytes) -> bytes | None:
         c: _Compiled = table.handle
@@ -214,14 +293,17 @@ class PgTransaction(Transaction):
             params = c.key_values(key)
         except ValueError:
             return None  # a key of another shape is in no row
-        row = self._conn.execute(c.get, params).fetchone()
-        return None if row is None else c.value_of(row)
+        rows = self._run(c.get, params)
+        return c.value_of(rows[0]) if rows else None
 
     def count(self, table: Table) -> int:
         c: _Compiled = table.handle
-        row = self._conn.execute(c.count).fetchone()
-        assert row is not None
-        return int(row[0])
+        return int(self._run(c.count)[0][0])
+
+    def chain(self, lookup: Lookup, start: tuple[KeyValue, ...]) -> tuple[bytes | None, ...]:
+        """One SELECT with a LEFT JOIN per step (_ChainQuery)."""
+        query: _ChainQuery = lookup.handle
+        return query.values(self._run(query.select, query.params(start))[0])
 
     def scan(self, table: Table, prefix: bytes = b"", start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         return self._walk(table, prefix, start, values=True)
@@ -267,7 +349,7 @@ class PgTransaction(Transaction):
             limit = FIRST_BATCH if first else BATCH
             query = base + (sql.SQL(" WHERE ") + sql.SQL(" AND ").join(where) if where else sql.SQL("")) + \
                 sql.SQL(" ORDER BY {} LIMIT {}").format(order, sql.Literal(limit))
-            rows = self._conn.execute(query, query_params).fetchall()
+            rows = self._run(query, query_params)
             nkeys = len(c.key_columns)
             for row in rows:
                 key = c.key_of(row)
@@ -285,13 +367,13 @@ class PgTransaction(Transaction):
 class PgWriteTransaction(PgTransaction, WriteTransaction):
     __slots__ = ("_after_commit",)
 
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
-        super().__init__(conn)
+    def __init__(self, index: PostgresIndex, conn: psycopg.Connection[Any]) -> None:
+        super().__init__(index, conn, WRITE_BEGIN, pipelined=True)
         self._after_commit: list[Callable[[], None]] = []
 
     def put(self, table: Table, key: bytes, value: bytes) -> None:
         c: _Compiled = table.handle
-        self._conn.execute(c.put, (*c.key_values(key), *c.value_params(value)))
+        self._run(c.put, (*c.key_values(key), *c.value_params(value)), fetch=False)
 
     def delete(self, table: Table, key: bytes) -> bool:
         c: _Compiled = table.handle
@@ -299,42 +381,99 @@ class PgWriteTransaction(PgTransaction, WriteTransaction):
             params = c.key_values(key)
         except ValueError:
             return False
-        return self._conn.execute(c.delete, params).fetchone() is not None
+        return bool(self._run(c.delete, params))
 
     def after_commit(self, action: Callable[[], None]) -> None:
         self._after_commit.append(action)
 
+    def end(self, statement: str) -> None:
+        """COMMIT or ROLLBACK, when anything began."""
+        if self.begun:
+            self._index.count_round_trip()
+            self._conn.execute(statement, prepare=False)
+
 
 class _Reading:
-    __slots__ = ("_index", "_conn")
+    __slots__ = ("_index", "_conn", "_txn")
 
     def __init__(self, index: PostgresIndex) -> None:
         self._index = index
 
     def __enter__(self) -> Transaction:
-        index = self._index
-        self._conn = index._connection()
-        try:
-            self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        except BaseException as exc:
-            index._pool.putconn(self._conn)
-            unavailable = index._lost(exc)
-            if unavailable is not None:
-                raise unavailable from exc
-            raise
-        index._reached()
-        return PgTransaction(self._conn)
+        self._conn = self._index._connection()  # BEGIN rides with the first statement (PgTransaction)
+        self._txn = PgTransaction(self._index, self._conn, READ_BEGIN)
+        return self._txn
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: object) -> None:
         try:
-            self._conn.execute("ROLLBACK")  # read only: nothing to commit, and a rollback cannot fail to serialize
+            if self._txn.begun:  # read only: nothing to commit, and a rollback cannot fail to serialize
+                self._index.count_round_trip()
+                self._conn.execute("ROLLBACK", prepare=False)
         except psycopg.Error:
             pass  # a broken connection: the pool discards it
         finally:
             self._index._pool.putconn(self._conn)
-        unavailable = self._index._lost(exc) if exc is not None else None
+        if exc is None:
+            self._index._reached()
+            return
+        unavailable = self._index._lost(exc)
         if unavailable is not None:
             raise unavailable from exc
+
+
+@dataclass(frozen=True, slots=True)
+class _ChainQuery:
+    """A Chain compiled to one SELECT: a LEFT JOIN per step, on key columns equal to a start value (a parameter)
+    or to a column of an earlier step; per step, whether its row was found and its value's columns."""
+
+    select: sql.Composed
+    order: tuple[int, ...]  # the start value of each placeholder, in order
+    steps: tuple[_Compiled, ...]
+
+    def params(self, start: tuple[KeyValue, ...]) -> tuple[KeyValue, ...]:
+        return tuple(start[i] for i in self.order)
+
+    def values(self, row: Sequence[Any]) -> tuple[bytes | None, ...]:
+        found: list[bytes | None] = []
+        pos = 0
+        for c in self.steps:
+            width = len(c.value_columns)
+            found.append(c.value_of(row[pos + 1:pos + 1 + width]) if row[pos] else None)
+            pos += 1 + width
+        return tuple(found)
+
+
+def _compile_chain(chain: Chain, tables: tuple[Table, ...]) -> _ChainQuery:
+    sources: list[sql.Composable | int] = [*range(len(chain.start)), *([0] * (chain.slots - len(chain.start)))]
+    selected: list[sql.Composable] = []
+    joins: list[sql.Composable] = []
+    order: list[int] = []
+    steps: list[_Compiled] = []
+    for j, (table, wanted, outputs) in enumerate(zip(tables, chain.sources, chain.outputs, strict=True)):
+        c: _Compiled = table.handle
+        assert c.fields is not None
+        alias = sql.Identifier(f"s{j}")
+        conditions: list[sql.Composable] = []
+        for field, column, slot in zip(c.fields, c.key_columns, wanted, strict=True):
+            source = sources[slot]
+            left = sql.SQL("{}.{}").format(alias, sql.Identifier(column))
+            if isinstance(source, int):
+                conditions.append(sql.SQL("{} = %s").format(left))
+                order.append(source)
+            else:  # a value column of an earlier step; text in the key's collation, so the key's index serves
+                collate = sql.SQL(' COLLATE "C"' if field.kind == "text" else "")
+                conditions.append(sql.SQL("{} = {}{}").format(left, source, collate))
+        joins.append(sql.SQL(" LEFT JOIN {} AS {} ON {}").format(c.table, alias, sql.SQL(" AND ").join(conditions)))
+        selected.append(sql.SQL("{}.{} IS NOT NULL").format(alias, sql.Identifier(c.key_columns[0])))
+        is_json = isinstance(c.value, str) and c.value.startswith("json:")
+        for column in c.value_columns:
+            ident = sql.SQL("{}.{}").format(alias, sql.Identifier(column))
+            selected.append(sql.SQL("{}::text").format(ident) if is_json else ident)
+        for slot, column in zip(outputs, c.value_columns if outputs else (), strict=True):  # JSON: none
+            sources[slot] = sql.SQL("{}.{}").format(alias, sql.Identifier(column))
+        steps.append(c)
+    select = sql.SQL("SELECT {} FROM (VALUES (1)) AS start (one)").format(sql.SQL(", ").join(selected))
+    return _ChainQuery(select + sql.Composed(joins), tuple(order), tuple(steps))
 
 
 class PostgresIndex(Index):
@@ -354,6 +493,8 @@ class PostgresIndex(Index):
         self._connect_errors = self._pool.get_stats().get("connections_errors", 0)
         self._tables: dict[str, Table] = {}
         self._declaring = threading.Lock()
+        self._counting = threading.Lock()
+        self.round_trips = 0  # statements sent and answered, BEGIN riding with the first (tests, a metric)
         try:
             self._migrate()
             self.declare(tables)
@@ -420,10 +561,54 @@ class PostgresIndex(Index):
                 else:
                     stored = conn.execute("SELECT %s::jsonb::text", (described,)).fetchone()
                     if stored is None or stored[0] != row[0]:
-                        raise IncompatibleStore(
-                            f"table {compiled.name!r} in schema {self.schema!r} has the shape {row[0]}, this Berth "
-                            f"declares {described}: a migration is needed (cas/postgres_index.py)")
+                        self._reshape(conn, _shape_of(compiled.name, row[0]), shape, row[0])
                 self._tables[compiled.name] = Table(compiled.name, compiled)
+
+    def _reshape(self, conn: psycopg.Connection[Any], old: TableShape | str, new: TableShape | str,
+                 old_described: str) -> None:
+        """Rewrite a table declared with another shape (a table of an earlier Berth kept as bytea, a shape that
+        changed), in the declaring transaction: every row goes through the old shape's codec to the bytes LMDB
+        would hold, and through the new one's back to columns. A row the new shape cannot hold refuses the
+        reshape (IncompatibleStore) and leaves the table as it was."""
+        name = table_name(old)
+        before, _ = _compile(self.schema, old)
+        temporary = f"{name}__reshaping"
+        after, create = _compile(self.schema, _renamed(new, temporary))
+        conn.execute(create)
+        columns = sql.SQL(", ").join(sql.Identifier(c) for c in (*after.key_columns, *after.value_columns))
+        selected: list[sql.Composable] = [sql.Identifier(c) for c in before.key_columns]
+        is_json = isinstance(before.value, str) and before.value.startswith("json:")
+        selected += [sql.SQL("{}::text").format(sql.Identifier(c)) if is_json else sql.Identifier(c)
+                     for c in before.value_columns]
+        nkeys = len(before.key_columns)
+        rows = 0
+        copy_in = sql.SQL("COPY {} ({}) FROM STDIN").format(after.table, columns)
+        with conn.cursor(name=f"reshape_{name}") as source:
+            source.execute(sql.SQL("SELECT {} FROM {}").format(sql.SQL(", ").join(selected), before.table))
+            while batch := source.fetchmany(BATCH):  # a batch at a time: the connection does one thing at once
+                converted = []
+                for row in batch:
+                    key, value = before.key_of(row), before.value_of(row[nkeys:])
+                    try:
+                        converted.append((*after.key_values(key), *after.value_params(value)))
+                    except ValueError as exc:
+                        raise IncompatibleStore(
+                            f"table {name!r} in schema {self.schema!r} cannot take the shape {after.description}: "
+                            f"the row {key[:80]!r} does not fit it ({exc}); this Berth cannot open the store"
+                        ) from None
+                with conn.cursor().copy(copy_in) as copy:
+                    for values in converted:
+                        copy.write_row(values)
+                rows += len(converted)
+        conn.execute(sql.SQL("DROP TABLE {}").format(before.table))
+        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(after.table, sql.Identifier(name)))
+        conn.execute(sql.SQL("ALTER INDEX {}.{} RENAME TO {}").format(
+            sql.Identifier(self.schema), sql.Identifier(f"{temporary}_pkey"), sql.Identifier(f"{name}_pkey")))
+        conn.execute(sql.SQL("UPDATE {}.berth_tables SET shape = %s::jsonb WHERE name = %s").format(
+            sql.Identifier(self.schema)), (_describe(new), name))
+        conn.execute(sql.SQL("INSERT INTO {}.berth_reshapes (name, old_shape, new_shape, rows) "
+                             "VALUES (%s, %s::jsonb, %s::jsonb, %s)").format(sql.Identifier(self.schema)),
+                     (name, old_described, _describe(new), rows))
 
     def table(self, name: str) -> Table:
         found = self._tables.get(name)
@@ -464,8 +649,40 @@ class PostgresIndex(Index):
                 self._pool.check()
         return unavailable
 
+    def count_round_trip(self) -> None:
+        with self._counting:
+            self.round_trips += 1
+
     def read(self) -> _Reading:
         return _Reading(self)
+
+    def chain(self, chain: Chain) -> Lookup:
+        tables = tuple(self.table(step.shape.name) for step in chain.steps)
+        for step, table in zip(chain.steps, tables, strict=True):
+            declared: _Compiled = table.handle
+            if declared.fields is None or declared.description != step.shape.describe():
+                raise ValueError(f"chain step {step.shape.name!r}: the table is declared with another shape")
+        return Lookup(chain, tables, _compile_chain(chain, tables))
+
+    def lookup(self, lookup: Lookup, start: tuple[KeyValue, ...]) -> tuple[bytes | None, ...]:
+        """One SELECT on a connection outside any transaction (a statement is its own snapshot): one round
+        trip, no BEGIN, no ROLLBACK."""
+        query: _ChainQuery = lookup.handle
+        pool = self._pool
+        conn = self._connection()
+        try:
+            self.count_round_trip()
+            row = conn.execute(query.select, query.params(start)).fetchone()
+        except BaseException as exc:
+            unavailable = self._lost(exc)
+            if unavailable is not None:
+                raise unavailable from exc
+            raise
+        finally:
+            pool.putconn(conn)
+        self._reached()
+        assert row is not None
+        return query.values(row)
 
     @contextmanager
     def write(self) -> Iterator[WriteTransaction]:
@@ -473,15 +690,15 @@ class PostgresIndex(Index):
         pool = self._pool
         conn = self._connection()
         try:
-            txn = PgWriteTransaction(conn)
+            txn = PgWriteTransaction(self, conn)
             try:
-                conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+                with conn.pipeline():
+                    yield txn
+                    txn.end("COMMIT")  # sent with the puts before it as the pipeline ends: one round trip
                 self._reached()
-                yield txn
-                conn.execute("COMMIT")
             except BaseException as exc:
                 with contextlib.suppress(psycopg.Error):  # a broken connection: the pool discards it
-                    conn.execute("ROLLBACK")
+                    txn.end("ROLLBACK")
                 if isinstance(exc, _RETRYABLE):
                     raise IndexConflict(str(exc).strip()) from exc
                 unavailable = self._lost(exc)

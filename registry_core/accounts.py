@@ -103,10 +103,12 @@ class Accounts:
         if name == PUBLIC:
             raise AccountError(f"{PUBLIC!r} cannot be a user name: in grants it stands for everyone")
         user = User(name, certified, admin, self._store.clock())
-        with self._store.index.write() as txn:
+
+        def work(txn: WriteTransaction) -> None:
             if txn.get(self._users, name.encode()) is not None:
                 raise AccountError(f"user {name} already exists")
             txn.put(self._users, name.encode(), json.dumps(asdict(user)).encode())
+        self._store.index.transact(work)
         return user
 
     def user(self, name: str, txn: Transaction | None = None) -> User | None:
@@ -122,7 +124,7 @@ class Accounts:
 
     def update_user(self, name: str, certified: bool | None = None, admin: bool | None = None,
                     disabled: bool | None = None) -> User:
-        with self._store.index.write() as txn:
+        def work(txn: WriteTransaction) -> User:
             raw = txn.get(self._users, name.encode())
             if raw is None:
                 raise AccountError(f"no user {name}")
@@ -131,15 +133,15 @@ class Accounts:
                            admin=user.admin if admin is None else admin,
                            disabled=user.disabled if disabled is None else disabled)
             txn.put(self._users, name.encode(), json.dumps(asdict(user)).encode())
-        return user
+            return user
+        return self._store.index.transact(work)
 
     def remove_user(self, name: str, txn: WriteTransaction | None = None) -> int:
         """Delete the account and its token records: its tokens stop working at once (a token whose record or
         user is gone stands for no one). Returns how many token records went. Grants and project ownership are
         projects.py's (Projects.remove_user removes an account together with its grants)."""
         if txn is None:
-            with self._store.index.write() as own:
-                return self.remove_user(name, own)
+            return self._store.index.transact(lambda own: self.remove_user(name, own))
         if not txn.delete(self._users, name.encode()):
             raise AccountError(f"no user {name}")
         txn.delete(self._passwords, name.encode())
@@ -157,15 +159,16 @@ class Accounts:
         if not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
             raise AccountError(f"a password must be {PASSWORD_MIN} to {PASSWORD_MAX} characters long")
         hashed = _HASHER.hash(password)
-        with self._store.index.write() as txn:
+
+        def work(txn: WriteTransaction) -> None:
             if txn.get(self._users, name.encode()) is None:
                 raise AccountError(f"no user {name}")
             txn.put(self._passwords, name.encode(), hashed.encode())
+        self._store.index.transact(work)
 
     def clear_password(self, name: str) -> bool:
         """Remove the account's password (it signs in with tokens only). False if it had none."""
-        with self._store.index.write() as txn:
-            return txn.delete(self._passwords, name.encode())
+        return self._store.index.transact(lambda txn: txn.delete(self._passwords, name.encode()))
 
     def has_password(self, name: str) -> bool:
         with self._store.index.read() as txn:
@@ -213,12 +216,14 @@ class Accounts:
         token_id = secrets.token_hex(8)
         secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
         now = self._store.clock()
-        record = PersonalToken(token_id, user, tuple(sorted(set(scopes))), label[:200], now,
+        label = label.replace("\0", "")[:200]  # no NUL: JSON in PostgreSQL (jsonb) cannot hold one
+        record = PersonalToken(token_id, user, tuple(sorted(set(scopes))), label, now,
                                now + expires_in if expires_in else None, False,
                                hashlib.sha256(secret.encode()).hexdigest())
-        with self._store.index.write() as txn:
+        def work(txn: WriteTransaction) -> None:
             txn.put(self._pats, token_id.encode(), json.dumps(asdict(record)).encode())
             txn.put(self._by_user, f"{user}\0{token_id}".encode(), b"")
+        self._store.index.transact(work)
         return record, f"berth_{token_id}_{secret}"
 
     def tokens(self, user: str) -> list[PersonalToken]:
@@ -232,13 +237,14 @@ class Accounts:
         return _token(raw) if raw is not None else None
 
     def revoke(self, token_id: str) -> PersonalToken:
-        with self._store.index.write() as txn:
+        def work(txn: WriteTransaction) -> PersonalToken:
             raw = txn.get(self._pats, token_id.encode())
             if raw is None:
                 raise AccountError(f"no token {token_id}")
             record = replace(_token(raw), revoked=True)
             txn.put(self._pats, token_id.encode(), json.dumps(asdict(record)).encode())
-        return record
+            return record
+        return self._store.index.transact(work)
 
     def authenticate(self, presented: str) -> Identity | None:
         """The identity a PAT stands for, or None (unknown, wrong, revoked, expired, or its user is gone)."""
@@ -300,9 +306,10 @@ class Accounts:
         before = self.last_used(token_id)
         if before is not None and now - before < USED_EVERY:
             return
-        with self._store.index.write() as txn:
+        def work(txn: WriteTransaction) -> None:
             if txn.get(self._pats, token_id.encode()) is not None:  # not revived for a token removed meanwhile
                 txn.put(self._used, token_id.encode(), b"%.3f" % now)
+        self._store.index.transact(work)
 
 
 def _token(raw: bytes | None) -> PersonalToken:

@@ -84,4 +84,6 @@ class LoginThrottle:
 
 
 def _key(source: str) -> bytes:
-    return source.encode()[:SOURCE_MAX]
+    """At most SOURCE_MAX bytes, cut between characters and without NUL: the key is text (a column in PostgreSQL),
+    and a bucket may hold a name someone typed (signins.py: `password:<name>`)."""
+    return source.replace("\0", "\ufffd").encode()[:SOURCE_MAX].decode("utf-8", "ignore").encode()

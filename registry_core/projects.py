@@ -102,9 +102,11 @@ class Projects:
                             data={"repository": repo, "project": project, **data}, time=self._store.clock())
 
     def create(self, name: str, owner: str) -> Project:
-        if not name or len(name) > 200:
-            raise ProjectError("a project name must be 1..200 characters")
-        with self._store.index.write() as txn:
+        if not name or len(name) > 200 or "\0" in name:
+            raise ProjectError("a project name must be 1..200 characters, none of them NUL")
+        created = self._store.clock()
+
+        def work(txn: WriteTransaction) -> Project:
             if self._accounts.user(owner, txn) is None:
                 raise ProjectError(f"no user {owner}: a project's owner is an existing account")
             for other in self._all(txn):
@@ -113,10 +115,11 @@ class Projects:
             last = txn.get(self._counters, b"project")
             number = int(last) + 1 if last is not None else FIRST_PROJECT + 1
             txn.put(self._counters, b"project", str(number).encode())
-            project = Project(f"syn{number}", name, owner, self._store.clock())
+            project = Project(f"syn{number}", name, owner, created)
             txn.put(self._projects, project.id.encode(), json.dumps(
                 {"name": name, "owner": owner, "created": project.created}).encode())
-        return project
+            return project
+        return self._store.index.transact(work)
 
     def check_target(self, text: str) -> str:
         """`syn123` or `syn123/repo`, validated (InvalidName, ProjectError), in a project that exists."""
@@ -144,7 +147,8 @@ class Projects:
         if level not in LEVELS:
             raise ProjectError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
         self._require_project(target)
-        with self._store.index.write() as txn:
+
+        def work(txn: WriteTransaction) -> None:
             if principal != PUBLIC and (not principal or "\0" in principal
                                         or self._accounts.user(principal, txn) is None):
                 raise ProjectError(f"no user {principal[:64]}: a grant goes to an existing user or to {PUBLIC!r}")
@@ -155,10 +159,12 @@ class Projects:
                 self._event(txn, ev.GRANT_CHANGED, target, actor, {
                     "target": target, "principal": principal, "level": level,
                     "previousLevel": previous.decode() if previous is not None else None})
+        self._store.index.transact(work)
 
     def revoke(self, target: str, principal: str, *, actor: str | None = None) -> bool:
         target = _target(target)
-        with self._store.index.write() as txn:
+
+        def work(txn: WriteTransaction) -> bool:
             key = f"{target}\0{principal}".encode()
             previous = txn.get(self._grants, key)
             if previous is None:
@@ -167,6 +173,7 @@ class Projects:
             self._event(txn, ev.GRANT_CHANGED, target, actor, {
                 "target": target, "principal": principal, "level": None, "previousLevel": previous.decode()})
             return True
+        return self._store.index.transact(work)
 
     def grants(self, target: str, txn: Transaction | None = None) -> dict[str, str]:
         if txn is None:
@@ -211,7 +218,8 @@ class Projects:
         """Put an existing project, or a repository that was pushed to, in the trash. False if it already was."""
         target = _target(target)
         self._require_project(target)
-        with self._store.index.write() as txn:
+
+        def work(txn: WriteTransaction) -> bool:
             # A repository nothing was ever pushed to has nothing to hide: refusing catches a mistyped name.
             if "/" in target and txn.get(self._repos, target.encode()) is None:
                 raise ProjectError(f"no repository {target}: nothing was ever pushed there")
@@ -219,17 +227,20 @@ class Projects:
                 return False
             txn.put(self._trashed, target.encode(), json.dumps({"time": self._store.clock()}).encode())
             self._event(txn, ev.REPOSITORY_TRASHED if "/" in target else ev.PROJECT_TRASHED, target, actor, {})
-        return True
+            return True
+        return self._store.index.transact(work)
 
     def restore(self, target: str, *, actor: str | None = None) -> bool:
         """Take a project or repository out of the trash. False if it was not in it."""
         target = _target(target)
         self._require_project(target)
-        with self._store.index.write() as txn:
+
+        def work(txn: WriteTransaction) -> bool:
             if not txn.delete(self._trashed, target.encode()):
                 return False
             self._event(txn, ev.REPOSITORY_RESTORED if "/" in target else ev.PROJECT_RESTORED, target, actor, {})
             return True
+        return self._store.index.transact(work)
 
     def is_trashed(self, repo: str, txn: Transaction | None = None) -> bool:
         """Whether the repository or its project is in the trash (cheap: two gets)."""
@@ -250,7 +261,8 @@ class Projects:
         """After a purge: the target's grants and trash mark (and the project itself) go. A project's purge is
         its own event (org.berth.project.purged); a repository's was written by Registry.purge_repository."""
         target = _target(target)
-        with self._store.index.write() as txn:
+
+        def work(txn: WriteTransaction) -> None:
             for key, _ in list(txn.scan(self._grants, prefix=f"{target}\0".encode())):
                 txn.delete(self._grants, key)
             if "/" not in target:
@@ -261,11 +273,12 @@ class Projects:
                 if txn.delete(self._projects, target.encode()):
                     self._event(txn, ev.PROJECT_PURGED, target, actor, {})
             txn.delete(self._trashed, target.encode())
+        self._store.index.transact(work)
 
     def remove_user(self, name: str) -> tuple[int, int]:
         """Remove an account, its token records and its grants, in one transaction; refused while it owns a project
         (a project keeps its owner until it is purged). Returns (token records, grants) removed."""
-        with self._store.index.write() as txn:
+        def work(txn: WriteTransaction) -> tuple[int, int]:
             owned = [p.id for p in self._all(txn) if p.owner == name]
             if owned:
                 raise ProjectError(f"{name} owns {', '.join(owned)}: a project keeps its owner; trash and purge it "
@@ -275,7 +288,8 @@ class Projects:
             tokens = self._accounts.remove_user(name, txn)  # AccountError for an unknown name
             for key in grants:
                 txn.delete(self._grants, key)
-        return tokens, len(grants)
+            return tokens, len(grants)
+        return self._store.index.transact(work)
 
     def _require_project(self, target: str) -> None:
         if self.get(target.split("/", 1)[0]) is None:

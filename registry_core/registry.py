@@ -47,7 +47,16 @@ from .manifests import DEFAULT_MAX_MANIFEST, InvalidManifest, Manifest, accepts,
 from .names import InvalidReference, RepositoryName, parse_reference
 from .projects import NotInTrash, ProjectError, Projects
 from .referrers import ReferrerIndex
-from .schema import TABLES, ManifestRecord, declare, holder, holder_prefix, key
+from .schema import (
+    MANIFEST_BY_DIGEST,
+    MANIFEST_BY_TAG,
+    TABLES,
+    ManifestRecord,
+    declare,
+    holder,
+    holder_prefix,
+    key,
+)
 from .tags import TagIndex
 from .tokens import LEEWAY
 
@@ -113,6 +122,8 @@ class Registry:
                              tables["tag_times"])
         self.referrers = ReferrerIndex(tables["referrers"])
         self.outbox = Outbox(store)  # events.py: its tables, and every change's event in the change's transaction
+        self._by_tag = store.index.chain(MANIFEST_BY_TAG)
+        self._by_digest = store.index.chain(MANIFEST_BY_DIGEST)
 
     @classmethod
     def open(cls, root: str | os.PathLike[str], config: RegistryConfig | None = None) -> Registry:
@@ -329,9 +340,10 @@ class Registry:
             entries = list(txn.keys(self._t.uploading, prefix=prefix))
         gone = [k for k in entries if not self.store.uploads.exists(k[len(prefix):].decode())]
         if gone:
-            with self.store.index.write() as txn:
+            def drop(txn: WriteTransaction) -> None:  # deletes only: the same on a replay
                 for k in gone:
                     txn.delete(self._t.uploading, k)
+            self.store.index.transact(drop)
         return len(entries) - len(gone)
 
     def _end_upload(self, txn: WriteTransaction, actor: str | None, session_id: str) -> None:
@@ -459,6 +471,38 @@ class Registry:
         Manifests are kept inline in the index; a digest that names a blob file (a manifest pushed as a blob, or a
         layer) is read only when `read_files` (callers on an event loop pass False and get ManifestInFile, to ask
         again from a thread), and only up to the manifest size limit: a layer's digest never reads the layer."""
+        # The usual answer in one lookup (one query on PostgreSQL): the tag's digest, the manifest's record, its
+        # bytes. Anything else (no such tag or manifest, bytes in a blob file, a child manifest known only by a
+        # reference) is read again in one snapshot.
+        size = 0
+        if isinstance(ref, str):
+            target, raw, body = self.store.index.lookup(self._by_tag, (repo.text, ref))
+            digest = Digest.parse(target.decode("ascii")) if target is not None else None
+        else:
+            digest = ref
+            raw, body = self.store.index.lookup(self._by_digest, (repo.text, ref.key.decode("ascii")))
+        if digest is None or raw is None or body is None:
+            digest, raw, body, size = self._find_manifest(repo, ref)
+        if body is None:
+            body = self._manifest_file(repo, digest, size, read_files)
+        if raw is not None:
+            media_type = ManifestRecord.unpack(raw).media_type
+        else:
+            try:
+                media_type = parse(body, None).media_type
+            except InvalidManifest:
+                raise ManifestUnknown(f"{digest} in repository {repo} is a blob, not a manifest") from None
+        if accept and not accepts(accept, media_type):
+            raise NotAcceptable(f"manifest {digest} is {media_type}, which the Accept header does not include")
+        if pull and self.config.pull_events:
+            self._record_pull(repo, ref, digest, media_type, len(body), actor)
+        return StoredManifest(digest, media_type, body)
+
+    def _find_manifest(self, repo: RepositoryName, ref: str | Digest) -> tuple[Digest, bytes | None, bytes | None,
+                                                                               int]:
+        """(digest, record, inline bytes, size) of the manifest `ref` names, in one snapshot; ManifestUnknown or
+        NameUnknown when there is none."""
+        size = 0
         with self.store.index.read() as txn:
             if isinstance(ref, str):
                 digest = self.tags.get(txn, repo.text, ref)
@@ -477,20 +521,7 @@ class Registry:
                     size = self.store.info(txn, digest).size
                 except BlobUnknown:
                     raise ManifestUnknown(f"manifest {digest} is not in repository {repo}") from None
-        if body is None:
-            body = self._manifest_file(repo, digest, size, read_files)
-        if raw is not None:
-            media_type = ManifestRecord.unpack(raw).media_type
-        else:
-            try:
-                media_type = parse(body, None).media_type
-            except InvalidManifest:
-                raise ManifestUnknown(f"{digest} in repository {repo} is a blob, not a manifest") from None
-        if accept and not accepts(accept, media_type):
-            raise NotAcceptable(f"manifest {digest} is {media_type}, which the Accept header does not include")
-        if pull and self.config.pull_events:
-            self._record_pull(repo, ref, digest, media_type, len(body), actor)
-        return StoredManifest(digest, media_type, body)
+        return digest, raw, body, size
 
     def _record_pull(self, repo: RepositoryName, ref: str | Digest, digest: Digest, media_type: str, size: int,
                      actor: str | None) -> None:

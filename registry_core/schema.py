@@ -27,6 +27,7 @@ the module that owns it:
     signing_keys                                          keys.py: the token signing key (`token-es256` -> PEM) and
                                                           other secrets (`portal-session`: the cookie key)
     sessions                                              sessions.py: the portal's sign-in sessions
+Every table has a TableShape below (`TABLE_SHAPES`): on PostgreSQL, columns an operator reads with psql.
 `declare(index)` declares them all in the store's index (cas refuses to open a table nobody declared); every class
 that opens one calls it first.
 (`repo` is the full repository name, `digest` its canonical string, all UTF-8/ASCII.)
@@ -47,6 +48,8 @@ from functools import lru_cache
 from typing import Any
 
 from cas import Digest, Index, TableShape, WriteTransaction
+from cas.layout import TABLE_SHAPES as CAS_SHAPES
+from cas.table_shape import Chain, Step
 
 from .errors import IncompatibleRegistry
 
@@ -63,10 +66,9 @@ META_TABLE = "registry_meta"  # b"format" -> the registry's format version (docs
 DECLARED = frozenset((*TABLES, *EVENT_TABLES, *WEBHOOK_TABLES, *ACCOUNT_TABLES, *PROJECT_TABLES, LOGIN_TABLE,
                       KEY_TABLE, SESSION_TABLE, META_TABLE))
 
-# The shapes of some tables' keys and values (cas/table_shape.py), for an index that keeps fields in columns
-# (PostgreSQL: `SELECT tag, digest FROM tags WHERE repo = 'lib/app'` in psql). The other declared tables are declared
-# by name only (one bytea key, one bytea value there): tag_times because its u64 (2^64-1 - µs) does not fit a
-# bigint, the rest for now.
+# The shape of every table's keys and values (cas/table_shape.py), for an index that keeps fields in columns
+# (PostgreSQL: `SELECT tag, digest FROM tags WHERE repo = 'lib/app'` in psql; docs/FORMAT.md). A store written
+# before a table had its shape (bytea key and value) is reshaped when it is opened (cas/postgres_index.py).
 TABLE_SHAPES = (
     TableShape("repos", "repo:text", "json:record"),
     TableShape("links", "repo:text \\0 digest:text", ""),
@@ -77,11 +79,36 @@ TABLE_SHAPES = (
     TableShape("referrers", "repo:text \\0 subject:text \\0 digest:text", "json:descriptor"),
     TableShape("uploading", "actor:text \\0 session:text", ""),
     TableShape("tag_pushes", "repo:text \\0 tag:text", "json:push"),
+    # minus_us = -µs of the tag's latest move: the key's 2^64-1 - µs, which sorts newest first, as a bigint
+    TableShape("tag_times", "repo:text \\0 minus_us:rev64 \\0 tag:text", ""),
+    TableShape("events", "seq:u64", "json:event"),
+    TableShape("event_counters", "name:text", "int:last"),
+    TableShape("webhooks", "name:text", "json:endpoint"),
+    TableShape("webhook_state", "name:text", "json:state"),
+    TableShape("webhook_leases", "name:text", "json:lease"),
+    TableShape("webhook_dead", "name:text \\0 seq:u64", "json:letter"),
+    TableShape("users", "name:text", "json:account"),
     TableShape("passwords", "name:text", "text:hash"),
+    TableShape("pats", "token:text", "json:record"),
+    TableShape("pats_by_user", "user:text \\0 token:text", ""),
     TableShape("pats_used", "token:text", "text:used_at"),
+    TableShape("projects", "id:text", "json:project"),
+    TableShape("grants", "target:text \\0 principal:text", "text:level"),
+    TableShape("trashed", "target:text", "json:mark"),
+    TableShape("counters", "name:text", "int:last"),
+    TableShape(LOGIN_TABLE, "source:text", "json:failures"),
+    # bytea: the token key is PEM text, but the portal's cookie key is 32 random bytes (no text)
+    TableShape(KEY_TABLE, "name:text", "bytes:secret"),
+    TableShape(SESSION_TABLE, "session_sha256:text", "json:session"),
     TableShape(META_TABLE, "name:text", "text:version"),
 )
-SHAPED = frozenset(shape.name for shape in TABLE_SHAPES)
+SHAPES = {shape.name: shape for shape in TABLE_SHAPES}
+
+# A manifest GET's lookups (Registry.get_manifest): by tag, the tag's digest, the manifest's record and its bytes
+# (cas's `inline`); by digest, the last two. One query on PostgreSQL, a get per step on LMDB (cas/table_shape.py).
+_INLINE = next(shape for shape in CAS_SHAPES if shape.name == "inline")
+MANIFEST_BY_TAG = Chain(("repo", "tag"), (Step(SHAPES["tags"]), Step(SHAPES["manifests"]), Step(_INLINE)))
+MANIFEST_BY_DIGEST = Chain(("repo", "digest"), (Step(SHAPES["manifests"]), Step(_INLINE)))
 
 # The registry's tables have a format version of their own, beside cas's (cas/layout.py): docs/FORMAT.md lists both
 # and their changes. 1: every store before the version was written down (no `registry_meta` entry). 2: the signing
@@ -94,7 +121,8 @@ _checked: weakref.WeakSet[Index] = weakref.WeakSet()
 def declare(index: Index) -> None:
     """Declare every table of the registry in the store's index and check the registry's format version (once per
     index; idempotent; at start-up). Raises IncompatibleRegistry for a store written by another version."""
-    index.declare((*TABLE_SHAPES, *sorted(DECLARED - SHAPED)))
+    # Every table has a shape; one without would be declared by its name (bytea key and value on PostgreSQL).
+    index.declare((*TABLE_SHAPES, *sorted(DECLARED - {shape.name for shape in TABLE_SHAPES})))
     if index in _checked:
         return
     meta = index.table(META_TABLE)

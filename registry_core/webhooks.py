@@ -138,6 +138,8 @@ def _dead_key(name: str, seq: int) -> bytes:
 
 def check_url(url: str) -> str:
     parts = urlsplit(url)
+    if "\0" in url:
+        raise WebhookError("a webhook URL cannot contain NUL")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookError(f"a webhook URL is http:// or https:// with a host, not {url[:100]!r}")
     if parts.username is not None or parts.password is not None:
@@ -167,8 +169,10 @@ class Webhooks:
             raise WebhookError(f"format is {' or '.join(FORMATS)}, not {format!r}")
         if batch and format != CLOUDEVENTS:
             raise WebhookError("--batch is for the cloudevents format (compat envelopes carry several events anyway)")
-        if authorization is not None and (not authorization.strip() or any(c in authorization for c in "\r\n")):
+        if authorization is not None and (not authorization.strip() or any(c in authorization for c in "\r\n\0")):
             raise WebhookError("an Authorization value is one non-empty line")
+        if secret is not None and "\0" in secret:
+            raise WebhookError("a secret cannot contain NUL")
         endpoint = Endpoint(name, check_url(url), authorization, secret or None, tuple(dict.fromkeys(events)),
                             format, self._store.clock(), batch)
         # Read before the write: an event committed in between is simply the endpoint's first (or not); no loss.
@@ -348,7 +352,7 @@ class Webhooks:
                draw: float) -> DeliveryState | None:
         """A try of `event` failed with `error`: schedule the next try (backoff with jitter, `draw` in [0, 1)), or,
         at the policy's limit, dead-letter it and move on. The new state; None when the lease was lost."""
-        error = error[:500]
+        error = error.replace("\0", "")[:500]  # no NUL: JSON in PostgreSQL (jsonb) cannot hold one
 
         def work(txn: WriteTransaction) -> DeliveryState | None:
             state = self.state(name, txn)

@@ -53,8 +53,8 @@ class Readiness:
             return "signing-key-missing"
         try:
             meta = store.tables.meta
-            with store.index.write() as txn:
-                txn.put(meta, b"health", str(int(time.time())).encode())
+            stamp = str(int(time.time())).encode()
+            store.index.transact(lambda txn: txn.put(meta, b"health", stamp))
         except Exception as exc:
             log.warning("readiness: the index refuses a write: %s", exc)
             return "store-read-only" if "read-only" in str(exc).lower() or "permission" in str(exc).lower() else (

@@ -4,8 +4,11 @@ columns an operator reads with psql, replayed writes under real conflicts, versi
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -22,8 +25,9 @@ from hypothesis import strategies as st
 from cas import IncompatibleStore, StoreUnavailable
 from cas.index import Index, WriteTransaction
 from cas.layout import TABLE_SHAPES, BlobRecord
+from cas.memory_index import MemoryIndex
 from cas.postgres_index import MIGRATIONS, PostgresIndex
-from cas.table_shape import TableShape
+from cas.table_shape import Chain, Step, TableShape, ValueStruct
 from tests.cas import test_index as shared
 from tests.engines import Engines
 from tests.serving import ROOT
@@ -108,6 +112,7 @@ SHAPES = (
     TableShape("pairs", "a:text \\0 b:text", ""),
     TableShape("queue", "at:u64 d:text", "json:record"),
     TableShape("history", "r:text \\0 t:text \\0 at:u64 \\0 seq:u32", "bytes:data"),
+    TableShape("times", "r:text \\0 minus:rev64 \\0 t:text", "int:n"),
 )
 # Few characters, among them a multi-byte one, NUL's neighbour \x01 and the largest code point, so that shared
 # stems, prefixes cut inside a character and order across byte lengths come up.
@@ -118,6 +123,8 @@ _keys = {
     "queue": st.tuples(_u64, _text).map(lambda p: p[0].to_bytes(8, "big") + p[1].encode()),
     "history": st.tuples(_text, _text, _u64, st.sampled_from([0, 1, 2**32 - 1])).map(
         lambda p: f"{p[0]}\0{p[1]}\0".encode() + p[2].to_bytes(8, "big") + b"\0" + p[3].to_bytes(4, "big")),
+    "times": st.tuples(_text, _u64 | st.just(2**63 - 1), _text).map(
+        lambda p: f"{p[0]}\0".encode() + (2**64 - 1 - p[1]).to_bytes(8, "big") + f"\0{p[2]}".encode()),
 }
 
 
@@ -133,7 +140,7 @@ def _cut(key: bytes, at: int) -> bytes:
 
 
 @settings(max_examples=60, deadline=None)
-@given(data=st.data(), name=st.sampled_from(["pairs", "queue", "history"]))
+@given(data=st.data(), name=st.sampled_from(["pairs", "queue", "history", "times"]))
 def test_shaped_scans_follow_byte_order(shaped: PostgresIndex, data: st.DataObject, name: str) -> None:
     """For any keys, a prefix and a start cut anywhere (inside a field, inside a character, on a NUL), scan gives
     exactly the keys LMDB would, in byte order."""
@@ -143,7 +150,7 @@ def test_shaped_scans_follow_byte_order(shaped: PostgresIndex, data: st.DataObje
     prefix = probe[:data.draw(st.integers(0, len(probe)), label="prefix cut")]
     start = data.draw(st.none() | _keys[name].flatmap(lambda k: st.integers(0, len(k)).map(lambda i: k[:i])),
                       label="start")
-    value = b'{"x": 1}' if name == "queue" else (b"" if name == "pairs" else b"\x00\xffdata")
+    value = {"queue": b'{"x": 1}', "pairs": b"", "times": b"-42"}.get(name, b"\x00\xffdata")
 
     def fill(txn: WriteTransaction) -> None:
         for key in list(txn.keys(table)):
@@ -160,6 +167,76 @@ def test_shaped_scans_follow_byte_order(shaped: PostgresIndex, data: st.DataObje
         assert txn.count(table) == len(keys)
         for key in keys:
             assert txn.get(table, key) == value
+
+
+CHAIN_SHAPES = (
+    TableShape("ctags", "repo:text \\0 tag:text", "text:digest"),
+    TableShape("crecords", "repo:text \\0 digest:text", "json:record"),
+    TableShape("cbytes", "digest:text", "bytes:data"),
+    TableShape("cblobs", "digest:text", ValueStruct("<BQ", (("state", "smallint"), ("size", "bigint")))),
+    TableShape("csizes", "n:u64", "text:what"),
+)
+CHAIN = Chain(("repo", "tag"), (Step(CHAIN_SHAPES[0]), Step(CHAIN_SHAPES[1]), Step(CHAIN_SHAPES[2]),
+                                Step(CHAIN_SHAPES[3]), Step(CHAIN_SHAPES[4], using=(("n", "size"),))))
+
+
+@pytest.fixture(scope="module")
+def chained(database: str) -> Iterator[PostgresIndex]:
+    index = PostgresIndex(database, schema="chained" + uuid.uuid4().hex[:6], tables=CHAIN_SHAPES)
+    yield index
+    index.close()
+
+
+_names = st.sampled_from(["a", "b", "é"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from(range(5)), _names, _names), max_size=12),
+       start=st.tuples(_names, _names))
+def test_a_chain_is_one_query_that_answers_as_its_gets_do(chained: PostgresIndex, rows: list[tuple[int, str, str]],
+                                                          start: tuple[str, str]) -> None:
+    """Any rows present or absent along the way: the one SELECT (LEFT JOINs, keys from earlier steps' values:
+    text, struct members) gives each step's value as the get-by-get default does in memory."""
+    memory = MemoryIndex()
+    memory.declare(CHAIN_SHAPES)
+
+    def put(index: Index) -> None:
+        def work(txn: WriteTransaction) -> None:
+            for table in CHAIN_SHAPES:
+                for key in list(txn.keys(index.table(table.name))):
+                    txn.delete(index.table(table.name), key)
+            for which, x, y in rows:
+                table = index.table(CHAIN_SHAPES[which].name)
+                if which == 0:
+                    txn.put(table, f"{x}\0{y}".encode(), f"d{x}".encode())
+                elif which == 1:
+                    txn.put(table, f"{x}\0d{y}".encode(), b'{"x": 1}')
+                elif which == 2:
+                    txn.put(table, f"d{x}".encode(), b"\0" + y.encode())
+                elif which == 3:
+                    txn.put(table, f"d{x}".encode(), struct.pack("<BQ", 1, len(y.encode())))
+                else:
+                    txn.put(table, len(x.encode()).to_bytes(8, "big"), y.encode())
+        index.transact(work)
+    put(memory)
+    put(chained)
+    expected = memory.lookup(memory.chain(CHAIN), start)
+    before = chained.round_trips
+    assert _as_json(chained.lookup(chained.chain(CHAIN), start)) == _as_json(expected)
+    assert chained.round_trips - before == 1
+    with chained.read() as txn:
+        assert _as_json(txn.chain(chained.chain(CHAIN), start)) == _as_json(expected)
+
+
+def test_a_chain_names_only_what_comes_before_each_step() -> None:
+    with pytest.raises(ValueError, match="nothing before it gives tag"):
+        Chain(("repo",), (Step(CHAIN_SHAPES[0]),))
+    with pytest.raises(ValueError, match="nothing before it gives record"):  # JSON is no key material
+        Chain(("repo", "digest"), (Step(CHAIN_SHAPES[1]), Step(TableShape("x", "record:text"))))
+
+
+def _as_json(found: tuple[bytes | None, ...]) -> list[object]:
+    return [json.loads(v) if i == 1 and v is not None else v for i, v in enumerate(found)]
 
 
 def test_long_scans_page_through_batches(shaped: PostgresIndex) -> None:
@@ -235,15 +312,31 @@ def test_conflicting_writes_are_replayed_until_serial(database: str) -> None:
         index.close()
 
 
-def test_migrations_are_recorded_and_a_newer_or_changed_schema_is_refused(database: str) -> None:
+def test_migrations_are_recorded_a_changed_shape_is_reshaped_and_a_newer_schema_is_refused(database: str) -> None:
+    """A table declared with another shape than it has is rewritten through both shapes' codecs (and the reshape
+    logged); one whose rows the new shape cannot hold is refused and left as it was; a newer schema is refused."""
     schema = "m" + uuid.uuid4().hex[:8]
-    PostgresIndex(database, schema=schema, tables=(TableShape("x", "k:text", "text:v"),)).close()
-    PostgresIndex(database, schema=schema, tables=(TableShape("x", "k:text", "text:v"),)).close()  # idempotent
+    with contextlib.closing(PostgresIndex(database, schema=schema, tables=("x",))) as index:  # bytea, as before
+        table = index.table("x")
+        index.transact(lambda txn: [txn.put(table, f"k{i}".encode(), b"%d" % (i * 7)) for i in range(2500)])
+    PostgresIndex(database, schema=schema, tables=("x",)).close()  # idempotent
     with psycopg.connect(database) as conn:
         versions = conn.execute(f"SELECT version FROM {schema}.berth_schema ORDER BY version").fetchall()
         assert [v for (v,) in versions] == [m[0] for m in MIGRATIONS]
-    with pytest.raises(IncompatibleStore, match="a migration is needed"):
-        PostgresIndex(database, schema=schema, tables=(TableShape("x", "k:text", "bytes:v"),))
+    with contextlib.closing(PostgresIndex(database, schema=schema, tables=(TableShape("x", "k:text", "int:v"),))
+                            ) as index, index.read() as txn:
+        assert txn.get(index.table("x"), b"k3") == b"21"
+        assert sum(1 for _ in txn.scan(index.table("x"))) == 2500
+    with psycopg.connect(database) as conn:
+        assert conn.execute(f"SELECT v FROM {schema}.x WHERE k = 'k4'").fetchone() == (28,)
+        assert conn.execute(f"SELECT name, old_shape->>'fallback', rows FROM {schema}.berth_reshapes"
+                            ).fetchall() == [("x", "key bytea, value bytea", 2500)]
+    with contextlib.closing(PostgresIndex(database, schema=schema, tables=("y",))) as index:
+        index.transact(lambda txn: txn.put(index.table("y"), b"\xff\x00", b"v"))
+    with pytest.raises(IncompatibleStore, match="cannot take the shape"):
+        PostgresIndex(database, schema=schema, tables=(TableShape("y", "k:text", "text:v"),))
+    with contextlib.closing(PostgresIndex(database, schema=schema, tables=("y",))) as index, index.read() as txn:
+        assert txn.get(index.table("y"), b"\xff\x00") == b"v"  # left as it was
     with psycopg.connect(database) as conn:
         conn.execute(f"INSERT INTO {schema}.berth_schema (version, description) VALUES (999, 'future')")
     with pytest.raises(IncompatibleStore, match="newer Berth"):
