@@ -102,6 +102,7 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
 # otherwise): while PostgreSQL is down, a request is answered 503 within about this, not after the full wait. The
 # pool keeps reconnecting in the background meanwhile; the first transaction that begins ends the fast failing.
 FAIL_FAST = 1.0
+OPEN_TIMEOUT = 10  # seconds for the first connection of an index being opened (libpq's connect_timeout)
 
 
 def _unavailable(exc: BaseException) -> StoreUnavailable | None:
@@ -484,6 +485,13 @@ class PostgresIndex(Index):
                  timeout: float = 10.0, tables: Iterable[TableShape | str] = ()) -> None:
         self.schema = schema
         self._conninfo = conninfo
+        # One connection first, on its own: a server that is down, a database that does not exist or a refused
+        # login is StoreUnavailable with PostgreSQL's own reason at once (a `berth` command says it in one line),
+        # where the pool's opening would retry for its 30 s and end in a PoolTimeout that names no reason.
+        try:
+            psycopg.connect(conninfo, connect_timeout=OPEN_TIMEOUT).close()
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"the PostgreSQL server cannot be reached: {' '.join(str(exc).split())}") from exc
         # timeout: how long a request waits for a connection before it is answered 503 (StoreUnavailable).
         self._pool = ConnectionPool(conninfo, min_size=min_size, max_size=max_size, open=False, timeout=timeout,
                                     kwargs={"autocommit": True}, name=f"berth-{schema}")

@@ -27,8 +27,9 @@ from cas.layout import FORM_RAW
 from registry_core.accounts import Accounts
 from registry_core.registry import Registry
 from tests.conftest import PLACES, new_place
+from tests.engines import Engines
 from tests.registry_core.values import name_of
-from tests.serving import ROOT, Place, start_server
+from tests.serving import ROOT, Place, free_port, start_server
 
 Run = subprocess.CompletedProcess[str]
 
@@ -326,3 +327,18 @@ def test_store_flags_read_back_as_the_store_without_its_password(data: str, pass
     flags = store_flags(StoreSettings(data=data, metadata=metadata, blobs=blobs))
     assert shlex.split(flags) == ["--metadata", "postgresql://berth:***@127.0.0.1:5432/db?schema=berth",
                                   "--blobs", blobs]  # whatever the password, `***` in its place
+
+
+def test_a_distributed_store_named_wrong_is_refused_in_one_line(engines: Engines, tmp_path: Path) -> None:
+    """The distributed equivalent of a mistyped --data: one line saying what is wrong, at once (not after the
+    connection pool's 30 s of retries), nothing created."""
+    blobs = f"s3://{engines.s3.create_bucket()}?endpoint={engines.s3.endpoint}"
+    fails(berth("user", "list", "--metadata", engines.postgres.create_database(), cwd=tmp_path),
+          "store.metadata (--metadata) and store.blobs (--blobs) go together")
+    nobody = f"postgresql://berth@127.0.0.1:{free_port()}/berth"  # no server there
+    for url, says in [(engines.postgres.url("t_no_such_database"), 'database "t_no_such_database" does not exist'),
+                           (nobody, "the PostgreSQL server cannot be reached: ")]:
+        started = time.monotonic()
+        fails(berth("user", "list", "--metadata", url, "--blobs", blobs, cwd=tmp_path), says)
+        assert time.monotonic() - started < 10
+    assert list(tmp_path.iterdir()) == []
