@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+import psycopg
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cas import Digest
+from cas import BlobStore, Digest
 from cas.layout import FORM_RAW
 from registry_core.accounts import Accounts
 from registry_core.registry import Registry
@@ -331,7 +332,8 @@ def test_store_flags_read_back_as_the_store_without_its_password(data: str, pass
 
 def test_a_distributed_store_named_wrong_is_refused_in_one_line(engines: Engines, tmp_path: Path) -> None:
     """The distributed equivalent of a mistyped --data: one line saying what is wrong, at once (not after the
-    connection pool's 30 s of retries), nothing created."""
+    connection pool's 30 s of retries), nothing created; a schema no Berth made is refused, not created empty
+    (only `serve` and `move-up` create a store)."""
     blobs = f"s3://{engines.s3.create_bucket()}?endpoint={engines.s3.endpoint}"
     fails(berth("user", "list", "--metadata", engines.postgres.create_database(), cwd=tmp_path),
           "store.metadata (--metadata) and store.blobs (--blobs) go together")
@@ -341,4 +343,12 @@ def test_a_distributed_store_named_wrong_is_refused_in_one_line(engines: Engines
         started = time.monotonic()
         fails(berth("user", "list", "--metadata", url, "--blobs", blobs, cwd=tmp_path), says)
         assert time.monotonic() - started < 10
+    database = engines.postgres.create_database()
+    BlobStore.distributed(f"{database}?schema=berth", blobs).close()  # a store, as `berth serve` makes one
+    fails(berth("user", "list", "--metadata", f"{database}?schema=bertj", "--blobs", blobs, cwd=tmp_path),
+          "no Berth store in the PostgreSQL schema 'bertj' of the database")  # a typo: no empty registry read
+    with psycopg.connect(database) as conn:
+        assert conn.execute("SELECT 1 FROM information_schema.schemata WHERE schema_name = 'bertj'").fetchone() is None
+    assert "0 user(s)" in ok(berth("user", "list", "--metadata", f"{database}?schema=berth", "--blobs", blobs,
+                                   cwd=tmp_path)).stderr
     assert list(tmp_path.iterdir()) == []
