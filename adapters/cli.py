@@ -37,7 +37,7 @@ from adapters.settings import (
     render,
     workers,
 )
-from cas import BlobStore, CasError, Digest, Usage, check
+from cas import BlobStore, CasError, Digest, StoreMissing, Usage, check
 from cas.gc import utc
 from cas.transfer import TransferReport
 from registry_core.accounts import Accounts, PersonalToken, User
@@ -133,13 +133,18 @@ def existing_data(path: str) -> str:
     return full
 
 
-def _store(args: argparse.Namespace) -> BlobStore:
-    """The data directory's store, with the settings' grace, lease and upload lifetime (a `gc` pass uses its grace)."""
+def _store(args: argparse.Namespace, create: bool = False) -> BlobStore:
+    """The data directory's store, with the settings' grace, lease and upload lifetime (a `gc` pass uses its grace).
+    A distributed store must exist already unless `create` (move-up): as with --data, only `serve` (and move-up)
+    create one, so a mistyped schema name never reads as an empty registry."""
     settings: Settings = args.settings
     try:
-        return settings.store.open_store()  # the data directory's, or the distributed store --metadata/--blobs name
+        return settings.store.open_store(create)  # the data directory's, or the distributed one --metadata/--blobs name
     except SettingsError as exc:
         raise Failure(str(exc)) from None
+    except StoreMissing as exc:
+        raise Failure(f"{exc}: check --metadata (or $BERTH_METADATA); only `berth serve` and `berth move-up` create "
+                      "a store") from None
 
 
 def _registry(args: argparse.Namespace) -> Registry:
@@ -573,7 +578,7 @@ def cmd_move_up(args: argparse.Namespace) -> int:
             last[0] = time.monotonic()
             _say(f"... {report.blobs} blob(s), {_mib(report.blob_bytes)} so far")
 
-    with BlobStore.on_disk(data) as source, _store(args) as target:
+    with BlobStore.on_disk(data) as source, _store(args, create=True) as target:
         report = relocate(source, target, progress)
     copied = counts(report)
     if args.json:

@@ -18,7 +18,7 @@ from functools import partial
 
 import anyio.to_thread
 
-from cas import BlobStore, CompactionReport, GcReport
+from cas import BlobStore, CompactionReport, GcReport, StoreUnavailable
 from registry_core.registry import Registry
 
 log = logging.getLogger("berth.maintenance")
@@ -28,6 +28,16 @@ UPLOAD_REAP_INTERVAL = 15 * 60.0  # seconds between passes over idle upload sess
 # store upgraded from format 2, a burst of text pushes) is worked off over several passes instead of keeping the
 # collector waiting; at ~250 MiB/s of text (cas/frames.py) a pass compacts ~15 GiB.
 COMPACTION_BUDGET = 60.0
+
+
+def _failed(what: str, exc: Exception) -> None:
+    """A pass that failed, logged from its `except` block: one line naming the engine's message while PostgreSQL
+    or the object store is down (StoreUnavailable: every pass fails the same way until it is back, and a traceback
+    each time would say nothing more), the whole traceback for anything else (a bug must stay loud)."""
+    if isinstance(exc, StoreUnavailable):
+        log.warning("%s failed, retried next pass: %s", what, exc)
+    else:
+        log.exception("%s failed", what)
 
 
 def collect_once(store: BlobStore) -> GcReport | None:
@@ -53,13 +63,13 @@ async def collect_garbage(registry: Registry, interval: float) -> None:
         await asyncio.sleep(interval)
         try:
             report = await anyio.to_thread.run_sync(collect_once, registry.store)
-        except Exception:  # a failed pass is retried next time; it must never stop the server
-            log.exception("collection pass failed")
+        except Exception as exc:  # a failed pass is retried next time; it must never stop the server
+            _failed("collection pass", exc)
             continue
         try:  # compressible blobs kept compressed at rest (issue 18), after the collector freed what it could
             compacted = await anyio.to_thread.run_sync(compact_once, registry.store)
-        except Exception:  # as above: retried next time
-            log.exception("compaction pass failed")
+        except Exception as exc:  # as above: retried next time
+            _failed("compaction pass", exc)
             compacted = None
         if compacted is not None and compacted.compressed:
             log.info("compacted %d blob(s), %d bytes saved; %d wait for the next pass", len(compacted.compressed),
@@ -73,18 +83,18 @@ async def collect_garbage(registry: Registry, interval: float) -> None:
             log.info("collected %d blob(s), %d bytes", len(report.collected), report.bytes_freed)
 
 
-async def reap_uploads(registry: Registry) -> None:
+async def reap_uploads(registry: Registry, interval: float = UPLOAD_REAP_INTERVAL) -> None:
     """Expire idle upload sessions while serving (not only in `berth gc`): an abandoned session's partial file
-    goes once it has been idle for the store's upload TTL. Every worker runs this; sessions are locked one by one,
-    so passes in two processes skip each other's work."""
+    goes once it has been idle for the store's upload TTL; a pass every `interval` seconds. Every worker runs
+    this; sessions are locked one by one, so passes in two processes skip each other's work."""
     from .http.metrics import GC_PASSES, UPLOADS_FAILED, count_safely
 
     while True:
-        await asyncio.sleep(UPLOAD_REAP_INTERVAL)
+        await asyncio.sleep(interval)
         try:
             removed = await anyio.to_thread.run_sync(registry.store.uploads.expire)
-        except Exception:  # a failed pass is retried next time; it must never stop the server
-            log.exception("reaping idle upload sessions failed")
+        except Exception as exc:  # a failed pass is retried next time; it must never stop the server
+            _failed("reaping idle upload sessions", exc)
             continue
         count_safely(GC_PASSES.labels("uploads").inc)
         if removed:  # idle sessions (and partial files left without one)

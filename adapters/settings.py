@@ -80,9 +80,10 @@ class StoreSettings:
     def store_config(self) -> StoreConfig:
         return StoreConfig(grace=self.grace, lease=self.lease, upload_ttl=self.upload_ttl)
 
-    def open_store(self) -> BlobStore:
+    def open_store(self, create: bool = True) -> BlobStore:
         """The store these settings name: the distributed one when `metadata` and `blobs` are set, else the
-        embedded one in `data`."""
+        embedded one in `data`. `create` False: a distributed store must exist already (StoreMissing; the CLI
+        checks the embedded store's data directory itself)."""
         if bool(self.metadata) != bool(self.blobs):
             raise SettingsError("store.metadata (--metadata) and store.blobs (--blobs) go together: the distributed "
                                 "store needs both, the embedded one neither")
@@ -91,7 +92,7 @@ class StoreSettings:
                                 "store: it needs the distributed store (--metadata and --blobs s3://…); the "
                                 "embedded store serves its files itself")
         if self.metadata:
-            return BlobStore.distributed(self.metadata, self.blobs, config=self.store_config())
+            return BlobStore.distributed(self.metadata, self.blobs, config=self.store_config(), create=create)
         return BlobStore.on_disk(self.data, config=self.store_config())
 
 

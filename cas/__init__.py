@@ -21,6 +21,7 @@ from .errors import (
     InvalidHolder,
     OffsetMismatch,
     SizeMismatch,
+    StoreMissing,
     StoreUnavailable,
     UndeclaredTable,
     UnsupportedDigest,
@@ -44,7 +45,8 @@ __all__ = [
     "CompactionReport",
     "Digest", "DigestMismatch", "FsckReport", "GcReport", "IncompatibleStore", "Index", "IndexFull", "InvalidDigest",
     "InvalidHolder", "InvalidRange", "LmdbIndex", "LocalBlobs", "MemoryBlobs", "MemoryIndex", "OffsetMismatch",
-    "Retention", "SizeMismatch", "Staged", "StoreConfig", "StoreUnavailable", "Table", "TableShape", "Transaction",
+    "Retention", "SizeMismatch", "Staged", "StoreConfig", "StoreMissing", "StoreUnavailable", "Table", "TableShape",
+    "Transaction",
     "UndeclaredTable", "UnsupportedDigest", "UploadBusy", "UploadStatus", "UploadUnknown", "Usage", "ValueStruct",
     "WriteTransaction", "check", "new_hasher",
 ]

@@ -111,6 +111,11 @@ class StagingGone(CasError):
     BlobBytes.direct) whose object a collector took between the publish's move and its commit (cas/gc.py)."""
 
 
+class StoreMissing(CasError):
+    """No store where one was to be opened, not created (a PostgreSQL schema no Berth ever migrated): a mistyped
+    name must not read as an empty registry."""
+
+
 class StoreUnavailable(CasError):
     """An engine of the store (the PostgreSQL server, the object store) cannot be reached right now. The operation
     may or may not have taken effect (a lost COMMIT answer); retrying it is safe for cas's own operations. Adapters

@@ -55,7 +55,7 @@ from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from .errors import CasError, IncompatibleStore, StoreUnavailable
+from .errors import CasError, IncompatibleStore, StoreMissing, StoreUnavailable
 from .index import Index, Lookup, Table, Transaction, WriteTransaction, table_name, undeclared
 from .table_shape import (
     Chain,
@@ -102,6 +102,7 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
 # otherwise): while PostgreSQL is down, a request is answered 503 within about this, not after the full wait. The
 # pool keeps reconnecting in the background meanwhile; the first transaction that begins ends the fast failing.
 FAIL_FAST = 1.0
+OPEN_TIMEOUT = 10  # seconds for the first connection of an index being opened (libpq's connect_timeout)
 
 
 def _unavailable(exc: BaseException) -> StoreUnavailable | None:
@@ -481,9 +482,16 @@ class PostgresIndex(Index):
     PG* environment variables and ~/.pgpass apply)."""
 
     def __init__(self, conninfo: str, *, schema: str = DEFAULT_SCHEMA, min_size: int = 1, max_size: int = 16,
-                 timeout: float = 10.0, tables: Iterable[TableShape | str] = ()) -> None:
+                 timeout: float = 10.0, tables: Iterable[TableShape | str] = (), create: bool = True) -> None:
         self.schema = schema
         self._conninfo = conninfo
+        # One connection first, on its own: a server that is down, a database that does not exist or a refused
+        # login is StoreUnavailable with PostgreSQL's own reason at once (a `berth` command says it in one line),
+        # where the pool's opening would retry for its 30 s and end in a PoolTimeout that names no reason.
+        try:
+            psycopg.connect(conninfo, connect_timeout=OPEN_TIMEOUT).close()
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"the PostgreSQL server cannot be reached: {' '.join(str(exc).split())}") from exc
         # timeout: how long a request waits for a connection before it is answered 503 (StoreUnavailable).
         self._pool = ConnectionPool(conninfo, min_size=min_size, max_size=max_size, open=False, timeout=timeout,
                                     kwargs={"autocommit": True}, name=f"berth-{schema}")
@@ -496,7 +504,7 @@ class PostgresIndex(Index):
         self._counting = threading.Lock()
         self.round_trips = 0  # statements sent and answered, BEGIN riding with the first (tests, a metric)
         try:
-            self._migrate()
+            self._migrate(create)
             self.declare(tables)
         except BaseException:
             self._pool.close()
@@ -521,9 +529,16 @@ class PostgresIndex(Index):
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (0x62657274 << 32 | zlib.crc32(self.schema.encode()),))
             yield conn
 
-    def _migrate(self) -> None:
+    def _migrate(self, create: bool = True) -> None:
+        """Create the schema and its bookkeeping tables, or bring them up to date. `create` False: StoreMissing
+        unless Berth created them before (a command on an existing store, where a mistyped schema name must not
+        read as an empty registry)."""
         schema = sql.Identifier(self.schema)
         with self._ddl() as conn:
+            if not create and conn.execute("SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND "
+                                           "table_name = 'berth_schema'", (self.schema,)).fetchone() is None:
+                raise StoreMissing(f"no Berth store in the PostgreSQL schema {self.schema!r} of the database "
+                                   f"{conn.info.dbname!r}")
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
             conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {}.berth_schema (version integer PRIMARY KEY, "
                                  "description text NOT NULL, applied timestamptz NOT NULL DEFAULT now())")

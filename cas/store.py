@@ -118,7 +118,7 @@ class BlobStore:
 
     @classmethod
     def distributed(cls, metadata_url: str, blobs_url: str, *, config: StoreConfig | None = None,
-                    clock: Clock = time.time) -> BlobStore:
+                    clock: Clock = time.time, create: bool = True) -> BlobStore:
         """The distributed store: the index in PostgreSQL (`postgresql://…[?schema=name]`, cas/postgres_index.py),
         the bytes in an S3 bucket (`s3://bucket[/prefix][?endpoint=…&region=…]`, cas/s3_blobs.py); credentials
         from the environment the usual libpq and S3 ways. Any number of processes may open the same pair."""
@@ -126,7 +126,7 @@ class BlobStore:
         from .s3_blobs import S3Blobs
 
         blobs = S3Blobs.from_url(blobs_url)
-        index = PostgresIndex.from_url(metadata_url)
+        index = PostgresIndex.from_url(metadata_url, create=create)  # create False: StoreMissing if there is none
         try:
             return cls(index, blobs, config, clock)
         except BaseException:

@@ -14,18 +14,23 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+import psycopg
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from cas import BlobStore, Digest
+from cas.layout import FORM_RAW
 from registry_core.accounts import Accounts
 from registry_core.registry import Registry
+from tests.conftest import PLACES, new_place
+from tests.engines import Engines
 from tests.registry_core.values import name_of
-from tests.serving import ROOT, start_server
+from tests.serving import ROOT, Place, free_port, start_server
 
 Run = subprocess.CompletedProcess[str]
 
@@ -49,15 +54,35 @@ def ok(result: Run) -> Run:
     return result
 
 
+@dataclass(frozen=True)
+class Home:
+    """The caller's working directory, and the store its commands name (`place.flags()`): a data directory in it
+    (as `berth serve` would create), or a PostgreSQL schema and an S3 prefix of its own."""
+    cwd: Path
+    place: Place
+
+    def run(self, *args: str) -> Run:
+        return berth(*args, *self.place.flags(), cwd=self.cwd)
+
+
+@pytest.fixture(params=PLACES)
+def home(request: pytest.FixtureRequest) -> Home:
+    """A store made as `berth serve` makes it, once per store (test ids `[embedded]`, `[distributed]`): every
+    command on a store says the same on both."""
+    place = new_place(request.param, request)
+    place.open_registry().close()
+    return Home(place.directory.parent, place)
+
+
 @pytest.fixture
-def home(tmp_path: Path) -> Path:
-    """The caller's working directory, with a data directory `data` in it (as `berth serve` would create)."""
+def data_home(tmp_path: Path) -> Path:
+    """For the tests about files: a working directory with a data directory `data` in it."""
     Registry.open(tmp_path / "data").close()
     return tmp_path
 
 
-def admin(home: Path, *args: str) -> Run:
-    return ok(berth(*args, "--data", "data", cwd=home))
+def admin(home: Home, *args: str) -> Run:
+    return ok(home.run(*args))
 
 
 def test_version_is_the_installed_one(tmp_path: Path) -> None:
@@ -91,7 +116,7 @@ def test_a_directory_that_is_no_data_directory_is_refused(tmp_path: Path) -> Non
     assert list((tmp_path / "plain").iterdir()) == []
 
 
-def test_failures_say_why_in_one_line(home: Path) -> None:
+def test_failures_say_why_in_one_line(home: Home) -> None:
     admin(home, "user", "add", "ann", "--certified")
     project = admin(home, "project", "create", "p", "--owner", "ann").stdout.strip()
     for args, says in [
@@ -120,10 +145,10 @@ def test_failures_say_why_in_one_line(home: Path) -> None:
         (["purge", f"{project}/never-pushed"], f"no repository {project}/never-pushed"),
         (["gc", "--explain", "nope"], "malformed digest 'nope'"),
     ]:
-        fails(berth(*args, "--data", "data", cwd=home), says)
+        fails(home.run(*args), says)
 
 
-def test_users_and_tokens(home: Path) -> None:
+def test_users_and_tokens(home: Home) -> None:
     run = admin(home, "user", "add", "ann")
     assert run.stdout == "" and "added user ann (not certified, not an admin)" in run.stderr
     assert "ann is certified" in admin(home, "user", "certify", "ann").stderr
@@ -146,24 +171,24 @@ def test_users_and_tokens(home: Path) -> None:
     assert "\trevoked\t" in admin(home, "token", "list", "ann").stdout
 
     secret = admin(home, "token", "create", "ann").stdout.strip()
-    with Registry.open(home / "data") as registry:
+    with home.place.open_registry() as registry:
         assert Accounts(registry.store).authenticate(secret) is not None
     run = admin(home, "user", "remove", "ann")
     assert "removed user ann: 2 token(s) deleted" in run.stderr
-    with Registry.open(home / "data") as registry:
+    with home.place.open_registry() as registry:
         accounts = Accounts(registry.store)
         assert accounts.authenticate(secret) is None and accounts.tokens("ann") == []
     assert admin(home, "user", "list").stdout == ""
 
 
-def test_projects_grants_and_the_trash(home: Path) -> None:
+def test_projects_grants_and_the_trash(home: Home) -> None:
     for name in ("ann", "bob"):
         admin(home, "user", "add", name)
     run = admin(home, "project", "create", "demo", "--owner", "ann")
     project = run.stdout.strip()
     assert re.fullmatch(r"syn\d+", project) and f"created project demo ({project}) owned by ann" in run.stderr
     repo = f"{project}/app"
-    with Registry.open(home / "data") as registry:
+    with home.place.open_registry() as registry:
         registry.ingest_blob(name_of(repo), b"{}", Digest.of(b"{}"))  # a push made the repository
 
     assert "bob has edit on" in admin(home, "grant", project, "bob", "edit").stderr
@@ -192,8 +217,8 @@ def test_projects_grants_and_the_trash(home: Path) -> None:
     admin(home, "user", "remove", "ann")  # no project left to own
 
 
-def test_gc_says_what_waits_and_until_when(home: Path) -> None:
-    with BlobStore.on_disk(home / "data") as store:
+def test_gc_says_what_waits_and_until_when(home: Home) -> None:
+    with home.place.open_store() as store:
         digest = store.ingest(b"unreferenced").digest
     run = admin(home, "gc", "--dry-run")
     assert run.stdout == ""
@@ -205,18 +230,33 @@ def test_gc_says_what_waits_and_until_when(home: Path) -> None:
     assert "deleted 0 blob(s)" in admin(home, "gc").stderr
 
 
-def test_selfcheck_works_in_a_temporary_directory(home: Path) -> None:
+def test_fsck_says_no_damage_then_names_the_missing_blob(home: Home) -> None:
+    """Clean, then with a blob's bytes gone from where the store keeps them (its file, or its object in the
+    bucket), dropped through the store's own keeper of bytes: exit 1, the digest named."""
+    data = b"fsck me, " * 100
+    with home.place.open_store() as store:
+        digest = store.ingest(data).digest
+    run = admin(home, "fsck")
+    assert run.stdout == f"checked 1 blob files ({len(data)} bytes re-hashed)\nno damage\n", run.stdout
+    with home.place.open_store() as store:
+        store.blobs.drop_form(digest, FORM_RAW)
+    run = home.run("fsck")
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    assert f"missing: {digest}" in run.stdout and run.stdout.endswith("damage found\n"), run.stdout
+
+
+def test_selfcheck_works_in_a_temporary_directory(data_home: Path) -> None:
     def snapshot() -> list[tuple[str, int, int]]:
-        return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in (home / "data").rglob("*"))
+        return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in (data_home / "data").rglob("*"))
 
     before = snapshot()
-    scratch = home / "scratch"
+    scratch = data_home / "scratch"
     scratch.mkdir()
-    run = ok(berth("selfcheck", "--mib", "1", "--dir", "scratch", cwd=home, env={"BERTH_DATA": "data"}))
+    run = ok(berth("selfcheck", "--mib", "1", "--dir", "scratch", cwd=data_home, env={"BERTH_DATA": "data"}))
     assert "read back     identical" in run.stdout and "no damage" in run.stdout
     assert f"selfcheck in {scratch}" in run.stderr
     assert snapshot() == before and list(scratch.iterdir()) == []
-    fails(berth("selfcheck", "--mib", "1", "--dir", "nowhere", cwd=home), "no directory")
+    fails(berth("selfcheck", "--mib", "1", "--dir", "nowhere", cwd=data_home), "no directory")
 
 
 @pytest.fixture
@@ -242,7 +282,7 @@ def test_serve_says_where_and_refuses_a_busy_port(running: tuple[str, Path], tmp
     assert time.monotonic() - started < 10 and not (tmp_path / "other").exists()
 
 
-def test_scripts_berth_keeps_the_callers_working_directory(home: Path, tmp_path_factory: pytest.TempPathFactory
+def test_scripts_berth_keeps_the_callers_working_directory(data_home: Path, tmp_path_factory: pytest.TempPathFactory
                                                             ) -> None:
     """The real scripts/berth and bootstrap.sh, in a copy of the checkout whose .venv is a stand-in running this
     worktree's code (a pip install here would change the shared venv): a relative --data is the caller's."""
@@ -262,12 +302,12 @@ def test_scripts_berth_keeps_the_callers_working_directory(home: Path, tmp_path_
     env = {k: v for k, v in os.environ.items() if k != "BERTH_DATA"} | {"PYTHONPATH": str(ROOT)}
 
     def script(*args: str) -> Run:
-        return subprocess.run([str(checkout / "scripts" / "berth"), *args], cwd=home, env=env, capture_output=True,
-                              text=True, timeout=30)
+        return subprocess.run([str(checkout / "scripts" / "berth"), *args], cwd=data_home, env=env,
+                              capture_output=True, text=True, timeout=30)
 
     ok(script("user", "add", "ann", "--data", "./data"))
     assert ok(script("user", "list", "--data", "data")).stdout.startswith("ann\t")
-    fails(script("user", "list", "--data", "./missing"), f"no data directory {home / 'missing'}")
+    fails(script("user", "list", "--data", "./missing"), f"no data directory {data_home / 'missing'}")
     assert not (checkout / "data").exists() and not (checkout / "missing").exists()
 
 
@@ -288,3 +328,27 @@ def test_store_flags_read_back_as_the_store_without_its_password(data: str, pass
     flags = store_flags(StoreSettings(data=data, metadata=metadata, blobs=blobs))
     assert shlex.split(flags) == ["--metadata", "postgresql://berth:***@127.0.0.1:5432/db?schema=berth",
                                   "--blobs", blobs]  # whatever the password, `***` in its place
+
+
+def test_a_distributed_store_named_wrong_is_refused_in_one_line(engines: Engines, tmp_path: Path) -> None:
+    """The distributed equivalent of a mistyped --data: one line saying what is wrong, at once (not after the
+    connection pool's 30 s of retries), nothing created; a schema no Berth made is refused, not created empty
+    (only `serve` and `move-up` create a store)."""
+    blobs = f"s3://{engines.s3.create_bucket()}?endpoint={engines.s3.endpoint}"
+    fails(berth("user", "list", "--metadata", engines.postgres.create_database(), cwd=tmp_path),
+          "store.metadata (--metadata) and store.blobs (--blobs) go together")
+    nobody = f"postgresql://berth@127.0.0.1:{free_port()}/berth"  # no server there
+    for url, says in [(engines.postgres.url("t_no_such_database"), 'database "t_no_such_database" does not exist'),
+                           (nobody, "the PostgreSQL server cannot be reached: ")]:
+        started = time.monotonic()
+        fails(berth("user", "list", "--metadata", url, "--blobs", blobs, cwd=tmp_path), says)
+        assert time.monotonic() - started < 10
+    database = engines.postgres.create_database()
+    BlobStore.distributed(f"{database}?schema=berth", blobs).close()  # a store, as `berth serve` makes one
+    fails(berth("user", "list", "--metadata", f"{database}?schema=bertj", "--blobs", blobs, cwd=tmp_path),
+          "no Berth store in the PostgreSQL schema 'bertj' of the database")  # a typo: no empty registry read
+    with psycopg.connect(database) as conn:
+        assert conn.execute("SELECT 1 FROM information_schema.schemata WHERE schema_name = 'bertj'").fetchone() is None
+    assert "0 user(s)" in ok(berth("user", "list", "--metadata", f"{database}?schema=berth", "--blobs", blobs,
+                                   cwd=tmp_path)).stderr
+    assert list(tmp_path.iterdir()) == []
