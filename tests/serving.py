@@ -87,6 +87,14 @@ class Place:
         return Registry(self.open_store())
 
 
+def shared_store(engines: Engines, s3_options: str = "") -> tuple[str, ...]:
+    """The flags naming a fresh PostgreSQL schema (`registry`) and a fresh bucket prefix, for the nodes of a
+    multi-node test to share; `s3_options` is appended to the blobs URL's query (e.g. "&read_timeout=3")."""
+    metadata = engines.postgres.create_database() + "?schema=registry"
+    blobs = f"s3://{engines.s3.create_bucket()}/{uuid.uuid4().hex[:8]}?endpoint={engines.s3.endpoint}{s3_options}"
+    return ("--metadata", metadata, "--blobs", blobs)
+
+
 @dataclass
 class Server:
     process: subprocess.Popen[bytes]

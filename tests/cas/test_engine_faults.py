@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from cas import StoreUnavailable
 from cas.postgres_index import FAIL_FAST, PostgresIndex
 from cas.s3_blobs import _unavailable
+from tests.cas.test_postgres_index import write_once_back
 from tests.engines import Engines
 
 
@@ -59,14 +60,7 @@ def test_requests_fail_fast_while_postgresql_is_down_even_those_already_waiting(
                 assert time.monotonic() - started < FAIL_FAST + 1.5
         finally:
             engines.postgres.resume()
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                index.transact(lambda txn: txn.put(table, b"k", b"after"))
-                break
-            except StoreUnavailable:
-                assert time.monotonic() < deadline, "the index did not recover within 30 s"
-                time.sleep(0.2)
+        write_once_back(index, table)
         assert not index.unreachable
         with index.read() as txn:
             assert txn.get(table, b"k") == b"after"

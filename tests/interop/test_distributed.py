@@ -11,7 +11,6 @@ import random
 import subprocess
 import sys
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,15 +21,13 @@ from tests.engines import Engines
 from tests.interop.conftest import Run
 from tests.interop.images import write_layout
 from tests.interop.test_skopeo import layout_ref, same_blobs
-from tests.serving import ROOT, Server, start_server
+from tests.serving import ROOT, Server, shared_store, start_server
 
 
 @pytest.fixture(scope="module")
 def shared(engines: Engines) -> tuple[str, ...]:
     """The flags naming one PostgreSQL schema and one bucket prefix."""
-    metadata = engines.postgres.create_database() + "?schema=registry"
-    blobs = f"s3://{engines.s3.create_bucket()}/{uuid.uuid4().hex[:8]}?endpoint={engines.s3.endpoint}"
-    return ("--metadata", metadata, "--blobs", blobs)
+    return shared_store(engines)
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,7 @@ import pytest
 from cas.s3_blobs import ATTEMPTS as S3_ATTEMPTS
 from cas.s3_blobs import CONNECT_TIMEOUT as S3_CONNECT_TIMEOUT
 from tests.engines import Engines
-from tests.serving import ROOT, Server, sha, start_server
+from tests.serving import ROOT, Server, sha, shared_store, start_server
 
 WARM_UP = 1.5  # seconds of load before the engine goes down
 DOWN = 6.0  # seconds the engine stays down while requests go on
@@ -337,10 +337,7 @@ def check_store(server: Server, ledger: Ledger) -> None:
 
 @pytest.fixture(scope="module")
 def shared(engines: Engines) -> tuple[str, ...]:
-    metadata = engines.postgres.create_database() + "?schema=registry"
-    blobs = (f"s3://{engines.s3.create_bucket()}/{uuid.uuid4().hex[:8]}?endpoint={engines.s3.endpoint}"
-             f"&read_timeout={S3_READ_TIMEOUT}")
-    return ("--metadata", metadata, "--blobs", blobs)
+    return shared_store(engines, f"&read_timeout={S3_READ_TIMEOUT}")
 
 
 @pytest.fixture(scope="module")

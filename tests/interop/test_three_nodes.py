@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from tests.engines import Engines
 from tests.interop.conftest import Run
 from tests.interop.images import Layout, write_layout
 from tests.interop.test_skopeo import layout_ref, same_blobs
-from tests.serving import ROOT, Server, sha, start_server
+from tests.serving import ROOT, Server, sha, shared_store, start_server
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 PUSHING = 20.0  # seconds of pushes beside the collector (issue 17: a bounded time)
@@ -57,9 +56,7 @@ def environment(**values: str) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def shared(engines: Engines) -> tuple[str, ...]:
     """The flags naming one PostgreSQL schema and one bucket prefix, shared by every node of the module."""
-    metadata = engines.postgres.create_database() + "?schema=registry"
-    blobs = f"s3://{engines.s3.create_bucket()}/{uuid.uuid4().hex[:8]}?endpoint={engines.s3.endpoint}"
-    return ("--metadata", metadata, "--blobs", blobs)
+    return shared_store(engines)
 
 
 @pytest.fixture(scope="module")
