@@ -108,13 +108,8 @@ class BlobStore:
         from .lmdb_index import LmdbIndex
         from .local_blobs import LocalBlobs
 
-        blobs = LocalBlobs(path)
         index = LmdbIndex(Path(path) / "index", map_size=map_size, locks=Path(path))  # DATA/gc.lock
-        try:
-            return cls(index, blobs, config, clock)
-        except BaseException:
-            index.close()
-            raise
+        return cls._over(index, LocalBlobs(path), config, clock)
 
     @classmethod
     def distributed(cls, metadata_url: str, blobs_url: str, *, config: StoreConfig | None = None,
@@ -127,6 +122,12 @@ class BlobStore:
 
         blobs = S3Blobs.from_url(blobs_url)
         index = PostgresIndex.from_url(metadata_url, create=create)  # create False: StoreMissing if there is none
+        return cls._over(index, blobs, config, clock)
+
+    @classmethod
+    def _over(cls, index: Index, blobs: BlobBytes, config: StoreConfig | None, clock: Clock) -> BlobStore:
+        """The store over an index just opened for it, which is closed again if the store refuses to open (an
+        incompatible format): nothing is left holding a connection or the LMDB environment."""
         try:
             return cls(index, blobs, config, clock)
         except BaseException:

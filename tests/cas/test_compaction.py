@@ -93,25 +93,31 @@ def ranges(draw: st.DrawFn, size: int) -> list[tuple[int, int]]:
        size=st.sampled_from(SIZES) | st.integers(0, 3 * F), seed=st.integers(0, 1000))
 def test_any_range_is_the_original_before_and_after_compaction(kind: str, data: st.DataObject, what: str,
                                                                size: int, seed: int) -> None:
-    original = content(what, seed, size)
     with opened(kind) as store:
-        digest = store.ingest(original).digest
-        chosen = data.draw(ranges(size))
-        assert_serves(store, digest, original, chosen)
-        report = store.compaction.run()
-        assert report.assessed == 1 and not report.damaged
-        info = store.stat(digest)
-        if what == "text" and size >= 8 << 10:
-            assert info.form == FORM_FRAMES_V1 and store.local_path(info) is None
-        if what == "random":
-            assert info.form == FORM_RAW
-        assert_serves(store, digest, original, chosen)
-        usage = store.compaction.usage()
-        assert usage.original_bytes == size and usage.pending == 0
-        assert (usage.stored_bytes < size) == (info.form == FORM_FRAMES_V1)
-        fsck = check(store)
-        assert not fsck.damaged and fsck.superseded == 0, fsck.lines()
-        assert store.compaction.run().assessed == 0  # assessed once, never sampled again
+        serves_through_a_pass(store, data, what, size, seed)
+
+
+def serves_through_a_pass(store: BlobStore, data: st.DataObject, what: str, size: int, seed: int) -> None:
+    """A blob of `what` content, served by any range before and after a compaction pass, in the form the pass
+    chose, counted and checked (tests/cas/test_compaction_distributed.py runs it on PostgreSQL + S3 too)."""
+    original = content(what, seed, size)
+    digest = store.ingest(original).digest
+    chosen = data.draw(ranges(size))
+    assert_serves(store, digest, original, chosen)
+    report = store.compaction.run()
+    assert report.assessed == 1 and not report.damaged
+    info = store.stat(digest)
+    if what == "text" and size >= 8 << 10:
+        assert info.form == FORM_FRAMES_V1 and store.local_path(info) is None
+    if what == "random":
+        assert info.form == FORM_RAW
+    assert_serves(store, digest, original, chosen)
+    usage = store.compaction.usage()
+    assert usage.original_bytes == size and usage.pending == 0
+    assert (usage.stored_bytes < size) == (info.form == FORM_FRAMES_V1)
+    fsck = check(store)
+    assert not fsck.damaged and fsck.superseded == 0, fsck.lines()
+    assert store.compaction.run().assessed == 0  # assessed once, never sampled again
 
 
 def many_frames_text() -> bytes:

@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, run_state_machine_as_test
 
-from cas import BlobStore, Digest, StoreConfig, check
+from cas import BlobStore, Digest, StoreConfig
 from cas.frames import FRAME_SIZE
 from cas.layout import FORM_FRAMES_V1, FORM_RAW
 from cas.s3_blobs import S3Blobs
-from tests.cas.test_compaction import CompactionMachine, assert_serves, content, ranges, text
+from tests.cas.test_compaction import CompactionMachine, assert_serves, serves_through_a_pass, text
 from tests.engines import Engines
 
 F = FRAME_SIZE
@@ -49,21 +49,8 @@ def store(distributed: Open) -> Iterator[BlobStore]:
        size=st.sampled_from([0, 1, F - 1, F + 1, 3 * F + 17]) | st.integers(0, 3 * F), seed=st.integers(0, 1000))
 def test_any_range_is_the_original_before_and_after_compaction(distributed: Open, data: st.DataObject, what: str,
                                                                size: int, seed: int) -> None:
-    original = content(what, seed, size)
     with distributed() as store:
-        digest = store.ingest(original).digest
-        chosen = data.draw(ranges(size))
-        assert_serves(store, digest, original, chosen)
-        report = store.compaction.run()
-        assert report.assessed == 1 and not report.damaged
-        info = store.stat(digest)
-        if what == "text" and size >= 8 << 10:
-            assert info.form == FORM_FRAMES_V1
-        if what == "random":
-            assert info.form == FORM_RAW
-        assert_serves(store, digest, original, chosen)
-        fsck = check(store)
-        assert not fsck.damaged and fsck.superseded == 0, fsck.lines()
+        serves_through_a_pass(store, data, what, size, seed)
 
 
 def test_a_compressed_blob_is_one_object_read_by_ranges_from_any_node(distributed: Open) -> None:
